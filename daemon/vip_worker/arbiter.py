@@ -1,0 +1,342 @@
+"""The master: forks pollers and keeps the configured number alive.
+
+No asyncio, no boto3, no plugin imports here: the master must stay small and
+unkillable by a plugin's bug. Signal handlers only queue the signal; the main
+loop handles them one at a time as ``handle_<signame>``.
+
+Signals (also in docs/operations.md):
+
+====== ===============================================================
+TERM   graceful stop: pollers finish running work within the grace period
+INT    fast stop (QUIT too): running work is handed back at once
+HUP    reload settings and plugins; replace pollers one at a time
+TTIN   one poller more
+TTOU   one poller fewer (never below one)
+CHLD   a poller exited: reap it, replace it (with backoff if it died young)
+====== ===============================================================
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import multiprocessing
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vip_worker import exitcodes
+from vip_worker import liveness
+
+log = logging.getLogger("vip_worker.arbiter")
+
+HANDLED_SIGNALS = ("HUP", "QUIT", "INT", "TERM", "TTIN", "TTOU", "CHLD")
+POLLER_IGNORED_SIGNALS = ("HUP", "TTIN", "TTOU")
+LOOP_TIMEOUT_S = 1.0
+MIN_UPTIME_S = 10.0  # a poller that dies younger than this counts toward a crash loop
+BOOT_TIMEOUT_S = 60.0  # a poller not ready after this long is replaced
+KILL_AFTER_ABORT_S = 5.0
+FAST_STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(eq=False)
+class PollerHandle:
+    index: int
+    pid: int
+    generation: int
+    shm: object  # multiprocessing RawArray('d', liveness.SIZE)
+    spawned_at: float
+    stopping: bool = False
+    aborted_at: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.shm[liveness.READY] > 0
+
+
+@dataclass
+class Arbiter:
+    """Owns the poller processes.
+
+    :param settings: effective settings; ``processes`` is the target count.
+    :param poller_main: ``poller_main(settings, index, shm) -> exit code``, run in the child.
+    :param reload: returns fresh, validated settings or raises (then the old ones stay).
+    :param after_fork: called first thing in each child with the poller index.
+    """
+
+    settings: object
+    poller_main: Callable[[object, int, object], int]
+    reload: Callable[[], object]
+    after_fork: Callable[[int], None] = lambda index: None
+    pollers: dict[int, PollerHandle] = field(default_factory=dict)
+    target: int = 0
+    generation: int = 0
+    signals: list[int] = field(default_factory=list)
+    failures: int = 0
+    next_spawn_at: float = 0.0
+    crash_loop_reported: bool = False
+    stopping: str | None = None
+    stop_deadline: float = 0.0
+    started_at: float = 0.0
+
+    # -- main loop ---------------------------------------------------------
+
+    def run(self) -> int:
+        self.target = self.settings.processes
+        self.started_at = time.monotonic()
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        self.wake_fds = (wake_r, wake_w)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for name in HANDLED_SIGNALS:
+            signal.signal(getattr(signal, f"SIG{name}"), self.record_signal)
+        log.info("arbiter.started", extra={"processes": self.target, "pid": os.getpid()})
+        try:
+            while True:
+                self.manage_pollers()
+                self.sleep()
+                while self.signals:
+                    signum = self.signals.pop(0)
+                    name = signal.Signals(signum).name[3:].lower()
+                    getattr(self, f"handle_{name}")()
+                self.reap_pollers()
+                self.murder_pollers()
+                if self.stopping and not self.pollers:
+                    break
+                if self.stopping and time.monotonic() > self.stop_deadline:
+                    self.kill_all(signal.SIGKILL)
+        finally:
+            signal.set_wakeup_fd(-1)
+        log.info("arbiter.stopped", extra={"mode": self.stopping,
+                                           "uptime_s": round(time.monotonic() - self.started_at)})
+        return exitcodes.OK
+
+    def record_signal(self, signum, frame) -> None:
+        # Only record: no logging or I/O in a signal handler (reentrancy).
+        if len(self.signals) < 16:
+            self.signals.append(signum)
+
+    def sleep(self) -> None:
+        if self.signals:
+            return
+        try:
+            ready, _, _ = select.select([self.wake_fds[0]], [], [], LOOP_TIMEOUT_S)
+            if ready:
+                while os.read(self.wake_fds[0], 64):
+                    pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # -- signal handlers (run from the main loop, not in signal context) ----------
+
+    def handle_term(self) -> None:
+        self.stop("graceful", signal.SIGTERM)
+
+    def handle_int(self) -> None:
+        self.stop("fast", signal.SIGINT)
+
+    handle_quit = handle_int
+
+    def handle_chld(self) -> None:
+        self.reap_pollers()
+
+    def handle_hup(self) -> None:
+        if self.stopping:
+            return
+        try:
+            settings = self.reload()
+        except Exception as exc:  # noqa: BLE001 - a bad reload leaves the running pollers alone
+            log.error("arbiter.reload_failed", extra={"error": str(exc)})
+            return
+        self.settings = settings
+        self.target = settings.processes
+        self.generation += 1
+        log.info("arbiter.reloading", extra={"generation": self.generation,
+                                             "processes": self.target})
+
+    def handle_ttin(self) -> None:
+        self.target += 1
+        log.info("arbiter.scaled", extra={"processes": self.target})
+
+    def handle_ttou(self) -> None:
+        if self.target > 1:
+            self.target -= 1
+        log.info("arbiter.scaled", extra={"processes": self.target})
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def stop(self, mode: str, signum: int) -> None:
+        if self.stopping == "fast" or (self.stopping and mode == "graceful"):
+            return
+        self.stopping = mode
+        longest_poll = max(q.wait_time_s for q in self.settings.queues)
+        timeout = (self.settings.grace_period_s + longest_poll + 15
+                   if mode == "graceful" else FAST_STOP_TIMEOUT_S)
+        self.stop_deadline = time.monotonic() + timeout
+        log.info("arbiter.stopping", extra={"mode": mode, "pollers": len(self.pollers),
+                                            "timeout_s": timeout})
+        self.kill_all(signum)
+
+    def kill_all(self, signum: int) -> None:
+        for poller in list(self.pollers.values()):
+            self.kill_poller(poller, signum)
+
+    def kill_poller(self, poller: PollerHandle, signum: int) -> None:
+        if signum != signal.SIGKILL:
+            poller.stopping = True
+        try:
+            os.kill(poller.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def spawn_poller(self, index: int) -> PollerHandle:
+        shm = multiprocessing.RawArray("d", liveness.SIZE)
+        # Signals are blocked around fork so the child cannot run the master's
+        # handlers before it has installed its own.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        pid = os.fork()
+        if pid == 0:
+            code = exitcodes.POLLER_BOOT_FAILED
+            try:
+                signal.set_wakeup_fd(-1)
+                for name in HANDLED_SIGNALS:
+                    signal.signal(getattr(signal, f"SIG{name}"), signal.SIG_DFL)
+                for name in POLLER_IGNORED_SIGNALS:
+                    signal.signal(getattr(signal, f"SIG{name}"), signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                os.close(self.wake_fds[0])
+                os.close(self.wake_fds[1])
+                self.after_fork(index)
+                code = self.poller_main(self.settings, index, shm)
+            finally:
+                flush_logs()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        poller = PollerHandle(index=index, pid=pid, generation=self.generation, shm=shm,
+                              spawned_at=time.monotonic())
+        self.pollers[pid] = poller
+        log.info("poller.spawned", extra={"poller_pid": pid, "index": index,
+                                          "generation": self.generation})
+        return poller
+
+    def reap_pollers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if pid == 0:
+                return
+            poller = self.pollers.pop(pid, None)
+            if poller is None:
+                continue
+            self.poller_exited(poller, status)
+
+    def poller_exited(self, poller: PollerHandle, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        uptime = time.monotonic() - poller.spawned_at
+        expected = poller.stopping and code in (exitcodes.OK, exitcodes.POLLER_RECYCLED)
+        fields = {"poller_pid": poller.pid, "index": poller.index, "exit_code": code,
+                  "uptime_s": round(uptime, 2)}
+        if expected or code == exitcodes.POLLER_RECYCLED:
+            log.info("poller.exited", extra=fields)
+            return
+        if code < 0:
+            fields["signal"] = signal.Signals(-code).name
+        log.error("poller.died", extra=fields)
+        if self.stopping:
+            return
+        if uptime < MIN_UPTIME_S or code == exitcodes.POLLER_BOOT_FAILED:
+            self.failures += 1
+            delay = min(self.settings.respawn_backoff_max_s, 0.5 * 2 ** (self.failures - 1))
+            self.next_spawn_at = time.monotonic() + delay
+            if self.failures >= self.settings.crash_loop_threshold:
+                if not self.crash_loop_reported:
+                    log.critical("arbiter.crash_loop", extra={
+                        "failures": self.failures, "respawn_in_s": round(delay, 2),
+                        "detail": "pollers keep dying at start; see poller.died and the "
+                                  "poller's own error lines"})
+                    self.crash_loop_reported = True
+            else:
+                log.warning("poller.respawn_delayed", extra={"failures": self.failures,
+                                                             "respawn_in_s": round(delay, 2)})
+
+    def murder_pollers(self) -> None:
+        """Replace pollers whose event loop stopped ticking (blocked by a handler)."""
+        now = time.monotonic()
+        for poller in list(self.pollers.values()):
+            if poller.aborted_at is not None:
+                if now - poller.aborted_at > KILL_AFTER_ABORT_S:
+                    self.kill_poller(poller, signal.SIGKILL)
+                continue
+            if poller.ready:
+                silent = now - poller.shm[liveness.TICK]
+                if silent <= self.settings.poller_timeout_s:
+                    continue
+                event = "poller.blocked"
+            elif now - poller.spawned_at > max(BOOT_TIMEOUT_S, self.settings.poller_timeout_s):
+                silent = now - poller.spawned_at
+                event = "poller.boot_timeout"
+            else:
+                continue
+            log.error(event, extra={"poller_pid": poller.pid, "index": poller.index,
+                                    "silent_s": round(silent, 1),
+                                    "detail": "stack dumped to stderr; replacing the poller"})
+            poller.aborted_at = now
+            # faulthandler in the poller dumps every thread's stack on SIGABRT.
+            self.kill_poller(poller, signal.SIGABRT)
+
+    def manage_pollers(self) -> None:
+        """Keep ``target`` pollers of the current generation; roll old ones one at a time."""
+        if self.stopping:
+            return
+        live = [p for p in self.pollers.values() if not p.stopping]
+        current = [p for p in live if p.generation == self.generation]
+        old = sorted((p for p in live if p.generation < self.generation),
+                     key=lambda p: p.spawned_at)
+        ready_current = [p for p in current if p.ready]
+        if ready_current and any(time.monotonic() - p.spawned_at > MIN_UPTIME_S
+                                 for p in ready_current):
+            self.failures = 0
+            self.crash_loop_reported = False
+        # A new poller is up: retire one old poller (HUP's rolling replacement).
+        while old and len(ready_current) + len(old) > self.target:
+            retiring = old.pop(0)
+            log.info("poller.retiring", extra={"poller_pid": retiring.pid,
+                                               "index": retiring.index})
+            self.kill_poller(retiring, signal.SIGTERM)
+        starting = [p for p in current if not p.ready]
+        if len(current) < self.target and time.monotonic() >= self.next_spawn_at:
+            if not old:
+                for _ in range(self.target - len(current) if not self.failures else 1):
+                    self.spawn_poller(self.free_index())
+            elif not starting:
+                self.spawn_poller(self.free_index())
+        elif len(current) > self.target and not old:
+            for extra in sorted(current, key=lambda p: p.spawned_at)[self.target:]:
+                log.info("poller.retiring", extra={"poller_pid": extra.pid,
+                                                   "index": extra.index})
+                self.kill_poller(extra, signal.SIGTERM)
+
+    def free_index(self) -> int:
+        used = {p.index for p in self.pollers.values()}
+        index = 0
+        while index in used:
+            index += 1
+        return index
+
+
+def flush_logs() -> None:
+    for handler in logging.getLogger("vip_worker").handlers:
+        try:
+            handler.flush()
+        except (OSError, ValueError):
+            pass

@@ -1,0 +1,173 @@
+"""argv -> settings -> logging -> arbiter; every command returns an exit code.
+
+Commands (each documented in docs/cli.md; a test keeps the two in step):
+
+- ``vip-worker run [--config FILE] [--processes N]``: start the master.
+- ``vip-worker config [--config FILE] [--json]``: the effective settings, their
+  sources, secrets masked.
+- ``vip-worker plugins [--config FILE] [--json]``: each plugin, where it was
+  loaded from, and its message types.
+- ``vip-worker dev [--exit-when-done] ...``: the embedded stack on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from vip_worker import __version__, config, exitcodes, logconfig
+from vip_worker.errors import ConfigError, PluginError
+
+log = logging.getLogger("vip_worker.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vip-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vip-worker {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="start the master and its pollers")
+    add_config_arg(run)
+    run.add_argument("--processes", type=int, help="poller processes (overrides config)")
+
+    show = commands.add_parser("config", help="print the effective settings and their sources")
+    add_config_arg(show)
+    show.add_argument("--json", action="store_true", help="one JSON document")
+
+    plugins = commands.add_parser("plugins", help="list plugins, their origin and types")
+    add_config_arg(plugins)
+    plugins.add_argument("--json", action="store_true", help="one JSON document")
+
+    dev = commands.add_parser("dev", help="run the embedded stack on 127.0.0.1 (no AWS)")
+    dev.add_argument("--port", type=int, default=0,
+                     help="local SQS port (default: VIP_DEV_SQS_PORT or a free one)")
+    dev.add_argument("--processes", type=int, default=2, help="poller processes")
+    dev.add_argument("--jobs", type=int, default=6, help="demo jobs to enqueue")
+    dev.add_argument("--exit-when-done", action="store_true",
+                     help="stop and exit 0 once the demo batch is done")
+    dev.add_argument("--timeout", type=float, default=120.0,
+                     help="with --exit-when-done: give up (exit 1) after this many seconds")
+    return parser
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML config file (default: $VIP_WORKER_CONFIG)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "dev":
+        from vip_worker import devstack
+
+        return devstack.main(args)
+    try:
+        settings = config.load(args.config, overrides=overrides(args))
+    except ConfigError as exc:
+        print(f"vip-worker: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    handler = {"run": cmd_run, "config": cmd_config, "plugins": cmd_plugins}[args.command]
+    return handler(args, settings)
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    processes = getattr(args, "processes", None)
+    return {"processes": processes} if processes is not None else {}
+
+
+def cmd_config(args, settings) -> int:
+    rows = config.describe(settings)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return exitcodes.OK
+    width = max(len(r["key"]) for r in rows)
+    for row in rows:
+        print(f"{row['key']:<{width}}  {json.dumps(row['value'], default=str)}  "
+              f"[{row['source']}]")
+    return exitcodes.OK
+
+
+def cmd_plugins(args, settings) -> int:
+    from vip_worker.plugins import load_plugins
+
+    try:
+        loaded = load_plugins(settings)
+    except (PluginError, ConfigError) as exc:
+        print(f"vip-worker: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    if args.json:
+        print(json.dumps([vars(i) for i in loaded.infos], indent=2))
+        return exitcodes.OK
+    if not loaded.infos:
+        print("no plugins loaded (plugin_dirs: " + ", ".join(settings.plugin_dirs) + ")")
+    for info in loaded.infos:
+        print(f"{info.name}: types {', '.join(info.types) or '(none)'}  [{info.origin}]")
+    return exitcodes.OK
+
+
+def cmd_run(args, settings) -> int:
+    fields = logconfig.configure(settings.log_level, settings.log_file)
+    problem = preflight(settings)
+    if problem:
+        print(f"vip-worker: {problem}", file=sys.stderr)
+        log.critical("boot.failed", extra={"error": problem})
+        return exitcodes.CONFIG
+
+    from vip_worker.arbiter import Arbiter
+
+    def reload():
+        fresh = config.load(args.config, overrides=overrides(args))
+        trouble = preflight(fresh)
+        if trouble:
+            raise ConfigError("reload", trouble)
+        return fresh
+
+    def poller_main(poller_settings, index, shm):
+        from vip_worker import poller
+
+        return poller.main(poller_settings, index, shm)
+
+    arbiter = Arbiter(settings=settings, poller_main=poller_main, reload=reload,
+                      after_fork=lambda index: logconfig.after_fork(fields, index))
+    return arbiter.run()
+
+
+def preflight(settings) -> str | None:
+    """Load every plugin in a throw-away child; return the error text, or None.
+
+    The master itself never imports plugin code: each poller imports it fresh
+    after fork, which is what lets SIGHUP pick up changed plugins.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        code = exitcodes.OK
+        try:
+            from vip_worker.plugins import load_plugins
+
+            load_plugins(settings)
+        except (PluginError, ConfigError) as exc:
+            os.write(write_fd, str(exc).encode()[:60000])
+            code = exitcodes.CONFIG
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
+            os.write(write_fd, f"plugin loading failed: {exc!r}".encode()[:60000])
+            code = exitcodes.CONFIG
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 65536):
+        chunks.append(chunk)
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == exitcodes.OK:
+        return None
+    return b"".join(chunks).decode(errors="replace") or "plugin check failed"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""Every setting, declared once: default, environment name, help and validation.
+
+Sources, later ones win: the declared default, the config file (TOML, from
+``--config`` or ``VIP_WORKER_CONFIG``), then the environment. Each top-level
+setting ``name`` is overridden by ``VIP_WORKER_<NAME>``; a queue setting by
+``VIP_WORKER_QUEUE_<QUEUE>_<NAME>``. The names the existing app already uses
+(``ARTICLES_QUEUE_URL``, ``IMAGES_QUEUE_URL``, ``AWS_REGION``,
+``AWS_ENDPOINT_URL_SQS``, ``AWS_ENDPOINT_URL``) work as they are.
+
+This is the only module that reads the environment; ``load()`` takes it as an
+argument so tests pass their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from vip_worker.errors import ConfigError
+
+ENV_PREFIX = "VIP_WORKER_"
+QUEUE_ENV_PREFIX = "VIP_WORKER_QUEUE_"
+CONFIG_ENV = "VIP_WORKER_CONFIG"
+# SQS's own limits (see the SQS API reference).
+MAX_VISIBILITY_S = 43200
+MAX_WAIT_S = 20
+# Queues the existing app names through <NAME>_QUEUE_URL without any config file.
+APP_QUEUES = ("articles", "images")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def default_plugin_dirs() -> list[str]:
+    """The project's own ``plugins/`` directory, when running from a checkout."""
+    here = Path(__file__).resolve().parent  # daemon/vip_worker
+    project = here.parent.parent / "plugins"
+    return [str(project)] if project.is_dir() else []
+
+
+# -- value parsers: each takes a file value (any type) or an env string ----------
+
+
+def integer(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"must be an integer in {lo}..{hi}, got {value!r}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be an integer in {lo}..{hi}, got {value!r}") from None
+        if isinstance(value, float) and value != number:
+            raise ValueError(f"must be an integer in {lo}..{hi}, got {value!r}")
+        if not lo <= number <= hi:
+            raise ValueError(f"must be in {lo}..{hi}, got {number}")
+        return number
+
+    parse.kind = f"integer {lo}..{hi}"
+    return parse
+
+
+def number(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number in {lo}..{hi}, got {value!r}")
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number in {lo}..{hi}, got {value!r}") from None
+        if not lo <= result <= hi:
+            raise ValueError(f"must be in {lo}..{hi}, got {result}")
+        return result
+
+    parse.kind = f"number {lo}..{hi}"
+    return parse
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+string.kind = "string"
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).upper() if options[0].isupper() else str(value)
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
+        return text
+
+    parse.kind = " | ".join(options)
+    return parse
+
+
+def url(value: Any) -> str:
+    text = string(value)
+    if text and urlsplit(text).scheme not in ("http", "https"):
+        raise ValueError(f"must be an http(s) URL, got {mask_url(text)!r}")
+    return text
+
+
+url.kind = "URL"
+
+
+def str_list(value: Any) -> list[str]:
+    """A TOML list of strings, or a comma-separated env string."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"must be a list of strings, got {value!r}")
+
+
+str_list.kind = "list of strings (comma-separated in the environment)"
+
+
+def type_limits(value: Any) -> dict[str, int]:
+    """``{"images": 2}`` in TOML, or ``images=2,articles=4`` in the environment."""
+    if isinstance(value, str):
+        pairs = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            name, sep, limit = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected TYPE=N pairs, got {part!r}")
+            pairs[name.strip()] = limit.strip()
+        value = pairs
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a table of type = limit, got {value!r}")
+    parse = integer(1, 10000)
+    return {str(k): parse(v) for k, v in value.items()}
+
+
+type_limits.kind = "table TYPE = N (TYPE=N,... in the environment)"
+
+
+# -- declarations -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+    env: tuple[str, ...] = ()  # other environment names accepted, lowest priority first
+    secret: bool = False
+
+
+WORKER_SETTINGS: tuple[Setting, ...] = (
+    Setting("processes", 2, integer(1, 256), "Poller processes the master keeps alive."),
+    Setting(
+        "concurrency", 10, integer(1, 10000),
+        "Handlers one poller runs at once; a receive asks only for free slots.",
+    ),
+    Setting(
+        "type_limits", {}, type_limits,
+        "Optional per-message-type limit of concurrent handlers in one poller.",
+    ),
+    Setting(
+        "grace_period_s", 30.0, number(0, 43200),
+        "On SIGTERM, how long running handlers may finish before they are handed back.",
+    ),
+    Setting(
+        "plugin_dirs", None, str_list,
+        "Directories whose packages are loaded as plugins (default: the project's plugins/).",
+    ),
+    Setting("disabled_plugins", [], str_list, "Plugin names not to load."),
+    Setting(
+        "region", "us-east-1", string, "AWS region of the queues.",
+        env=("AWS_DEFAULT_REGION", "AWS_REGION"),
+    ),
+    Setting(
+        "sqs_endpoint_url", "", url,
+        "SQS endpoint (empty: boto3's default for the region). Point it at 127.0.0.1 for dev.",
+        env=("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"),
+    ),
+    Setting("log_level", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level."),
+    Setting("log_file", "", string, "Write the JSON log here instead of stdout."),
+    Setting(
+        "max_messages_per_poller", 0, integer(0, 10**9),
+        "Recycle a poller gracefully after this many messages (0: never).",
+    ),
+    Setting(
+        "max_rss_mb", 0, integer(0, 10**6),
+        "Recycle a poller gracefully when its resident memory exceeds this (0: never).",
+    ),
+    Setting(
+        "poller_timeout_s", 30.0, number(2, 3600),
+        "A poller whose event loop has not ticked for this long is dumped and replaced.",
+    ),
+    Setting(
+        "respawn_backoff_max_s", 30.0, number(0.1, 3600),
+        "Longest wait before replacing a poller that keeps dying at start.",
+    ),
+    Setting(
+        "crash_loop_threshold", 5, integer(1, 1000),
+        "Consecutive early poller deaths reported as a crash loop.",
+    ),
+)
+
+QUEUE_SETTINGS: tuple[Setting, ...] = (
+    Setting("url", "", url, "The queue's URL (required)."),
+    Setting(
+        "dlq_url", "", url,
+        "Dead-letter queue URL (default: the target of the queue's RedrivePolicy).",
+    ),
+    Setting(
+        "visibility_timeout_s", 60, integer(2, MAX_VISIBILITY_S),
+        "Visibility asked on receive; heartbeats extend it while a handler runs.",
+    ),
+    Setting("wait_time_s", 20, integer(0, MAX_WAIT_S), "Long-poll wait of each receive."),
+    Setting(
+        "max_attempts", 5, integer(1, 1000),
+        "Deliveries before a failing message is dead-lettered.",
+    ),
+    Setting(
+        "max_job_time_s", 1800.0, number(1, MAX_VISIBILITY_S - 300),
+        "A handler running longer is abandoned and its message retried.",
+    ),
+    Setting(
+        "concurrency", 0, integer(0, 10000),
+        "Handlers of this queue one poller runs at once (0: only the poller's limit).",
+    ),
+    Setting("retry_backoff_base_s", 10.0, number(0, MAX_VISIBILITY_S), "First retry delay."),
+    Setting(
+        "retry_backoff_max_s", 900.0, number(0, MAX_VISIBILITY_S), "Longest retry delay.",
+    ),
+)
+
+WORKER_BY_NAME = {s.name: s for s in WORKER_SETTINGS}
+QUEUE_BY_NAME = {s.name: s for s in QUEUE_SETTINGS}
+TOP_LEVEL_TABLES = ("queues", "plugins")
+
+
+# -- the loaded settings --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    name: str
+    url: str
+    dlq_url: str
+    visibility_timeout_s: int
+    wait_time_s: int
+    max_attempts: int
+    max_job_time_s: float
+    concurrency: int
+    retry_backoff_base_s: float
+    retry_backoff_max_s: float
+
+    @property
+    def fifo(self) -> bool:
+        return self.url.endswith(".fifo")
+
+
+@dataclass(frozen=True)
+class Settings:
+    processes: int
+    concurrency: int
+    type_limits: dict[str, int]
+    grace_period_s: float
+    plugin_dirs: list[str]
+    disabled_plugins: list[str]
+    region: str
+    sqs_endpoint_url: str
+    log_level: str
+    log_file: str
+    max_messages_per_poller: int
+    max_rss_mb: int
+    poller_timeout_s: float
+    respawn_backoff_max_s: float
+    crash_loop_threshold: int
+    queues: tuple[QueueSettings, ...] = ()
+    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config_file: str = ""
+    # "key" -> "default" | "file <path>" | "env <NAME>"
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def queue(self, name: str) -> QueueSettings:
+        for queue in self.queues:
+            if queue.name == name:
+                return queue
+        raise KeyError(name)
+
+
+def load(
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the effective settings; raise ``ConfigError`` naming the bad key.
+
+    :param config_file: TOML file; ``None`` uses ``VIP_WORKER_CONFIG`` if set.
+    :param environ: the environment (default ``os.environ``).
+    :param overrides: command-line values (e.g. ``--processes``), highest priority.
+    """
+    env = dict(os.environ if environ is None else environ)
+    path = config_file or env.get(CONFIG_ENV) or ""
+    doc = read_file(path) if path else {}
+    file_src = f"file {path}"
+
+    for key in doc:
+        if key not in WORKER_BY_NAME and key not in TOP_LEVEL_TABLES:
+            raise ConfigError(key, "unknown setting", file_src)
+    for name in env:
+        if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
+            if name.startswith(QUEUE_ENV_PREFIX):
+                continue  # checked per queue below
+            if name[len(ENV_PREFIX):].lower() not in WORKER_BY_NAME:
+                raise ConfigError(name, "unknown setting", "environment")
+
+    sources: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for setting in WORKER_SETTINGS:
+        candidates = [(setting.default, "default")]
+        if setting.name in doc:
+            candidates.append((doc[setting.name], file_src))
+        for name in (*setting.env, ENV_PREFIX + setting.name.upper()):
+            if name in env:
+                candidates.append((env[name], f"env {name}"))
+        if overrides and overrides.get(setting.name) is not None:
+            candidates.append((overrides[setting.name], "command line"))
+        values[setting.name], sources[setting.name] = resolve(setting, candidates)
+    if values["plugin_dirs"] is None:
+        values["plugin_dirs"] = default_plugin_dirs()
+    if path:
+        base = Path(path).resolve().parent
+        values["plugin_dirs"] = [str(base / d) for d in values["plugin_dirs"]]
+
+    queues = load_queues(doc.get("queues", {}), env, file_src, sources)
+    if not queues:
+        raise ConfigError(
+            "queues",
+            "no queue configured: set ARTICLES_QUEUE_URL / IMAGES_QUEUE_URL, "
+            "VIP_WORKER_QUEUE_<NAME>_URL, or a [queues.<name>] table",
+        )
+    plugin_settings = doc.get("plugins", {})
+    if not isinstance(plugin_settings, dict) or not all(
+        isinstance(v, dict) for v in plugin_settings.values()
+    ):
+        raise ConfigError("plugins", "must be tables [plugins.<name>]", file_src)
+    return Settings(
+        **values,
+        queues=tuple(queues),
+        plugin_settings=plugin_settings,
+        config_file=path,
+        sources=sources,
+    )
+
+
+def read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config file", f"{path} does not exist") from None
+    except PermissionError:
+        raise ConfigError("config file", f"{path} is not readable") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config file", f"{path} is not valid TOML: {exc}") from None
+
+
+def resolve(setting: Setting, candidates: list[tuple[Any, str]]) -> tuple[Any, str]:
+    value, source = candidates[-1]
+    if source == "default":
+        return value, source
+    try:
+        return setting.parse(value), source
+    except ValueError as exc:
+        raise ConfigError(setting.name, str(exc), source) from None
+
+
+def load_queues(
+    tables: Any, env: Mapping[str, str], file_src: str, sources: dict[str, str]
+) -> list[QueueSettings]:
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ConfigError("queues", "must be tables [queues.<name>]", file_src)
+    names = set(tables)
+    names.update(n for n in APP_QUEUES if f"{n.upper()}_QUEUE_URL" in env)
+    for key in env:
+        if key.startswith(QUEUE_ENV_PREFIX) and key.endswith("_URL") and not key.endswith(
+            "_DLQ_URL"
+        ):
+            names.add(key[len(QUEUE_ENV_PREFIX):-len("_URL")].lower())
+    for key in env:
+        if key.startswith(QUEUE_ENV_PREFIX):
+            rest = key[len(QUEUE_ENV_PREFIX):].lower()
+            if not any(rest.startswith(n + "_") and rest[len(n) + 1:] in QUEUE_BY_NAME
+                       for n in names):
+                raise ConfigError(key, "unknown queue setting", "environment")
+
+    queues = []
+    for name in sorted(names):
+        if not NAME_RE.match(name):
+            raise ConfigError(f"queues.{name}", "queue names are lowercase [a-z0-9_]", file_src)
+        table = tables.get(name, {})
+        for key in table:
+            if key not in QUEUE_BY_NAME:
+                raise ConfigError(f"queues.{name}.{key}", "unknown queue setting", file_src)
+        values = {}
+        for setting in QUEUE_SETTINGS:
+            candidates = [(setting.default, "default")]
+            if setting.name in table:
+                candidates.append((table[setting.name], file_src))
+            legacy = {"url": f"{name.upper()}_QUEUE_URL", "dlq_url": f"{name.upper()}_DLQ_URL"}
+            for env_name in (legacy.get(setting.name), f"{QUEUE_ENV_PREFIX}{name.upper()}_"
+                             f"{setting.name.upper()}"):
+                if env_name and env_name in env:
+                    candidates.append((env[env_name], f"env {env_name}"))
+            key = f"queues.{name}.{setting.name}"
+            try:
+                values[setting.name], sources[key] = resolve(setting, candidates)
+            except ConfigError as exc:
+                raise ConfigError(key, exc.problem, exc.source) from None
+        if not values["url"]:
+            raise ConfigError(
+                f"queues.{name}.url", f"required (or set {name.upper()}_QUEUE_URL)", file_src
+            )
+        queue = QueueSettings(name=name, **values)
+        if queue.retry_backoff_max_s < queue.retry_backoff_base_s:
+            raise ConfigError(
+                f"queues.{name}.retry_backoff_max_s", "must be >= retry_backoff_base_s"
+            )
+        queues.append(queue)
+    return queues
+
+
+# -- showing settings -------------------------------------------------------------
+
+SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+def mask_url(text: str) -> str:
+    """``https://user:pw@host/x`` -> ``https://user:****@host/x``; other text unchanged."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    if parts.password is None:
+        return text
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def mask(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if any(word in key.lower() for word in SECRET_WORDS) and value:
+            return value[:4] + "****" if len(value) > 8 else "****"
+        return mask_url(value)
+    return value
+
+
+def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> list[dict]:
+    """Rows of (key, value, source) for ``vip-worker config``, secrets masked."""
+    env = os.environ if environ is None else environ
+    rows = []
+    for setting in WORKER_SETTINGS:
+        value = getattr(settings, setting.name)
+        rows.append({"key": setting.name, "value": mask(setting.name, value),
+                     "source": settings.sources.get(setting.name, "default")})
+    for queue in settings.queues:
+        for setting in QUEUE_SETTINGS:
+            key = f"queues.{queue.name}.{setting.name}"
+            rows.append({"key": key, "value": mask(key, getattr(queue, setting.name)),
+                         "source": settings.sources.get(key, "default")})
+    for plugin, table in settings.plugin_settings.items():
+        for name, value in table.items():
+            key = f"plugins.{plugin}.{name}"
+            rows.append({"key": key, "value": mask(key, value), "source": "file"})
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED"):
+        if name in env:
+            rows.append({"key": f"aws.{name}", "value": mask(name, env[name]),
+                         "source": f"env {name}"})
+    return rows

@@ -1,0 +1,368 @@
+"""Receive -> parse -> dispatch under a bound -> acknowledge, retry or dead-letter.
+
+One ``Consumer`` per poller serves all of its queues. Each queue has a receive
+loop that reserves free slots first and asks SQS for no more messages than can
+start now. Every received message is held (and heartbeated) until its fate is
+settled exactly once: deleted, made visible again later (retry), sent to the
+dead-letter queue, or handed back (visibility 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vip_worker.batching import BATCH_MAX, Batcher
+from vip_worker.context import HandlerContext
+from vip_worker.errors import JobTimedOut, PermanentError, RetryLater, UnknownMessageType
+from vip_worker.heartbeat import Heartbeat
+from vip_worker.inflight import InFlight
+from vip_worker.message import parse_envelope
+from vip_worker.registry import Handler, HandlerRegistry
+from vip_worker.retry import dead_letter_attributes, reason_of, retry_delay
+from vip_worker.slots import Slots
+from vip_worker.sqs import TRANSPORT_ERRORS, error_code
+
+log = logging.getLogger("vip_worker.consumer")
+RECEIVE_ERROR_BACKOFF_MAX_S = 30.0
+SETTLED_TASKS_WAIT_S = 10.0
+
+
+class MessageLogger(logging.LoggerAdapter):
+    """A plugin's logger whose lines carry the message's fields, merged with the call's."""
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+class Consumer:
+    def __init__(self, settings, registry: HandlerRegistry, sqs, heartbeat: Heartbeat,
+                 resources: dict[str, Any], dlq_urls: dict[str, str | None],
+                 clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.sqs = sqs
+        self.heartbeat = heartbeat
+        self.resources = resources
+        self.dlq_urls = dlq_urls
+        self.clock = clock
+        self.rand = rand
+        self.slots = Slots(settings.concurrency)
+        self.queue_slots = {q.name: Slots(q.concurrency) for q in settings.queues if q.concurrency}
+        self.type_limits = {t: asyncio.Semaphore(n) for t, n in settings.type_limits.items()}
+        self.handler_pool = ThreadPoolExecutor(max_workers=settings.concurrency,
+                                               thread_name_prefix="handler")
+        self.deleters = {q.name: Batcher(self.sender("delete_batch", q.url))
+                         for q in settings.queues}
+        self.visibility = {q.name: Batcher(self.sender("change_visibility_batch", q.url))
+                           for q in settings.queues}
+        self.held: dict[int, InFlight] = {}
+        self.tasks: dict[asyncio.Task, list[InFlight]] = {}
+        self.receivers: list[asyncio.Task] = []
+        self.polling = 0
+        self.stopping = False
+        self.handled = 0
+        self.abandoned_threads = 0
+        self.on_handled: Callable[[], None] = lambda: None
+
+    def sender(self, method: str, url: str):
+        async def send(entries):
+            return await self.sqs.call(method, url, entries)
+        return send
+
+    # -- receiving ---------------------------------------------------------
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.receivers = [loop.create_task(self.receive_loop(q), name=f"receive-{q.name}")
+                          for q in self.settings.queues]
+
+    async def receive_loop(self, queue) -> None:
+        errors = 0
+        while not self.stopping:
+            wanted = await self.reserve(queue)
+            if wanted == 0:
+                break
+            self.polling += 1
+            try:
+                raw = await self.sqs.call("receive", queue.url, wanted, queue.wait_time_s,
+                                          queue.visibility_timeout_s)
+            except TRANSPORT_ERRORS as exc:
+                self.unreserve(queue, wanted)
+                errors += 1
+                delay = min(RECEIVE_ERROR_BACKOFF_MAX_S, 0.5 * 2**min(errors, 10)) * (
+                    0.5 + self.rand() / 2)
+                log.error("receive.failed", extra={
+                    "queue": queue.name, "error_code": error_code(exc),
+                    "error": str(exc)[:500], "retry_in_s": round(delay, 2)})
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                self.polling -= 1
+            errors = 0
+            now = self.clock()
+            items = [InFlight.from_sqs(queue, m, now) for m in raw]
+            self.unreserve(queue, wanted - len(items))
+            if self.stopping:
+                # The poll was already out when the stop came: hand these back at once.
+                for item in items:
+                    self.hold(item)
+                await self.release_many(items, "shutdown")
+                for item in items:
+                    self.finish(item)
+                break
+            self.dispatch(items)
+
+    async def reserve(self, queue) -> int:
+        share = max(1, len(self.settings.queues) - self.polling)
+        queue_slots = self.queue_slots.get(queue.name)
+        most = BATCH_MAX
+        if queue_slots is not None:
+            most = await queue_slots.acquire(most)
+            if most == 0:
+                return 0
+        taken = await self.slots.acquire(most, share)
+        if queue_slots is not None:
+            queue_slots.release(most - taken)
+        return taken
+
+    def unreserve(self, queue, count: int) -> None:
+        self.slots.release(count)
+        if queue.name in self.queue_slots:
+            self.queue_slots[queue.name].release(count)
+
+    # -- dispatching -------------------------------------------------------------
+
+    def hold(self, item: InFlight) -> None:
+        self.held[id(item)] = item
+        self.heartbeat.track(item)
+
+    def finish(self, item: InFlight) -> None:
+        self.heartbeat.untrack(item)
+        if self.held.pop(id(item), None) is not None:
+            self.unreserve(item.queue, 1)
+
+    def dispatch(self, items: list[InFlight]) -> None:
+        loop = asyncio.get_running_loop()
+        for item in items:
+            self.hold(item)
+            log.debug("message.received", extra=item.log_fields())
+        if items and items[0].queue.fifo:
+            groups: dict[str | None, list[InFlight]] = {}
+            for item in items:
+                groups.setdefault(item.group_id, []).append(item)
+            batches = list(groups.values())
+        else:
+            batches = [[item] for item in items]
+        for batch in batches:
+            coro = self.process_group(batch) if len(batch) > 1 else self.process_one(batch[0])
+            task = loop.create_task(coro)
+            self.tasks[task] = batch
+            task.add_done_callback(self.task_done)
+
+    def task_done(self, task: asyncio.Task) -> None:
+        self.tasks.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("consumer.task_crashed", exc_info=task.exception())
+
+    async def process_group(self, items: list[InFlight]) -> None:
+        """FIFO: one message of a group at a time, in order; a failure hands back the rest.
+
+        The failed head stays invisible for its retry delay, which keeps SQS from
+        delivering the rest of its group before it: retries never reorder a group.
+        """
+        for n, item in enumerate(items):
+            if not await self.process_one(item):
+                rest = items[n + 1:]
+                await self.release_many(rest, "fifo_group_blocked")
+                for later in rest:
+                    self.finish(later)
+                return
+
+    async def process_one(self, item: InFlight) -> bool:
+        """Handle one message; True when it is consumed (deleted or dead-lettered)."""
+        try:
+            try:
+                item.envelope = parse_envelope(item.body)
+                handler = self.registry.get(item.envelope.type)
+                if handler is None:
+                    raise UnknownMessageType(f"no plugin handles type {item.envelope.type!r}")
+            except PermanentError as exc:
+                return await self.dead_letter(item, exc)
+            limit = self.type_limits.get(handler.message_type)
+            if limit is None:
+                return await self.run(handler, item)
+            async with limit:
+                if self.stopping:
+                    await self.release_many([item], "shutdown")
+                    return False
+                return await self.run(handler, item)
+        finally:
+            self.finish(item)
+            self.handled += 1
+            self.on_handled()
+
+    async def run(self, handler: Handler, item: InFlight) -> bool:
+        item.started = True
+        queue = item.queue
+        fields = item.log_fields()
+        ctx = HandlerContext(
+            message_id=item.message_id, queue=queue.name, receive_count=item.receive_count,
+            max_attempts=queue.max_attempts,
+            log=MessageLogger(logging.getLogger(f"vip_worker_plugins.{handler.plugin}"), fields),
+            resources=self.resources,
+            plugin_settings=self.settings.plugin_settings.get(handler.plugin, {}),
+        )
+        log.debug("message.started", extra=fields)
+        started = self.clock()
+        error: BaseException
+        try:
+            async with asyncio.timeout(queue.max_job_time_s) as timer:
+                if handler.is_async:
+                    await handler.fn(item.envelope, ctx)
+                else:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(self.handler_pool, handler.fn, item.envelope, ctx)
+        except TimeoutError as exc:
+            if not timer.expired():
+                error = exc
+            else:
+                error = JobTimedOut(f"handler ran longer than max_job_time_s="
+                                    f"{queue.max_job_time_s:g} and was abandoned")
+                if not handler.is_async:
+                    # The thread cannot be stopped: it keeps a pool slot until it returns.
+                    self.abandoned_threads += 1
+        except Exception as exc:  # noqa: BLE001 - any handler error is classified below
+            error = exc
+        else:
+            self.ack(item, self.clock() - started)
+            return True
+        duration = self.clock() - started
+        if isinstance(error, PermanentError) or item.receive_count >= queue.max_attempts:
+            return await self.dead_letter(item, error, duration)
+        await self.retry(item, error, duration)
+        return False
+
+    # -- outcomes ------------------------------------------------------------------
+
+    def ack(self, item: InFlight, duration_s: float) -> None:
+        if not item.settle():
+            return
+        future = self.deleters[item.queue.name].add((item.receipt,))
+        future.add_done_callback(lambda f: self.check_delete(item, f))
+        log.info("message.succeeded", extra={**item.log_fields(),
+                                             "duration_s": round(duration_s, 4)})
+
+    def check_delete(self, item: InFlight, future: asyncio.Future) -> None:
+        failure = None if future.cancelled() else future.result()
+        if failure is not None:
+            # The handler's work is done; SQS will deliver the message again and
+            # the (idempotent) handler will see it once more.
+            log.error("message.delete_failed", extra={
+                **item.log_fields(), "error_code": failure.code, "error": failure.message[:500]})
+
+    async def retry(self, item: InFlight, error: BaseException, duration_s: float) -> None:
+        if not item.settle():
+            return
+        queue = item.queue
+        if isinstance(error, RetryLater) and error.delay_s is not None:
+            delay = error.delay_s
+        else:
+            delay = retry_delay(item.receive_count, queue.retry_backoff_base_s,
+                                queue.retry_backoff_max_s, self.rand)
+        delay_s = int(max(0, min(delay, item.cap_at - self.clock())))
+        failure = await self.visibility[queue.name].add((item.receipt, delay_s))
+        log.warning("message.retried", extra={
+            **item.log_fields(), "delay_s": delay_s, "duration_s": round(duration_s, 4),
+            "error_class": type(error).__name__, "error": reason_of(error),
+            "visibility_failed": failure.code if failure else None})
+
+    async def dead_letter(self, item: InFlight, error: BaseException,
+                          duration_s: float | None = None) -> bool:
+        """Send to the DLQ with the reason, then delete. True when the message is consumed."""
+        if not item.settle():
+            return False
+        queue = item.queue
+        fields = {**item.log_fields(), "error_class": type(error).__name__,
+                  "error": reason_of(error), "duration_s": duration_s}
+        dlq = self.dlq_urls.get(queue.name)
+        if not dlq:
+            # No DLQ to send to: leave the message to the queue's own redrive policy.
+            await self.visibility[queue.name].add((item.receipt, int(queue.retry_backoff_max_s)))
+            log.error("message.dead_letter_unavailable", extra=fields)
+            return False
+        group = item.group_id if dlq.endswith(".fifo") else None
+        try:
+            await self.sqs.call("send", dlq, item.body, dead_letter_attributes(item, error),
+                                group, item.message_id if group else None)
+        except TRANSPORT_ERRORS as exc:
+            delay = int(retry_delay(item.receive_count, queue.retry_backoff_base_s,
+                                    queue.retry_backoff_max_s, self.rand))
+            await self.visibility[queue.name].add((item.receipt, delay))
+            log.error("message.dead_letter_failed", extra={
+                **fields, "send_error_code": error_code(exc), "retry_in_s": delay})
+            return False
+        failure = await self.deleters[queue.name].add((item.receipt,))
+        if failure is not None:
+            fields["delete_failed"] = failure.code
+        log.warning("message.dead_lettered", extra=fields)
+        return True
+
+    async def release_many(self, items: list[InFlight], reason: str) -> None:
+        """Hand messages back (visibility 0) so another poller can take them now."""
+        futures = []
+        for item in items:
+            if item.settle():
+                futures.append((item, self.visibility[item.queue.name].add((item.receipt, 0))))
+        for item, future in futures:
+            failure = await future
+            log.info("message.released", extra={
+                **item.log_fields(), "reason": reason, "started": item.started,
+                "release_failed": failure.code if failure else None})
+
+    # -- stopping --------------------------------------------------------------------
+
+    async def drain(self, grace_s: float, wait_for_polls: bool) -> None:
+        """Stop receiving, hand back what never started, let running handlers finish.
+
+        The order matters: the heartbeat keeps running (the poller stops it after
+        this returns), so handlers finishing within the grace period stay invisible.
+        """
+        self.stopping = True
+        self.slots.close()
+        for queue_slots in self.queue_slots.values():
+            queue_slots.close()
+        await self.release_many([i for i in self.held.values() if not i.started], "shutdown")
+        deadline = self.clock() + grace_s
+        running = list(self.tasks)
+        if running and grace_s > 0:
+            await asyncio.wait(running, timeout=grace_s)
+        # Grace is over: hand back whatever still runs, then stop its task.
+        late = [i for i in self.held.values() if not i.settled]
+        await self.release_many(late, "grace_period_over")
+        for task, items in list(self.tasks.items()):
+            if any(i in late for i in items):
+                task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=SETTLED_TASKS_WAIT_S)
+        if wait_for_polls:
+            longest = max(q.wait_time_s for q in self.settings.queues) + 5
+            remaining = max(longest, deadline - self.clock())
+            pending = [r for r in self.receivers if not r.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=remaining)
+        for receiver in self.receivers:
+            receiver.cancel()
+        await asyncio.gather(*self.receivers, return_exceptions=True)
+        for batcher in (*self.deleters.values(), *self.visibility.values()):
+            await batcher.drain()
+
+    def close(self) -> None:
+        self.handler_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,57 @@
+"""Outcome types a handler raises, and the daemon's own error types.
+
+A handler classifies its failure by the exception it raises:
+
+- ``PermanentError``: retrying cannot help (bad input, a 4xx from a service).
+  The message goes to the dead-letter queue at once, with the reason.
+- ``RetryLater``: a transient failure with an explicit delay.
+- any other ``Exception``: transient; retried with exponential backoff until the
+  queue's ``max_attempts`` is reached, then dead-lettered.
+"""
+
+
+class PermanentError(Exception):
+    """The message can never succeed: dead-letter it now, with this reason."""
+
+
+class RetryLater(Exception):
+    """Transient failure: make the message visible again after ``delay_s``.
+
+    :param delay_s: seconds until the retry; ``None`` uses the queue's backoff.
+    """
+
+    def __init__(self, reason: str = "", delay_s: float | None = None):
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid. ``key`` names it, ``source`` says where it came from."""
+
+    def __init__(self, key: str, problem: str, source: str = ""):
+        self.key = key
+        self.problem = problem
+        self.source = source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"{key}: {problem}{where}")
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or registered. ``plugin`` names it."""
+
+    def __init__(self, plugin: str, problem: str):
+        self.plugin = plugin
+        self.problem = problem
+        super().__init__(f"plugin {plugin!r}: {problem}")
+
+
+class MalformedMessage(PermanentError):
+    """The body is not the seed's envelope: dead-lettered at once, never retried."""
+
+
+class UnknownMessageType(PermanentError):
+    """No plugin handles the message's ``type``: dead-lettered at once."""
+
+
+class JobTimedOut(Exception):
+    """The handler ran past the queue's ``max_job_time_s`` and was abandoned (transient)."""

@@ -1,0 +1,52 @@
+"""The hooks a vip-worker plugin may implement, declared once.
+
+A plugin is a module or package with functions marked ``@vip_worker.hookimpl``
+and named after one of the specifications below. ``docs/plugins.md`` documents
+each of them; a test fails when one is missing there.
+"""
+
+import pluggy
+
+PROJECT = "vip_worker"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class HookSpecs:
+    @hookspec
+    def vip_worker_register_handlers(self, register):
+        """Register this plugin's message handlers.
+
+        Called once when the plugins are loaded (at boot, in a throw-away
+        process, and again in each poller after fork).
+
+        :param register: ``register(message_type, handler)``. ``handler`` is
+            ``def handler(message, ctx)`` (run in the poller's thread pool, for
+            blocking clients such as requests and pymongo) or ``async def`` (run
+            on the event loop; it must never block). ``message`` is a
+            :class:`vip_worker.Envelope`; ``ctx`` a
+            :class:`vip_worker.context.HandlerContext`. A type registered by two
+            plugins stops the boot.
+        """
+
+    @hookspec
+    def vip_worker_poller_start(self, context):
+        """A poller process has started, after fork, before its first receive.
+
+        Open per-process clients here (an HTTP session, a database client) and
+        keep them in ``context.resources``; handlers see the same dict as
+        ``ctx.resources``. May be ``async def``. An exception stops this poller
+        (the master reports it and replaces the poller with backoff).
+
+        :param context: the poller's :class:`vip_worker.context.PollerContext`.
+        """
+
+    @hookspec
+    def vip_worker_poller_stop(self, context):
+        """A poller is about to exit, after its last handler finished or was handed back.
+
+        Close what ``vip_worker_poller_start`` opened. May be ``async def``.
+        Exceptions are logged and do not stop the other plugins' hooks.
+
+        :param context: the poller's :class:`vip_worker.context.PollerContext`.
+        """

@@ -1,0 +1,73 @@
+"""One JSON object per line (python-json-logger), to stdout or a file.
+
+Events are stable names in the ``message`` field's place (``event``), data in
+fields: ``log.info("message.succeeded", extra={...})``. Every line carries the
+time, level, pid and, in a poller, its index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+ROOT = "vip_worker"
+
+
+class ProcessFields(logging.Filter):
+    """Adds ``pid`` and ``poller`` (None in the master) to each record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poller: int | None = None
+        self.pid = os.getpid()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.pid = self.pid
+        record.poller = self.poller
+        return True
+
+
+def configure(level: str = "INFO", log_file: str = "") -> ProcessFields:
+    """Install the JSON handler on the ``vip_worker`` logger; return its field filter."""
+    if log_file:
+        handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+    formatter = JsonFormatter(
+        "%(levelname)s %(message)s",
+        rename_fields={"levelname": "level", "message": "event"},
+        reserved_attrs=RESERVED,
+        timestamp="time",  # ISO 8601, UTC
+        json_ensure_ascii=False,
+    )
+    handler.setFormatter(formatter)
+    fields = ProcessFields()
+    handler.addFilter(fields)
+    logger = logging.getLogger(ROOT)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    # Plugins log under their own names: route them through the same handler.
+    plugins = logging.getLogger("vip_worker_plugins")
+    plugins.handlers = [handler]
+    plugins.setLevel(level)
+    plugins.propagate = False
+    return fields
+
+
+def after_fork(fields: ProcessFields, poller: int) -> None:
+    fields.pid = os.getpid()
+    fields.poller = poller
+
+
+# The LogRecord attributes that are not fields of the line.
+RESERVED = [
+    "args", "created", "exc_info", "exc_text", "filename", "funcName", "levelno", "lineno",
+    "module", "msecs", "msg", "name", "pathname", "process", "processName",
+    "relativeCreated", "stack_info", "thread", "threadName", "taskName",
+]

@@ -1,0 +1,187 @@
+"""Finding, importing and registering plugins; the plugin manager's factory.
+
+Two kinds of plugin, loaded the same way:
+
+- a package (a directory with ``__init__.py``) or a module (``name.py``) in one
+  of the ``plugin_dirs``; it is imported as ``vip_worker_plugins.<name>`` so it
+  cannot collide with an installed module of the same name;
+- an installed distribution exposing an entry point in the
+  ``vip_worker.plugins`` group.
+
+Every failure raises ``PluginError`` naming the plugin: an import error, a
+misspelled hook, a hook with wrong arguments, a type registered twice.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import sys
+import traceback
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pluggy
+
+from vip_worker.errors import ConfigError, PluginError
+from vip_worker.hookspecs import PROJECT, HookSpecs
+from vip_worker.registry import HandlerRegistry
+
+NAMESPACE = "vip_worker_plugins"
+ENTRY_POINT_GROUP = "vip_worker.plugins"
+HOOK_PREFIX = "vip_worker_"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    origin: str  # a path, or "entry point <dist>"
+    types: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadedPlugins:
+    manager: pluggy.PluginManager
+    registry: HandlerRegistry
+    infos: list[PluginInfo]
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(HookSpecs)
+    return manager
+
+
+def discover(plugin_dirs: list[str]) -> list[tuple[str, Path]]:
+    """(name, path) of every plugin in the directories, in a stable order."""
+    found = []
+    for directory in plugin_dirs:
+        root = Path(directory)
+        if not root.is_dir():
+            raise ConfigError("plugin_dirs", f"{directory} is not a directory")
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith(("_", ".")):
+                continue
+            if entry.is_dir() and (entry / "__init__.py").is_file():
+                found.append((entry.name, entry))
+            elif entry.suffix == ".py" and entry.is_file():
+                found.append((entry.stem, entry))
+    return found
+
+
+def import_from_path(name: str, path: Path) -> types.ModuleType:
+    if NAMESPACE not in sys.modules:
+        namespace = types.ModuleType(NAMESPACE)
+        namespace.__path__ = []
+        sys.modules[NAMESPACE] = namespace
+    module_name = f"{NAMESPACE}.{name}"
+    if path.is_dir():
+        spec = importlib.util.spec_from_file_location(
+            module_name, path / "__init__.py", submodule_search_locations=[str(path)]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise PluginError(name, f"failed to import from {path}: {describe_exception(exc)}"
+                          ) from exc
+    return module
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``ValueError: boom (at plugins/x/__init__.py:12)``: the innermost frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" (at {exc.filename}:{exc.lineno})"
+    elif frames:
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def check_hook_names(name: str, module: object, manager: pluggy.PluginManager) -> None:
+    """A ``vip_worker_*`` attribute that is not a hook is a misspelling: fail loudly."""
+    known = {n for n in dir(HookSpecs) if n.startswith(HOOK_PREFIX)}
+    for attr in dir(module):
+        if attr.startswith(HOOK_PREFIX) and attr not in known and callable(
+            getattr(module, attr)
+        ):
+            raise PluginError(
+                name, f"{attr!r} is not a vip-worker hook (known: {', '.join(sorted(known))})"
+            )
+
+
+def load_plugins(settings) -> LoadedPlugins:
+    """Import every enabled plugin, register it, and collect its handlers."""
+    manager = make_plugin_manager()
+    infos: list[PluginInfo] = []
+    disabled = set(settings.disabled_plugins)
+    seen: dict[str, str] = {}
+
+    candidates: list[tuple[str, str, object]] = []
+    for name, path in discover(settings.plugin_dirs):
+        if name in disabled:
+            continue
+        if name in seen:
+            raise PluginError(name, f"found twice: {seen[name]} and {path}")
+        seen[name] = str(path)
+        candidates.append((name, str(path), lambda n=name, p=path: import_from_path(n, p)))
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in disabled:
+            continue
+        if ep.name in seen:
+            raise PluginError(ep.name, f"found twice: {seen[ep.name]} and entry point {ep.value}")
+        dist = ep.dist.name if ep.dist else "?"
+        seen[ep.name] = f"entry point {ep.value} ({dist})"
+        candidates.append((ep.name, seen[ep.name], lambda e=ep: load_entry_point(e)))
+
+    for name, origin, importer in candidates:
+        module = importer()
+        check_hook_names(name, module, manager)
+        try:
+            manager.register(module, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginError(name, str(exc)) from exc
+        infos.append(PluginInfo(name=name, origin=origin))
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(getattr(exc, "plugin_name", "?"), str(exc)) from exc
+
+    registry = HandlerRegistry()
+    for impl in manager.hook.vip_worker_register_handlers.get_hookimpls():
+        # Called per plugin (not through the hook caller) so that each
+        # registration is attributed to the plugin that made it.
+        try:
+            impl.function(register=registry.registrar(impl.plugin_name))
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                impl.plugin_name, f"vip_worker_register_handlers failed: "
+                                  f"{describe_exception(exc)}"
+            ) from exc
+    for info in infos:
+        info.types = registry.types_of(info.name)
+    for message_type in settings.type_limits:
+        if registry.get(message_type) is None:
+            raise ConfigError(f"type_limits.{message_type}", "no plugin handles this type")
+    for plugin in settings.plugin_settings:
+        if plugin not in seen:
+            raise ConfigError(f"plugins.{plugin}", "no such plugin is loaded")
+    return LoadedPlugins(manager=manager, registry=registry, infos=infos)
+
+
+def load_entry_point(ep: importlib.metadata.EntryPoint) -> object:
+    try:
+        return ep.load()
+    except Exception as exc:
+        raise PluginError(ep.name, f"failed to import entry point {ep.value}: "
+                                   f"{describe_exception(exc)}") from exc

@@ -1,0 +1,190 @@
+"""One poller process: a uvloop event loop that runs start -> serve -> drain -> close.
+
+Forked by the arbiter. Everything with a connection (the boto3 client, the
+plugins' clients) is made here, after fork. Signals only set the stop mode:
+
+- SIGTERM: graceful. Stop receiving, hand back what never started, let running
+  handlers finish within ``grace_period_s`` (heartbeats go on), wait for the
+  outstanding long polls and hand back what they bring, then exit 0.
+- SIGINT / SIGQUIT: the same, faster: no grace period, no waiting for long polls
+  (a message a cut-off long poll received comes back after its visibility timeout).
+
+Liveness: every second the loop writes the time into shared memory that the
+arbiter reads; a loop blocked by a handler stops writing and is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import json
+import logging
+import os
+import signal
+import time
+
+from vip_worker import exitcodes
+from vip_worker.liveness import HANDLED, INFLIGHT, READY, TICK
+from vip_worker.consumer import Consumer
+from vip_worker.context import PollerContext
+from vip_worker.heartbeat import Heartbeat
+from vip_worker.plugins import describe_exception, load_plugins
+from vip_worker.sqs import TRANSPORT_ERRORS, AsyncSqs, SqsClient, error_code, make_client
+
+log = logging.getLogger("vip_worker.poller")
+TICK_S = 1.0
+RSS_CHECK_EVERY = 5  # ticks
+
+
+class Poller:
+    def __init__(self, settings, index: int, shm, sqs_client=None) -> None:
+        self.settings = settings
+        self.index = index
+        self.shm = shm
+        self.sqs_client = sqs_client
+        self.stop_mode: str | None = None
+        self.stop_event: asyncio.Event | None = None
+        self.exit_code = exitcodes.OK
+
+    def request_stop(self, mode: str) -> None:
+        """Signal-handler safe: record the mode and wake the loop."""
+        if self.stop_mode is None or mode == "fast":
+            self.stop_mode = mode
+        self.stop_event.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        for signum, mode in ((signal.SIGTERM, "graceful"), (signal.SIGINT, "fast"),
+                             (signal.SIGQUIT, "fast")):
+            loop.add_signal_handler(signum, self.request_stop, mode)
+        self.shm[TICK] = time.monotonic()
+        loaded = load_plugins(self.settings)
+        client = self.sqs_client or SqsClient(make_client(
+            self.settings.region, self.settings.sqs_endpoint_url,
+            max_pool=len(self.settings.queues) + 2 * 10))
+        sqs = AsyncSqs(client, max_workers=len(self.settings.queues) + 8)
+        try:
+            dlq_urls = {q.name: await resolve_dlq(sqs, q) for q in self.settings.queues}
+        except DlqLookupFailed as exc:
+            log.error("queue.dlq_lookup_failed", extra={"error": str(exc)})
+            sqs.close()
+            return exitcodes.POLLER_BOOT_FAILED
+        context = PollerContext(index=self.index, settings=self.settings)
+        try:
+            await call_hook(loaded.manager.hook.vip_worker_poller_start, context=context)
+        except Exception as exc:  # noqa: BLE001 - reported, then the arbiter backs off
+            log.error("poller.start_hook_failed", extra={"error": describe_exception(exc)})
+            sqs.close()
+            return exitcodes.POLLER_BOOT_FAILED
+        heartbeat = Heartbeat(sqs, time.monotonic)
+        consumer = Consumer(self.settings, loaded.registry, sqs, heartbeat, context.resources,
+                            dlq_urls)
+        consumer.on_handled = lambda: self.check_recycle(consumer)
+        heartbeat_task = loop.create_task(heartbeat.run(), name="heartbeat")
+        ticker = loop.create_task(self.tick(consumer), name="tick")
+        consumer.start()
+        self.shm[READY] = 1.0
+        log.info("poller.ready", extra={
+            "queues": [q.name for q in self.settings.queues],
+            "types": sorted(loaded.registry.handlers), "concurrency": self.settings.concurrency})
+
+        await self.stop_event.wait()
+        mode = self.stop_mode
+        started = time.monotonic()
+        log.info("poller.stopping", extra={"mode": mode, "in_flight": len(consumer.held)})
+        fast = mode == "fast"
+        await consumer.drain(grace_s=0 if fast else self.settings.grace_period_s,
+                             wait_for_polls=not fast)
+        heartbeat_task.cancel()
+        ticker.cancel()
+        await asyncio.gather(heartbeat_task, ticker, return_exceptions=True)
+        try:
+            await call_hook(loaded.manager.hook.vip_worker_poller_stop, context=context)
+        except Exception as exc:  # noqa: BLE001 - a stop hook must not block the exit
+            log.error("poller.stop_hook_failed", extra={"error": describe_exception(exc)})
+        consumer.close()
+        sqs.close()
+        log.info("poller.stopped", extra={
+            "mode": mode, "handled": consumer.handled,
+            "drain_s": round(time.monotonic() - started, 3)})
+        return exitcodes.POLLER_RECYCLED if mode == "recycle" else exitcodes.OK
+
+    async def tick(self, consumer: Consumer) -> None:
+        ticks = 0
+        while True:
+            self.shm[TICK] = time.monotonic()
+            self.shm[INFLIGHT] = len(consumer.held)
+            self.shm[HANDLED] = consumer.handled
+            ticks += 1
+            if ticks % RSS_CHECK_EVERY == 0:
+                self.check_recycle(consumer)
+            await asyncio.sleep(TICK_S)
+
+    def check_recycle(self, consumer: Consumer) -> None:
+        if self.stop_mode is not None:
+            return
+        settings = self.settings
+        reason = None
+        if settings.max_messages_per_poller and consumer.handled >= settings.max_messages_per_poller:
+            reason = "max_messages_per_poller"
+        elif consumer.abandoned_threads:
+            reason = "abandoned_thread"
+        elif settings.max_rss_mb and rss_mb() > settings.max_rss_mb:
+            reason = "max_rss_mb"
+        if reason:
+            log.info("poller.recycling", extra={"reason": reason, "handled": consumer.handled,
+                                                "rss_mb": round(rss_mb(), 1)})
+            self.request_stop("recycle")
+
+
+async def call_hook(hook, **kwargs) -> None:
+    """Call a pluggy hook; await what ``async def`` implementations return."""
+    for result in hook(**kwargs):
+        if asyncio.iscoroutine(result):
+            await result
+
+
+async def resolve_dlq(sqs: AsyncSqs, queue) -> str | None:
+    """The queue's DLQ: its setting, else its RedrivePolicy's target; None if it has none."""
+    if queue.dlq_url:
+        return queue.dlq_url
+    try:
+        attrs = await sqs.call("queue_attributes", queue.url, ["RedrivePolicy"])
+        policy = json.loads(attrs.get("RedrivePolicy", "{}") or "{}")
+        arn = policy.get("deadLetterTargetArn", "")
+        if arn:
+            return await sqs.call("queue_url", arn.rsplit(":", 1)[-1])
+    except (*TRANSPORT_ERRORS, ValueError) as exc:
+        # Fatal for this poller: serving without knowing the DLQ could strand
+        # poison messages. The arbiter replaces the poller with backoff.
+        raise DlqLookupFailed(f"queue {queue.name}: {error_code(exc)}: {str(exc)[:300]}") from exc
+    log.warning("queue.no_dlq", extra={
+        "queue": queue.name, "detail": "malformed and failed messages are left to the "
+                                       "queue's redrive policy; set dlq_url"})
+    return None
+
+
+class DlqLookupFailed(Exception):
+    pass
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def main(settings, index: int, shm) -> int:
+    """The poller's entry point after fork; returns its exit code."""
+    faulthandler.enable()  # SIGABRT from the arbiter dumps every thread's stack to stderr
+    import uvloop
+
+    try:
+        return uvloop.run(Poller(settings, index, shm).run())
+    except Exception as exc:  # noqa: BLE001 - the arbiter reports the exit code
+        log.critical("poller.crashed", extra={"error": describe_exception(exc)}, exc_info=True)
+        return exitcodes.POLLER_BOOT_FAILED

@@ -1,0 +1,64 @@
+"""Message type -> handler, filled by the plugins' ``vip_worker_register_handlers``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vip_worker.errors import PluginError
+
+TYPE_MAX_LEN = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    message_type: str
+    fn: Callable
+    is_async: bool
+    plugin: str
+
+
+class HandlerRegistry:
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
+
+    def registrar(self, plugin: str) -> Callable[[str, Callable], None]:
+        """The ``register`` callable handed to one plugin's hook."""
+
+        def register(message_type: str, handler: Callable) -> None:
+            self.add(plugin, message_type, handler)
+
+        return register
+
+    def add(self, plugin: str, message_type: str, fn: Callable) -> None:
+        if not isinstance(message_type, str) or not 0 < len(message_type) <= TYPE_MAX_LEN:
+            raise PluginError(plugin, f"message type must be a non-empty string, got "
+                                      f"{message_type!r}")
+        if not callable(fn):
+            raise PluginError(plugin, f"handler for {message_type!r} is not callable")
+        try:
+            inspect.signature(fn).bind(None, None)
+        except TypeError:
+            raise PluginError(
+                plugin, f"handler for {message_type!r} must accept (message, ctx)"
+            ) from None
+        existing = self.handlers.get(message_type)
+        if existing is not None:
+            raise PluginError(
+                plugin,
+                f"message type {message_type!r} is already registered by plugin "
+                f"{existing.plugin!r}",
+            )
+        self.handlers[message_type] = Handler(
+            message_type=message_type,
+            fn=fn,
+            is_async=inspect.iscoroutinefunction(fn),
+            plugin=plugin,
+        )
+
+    def get(self, message_type: str) -> Handler | None:
+        return self.handlers.get(message_type)
+
+    def types_of(self, plugin: str) -> list[str]:
+        return sorted(t for t, h in self.handlers.items() if h.plugin == plugin)

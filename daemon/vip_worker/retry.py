@@ -1,0 +1,60 @@
+"""Pure decisions about failed messages: backoff delays and dead-letter attributes."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from vip_worker.inflight import InFlight
+
+MAX_EXPONENT = 30
+MAX_ATTRIBUTES = 10  # SQS's limit per message
+REASON_MAX = 1000
+# The attributes vip-worker adds to a dead-lettered message; `dlq peek` reads them.
+ERROR_CLASS = "vip_error_class"
+ERROR_TEXT = "vip_error"
+ATTEMPTS = "vip_attempts"
+SOURCE_QUEUE = "vip_source_queue"
+SOURCE_MESSAGE_ID = "vip_source_message_id"
+
+
+def retry_delay(receive_count: int, base_s: float, max_s: float,
+                rand: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with "equal jitter" from SQS's ApproximateReceiveCount.
+
+    Delivery n waits between half and all of ``min(max_s, base_s * 2**(n-1))``:
+    retries of many messages that failed together spread out instead of
+    returning in one wave.
+    """
+    exponent = min(max(receive_count - 1, 0), MAX_EXPONENT)
+    ceiling = min(max_s, base_s * 2**exponent)
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def reason_of(error: BaseException) -> str:
+    text = str(error).strip() or "(no message)"
+    return f"{type(error).__name__}: {text}"[:REASON_MAX]
+
+
+def dead_letter_attributes(item: InFlight, error: BaseException) -> dict[str, dict[str, Any]]:
+    """The original message attributes, plus the reason, within SQS's 10-attribute limit."""
+    ours = {
+        ERROR_CLASS: string_attr(type(error).__name__),
+        ERROR_TEXT: string_attr((str(error).strip() or "(no message)")[:REASON_MAX]),
+        ATTEMPTS: {"DataType": "Number", "StringValue": str(item.receive_count)},
+        SOURCE_QUEUE: string_attr(item.queue.name),
+        SOURCE_MESSAGE_ID: string_attr(item.message_id),
+    }
+    kept = {}
+    for name, value in item.attributes.items():
+        if name in ours or len(kept) + len(ours) >= MAX_ATTRIBUTES:
+            continue
+        clean = {k: value[k] for k in ("DataType", "StringValue", "BinaryValue") if k in value}
+        if "DataType" in clean:
+            kept[name] = clean
+    return {**kept, **ours}
+
+
+def string_attr(text: str) -> dict[str, str]:
+    return {"DataType": "String", "StringValue": text or "-"}

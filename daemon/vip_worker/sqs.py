@@ -1,0 +1,136 @@
+"""The only module that imports boto3: a narrow, blocking SQS client.
+
+The poller calls these methods from a thread pool (``AsyncSqs``) so the event
+loop never blocks on HTTP. Clients are made after fork, one per poller.
+Tests substitute any object with the same methods (see ``tests/fakes.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+RECEIVE_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
+
+ClientError = botocore.exceptions.ClientError
+TRANSPORT_ERRORS = (botocore.exceptions.BotoCoreError, ClientError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFailure:
+    """One failed entry of a batch call, as SQS reported it."""
+
+    id: str
+    code: str
+    message: str
+    sender_fault: bool
+
+
+def make_client(region: str, endpoint_url: str = "", max_pool: int = 32):
+    """A boto3 SQS client for one process. ``endpoint_url`` empty: AWS's default."""
+    config = botocore.config.Config(
+        region_name=region,
+        # A long poll holds its connection for WaitTimeSeconds (at most 20 s).
+        read_timeout=40,
+        connect_timeout=5,
+        max_pool_connections=max_pool,
+        retries={"mode": "standard", "max_attempts": 3},
+    )
+    return boto3.session.Session().client("sqs", endpoint_url=endpoint_url or None, config=config)
+
+
+class SqsClient:
+    """Blocking calls, shaped for the consumer: plain lists in, plain lists out."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def receive(self, queue_url: str, max_messages: int, wait_s: int,
+                visibility_s: int) -> list[dict[str, Any]]:
+        response = self.client.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=wait_s,
+            VisibilityTimeout=visibility_s,
+            MessageSystemAttributeNames=RECEIVE_SYSTEM_ATTRIBUTES,
+            MessageAttributeNames=["All"],
+        )
+        return response.get("Messages", [])
+
+    def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
+                     ) -> list[EntryFailure]:
+        """Delete up to 10 (id, receipt_handle); return the entries that failed."""
+        response = self.client.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": i, "ReceiptHandle": rh} for i, rh in entries],
+        )
+        return failures(response)
+
+    def change_visibility_batch(self, queue_url: str, entries: Sequence[tuple[str, str, int]]
+                                ) -> list[EntryFailure]:
+        """Set visibility of up to 10 (id, receipt_handle, timeout_s); return failures."""
+        response = self.client.change_message_visibility_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": i, "ReceiptHandle": rh, "VisibilityTimeout": t}
+                     for i, rh, t in entries],
+        )
+        return failures(response)
+
+    def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
+             group_id: str | None = None, dedup_id: str | None = None,
+             delay_s: int = 0) -> str:
+        kwargs: dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": body}
+        if attributes:
+            kwargs["MessageAttributes"] = attributes
+        if group_id is not None:
+            kwargs["MessageGroupId"] = group_id
+            kwargs["MessageDeduplicationId"] = dedup_id or ""
+        elif delay_s:
+            kwargs["DelaySeconds"] = delay_s
+        return self.client.send_message(**kwargs)["MessageId"]
+
+    def queue_attributes(self, queue_url: str, names: Sequence[str]) -> dict[str, str]:
+        response = self.client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=list(names))
+        return response.get("Attributes", {})
+
+    def queue_url(self, name: str) -> str:
+        return self.client.get_queue_url(QueueName=name)["QueueUrl"]
+
+
+def failures(response: dict) -> list[EntryFailure]:
+    return [
+        EntryFailure(f["Id"], f.get("Code", ""), f.get("Message", ""), f.get("SenderFault", False))
+        for f in response.get("Failed", [])
+    ]
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code", "ClientError")
+    return type(exc).__name__
+
+
+class AsyncSqs:
+    """Runs a blocking client's calls in a dedicated thread pool.
+
+    Long polls and batch calls share this pool, never the handlers' pool, so a
+    poller full of blocking handlers still heartbeats and acknowledges.
+    """
+
+    def __init__(self, client: Any, max_workers: int) -> None:
+        self.client = client
+        self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sqs")
+
+    async def call(self, method: str, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, getattr(self.client, method), *args)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
