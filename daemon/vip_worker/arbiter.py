@@ -28,8 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vip_worker import exitcodes
-from vip_worker import liveness
+from vip_worker import exitcodes, liveness
 
 log = logging.getLogger("vip_worker.arbiter")
 

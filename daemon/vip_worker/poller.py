@@ -24,10 +24,10 @@ import signal
 import time
 
 from vip_worker import exitcodes
-from vip_worker.liveness import HANDLED, INFLIGHT, READY, TICK
 from vip_worker.consumer import Consumer
 from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
+from vip_worker.liveness import HANDLED, INFLIGHT, READY, TICK
 from vip_worker.plugins import describe_exception, load_plugins
 from vip_worker.sqs import TRANSPORT_ERRORS, AsyncSqs, SqsClient, error_code, make_client
 
@@ -126,7 +126,8 @@ class Poller:
             return
         settings = self.settings
         reason = None
-        if settings.max_messages_per_poller and consumer.handled >= settings.max_messages_per_poller:
+        limit = settings.max_messages_per_poller
+        if limit and consumer.handled >= limit:
             reason = "max_messages_per_poller"
         elif consumer.abandoned_threads:
             reason = "abandoned_thread"
