@@ -15,7 +15,8 @@ def ledger(tmp_path):
 
 def ledger_lines(path, kind=None, job_id=None):
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if (kind is None or r[0] == kind) and (job_id is None or r[1] == job_id)]
+    return [r for r in rows
+            if (kind is None or r[0] == kind) and (job_id is None or r[1] == job_id)]
 
 
 @pytest.fixture

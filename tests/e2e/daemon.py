@@ -93,9 +93,15 @@ class Daemon:
             found = self.events(event, **fields)
             if len(found) >= count:
                 return found
-            if time.monotonic() > deadline:
+            exited = self.proc.poll() is not None
+            if exited:
+                found = self.events(event, **fields)  # the last lines before the exit
+                if len(found) >= count:
+                    return found
+            if exited or time.monotonic() > deadline:
                 raise AssertionError(
-                    f"timed out after {timeout}s waiting for {count} x {event} {fields}; "
+                    f"{'exited' if exited else 'timed out'} waiting for {count} x {event} "
+                    f"{fields}; "
                     f"got {len(found)}. Exit code: {self.proc.poll()}. Last lines:\n"
                     + "\n".join(json.dumps(r) for r in self.records[-25:])
                     + "\nstderr:\n" + self.err_path.read_text()[-3000:])

@@ -125,6 +125,24 @@ def test_sigterm_finishes_running_work_and_hands_back_unstarted(sqs, make_queue,
     assert all(not r["started"] for r in released)
     # Visible again at once, not after the 60 s visibility timeout.
     assert queue_counts(sqs, urls["url"]) == (2, 0)
+    # The plugin's per-process hooks ran in the poller, the stop hook after the last job.
+    pid = running[0][2]
+    assert ledger_lines(ledger, "poller_start")[0][2] == pid
+    assert ledger_lines(ledger)[-1] == ["poller_stop", "-", pid]
+
+
+def test_sigint_hands_back_running_work_at_once(sqs, make_queue, start_daemon, ledger):
+    urls = make_queue("int", visibility_s=60)
+    daemon = start_daemon({"work": queue_table(urls, visibility_timeout_s=60)}, processes=1,
+                          grace_period_s=60)
+    daemon.wait_for("poller.ready")
+    job = send(sqs, urls["url"], "async_sleep", seconds=60)
+    daemon.wait_for("message.started", job_id=job)
+    daemon.send(signal.SIGINT)
+    assert daemon.wait_exit(timeout=15) == 0
+    assert daemon.events("message.released", job_id=job, reason="grace_period_over")
+    assert daemon.events("poller.stopping", mode="fast")
+    assert queue_counts(sqs, urls["url"]) == (1, 0)
 
 
 def test_sigterm_hands_back_what_outlives_the_grace_period(sqs, make_queue, start_daemon,

@@ -53,3 +53,17 @@ def vip_worker_register_handlers(register):
     register("fail", failing_job)
     register("flaky", flaky_job)
     register("block", loop_blocker)
+
+
+@hookimpl
+def vip_worker_poller_start(context):
+    # Per-process resources are made after fork, here.
+    context.resources["testjobs.pid"] = os.getpid()
+    with open(context.plugin_settings("testjobs")["ledger"], "a") as fh:
+        fh.write(f"poller_start - {os.getpid()}\n")
+
+
+@hookimpl
+async def vip_worker_poller_stop(context):
+    with open(context.plugin_settings("testjobs")["ledger"], "a") as fh:
+        fh.write(f"poller_stop - {context.resources['testjobs.pid']}\n")
