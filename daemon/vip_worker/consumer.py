@@ -33,6 +33,13 @@ RECEIVE_ERROR_BACKOFF_MAX_S = 30.0
 SETTLED_TASKS_WAIT_S = 10.0
 
 
+def traceback_of(error: BaseException) -> BaseException | None:
+    """The error itself when its traceback helps (an unexpected exception), else None."""
+    if isinstance(error, (PermanentError, RetryLater, JobTimedOut)):
+        return None
+    return error if error.__traceback__ is not None else None
+
+
 class MessageLogger(logging.LoggerAdapter):
     """A plugin's logger whose lines carry the message's fields, merged with the call's."""
 
@@ -189,6 +196,11 @@ class Consumer:
     async def process_one(self, item: InFlight) -> bool:
         """Handle one message; True when it is consumed (deleted or dead-lettered)."""
         try:
+            if item.settled:
+                return False  # handed back while it waited behind its FIFO group
+            if self.stopping:
+                await self.release_many([item], "shutdown")
+                return False
             try:
                 item.envelope = parse_envelope(item.body)
                 handler = self.registry.get(item.envelope.type)
@@ -279,7 +291,7 @@ class Consumer:
                                 queue.retry_backoff_max_s, self.rand)
         delay_s = int(max(0, min(delay, item.cap_at - self.clock())))
         failure = await self.visibility[queue.name].add((item.receipt, delay_s))
-        log.warning("message.retried", extra={
+        log.warning("message.retried", exc_info=traceback_of(error), extra={
             **item.log_fields(), "delay_s": delay_s, "duration_s": round(duration_s, 4),
             "error_class": type(error).__name__, "error": reason_of(error),
             "visibility_failed": failure.code if failure else None})
@@ -312,7 +324,7 @@ class Consumer:
         failure = await self.deleters[queue.name].add((item.receipt,))
         if failure is not None:
             fields["delete_failed"] = failure.code
-        log.warning("message.dead_lettered", extra=fields)
+        log.warning("message.dead_lettered", exc_info=traceback_of(error), extra=fields)
         return True
 
     async def release_many(self, items: list[InFlight], reason: str) -> None:

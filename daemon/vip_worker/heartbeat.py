@@ -130,10 +130,14 @@ class Heartbeat:
                 "error": str(exc)[:500]})
             return False
         failures = {f.id: f for f in failed}
+        debug = log.isEnabledFor(logging.DEBUG)
         for n, item in enumerate(batch):
             failure = failures.get(str(n))
             if failure is None:
                 item.visible_until = now + entries[n][2]
+                if debug:
+                    log.debug("message.heartbeat", extra={
+                        **item.log_fields(), "visibility_timeout_s": entries[n][2]})
                 continue
             # LOST_CODES: the receipt is stale (the message came back and may be
             # with another poller). The handler goes on; its effects must be idempotent.

@@ -174,7 +174,7 @@ def load_plugins(settings) -> LoadedPlugins:
         if registry.get(message_type) is None:
             raise ConfigError(f"type_limits.{message_type}", "no plugin handles this type")
     for plugin in settings.plugin_settings:
-        if plugin not in seen:
+        if plugin not in seen and plugin not in disabled:
             raise ConfigError(f"plugins.{plugin}", "no such plugin is loaded")
     return LoadedPlugins(manager=manager, registry=registry, infos=infos)
 

@@ -112,7 +112,12 @@ class Poller:
 
     async def tick(self, consumer: Consumer) -> None:
         ticks = 0
+        parent = os.getppid()
         while True:
+            if os.getppid() != parent and self.stop_mode is None:
+                # The master is gone (killed -9): finish gracefully rather than run unmanaged.
+                log.error("poller.orphaned", extra={"master_pid": parent})
+                self.request_stop("graceful")
             self.shm[TICK] = time.monotonic()
             self.shm[INFLIGHT] = len(consumer.held)
             self.shm[HANDLED] = consumer.handled

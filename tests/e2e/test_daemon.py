@@ -238,3 +238,21 @@ def test_blocked_event_loop_is_dumped_and_replaced(sqs, make_queue, start_daemon
                       what="a replacement poller")
     # faulthandler's dump names the blocking call.
     daemon.wait_until(lambda: "loop_blocker" in daemon.err_path.read_text(), what="stack dump")
+
+
+def test_pollers_stop_by_themselves_when_the_master_is_killed(make_queue, start_daemon):
+    urls = make_queue("orphan")
+    daemon = start_daemon({"work": queue_table(urls)}, processes=2)
+    pids = {r["pid"] for r in daemon.wait_for("poller.ready", count=2)}
+    daemon.send(signal.SIGKILL)
+    daemon.wait_exit()
+    daemon.wait_for("poller.orphaned", count=2)
+
+    def gone(pid):
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                return "\nState:\tZ" in fh.read()
+        except FileNotFoundError:
+            return True
+
+    daemon.wait_until(lambda: all(gone(p) for p in pids), what="orphaned pollers exited")
