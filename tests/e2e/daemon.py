@@ -86,14 +86,17 @@ class Daemon:
                 and all(r.get(k) == v for k, v in fields.items())]
 
     def wait_for(self, event: str, count: int = 1, timeout: float = DEFAULT_TIMEOUT_S,
-                 **fields) -> list[dict]:
-        """Wait until ``count`` lines of ``event`` with ``fields`` were logged."""
+                 master_may_exit: bool = False, **fields) -> list[dict]:
+        """Wait until ``count`` lines of ``event`` with ``fields`` were logged.
+
+        Fails at once when the master exits first, unless ``master_may_exit``.
+        """
         deadline = time.monotonic() + timeout
         while True:
             found = self.events(event, **fields)
             if len(found) >= count:
                 return found
-            exited = self.proc.poll() is not None
+            exited = self.proc.poll() is not None and not master_may_exit
             if exited:
                 found = self.events(event, **fields)  # the last lines before the exit
                 if len(found) >= count:
