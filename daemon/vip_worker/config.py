@@ -205,6 +205,45 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+# The content pipeline: the job store and the generation service.
+PIPELINE_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "state_dir", "", string,
+        "Directory for local state (the embedded job store). Empty: $STATE_DIRECTORY "
+        "(set by systemd's StateDirectory=) or ./var.",
+    ),
+    Setting(
+        "mongodb_uri", "", string,
+        "MongoDB connection string; when set, jobs live in MongoDB instead of SQLite.",
+        env=("MONGODB_URI",), secret=True,
+    ),
+    Setting(
+        "mongodb_database", "", string,
+        "MongoDB database (empty: the one named in the URI, else 'vipcontent').",
+        env=("MONGODB_DATABASE",),
+    ),
+    Setting("sqlite_path", "", string, "Embedded store file (empty: <state_dir>/jobs.sqlite3)."),
+    Setting("jobs_collection", "jobs", string, "Collection (table) of jobs."),
+    Setting("content_collection", "generated_content", string,
+            "Collection of generated articles."),
+    Setting("media_collection", "media", string, "Collection of generated images."),
+    Setting(
+        "fastapi_url", "http://127.0.0.1:8000", url,
+        "Base URL of the generation service (the FastAPI app).", env=("FASTAPI_URL",),
+    ),
+    Setting("article_path", "/api/generation/{mode}", string,
+            "Path of the article endpoint; {mode} is the payload's mode."),
+    Setting("image_path", "/api/generation/image", string, "Path of the image endpoint."),
+    Setting("article_modes", ["topic", "keywords", "trends", "spin"], str_list,
+            "Generation modes a message may ask for (anything else is refused)."),
+    Setting("generation_connect_timeout_s", 5.0, number(0.1, 300),
+            "Connect timeout of generation calls."),
+    Setting(
+        "generation_read_timeout_s", 900.0, number(1, MAX_VISIBILITY_S),
+        "Read timeout of generation calls (clipped to the queue's max_job_time_s).",
+    ),
+)
+
 QUEUE_SETTINGS: tuple[Setting, ...] = (
     Setting("url", "", url, "The queue's URL (required)."),
     Setting(
@@ -234,6 +273,7 @@ QUEUE_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+WORKER_SETTINGS = WORKER_SETTINGS + PIPELINE_SETTINGS
 WORKER_BY_NAME = {s.name: s for s in WORKER_SETTINGS}
 QUEUE_BY_NAME = {s.name: s for s in QUEUE_SETTINGS}
 TOP_LEVEL_TABLES = ("queues", "plugins")
@@ -277,6 +317,19 @@ class Settings:
     poller_timeout_s: float
     respawn_backoff_max_s: float
     crash_loop_threshold: int
+    state_dir: str
+    mongodb_uri: str
+    mongodb_database: str
+    sqlite_path: str
+    jobs_collection: str
+    content_collection: str
+    media_collection: str
+    fastapi_url: str
+    article_path: str
+    image_path: str
+    article_modes: list[str]
+    generation_connect_timeout_s: float
+    generation_read_timeout_s: float
     queues: tuple[QueueSettings, ...] = ()
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     config_file: str = ""
@@ -457,13 +510,22 @@ def mask(key: str, value: Any) -> Any:
     return value
 
 
+def mask_secret(value: Any) -> Any:
+    """A secret setting: a URL keeps its shape with the password masked, else all masked."""
+    if not value:
+        return value
+    masked = mask_url(str(value))
+    return masked if masked != value else "****"
+
+
 def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> list[dict]:
     """Rows of (key, value, source) for ``vip-worker config``, secrets masked."""
     env = os.environ if environ is None else environ
     rows = []
     for setting in WORKER_SETTINGS:
         value = getattr(settings, setting.name)
-        rows.append({"key": setting.name, "value": mask(setting.name, value),
+        shown = mask_secret(value) if setting.secret else mask(setting.name, value)
+        rows.append({"key": setting.name, "value": shown,
                      "source": settings.sources.get(setting.name, "default")})
     for queue in settings.queues:
         for setting in QUEUE_SETTINGS:
