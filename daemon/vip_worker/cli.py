@@ -7,6 +7,9 @@ Commands (each documented in docs/cli.md; a test keeps the two in step):
   sources, secrets masked.
 - ``vip-worker plugins [--config FILE] [--json]``: each plugin, where it was
   loaded from, and its message types.
+- ``vip-worker enqueue TYPE [--topic ... | --payload JSON | --file JSONL]``: create
+  jobs and queue them (inline without SQS); prints the job ids.
+- ``vip-worker jobs show ID [--json]`` / ``jobs list [--status S] [--json]``.
 - ``vip-worker dev [--exit-when-done] ...``: the embedded stack on 127.0.0.1.
 """
 
@@ -18,8 +21,9 @@ import logging
 import os
 import sys
 
-from vip_worker import __version__, config, exitcodes, logconfig
+from vip_worker import __version__, config, exitcodes, jobs_cli, logconfig
 from vip_worker.errors import ConfigError, PluginError
+from vip_worker.jobs_cli import PAYLOAD_FLAGS, camel
 
 log = logging.getLogger("vip_worker.cli")
 
@@ -40,6 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list plugins, their origin and types")
     add_config_arg(plugins)
     plugins.add_argument("--json", action="store_true", help="one JSON document")
+
+    enqueue = commands.add_parser("enqueue", help="create jobs and queue their messages")
+    add_config_arg(enqueue)
+    enqueue.add_argument("type", help="message type, e.g. articles or images")
+    enqueue.add_argument("--user-id", default="cli", help="the job's userId")
+    enqueue.add_argument("--job-id", help="the job's id (default: a new ObjectId)")
+    enqueue.add_argument("--payload", help="the payload as a JSON object")
+    enqueue.add_argument("--file", help="JSON lines, one payload per line (bulk)")
+    for flag, kind in PAYLOAD_FLAGS.items():
+        enqueue.add_argument(f"--{flag}", type=kind, help=f"payload field {camel(flag)}")
+
+    jobs = commands.add_parser("jobs", help="show jobs from the job store")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    show_job = jobs_commands.add_parser("show", help="one job: status, progress, error, times")
+    add_config_arg(show_job)
+    show_job.add_argument("job_id")
+    show_job.add_argument("--json", action="store_true", help="one JSON document")
+    list_jobs = jobs_commands.add_parser("list", help="recent jobs, newest first")
+    add_config_arg(list_jobs)
+    list_jobs.add_argument("--status", choices=("queued", "processing", "completed", "failed"))
+    list_jobs.add_argument("--limit", type=int, default=50)
+    list_jobs.add_argument("--json", action="store_true", help="one JSON document")
 
     dev = commands.add_parser("dev", help="run the embedded stack on 127.0.0.1 (no AWS)")
     dev.add_argument("--port", type=int, default=0,
@@ -65,11 +91,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return devstack.main(args)
     try:
-        settings = config.load(args.config, overrides=overrides(args))
+        settings = config.load(args.config, overrides=overrides(args),
+                               require_queues=args.command == "run")
     except ConfigError as exc:
         print(f"vip-worker: configuration error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
-    handler = {"run": cmd_run, "config": cmd_config, "plugins": cmd_plugins}[args.command]
+    handler = {"run": cmd_run, "config": cmd_config, "plugins": cmd_plugins,
+               "enqueue": jobs_cli.cmd_enqueue, "jobs": jobs_cli.cmd_jobs}[args.command]
     return handler(args, settings)
 
 

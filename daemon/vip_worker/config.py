@@ -347,12 +347,15 @@ def load(
     config_file: str | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    require_queues: bool = True,
 ) -> Settings:
     """Build the effective settings; raise ``ConfigError`` naming the bad key.
 
     :param config_file: TOML file; ``None`` uses ``VIP_WORKER_CONFIG`` if set.
     :param environ: the environment (default ``os.environ``).
     :param overrides: command-line values (e.g. ``--processes``), highest priority.
+    :param require_queues: the daemon needs a queue; the producer and ``jobs``
+        commands do not (without one, the producer runs handlers inline).
     """
     env = dict(os.environ if environ is None else environ)
     path = config_file or env.get(CONFIG_ENV) or ""
@@ -388,7 +391,7 @@ def load(
         values["plugin_dirs"] = [str(base / d) for d in values["plugin_dirs"]]
 
     queues = load_queues(doc.get("queues", {}), env, file_src, sources)
-    if not queues:
+    if not queues and require_queues:
         raise ConfigError(
             "queues",
             "no queue configured: set ARTICLES_QUEUE_URL / IMAGES_QUEUE_URL, "

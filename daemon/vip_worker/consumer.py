@@ -15,10 +15,9 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from vip_worker.batching import BATCH_MAX, Batcher
-from vip_worker.context import HandlerContext
+from vip_worker.context import HandlerContext, PollerContext
 from vip_worker.errors import JobTimedOut, PermanentError, RetryLater, UnknownMessageType
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.inflight import InFlight
@@ -50,14 +49,14 @@ class MessageLogger(logging.LoggerAdapter):
 
 class Consumer:
     def __init__(self, settings, registry: HandlerRegistry, sqs, heartbeat: Heartbeat,
-                 resources: dict[str, Any], dlq_urls: dict[str, str | None],
+                 context: PollerContext, dlq_urls: dict[str, str | None],
                  clock: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random) -> None:
         self.settings = settings
         self.registry = registry
         self.sqs = sqs
         self.heartbeat = heartbeat
-        self.resources = resources
+        self.context = context
         self.dlq_urls = dlq_urls
         self.clock = clock
         self.rand = rand
@@ -225,15 +224,17 @@ class Consumer:
         item.started = True
         queue = item.queue
         fields = item.log_fields()
+        started = self.clock()
         ctx = HandlerContext(
-            message_id=item.message_id, queue=queue.name, receive_count=item.receive_count,
-            max_attempts=queue.max_attempts,
+            message_id=item.message_id, job_id=item.envelope.job_id, queue=queue.name,
+            receive_count=item.receive_count, max_attempts=queue.max_attempts,
+            deadline=started + queue.max_job_time_s,
             log=MessageLogger(logging.getLogger(f"vip_worker_plugins.{handler.plugin}"), fields),
-            resources=self.resources,
+            resources=self.context.resources,
             plugin_settings=self.settings.plugin_settings.get(handler.plugin, {}),
+            poller=self.context,
         )
         log.debug("message.started", extra=fields)
-        started = self.clock()
         error: BaseException
         try:
             async with asyncio.timeout(queue.max_job_time_s) as timer:

@@ -13,3 +13,8 @@ CONFIG = 78
 # Poller-only codes, read by the arbiter when it reaps a poller.
 POLLER_BOOT_FAILED = 3  # could not start (plugin start hook, SQS client): counts toward crash loop
 POLLER_RECYCLED = 4  # left on purpose after max_messages_per_poller / max_rss_mb: respawn at once
+
+# Command exit codes (sysexits.h).
+USAGE = 64  # bad arguments or input file
+NOT_FOUND = 66  # EX_NOINPUT: no such job
+UNAVAILABLE = 69  # EX_UNAVAILABLE: the job store cannot be reached

@@ -78,8 +78,7 @@ class Poller:
             sqs.close()
             return exitcodes.POLLER_BOOT_FAILED
         heartbeat = Heartbeat(sqs, time.monotonic)
-        consumer = Consumer(self.settings, loaded.registry, sqs, heartbeat, context.resources,
-                            dlq_urls)
+        consumer = Consumer(self.settings, loaded.registry, sqs, heartbeat, context, dlq_urls)
         consumer.on_handled = lambda: self.check_recycle(consumer)
         heartbeat_task = loop.create_task(heartbeat.run(), name="heartbeat")
         ticker = loop.create_task(self.tick(consumer), name="tick")
@@ -104,6 +103,7 @@ class Poller:
         except Exception as exc:  # noqa: BLE001 - a stop hook must not block the exit
             log.error("poller.stop_hook_failed", extra={"error": describe_exception(exc)})
         consumer.close()
+        context.close()
         sqs.close()
         log.info("poller.stopped", extra={
             "mode": mode, "handled": consumer.handled,

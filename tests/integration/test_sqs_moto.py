@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import envelope, queue_counts
 from vip_worker import PermanentError, config
 from vip_worker.consumer import Consumer
+from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.poller import resolve_dlq
 from vip_worker.registry import HandlerRegistry
@@ -86,7 +87,7 @@ def run_consumer(settings, client, handlers, until, timeout_s=20.0):
         sqs = AsyncSqs(client, 4)
         dlqs = {q.name: await resolve_dlq(sqs, q) for q in settings.queues}
         heartbeat = Heartbeat(sqs, time.monotonic)
-        consumer = Consumer(settings, registry, sqs, heartbeat, {}, dlqs)
+        consumer = Consumer(settings, registry, sqs, heartbeat, PollerContext(0, settings), dlqs)
         beat = asyncio.get_running_loop().create_task(heartbeat.run())
         consumer.start()
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,123 @@
+"""``vip-worker enqueue`` and ``vip-worker jobs``: the producer and the job store from a shell."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+from vip_worker import exitcodes
+from vip_worker.store import StoreUnavailable
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+parse_bool.__name__ = "boolean"
+
+# --flag -> payload field (camelCase, as the app sends it) and its type.
+PAYLOAD_FLAGS = {
+    "mode": str, "topic": str, "word-count": int, "tone": str, "keywords": str,
+    "target-audience": str, "language": str, "prompt": str, "size": str, "style": str,
+    "seo-optimization": parse_bool, "include-images": parse_bool,
+}
+
+
+def camel(flag: str) -> str:
+    first, *rest = flag.split("-")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def payloads_from(args) -> list[dict[str, Any]]:
+    if args.file:
+        with open(args.file, encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+        if not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{args.file}: every line must be a JSON object")
+        return rows
+    payload: dict[str, Any] = {}
+    if args.payload:
+        payload = json.loads(args.payload)
+        if not isinstance(payload, dict):
+            raise ValueError("--payload must be a JSON object")
+    for flag in PAYLOAD_FLAGS:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            payload[camel(flag)] = value
+    return [payload]
+
+
+def cmd_enqueue(args, settings) -> int:
+    from vip_worker.producer import Producer
+
+    try:
+        payloads = payloads_from(args)
+    except (OSError, ValueError) as exc:
+        print(f"vip-worker: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    if args.job_id and len(payloads) > 1:
+        print("vip-worker: --job-id names one job; not with --file", file=sys.stderr)
+        return exitcodes.USAGE
+    producer = Producer(settings)
+    try:
+        for payload in payloads:
+            print(producer.enqueue(args.type, payload, user_id=args.user_id, job_id=args.job_id),
+                  flush=True)
+    except StoreUnavailable as exc:
+        print(f"vip-worker: job store unavailable: {exc}", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
+    finally:
+        producer.close()
+    return exitcodes.OK
+
+
+def cmd_jobs(args, settings) -> int:
+    from vip_worker.store.factory import open_store
+
+    store = open_store(settings)
+    try:
+        if args.jobs_command == "show":
+            job = store.get_job(args.job_id)
+            if job is None:
+                print(f"vip-worker: no job {args.job_id!r}", file=sys.stderr)
+                return exitcodes.NOT_FOUND
+            print(json.dumps(job, indent=2, default=str) if args.json else render(job))
+            return exitcodes.OK
+        jobs = store.list_jobs(status=args.status, limit=args.limit)
+        if args.json:
+            print(json.dumps(jobs, indent=2, default=str))
+        for job in [] if args.json else jobs:
+            print(f"{job['_id']}  {job.get('type', ''):<8} {job['status']:<10} "
+                  f"{job.get('progress', 0):>3}%  {when(job.get('updatedAt'))}  "
+                  f"{job.get('error') or job.get('message') or ''}")
+        return exitcodes.OK
+    except StoreUnavailable as exc:
+        print(f"vip-worker: job store unavailable: {exc}", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
+    finally:
+        store.close()
+
+
+def render(job: dict[str, Any]) -> str:
+    lines = [f"job       {job['_id']}", f"type      {job.get('type')}",
+             f"user      {job.get('userId')}", f"status    {job['status']}",
+             f"progress  {job.get('progress', 0)}%", f"message   {job.get('message') or '-'}",
+             f"attempts  {job.get('attempts', 0)}"]
+    if job.get("error"):
+        lines.append(f"error     {job['error']}")
+    for key in ("createdAt", "startedAt", "updatedAt", "completedAt"):
+        lines.append(f"{key:<9} {when(job.get(key))}")
+    return "\n".join(lines)
+
+
+def when(value) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return str(value) if value else "-"

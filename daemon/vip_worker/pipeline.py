@@ -1,0 +1,95 @@
+"""The content pipeline a generation handler runs: claim, generate, save, with progress.
+
+The articles and images plugins are thin: each names its generation call and its
+content collection, and ``run_job`` does the rest, the same way for both::
+
+    queued --claim--> processing (10 "Generating content...")
+           --generate--> (80 "Saving content...") --save--> completed (100)
+
+Failures: a ``PermanentError`` (bad request, a 4xx from the service, a reply
+that is not the expected JSON) marks the job ``failed`` with the reason before
+the core dead-letters the message. A transient one (5xx, timeout, reset) puts
+the job back to ``queued`` with the reason as its message, unless this was the
+last attempt, when the job is marked ``failed`` first. An outage of the job store
+itself is only retried: the job cannot be, and is not, marked failed for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from vip_worker.errors import PermanentError, RetryLater
+from vip_worker.store import ClaimOutcome, StoreUnavailable
+
+GENERATION_CLIENT = "vip_worker.generation"  # key in the poller's resources
+BUSY_RETRY_MAX_S = 300.0
+ERROR_MAX = 1000
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def generation_client(context):
+    """The poller's one generation client (a requests Session), made on first use."""
+    client = context.resources.get(GENERATION_CLIENT)
+    if client is None:
+        from vip_worker.generation import GenerationClient
+
+        settings = context.settings
+        client = GenerationClient(
+            settings.fastapi_url,
+            article_path=settings.article_path,
+            image_path=settings.image_path,
+            modes=settings.article_modes,
+            connect_timeout_s=settings.generation_connect_timeout_s,
+            read_timeout_s=settings.generation_read_timeout_s,
+        )
+        context.resources[GENERATION_CLIENT] = client
+    return client
+
+
+def close_generation_client(context) -> None:
+    client = context.resources.pop(GENERATION_CLIENT, None)
+    if client is not None:
+        client.close()
+
+
+def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: str) -> None:
+    """Claim the job, call ``generate()``, save its result; classify every failure."""
+    store = ctx.store
+    claim = store.claim(message.job_id, user_id=message.user_id, type=message.type,
+                        params=message.payload, message_id=ctx.message_id,
+                        lease_s=max(ctx.time_left_s, 1.0), now=now())
+    if claim.outcome is ClaimOutcome.COMPLETED:
+        ctx.log.info("job.already_completed")
+        return
+    if claim.outcome is ClaimOutcome.BUSY:
+        wait_s = (claim.lease_until - now()).total_seconds() if claim.lease_until else 60.0
+        raise RetryLater("job is being processed by another delivery",
+                         delay_s=min(max(wait_s, 1.0), BUSY_RETRY_MAX_S))
+    ctx.progress(10, "Generating content...")
+    try:
+        result = generate()
+    except PermanentError as exc:
+        store.fail(message.job_id, readable(exc), now())
+        raise
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if ctx.is_last_attempt:
+            store.fail(message.job_id, f"gave up after {ctx.receive_count} attempts: "
+                                       f"{readable(exc)}", now())
+        else:
+            store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now())
+        raise
+    ctx.progress(80, "Saving content...")
+    store.save_result(message.job_id, collection, result, now())
+    ctx.log.info("job.completed", extra={"collection": collection})
+
+
+def readable(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[:ERROR_MAX]

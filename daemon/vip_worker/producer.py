@@ -1,0 +1,156 @@
+"""The producer: what the web app does, for Python apps (and ``vip-worker enqueue``).
+
+It creates the job (``queued``) in the job store, then sends the message in the
+seed's exact format (``jobId``, ``userId``, ``type``, ``timestamp``, ``payload``)
+to the queue named after the type (``articles`` -> the ``articles`` queue).
+
+The seed's fallback: when SQS is not configured for the type, the handler runs
+inline in the caller's process and the log says so ("the system still works").
+
+    from vip_worker.producer import queue_article_generation, is_sqs_configured
+    job_id = queue_article_generation(None, user_id, {"mode": "topic", "topic": "..."})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+
+from vip_worker import config
+from vip_worker.context import HandlerContext, PollerContext
+from vip_worker.message import Envelope
+
+log = logging.getLogger("vip_worker.producer")
+
+
+def new_job_id() -> str:
+    """A fresh id in the app's shape: a 24-hex MongoDB ObjectId string."""
+    return str(ObjectId())
+
+
+class Producer:
+    """Creates jobs and queues their messages; runs them inline when SQS is absent.
+
+    :param settings: from ``config.load(require_queues=False)``.
+    :param sqs_client: a boto3 SQS client (default: one made from the settings).
+    """
+
+    def __init__(self, settings, sqs_client=None) -> None:
+        self.settings = settings
+        self.sqs_client = sqs_client
+        self.context = PollerContext(index=-1, settings=settings)
+        self.inline = None  # plugins loaded on the first inline run
+
+    @property
+    def store(self):
+        return self.context.store
+
+    def queue_for(self, message_type: str):
+        for queue in self.settings.queues:
+            if queue.name == message_type:
+                return queue
+        return None
+
+    def is_sqs_configured(self, message_type: str = "articles") -> bool:
+        return self.queue_for(message_type) is not None
+
+    def enqueue(self, message_type: str, payload: dict[str, Any], *, user_id: str,
+                job_id: str | None = None) -> str:
+        """Create the job and queue (or run) it; return its jobId."""
+        if not isinstance(payload, dict):
+            raise TypeError("payload must be a dict")
+        job_id = job_id or new_job_id()
+        now = datetime.now(UTC)
+        stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        envelope = Envelope(job_id=job_id, user_id=user_id, type=message_type,
+                            timestamp=stamp, payload=payload)
+        self.store.create_job(job_id, user_id, message_type, payload, now)
+        queue = self.queue_for(message_type)
+        if queue is None:
+            log.warning("producer.inline", extra={
+                "job_id": job_id, "type": message_type,
+                "detail": f"no SQS queue configured for {message_type!r}: running the "
+                          f"handler in this process"})
+            self.run_inline(envelope)
+            return job_id
+        kwargs = {"QueueUrl": queue.url, "MessageBody": envelope.to_body()}
+        if queue.fifo:
+            kwargs.update(MessageGroupId=user_id, MessageDeduplicationId=job_id)
+        message_id = self.client().send_message(**kwargs)["MessageId"]
+        log.info("producer.queued", extra={"job_id": job_id, "type": message_type,
+                                           "queue": queue.name, "message_id": message_id})
+        return job_id
+
+    def client(self):
+        if self.sqs_client is None:
+            from vip_worker.sqs import make_client
+
+            self.sqs_client = make_client(self.settings.region, self.settings.sqs_endpoint_url)
+        return self.sqs_client
+
+    def run_inline(self, envelope: Envelope) -> None:
+        """Run the type's handler here, once, as a poller would (errors are the caller's)."""
+        if self.inline is None:
+            from vip_worker.plugins import load_plugins
+            from vip_worker.poller import call_hook
+
+            self.inline = load_plugins(self.settings)
+            asyncio.run(call_hook(self.inline.manager.hook.vip_worker_poller_start,
+                                  context=self.context))
+        handler = self.inline.registry.get(envelope.type)
+        if handler is None:
+            raise LookupError(f"no plugin handles type {envelope.type!r}")
+        fields = {"message_id": None, "job_id": envelope.job_id, "type": envelope.type,
+                  "queue": None, "receive_count": 1}
+        from vip_worker.consumer import MessageLogger
+
+        ctx = HandlerContext(
+            message_id=f"inline-{envelope.job_id}", job_id=envelope.job_id, queue="",
+            receive_count=1, max_attempts=1, deadline=time.monotonic() + 3600,
+            log=MessageLogger(logging.getLogger(f"vip_worker_plugins.{handler.plugin}"), fields),
+            resources=self.context.resources,
+            plugin_settings=self.settings.plugin_settings.get(handler.plugin, {}),
+            poller=self.context)
+        if handler.is_async:
+            asyncio.run(handler.fn(envelope, ctx))
+        else:
+            handler.fn(envelope, ctx)
+
+    def close(self) -> None:
+        if self.inline is not None:
+            from vip_worker.poller import call_hook
+
+            asyncio.run(call_hook(self.inline.manager.hook.vip_worker_poller_stop,
+                                  context=self.context))
+        self.context.close()
+
+
+@functools.cache
+def default_producer() -> Producer:
+    """A producer configured from the environment (and VIP_WORKER_CONFIG), made once."""
+    return Producer(config.load(require_queues=False))
+
+
+def is_sqs_configured(message_type: str = "articles") -> bool:
+    return default_producer().is_sqs_configured(message_type)
+
+
+def enqueue(message_type: str, payload: dict[str, Any], *, user_id: str,
+            job_id: str | None = None) -> str:
+    return default_producer().enqueue(message_type, payload, user_id=user_id, job_id=job_id)
+
+
+def queue_article_generation(job_id: str | None, user_id: str, params: dict[str, Any]) -> str:
+    """The seed's ``queueArticleGeneration(jobId, userId, params)``; returns the jobId."""
+    return enqueue("articles", params, user_id=user_id, job_id=job_id)
+
+
+def queue_image_generation(job_id: str | None, user_id: str, params: dict[str, Any]) -> str:
+    """The seed's ``queueImageGeneration(jobId, userId, params)``; returns the jobId."""
+    return enqueue("images", params, user_id=user_id, job_id=job_id)
