@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local SQS port (default: VIP_DEV_SQS_PORT or a free one)")
     dev.add_argument("--processes", type=int, default=2, help="poller processes")
     dev.add_argument("--jobs", type=int, default=6, help="demo jobs to enqueue")
+    dev.add_argument("--latency", type=float, default=1.0,
+                     help="seconds the stub generation service takes per call")
+    dev.add_argument("--failure-rate", type=float, default=0.0,
+                     help="share of generation calls the stub answers with 503")
     dev.add_argument("--exit-when-done", action="store_true",
                      help="stop and exit 0 once the demo batch is done")
     dev.add_argument("--timeout", type=float, default=120.0,

@@ -1,9 +1,11 @@
-"""``vip-worker dev``: the embedded stack, all on 127.0.0.1, no AWS account.
+"""``vip-worker dev``: the embedded stack, all on 127.0.0.1, no AWS account, no MongoDB.
 
-Starts moto's SQS server on loopback, creates the ``articles`` and ``images``
-queues with their dead-letter queues, starts ``vip-worker run`` with the bundled
-plugins, sends a demo batch in the seed's exact message format, and shows each
-message's story as the daemon logs it. Ctrl-C stops the daemon gracefully.
+Starts moto's SQS server on loopback with the ``articles`` and ``images`` queues
+and their dead-letter queues, a stub of the generation service (configurable
+latency and failure rate), the embedded SQLite job store in a fresh state
+directory, and ``vip-worker run`` with the bundled plugins. It then enqueues a
+demo batch through the producer, exactly as the app would, and shows each job's
+status and progress from the job store until the batch is done. Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-import uuid
-from datetime import UTC, datetime
 
 QUEUES = ("articles", "images")
 # Above the daemon's max_attempts (5), so vip-worker dead-letters with the reason first.
 REDRIVE_MAX_RECEIVES = 10
 SHOWN_EVENTS = {
     "poller.ready": "poller {poller} ready",
-    "message.succeeded": "{type:<8} job {job_id} succeeded in {duration_s}s",
     "message.retried": "{type:<8} job {job_id} retried in {delay_s}s: {error}",
     "message.dead_lettered": "{type:<8} job {job_id} dead-lettered: {error}",
 }
@@ -53,91 +53,69 @@ def create_queues(client) -> dict[str, str]:
     return urls
 
 
-def demo_messages(count: int) -> list[tuple[str, dict]]:
-    """(queue, body) pairs in the seed's format; the last one is a bad request on purpose."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    messages = []
+def demo_payloads(count: int) -> list[tuple[str, dict]]:
+    """(type, payload) pairs as the app sends them; the last is a bad request on purpose."""
+    payloads = []
     for n in range(count):
-        kind = QUEUES[n % 2]
-        payload = ({"mode": "topic", "topic": f"Fantasy Football Strategies #{n}",
-                    "wordCount": 1500, "tone": "Professional", "seoOptimization": True,
-                    "includeImages": False}
-                   if kind == "articles" else {"prompt": f"A stadium at dusk, picture {n}"})
-        messages.append((kind, {"jobId": uuid.uuid4().hex[:24], "userId": "demo-user",
-                                "type": kind, "timestamp": now, "payload": payload}))
-    bad = {"jobId": uuid.uuid4().hex[:24], "userId": "demo-user", "type": "articles",
-           "timestamp": now, "payload": {"mode": "no-such-mode", "topic": "x"}}
-    messages.append(("articles", bad))
-    return messages
+        if n % 2 == 0:
+            payloads.append(("articles", {
+                "mode": "topic", "topic": f"Fantasy Football Strategies #{n}",
+                "wordCount": 300, "tone": "Professional", "seoOptimization": True,
+                "includeImages": False}))
+        else:
+            payloads.append(("images", {"prompt": f"A stadium at dusk, picture {n}",
+                                        "size": "1024x1024"}))
+    payloads.append(("articles", {"mode": "no-such-mode", "topic": "x"}))
+    return payloads
 
 
 def main(args) -> int:
     import boto3
+
+    from vip_worker import config
+    from vip_worker.producer import Producer
+    from vip_worker.stubservice import StubGenerationService
 
     env = dict(os.environ)
     env.setdefault("AWS_ACCESS_KEY_ID", "testing")
     env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     env["AWS_EC2_METADATA_DISABLED"] = "true"
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("MONGODB_URI", "VIP_WORKER_MONGODB_URI", "AWS_PROFILE"):
+        env.pop(name, None)  # the embedded stack never uses a real database or account
     port = args.port or int(env.get("VIP_DEV_SQS_PORT", "0"))
     server, endpoint = start_sqs(port)
-    print(f"dev: local SQS (moto) on {endpoint}", flush=True)
+    generation = StubGenerationService(latency_s=args.latency, failure_rate=args.failure_rate)
+    generation.start()
+    state_dir = tempfile.mkdtemp(prefix="vip-worker-dev-")
     client = boto3.client("sqs", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
                           aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
     urls = create_queues(client)
     env.update({"AWS_ENDPOINT_URL_SQS": endpoint, "ARTICLES_QUEUE_URL": urls["articles"],
-                "IMAGES_QUEUE_URL": urls["images"]})
+                "IMAGES_QUEUE_URL": urls["images"], "FASTAPI_URL": generation.url,
+                "VIP_WORKER_STATE_DIR": state_dir})
+    print(f"dev: local SQS (moto) on {endpoint}\n"
+          f"dev: stub generation service on {generation.url} "
+          f"(latency {args.latency}s, failure rate {args.failure_rate})\n"
+          f"dev: job store {state_dir}/jobs.sqlite3 "
+          f"(see it: VIP_WORKER_STATE_DIR={state_dir} vip-worker jobs list)", flush=True)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "vip_worker", "run", "--processes", str(args.processes)],
         env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
-    pending: set[str] = set()
-    done = threading.Event()
-    lock = threading.Lock()
-
-    def follow() -> None:
-        for line in daemon.stdout:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                print(line, end="")
-                continue
-            template = SHOWN_EVENTS.get(record.get("event"))
-            if template:
-                print("daemon: " + template.format_map(Missing(record)), flush=True)
-            if record.get("event") in ("message.succeeded", "message.dead_lettered"):
-                with lock:
-                    pending.discard(record.get("job_id"))
-                    if not pending:
-                        done.set()
-
-    reader = threading.Thread(target=follow, daemon=True)
+    reader = threading.Thread(target=follow, args=(daemon,), daemon=True)
     reader.start()
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    producer = Producer(config.load(environ=env, require_queues=False), sqs_client=client)
     code = 0
     try:
-        messages = demo_messages(args.jobs)
-        with lock:
-            pending.update(body["jobId"] for _, body in messages)
-        for queue, body in messages:
-            client.send_message(QueueUrl=urls[queue], MessageBody=json.dumps(body))
-        print(f"dev: sent {len(messages)} demo messages (one is a bad request, to show the "
-              f"dead-letter path)", flush=True)
-        deadline = time.monotonic() + args.timeout
-        announced = False
-        while not stop.is_set() and daemon.poll() is None:
-            if done.wait(0.2) and not announced:
-                announced = True
-                if args.exit_when_done:
-                    print("dev: demo batch done", flush=True)
-                    break
-                print("dev: demo batch done; serving until Ctrl-C", flush=True)
-            if args.exit_when_done and time.monotonic() > deadline:
-                print(f"dev: demo batch not done after {args.timeout}s", flush=True)
-                code = 1
-                break
+        jobs = {producer.enqueue(kind, payload, user_id="demo-user"): kind
+                for kind, payload in demo_payloads(args.jobs)}
+        print(f"dev: enqueued {len(jobs)} demo jobs (the last is a bad request, to show the "
+              f"failed/dead-letter path)", flush=True)
+        code = watch(producer.store, jobs, daemon, stop, args)
     finally:
         if daemon.poll() is None:
             # Fast stop (as Ctrl-C): nothing of the demo is in flight any more, and a
@@ -149,11 +127,55 @@ def main(args) -> int:
                 daemon.kill()
                 daemon.wait()
         reader.join(timeout=5)
+        producer.close()
+        generation.stop()
         server.stop()
     if daemon.returncode not in (0, None) and code == 0:
         print(f"dev: daemon exited with {daemon.returncode}", flush=True)
         code = daemon.returncode
     return code
+
+
+def watch(store, jobs: dict[str, str], daemon, stop: threading.Event, args) -> int:
+    """Print each job's status changes; return once all are done (or keep serving)."""
+    shown: dict[str, tuple] = {}
+    deadline = time.monotonic() + args.timeout
+    announced = False
+    while not stop.is_set() and daemon.poll() is None:
+        finished = 0
+        for job_id, kind in jobs.items():
+            job = store.get_job(job_id) or {}
+            state = (job.get("status"), job.get("progress"), job.get("message"))
+            if state != shown.get(job_id):
+                shown[job_id] = state
+                detail = job.get("error") or job.get("message") or ""
+                print(f"job {job_id} {kind:<8} {state[0]:<10} {state[1] or 0:>3}%  {detail}",
+                      flush=True)
+            finished += job.get("status") in ("completed", "failed")
+        if finished == len(jobs) and not announced:
+            announced = True
+            if args.exit_when_done:
+                print("dev: demo batch done", flush=True)
+                return 0
+            print("dev: demo batch done; serving until Ctrl-C", flush=True)
+        if args.exit_when_done and time.monotonic() > deadline:
+            print(f"dev: demo batch not done after {args.timeout}s", flush=True)
+            return 1
+        stop.wait(0.25)
+    return 0
+
+
+def follow(daemon) -> None:
+    """Echo the daemon's notable log lines, compactly."""
+    for line in daemon.stdout:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            print(line, end="")
+            continue
+        template = SHOWN_EVENTS.get(record.get("event"))
+        if template:
+            print("daemon: " + template.format_map(Missing(record)), flush=True)
 
 
 class Missing(dict):

@@ -46,6 +46,7 @@ def generation_client(context):
             modes=settings.article_modes,
             connect_timeout_s=settings.generation_connect_timeout_s,
             read_timeout_s=settings.generation_read_timeout_s,
+            pool_maxsize=settings.concurrency,  # one connection per handler thread
         )
         context.resources[GENERATION_CLIENT] = client
     return client

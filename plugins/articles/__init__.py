@@ -1,30 +1,35 @@
-"""The articles plugin: handles messages of type ``articles``.
+"""The articles plugin: messages of type ``articles`` -> a generated article.
 
-Loaded from the project's ``plugins/`` like any user plugin. This first form
-validates the request (the seed's payload: ``mode``, ``topic``, ``wordCount``,
-``tone``...) and records the job's outcome in its log; the generation-service
-client and the job store are wired in by the content-pipeline work.
+Calls the generation service's ``POST {FASTAPI_URL}/api/generation/{mode}`` with
+the payload mapped to its snake_case fields, saves the article in the
+``content_collection`` (``generated_content``) keyed by jobId, and moves the job
+``queued -> processing -> completed | failed`` with progress (see
+``vip_worker.pipeline``). Loaded from the project's ``plugins/`` like any user plugin.
 """
 
-from vip_worker import PermanentError, hookimpl
-
-MODES = ("topic", "keywords", "trends", "spin")
+from vip_worker import hookimpl, pipeline
 
 
 def handle_article(message, ctx):
-    payload = message.payload
-    mode = payload.get("mode", "topic")
-    if mode not in MODES:
-        raise PermanentError(f"unknown generation mode {mode!r} (known: {', '.join(MODES)})")
-    topic = payload.get("topic")
-    if mode == "topic" and not (isinstance(topic, str) and topic.strip()):
-        raise PermanentError("payload.topic is required for mode 'topic'")
-    words = payload.get("wordCount", 1000)
-    if not isinstance(words, int) or not 50 <= words <= 20000:
-        raise PermanentError(f"payload.wordCount must be an integer 50..20000, got {words!r}")
-    ctx.log.info("article.accepted", extra={"mode": mode, "word_count": words})
+    client = pipeline.generation_client(ctx.poller)
+
+    def generate():
+        result = client.article(message.payload, read_timeout_s=ctx.time_left_s)
+        return {"mode": message.payload.get("mode", "topic"), **result}
+
+    pipeline.run_job(message, ctx, generate, ctx.settings.content_collection)
 
 
 @hookimpl
 def vip_worker_register_handlers(register):
     register("articles", handle_article)
+
+
+@hookimpl
+def vip_worker_poller_start(context):
+    pipeline.generation_client(context)  # one requests Session per poller, made after fork
+
+
+@hookimpl
+def vip_worker_poller_stop(context):
+    pipeline.close_generation_client(context)

@@ -1,24 +1,33 @@
-"""The images plugin: handles messages of type ``images``.
+"""The images plugin: messages of type ``images`` -> a generated image.
 
-This first form validates the request (``prompt`` required) and records the
-outcome in its log; the generation-service client and the job store are wired
-in by the content-pipeline work.
+Calls ``POST {FASTAPI_URL}/api/generation/image`` with the prompt and options,
+saves the result in the ``media_collection`` (``media``) keyed by jobId, and
+moves the job through its states with progress (see ``vip_worker.pipeline``).
+Shares the poller's generation client with the articles plugin.
 """
 
-from vip_worker import PermanentError, hookimpl
-
-PROMPT_MAX = 4000
+from vip_worker import hookimpl, pipeline
 
 
 def handle_image(message, ctx):
-    prompt = message.payload.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise PermanentError("payload.prompt is required")
-    if len(prompt) > PROMPT_MAX:
-        raise PermanentError(f"payload.prompt is longer than {PROMPT_MAX} characters")
-    ctx.log.info("image.accepted", extra={"prompt_chars": len(prompt)})
+    client = pipeline.generation_client(ctx.poller)
+
+    def generate():
+        return client.image(message.payload, read_timeout_s=ctx.time_left_s)
+
+    pipeline.run_job(message, ctx, generate, ctx.settings.media_collection)
 
 
 @hookimpl
 def vip_worker_register_handlers(register):
     register("images", handle_image)
+
+
+@hookimpl
+def vip_worker_poller_start(context):
+    pipeline.generation_client(context)
+
+
+@hookimpl
+def vip_worker_poller_stop(context):
+    pipeline.close_generation_client(context)

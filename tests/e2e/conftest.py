@@ -28,8 +28,7 @@ def start_daemon(tmp_path, sqs_endpoint, ledger):
         settings.setdefault("plugin_dirs", [str(TEST_PLUGINS)])
         settings.setdefault("log_level", "DEBUG")
         settings.setdefault("grace_period_s", 10)
-        plugins = settings.setdefault("plugins", {})
-        plugins.setdefault("testjobs", {"ledger": str(ledger)})
+        settings.setdefault("plugins", {"testjobs": {"ledger": str(ledger)}})
         workdir = tmp_path / f"daemon{len(started)}"
         workdir.mkdir()
         path = write_config(workdir / "vip-worker.toml", queues, **settings) if config else None

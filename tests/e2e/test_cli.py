@@ -141,10 +141,13 @@ def test_plugin_from_an_installed_distribution_entry_point(tmp_path):
 
 
 def test_readme_run_command_completes_its_demo_batch():
-    result = vip("dev", "--exit-when-done", "--jobs", "4", "--processes", "1", timeout=120)
+    result = vip("dev", "--exit-when-done", "--jobs", "4", "--processes", "1", "--latency",
+                 "0.2", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dev: demo batch done" in result.stdout
-    assert result.stdout.count("succeeded") == 4
+    lines = result.stdout.splitlines()
+    assert len([line for line in lines if " completed  100%" in line]) == 4
+    assert [line for line in lines if " failed " in line and "no-such-mode" in line]
     assert "dead-lettered: PermanentError: unknown generation mode" in result.stdout
 
 

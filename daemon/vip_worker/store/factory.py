@@ -1,0 +1,68 @@
+"""Open the configured job store: MongoDB when ``mongodb_uri`` is set, else SQLite.
+
+Call it in the process that uses the store (after fork): neither a SQLite
+connection nor a pymongo client may cross a fork.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from vip_worker.errors import ConfigError
+from vip_worker.store import JobStore
+
+SQLITE_FILE = "jobs.sqlite3"
+DEFAULT_STATE_DIR = "var"
+COLLECTION_KEYS = ("jobs_collection", "content_collection", "media_collection")
+
+
+def state_dir(settings: Any, environ: Mapping[str, str] | None = None) -> str:
+    """``state_dir``; empty: ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``, whose
+    first entry is ours when it lists several), else ``./var``."""
+    env = os.environ if environ is None else environ
+    if settings.state_dir:
+        return settings.state_dir
+    systemd_dirs = env.get("STATE_DIRECTORY", "")
+    return systemd_dirs.split(":")[0] if systemd_dirs else DEFAULT_STATE_DIR
+
+
+def sqlite_path(settings: Any, environ: Mapping[str, str] | None = None) -> str:
+    """The embedded store's file, absolute: ``sqlite_path`` or ``<state_dir>/jobs.sqlite3``."""
+    path = settings.sqlite_path or os.path.join(state_dir(settings, environ), SQLITE_FILE)
+    return os.path.abspath(path)
+
+
+def open_store(settings: Any, environ: Mapping[str, str] | None = None) -> JobStore:
+    """The job store ``settings`` name.
+
+    :param settings: :class:`vip_worker.config.Settings` (or any object with the
+        pipeline settings as attributes).
+    :param environ: the environment, for ``$STATE_DIRECTORY`` (default ``os.environ``).
+    :raises ConfigError: a setting the store cannot use, named.
+    :raises StoreUnavailable: the store could not be reached or created.
+    """
+    names = {key: getattr(settings, key) for key in COLLECTION_KEYS}
+    if settings.mongodb_uri:
+        from pymongo.errors import ConfigurationError, InvalidName
+
+        from vip_worker.store.mongo import MongoStore
+
+        try:
+            return MongoStore(settings.mongodb_uri, settings.mongodb_database, **names)
+        except ConfigurationError as exc:  # InvalidURI among them: a malformed URI
+            raise ConfigError("mongodb_uri", str(exc)) from None
+        except (InvalidName, ValueError) as exc:
+            raise ConfigError("mongodb_database/collections", str(exc)) from None
+
+    from vip_worker.store.sqlite import SqliteStore, check_name
+
+    for key, name in names.items():
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+    if names["jobs_collection"] in (names["content_collection"], names["media_collection"]):
+        raise ConfigError("jobs_collection", "must differ from the content collections")
+    return SqliteStore(sqlite_path(settings, environ), **names)

@@ -1,0 +1,358 @@
+"""The embedded job store: one SQLite file in WAL mode, shared by every poller process.
+
+Each collection is a table named after it. A row holds the whole document as
+JSON (``doc``) beside the columns the queries need: the key (``id``, the
+jobId; ``job_id`` UNIQUE in content tables), ``status`` and ``created_at``.
+Datetimes inside ``doc`` are written ``{"$date": "2025-01-15T10:30:00.000Z"}``
+(ISO 8601 UTC, millisecond precision like MongoDB's) and come back as
+timezone-aware UTC datetimes, so documents look the same from both backends.
+
+Concurrency:
+
+- between processes, every read-decide-write runs in ``BEGIN IMMEDIATE``: the
+  transaction takes the database's write lock before it reads, so two pollers
+  claiming one job are serialized and the second sees the first's claim.
+  Waiting for that lock is bounded by ``busy_timeout_s``.
+- within a process, handler threads share ONE connection guarded by a lock
+  (``check_same_thread=False``). SQLite allows one writer at a time anyway, so
+  connections per thread would only add concurrent reads, while costing a
+  connection per pool thread (``concurrency`` may be thousands), connections
+  that ``close()`` cannot reach from another thread, and threads spinning in
+  SQLite's sleep-and-retry busy handler instead of queueing on a lock.
+- a connection is never used across ``fork`` (SQLite forbids it): a store used
+  in a process other than the one that opened it opens a fresh connection and
+  abandons the inherited one untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from vip_worker.store import STATUSES, Claim, ClaimOutcome, StoreUnavailable
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+QUEUED_MESSAGE = "Queued"
+PROCESSING_MESSAGE = "Processing"
+COMPLETED_MESSAGE = "Completed"
+
+
+def check_name(name: str) -> str:
+    """A collection name usable as a table name, unquoted: ``[A-Za-z_][A-Za-z0-9_]*``."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid table name ([A-Za-z_][A-Za-z0-9_]*)")
+    return name
+
+
+# -- datetimes and JSON -------------------------------------------------------------
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC, truncated to milliseconds (MongoDB's precision); naive means UTC."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def iso(value: datetime) -> str:
+    """Fixed-width ISO 8601 UTC, so that text order is time order."""
+    value = utc(value)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$date": iso(value)}
+    raise TypeError(f"cannot store a {type(value).__name__} in the job store")
+
+
+def decode_object(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and isinstance(obj.get("$date"), str):
+        with suppress(ValueError):  # not ours: a caller's own {"$date": ...} stays as it is
+            return datetime.fromisoformat(obj["$date"].replace("Z", "+00:00")).astimezone(UTC)
+    return obj
+
+
+def encode(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, default=encode_value, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode(text: str) -> dict[str, Any]:
+    return json.loads(text, object_hook=decode_object)
+
+
+def new_job(job_id: str, user_id: str, type: str, params: dict[str, Any],
+            now: datetime) -> dict[str, Any]:
+    """A ``queued`` job document (the module docstring of ``vip_worker.store``)."""
+    return {
+        "_id": job_id, "userId": user_id, "type": type, "status": "queued", "progress": 0,
+        "message": QUEUED_MESSAGE, "attempts": 0, "error": None, "createdAt": now,
+        "updatedAt": now, "startedAt": None, "completedAt": None, "params": params,
+        "messageId": None, "leaseUntil": None,
+    }
+
+
+def claimable(job: dict[str, Any], message_id: str, now: datetime) -> bool:
+    """The claim condition: queued or failed, or processing under a lease that is
+    expired, absent, or held by an earlier delivery of this same message."""
+    status = job.get("status")
+    if status in ("queued", "failed"):
+        return True
+    if status != "processing":
+        return False
+    lease = job.get("leaseUntil")
+    return lease is None or lease < now or job.get("messageId") == message_id
+
+
+class SqliteStore:
+    """``JobStore`` on one SQLite file; see the module docstring for concurrency."""
+
+    def __init__(self, path: str | os.PathLike[str], jobs_collection: str = "jobs",
+                 content_collection: str = "generated_content",
+                 media_collection: str = "media", *,
+                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+        self.path = os.fspath(path)
+        self.jobs = check_name(jobs_collection)
+        self.collections = {check_name(content_collection), check_name(media_collection)}
+        if self.jobs in self.collections:
+            raise ValueError(f"{self.jobs!r} cannot hold both jobs and content")
+        self.busy_timeout_s = busy_timeout_s
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        with self._lock, self._errors():
+            self._connection()
+
+    # -- connection and transactions --------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection, (re)opened when missing or inherited over fork."""
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        self._conn = None  # inherited over fork: abandoned, never used nor closed here
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        # isolation_level=None: no implicit transactions; we BEGIN and COMMIT ourselves.
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            self._enable_wal(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            self._create_jobs_table(conn)
+            for name in self.collections:
+                self._create_content_table(conn, name)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (a no-op once it is: the mode is persistent).
+
+        SQLite does not call the busy handler for this switch: pollers opening a new
+        file together get "database is locked" at once. Retry until the busy timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay_s = 0.005
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 0.1)
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot use WAL (journal_mode is {mode})")
+
+    def _create_jobs_table(self, conn: sqlite3.Connection) -> None:
+        t = self.jobs
+        conn.execute(f'CREATE TABLE IF NOT EXISTS "{t}" (id TEXT PRIMARY KEY, '
+                     "status TEXT NOT NULL, created_at TEXT NOT NULL, doc TEXT NOT NULL)")
+        conn.execute(f'CREATE INDEX IF NOT EXISTS "{t}_status_created" '
+                     f'ON "{t}" (status, created_at)')
+        conn.execute(f'CREATE INDEX IF NOT EXISTS "{t}_created" ON "{t}" (created_at)')
+
+    def _create_content_table(self, conn: sqlite3.Connection, name: str) -> None:
+        conn.execute(f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, '
+                     "job_id TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, "
+                     "doc TEXT NOT NULL)")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's and the file system's failures -> ``StoreUnavailable``.
+
+        The connection is dropped on failure: the next call reopens it, which
+        recovers from a replaced file or a remounted directory.
+        """
+        try:
+            yield
+        except (sqlite3.OperationalError, OSError) as exc:
+            if self._conn is not None and self._pid == os.getpid():
+                with suppress(sqlite3.Error):
+                    self._conn.close()
+            self._conn = None
+            raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            yield self._connection()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: the write lock is held from the first read,
+        so the decision the body takes is still true when it commits."""
+        with self._lock, self._errors():
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    def _load_job(self, conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
+        row = conn.execute(f'SELECT doc FROM "{self.jobs}" WHERE id = ?', (job_id,)).fetchone()
+        return decode(row[0]) if row else None
+
+    def _save_job(self, conn: sqlite3.Connection, job: dict[str, Any]) -> None:
+        conn.execute(
+            f'INSERT INTO "{self.jobs}" (id, status, created_at, doc) VALUES (?, ?, ?, ?) '
+            "ON CONFLICT(id) DO UPDATE SET status = excluded.status, doc = excluded.doc",
+            (job["_id"], job["status"], iso(job["createdAt"]), encode(job)),
+        )
+
+    # -- JobStore ---------------------------------------------------------------
+
+    def create_job(self, job_id: str, user_id: str, type: str, params: dict[str, Any],
+                   now: datetime) -> bool:
+        job = new_job(job_id, user_id, type, params, utc(now))
+        with self._write() as conn:
+            cursor = conn.execute(
+                f'INSERT INTO "{self.jobs}" (id, status, created_at, doc) VALUES (?, ?, ?, ?) '
+                "ON CONFLICT(id) DO NOTHING",
+                (job_id, job["status"], iso(now), encode(job)),
+            )
+            return cursor.rowcount == 1
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            return self._load_job(conn, job_id)
+
+    def list_jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        if limit < 1 or (status is not None and status not in STATUSES):
+            return []
+        where, args = ("WHERE status = ? ", [status]) if status else ("", [])
+        with self._read() as conn:
+            rows = conn.execute(
+                f'SELECT doc FROM "{self.jobs}" {where}'
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?", (*args, limit),
+            ).fetchall()
+        return [decode(row[0]) for row in rows]
+
+    def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
+              message_id: str, lease_s: float, now: datetime) -> Claim:
+        now = utc(now)
+        with self._write() as conn:
+            job = self._load_job(conn, job_id)
+            if job is None:
+                # Another app produced the message without creating the job. -> processing
+                job = new_job(job_id, user_id, type, params, now)
+            elif job.get("status") == "completed":
+                return Claim(ClaimOutcome.COMPLETED, job)
+            elif not claimable(job, message_id, now):
+                return Claim(ClaimOutcome.BUSY, job, lease_until=job.get("leaseUntil"))
+            # queued | failed | processing (lease expired or ours) -> processing
+            job.update(
+                status="processing", progress=0, message=PROCESSING_MESSAGE, error=None,
+                attempts=(job.get("attempts") or 0) + 1, messageId=message_id,
+                leaseUntil=utc(now + timedelta(seconds=lease_s)), updatedAt=now,
+            )
+            job["startedAt"] = job.get("startedAt") or now
+            self._save_job(conn, job)
+            return Claim(ClaimOutcome.CLAIMED, job)
+
+    def progress(self, job_id: str, percent: int, message: str, now: datetime) -> None:
+        with self._write() as conn:
+            job = self._load_job(conn, job_id)
+            if job is None or job.get("status") != "processing":
+                return
+            job.update(progress=max(0, min(100, int(percent))), message=message,
+                       updatedAt=utc(now))
+            self._save_job(conn, job)
+
+    def save_result(self, job_id: str, collection: str, content: dict[str, Any],
+                    now: datetime) -> None:
+        now = utc(now)
+        table = check_name(collection)
+        with self._write() as conn:
+            if table not in self.collections:
+                self._create_content_table(conn, table)
+            job = self._load_job(conn, job_id)
+            row = conn.execute(f'SELECT doc FROM "{table}" WHERE job_id = ?',
+                               (job_id,)).fetchone()
+            # A redelivery updates the one document (MongoDB's $set / $setOnInsert).
+            doc = decode(row[0]) if row else {"_id": uuid.uuid4().hex[:24], "createdAt": now}
+            doc.update({k: v for k, v in content.items() if k not in ("_id", "createdAt")})
+            doc["jobId"] = job_id
+            doc["userId"] = job["userId"] if job and "userId" in job else content.get("userId")
+            conn.execute(
+                f'INSERT INTO "{table}" (id, job_id, created_at, doc) VALUES (?, ?, ?, ?) '
+                "ON CONFLICT(job_id) DO UPDATE SET doc = excluded.doc",
+                (doc["_id"], job_id, iso(doc["createdAt"]), encode(doc)),
+            )
+            if job is not None:
+                # processing -> completed
+                job.update(status="completed", progress=100, message=COMPLETED_MESSAGE,
+                           error=None, completedAt=now, updatedAt=now, leaseUntil=None)
+                self._save_job(conn, job)
+
+    def requeue(self, job_id: str, error: str, now: datetime) -> None:
+        self._settle(job_id, "queued", error, utc(now))
+
+    def fail(self, job_id: str, error: str, now: datetime) -> None:
+        self._settle(job_id, "failed", error, utc(now))
+
+    def _settle(self, job_id: str, status: str, error: str, now: datetime) -> None:
+        """processing -> queued | failed; a completed job is never taken back."""
+        with self._write() as conn:
+            job = self._load_job(conn, job_id)
+            if job is None or job.get("status") == "completed":
+                return
+            job.update(status=status, error=error, message=error, leaseUntil=None,
+                       updatedAt=now)
+            self._save_job(conn, job)
+
+    def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
+        table = check_name(collection)
+        with self._read() as conn:
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                  "AND name = ?", (table,)).fetchone()
+            if not exists:
+                return []
+            rows = conn.execute(f'SELECT doc FROM "{table}" WHERE job_id = ?',
+                                (job_id,)).fetchall()
+        return [decode(row[0]) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                with suppress(sqlite3.Error):
+                    self._conn.close()
+            self._conn = None
