@@ -88,6 +88,17 @@ def string(value: Any) -> str:
 string.kind = "string"
 
 
+def identifier(value: Any) -> str:
+    """A collection / table name: letters, digits and underscores, not starting with a digit."""
+    text = string(value)
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", text):
+        raise ValueError(f"must be a name of letters, digits and _, got {text!r}")
+    return text
+
+
+identifier.kind = "name"
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).upper() if options[0].isupper() else str(value)
@@ -223,10 +234,10 @@ PIPELINE_SETTINGS: tuple[Setting, ...] = (
         env=("MONGODB_DATABASE",),
     ),
     Setting("sqlite_path", "", string, "Embedded store file (empty: <state_dir>/jobs.sqlite3)."),
-    Setting("jobs_collection", "jobs", string, "Collection (table) of jobs."),
-    Setting("content_collection", "generated_content", string,
+    Setting("jobs_collection", "jobs", identifier, "Collection (table) of jobs."),
+    Setting("content_collection", "generated_content", identifier,
             "Collection of generated articles."),
-    Setting("media_collection", "media", string, "Collection of generated images."),
+    Setting("media_collection", "media", identifier, "Collection of generated images."),
     Setting(
         "fastapi_url", "http://127.0.0.1:8000", url,
         "Base URL of the generation service (the FastAPI app).", env=("FASTAPI_URL",),

@@ -99,7 +99,8 @@ def test_job_killed_mid_generation_completes_once(sqs, pipeline, generation):
     job = new_id()
     sqs.send_message(QueueUrl=urls["articles"]["url"], MessageBody=seed_message(job))
     started = daemon.wait_for("message.started", job_id=job)[0]
-    daemon.wait_until(lambda: store.get_job(job)["status"] == "processing", what="claimed")
+    daemon.wait_until(lambda: (store.get_job(job) or {}).get("status") == "processing",
+                      what="claimed")
     os.kill(started["pid"], signal.SIGKILL)
     done = daemon.wait_for("message.succeeded", job_id=job, timeout=40)[0]
     assert done["pid"] != started["pid"]

@@ -118,6 +118,8 @@ class MongoStore:
                  media_collection: str = "media", client: Any = None) -> None:
         if jobs_collection in (content_collection, media_collection):
             raise ValueError(f"{jobs_collection!r} cannot hold both jobs and content")
+        if client is None and not uri:
+            raise ValueError("MongoStore needs a URI or a client")
         self._owns_client = client is None
         if client is None:
             options: dict[str, Any] = {"tz_aware": True}

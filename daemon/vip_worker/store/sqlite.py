@@ -129,6 +129,9 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        # Connections inherited over fork, kept referenced so that garbage collection
+        # never closes them here (closing one in the child is as unsafe as using it).
+        self._inherited: list[sqlite3.Connection] = []
         with self._lock, self._errors():
             self._connection()
 
@@ -138,7 +141,7 @@ class SqliteStore:
         """The open connection, (re)opened when missing or inherited over fork."""
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
-        self._conn = None  # inherited over fork: abandoned, never used nor closed here
+        self._drop_connection()
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
         # isolation_level=None: no implicit transactions; we BEGIN and COMMIT ourselves.
@@ -146,16 +149,20 @@ class SqliteStore:
                                check_same_thread=False)
         try:
             self._enable_wal(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            self._create_jobs_table(conn)
-            for name in self.collections:
-                self._create_content_table(conn, name)
-            conn.execute("COMMIT")
+            self._create_schema(conn)
         except BaseException:
             conn.close()
             raise
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            with suppress(sqlite3.Error):
+                self._conn.close()
+        elif self._conn is not None:
+            self._inherited.append(self._conn)  # opened before fork: abandoned, not closed
+        self._conn = None
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch the file to WAL (a no-op once it is: the mode is persistent).
@@ -177,6 +184,26 @@ class SqliteStore:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot use WAL (journal_mode is {mode})")
 
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        """Tables and indexes, created only when missing: opening a store that exists
+        must not wait for the write lock (a reader should not queue behind writers)."""
+        wanted = {self.jobs, f"{self.jobs}_status_created", f"{self.jobs}_created",
+                  *self.collections}
+        have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if wanted <= have:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._create_jobs_table(conn)
+            for name in self.collections:
+                self._create_content_table(conn, name)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
     def _create_jobs_table(self, conn: sqlite3.Connection) -> None:
         t = self.jobs
         conn.execute(f'CREATE TABLE IF NOT EXISTS "{t}" (id TEXT PRIMARY KEY, '
@@ -194,16 +221,14 @@ class SqliteStore:
     def _errors(self) -> Iterator[None]:
         """SQLite's and the file system's failures -> ``StoreUnavailable``.
 
-        The connection is dropped on failure: the next call reopens it, which
-        recovers from a replaced file or a remounted directory.
+        On any failure but a busy database the connection is dropped and the next
+        call reopens it, which recovers from a replaced file or a remounted directory.
         """
         try:
             yield
         except (sqlite3.OperationalError, OSError) as exc:
-            if self._conn is not None and self._pid == os.getpid():
-                with suppress(sqlite3.Error):
-                    self._conn.close()
-            self._conn = None
+            if "locked" not in str(exc):  # busy is no fault of the connection: keep it
+                self._drop_connection()
             raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     @contextmanager
@@ -352,7 +377,4 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                with suppress(sqlite3.Error):
-                    self._conn.close()
-            self._conn = None
+            self._drop_connection()
