@@ -461,11 +461,10 @@ def test_sqlite_path_defaults_to_var_in_the_working_directory(tmp_path, monkeypa
     assert sqlite_path(settings_with(), environ={}) == str(tmp_path / "var" / "jobs.sqlite3")
 
 
-def test_factory_rejects_a_bad_table_name(tmp_path):
-    settings = settings_with(VIP_WORKER_STATE_DIR=str(tmp_path),
-                             VIP_WORKER_MEDIA_COLLECTION="media; DROP TABLE jobs")
+def test_a_bad_table_name_is_refused_when_settings_load(tmp_path):
     with pytest.raises(ConfigError, match="media_collection"):
-        open_store(settings, environ={})
+        settings_with(VIP_WORKER_STATE_DIR=str(tmp_path),
+                      VIP_WORKER_MEDIA_COLLECTION="media; DROP TABLE jobs")
 
 
 @pytest.mark.parametrize("env, database", [
