@@ -19,6 +19,7 @@ CHLD   a poller exited: reap it, replace it (with backoff if it died young)
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vip_worker import exitcodes, liveness
+from vip_worker.systemd import Notifier
 
 log = logging.getLogger("vip_worker.arbiter")
 
@@ -39,6 +41,9 @@ MIN_UPTIME_S = 10.0  # a poller that dies younger than this counts toward a cras
 BOOT_TIMEOUT_S = 60.0  # a poller not ready after this long is replaced
 KILL_AFTER_ABORT_S = 5.0
 FAST_STOP_TIMEOUT_S = 10.0
+STATUS_EVERY_S = 2.0
+RATE_SAMPLE_EVERY_S = 10.0
+RATE_SAMPLES_KEPT = 90  # 15 minutes of samples for the processing rate
 
 
 @dataclass(eq=False)
@@ -79,7 +84,18 @@ class Arbiter:
     crash_loop_reported: bool = False
     stopping: str | None = None
     stop_deadline: float = 0.0
+    hand_back_by: float | None = None  # monotonic; a spot notice's deadline
+    stop_reason: str = "signal"
     started_at: float = 0.0
+    runtime_dir: str = ""
+    notifier: Notifier | None = None
+    announced_ready: bool = False
+    last_status: str = ""
+    status_written_at: float = 0.0
+    retired: dict[str, float] = field(default_factory=dict)  # counters of exited pollers
+    rate_samples: list[tuple[float, float]] = field(default_factory=list)
+    services: list = field(default_factory=list)  # threads started by start_services
+    start_services: Callable[[Arbiter], list] = lambda arbiter: []
 
     # -- main loop ---------------------------------------------------------
 
@@ -93,7 +109,10 @@ class Arbiter:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         for name in HANDLED_SIGNALS:
             signal.signal(getattr(signal, f"SIG{name}"), self.record_signal)
+        if self.notifier is None:
+            self.notifier = Notifier()
         log.info("arbiter.started", extra={"processes": self.target, "pid": os.getpid()})
+        self.services = self.start_services(self)
         try:
             while True:
                 self.manage_pollers()
@@ -104,15 +123,38 @@ class Arbiter:
                     getattr(self, f"handle_{name}")()
                 self.reap_pollers()
                 self.murder_pollers()
+                self.report()
                 if self.stopping and not self.pollers:
                     break
-                if self.stopping and time.monotonic() > self.stop_deadline:
+                now = time.monotonic()
+                if self.hand_back_by is not None and now > self.hand_back_by:
+                    # A spot notice's deadline nears: hand back what still runs, now.
+                    log.warning("arbiter.handing_back", extra={"pollers": len(self.pollers)})
+                    self.hand_back_by = None
+                    self.kill_all(signal.SIGINT)
+                if self.stopping and now > self.stop_deadline:
                     self.kill_all(signal.SIGKILL)
         finally:
             signal.set_wakeup_fd(-1)
+            for service in self.services:
+                service.stop()
+            self.write_status()
         log.info("arbiter.stopped", extra={"mode": self.stopping,
                                            "uptime_s": round(time.monotonic() - self.started_at)})
         return exitcodes.OK
+
+    def request_stop(self, reason: str, hand_back_by: float | None = None) -> None:
+        """From another thread (the spot watcher): stop gracefully, as on SIGTERM.
+
+        :param hand_back_by: monotonic time by which running work must be handed back.
+        """
+        self.hand_back_by = hand_back_by
+        self.stop_reason = reason
+        self.signals.append(signal.SIGTERM)
+        try:
+            os.write(self.wake_fds[1], b"\0")
+        except OSError:
+            pass
 
     def record_signal(self, signum, frame) -> None:
         # Only record: no logging or I/O in a signal handler (reentrancy).
@@ -151,6 +193,8 @@ class Arbiter:
         except Exception as exc:  # noqa: BLE001 - a bad reload leaves the running pollers alone
             log.error("arbiter.reload_failed", extra={"error": str(exc)})
             return
+        self.notifier.reloading()
+        self.announced_ready = False  # READY=1 again once the new pollers serve
         self.settings = settings
         self.target = settings.processes
         self.generation += 1
@@ -172,12 +216,13 @@ class Arbiter:
         if self.stopping == "fast" or (self.stopping and mode == "graceful"):
             return
         self.stopping = mode
+        self.notifier.stopping()
         longest_poll = max(q.wait_time_s for q in self.settings.queues)
         timeout = (self.settings.grace_period_s + longest_poll + 15
                    if mode == "graceful" else FAST_STOP_TIMEOUT_S)
         self.stop_deadline = time.monotonic() + timeout
         log.info("arbiter.stopping", extra={"mode": mode, "pollers": len(self.pollers),
-                                            "timeout_s": timeout})
+                                            "timeout_s": timeout, "reason": self.stop_reason})
         self.kill_all(signum)
 
     def kill_all(self, signum: int) -> None:
@@ -237,6 +282,8 @@ class Arbiter:
             poller = self.pollers.pop(pid, None)
             if poller is None:
                 continue
+            for name, slot in liveness.COUNTERS.items():
+                self.retired[name] = self.retired.get(name, 0.0) + poller.shm[slot]
             self.poller_exited(poller, status)
 
     def poller_exited(self, poller: PollerHandle, status: int) -> None:
@@ -331,6 +378,86 @@ class Arbiter:
         while index in used:
             index += 1
         return index
+
+
+    # -- reporting: systemd, status.json -------------------------------------------
+
+    def counters(self) -> dict[str, float]:
+        """Totals since the master started, exited pollers included."""
+        totals = dict(self.retired)
+        for poller in self.pollers.values():
+            for name, slot in liveness.COUNTERS.items():
+                totals[name] = totals.get(name, 0.0) + poller.shm[slot]
+        return totals
+
+    def report(self) -> None:
+        now = time.monotonic()
+        self.notifier.feed_watchdog(now)
+        current = [p for p in self.pollers.values()
+                   if p.generation == self.generation and not p.stopping]
+        ready = [p for p in current if p.ready]
+        old = [p for p in self.pollers.values() if p.generation < self.generation]
+        in_flight = sum(int(p.shm[liveness.INFLIGHT]) for p in self.pollers.values())
+        totals = self.counters()
+        status = (f"{len(ready)}/{self.target} pollers ready, {in_flight} in flight, "
+                  f"{int(totals.get('succeeded', 0))} succeeded, "
+                  f"{int(totals.get('dead_lettered', 0))} dead-lettered")
+        if not self.stopping and not self.announced_ready and len(ready) >= self.target \
+                and not old:
+            self.announced_ready = True
+            self.notifier.ready(status)
+            log.info("arbiter.ready", extra={"pollers": len(ready),
+                                             "generation": self.generation})
+        elif status != self.last_status:
+            self.notifier.status(status)
+        self.last_status = status
+        if not self.rate_samples or now - self.rate_samples[-1][0] >= RATE_SAMPLE_EVERY_S:
+            self.rate_samples.append((now, totals.get("handled", 0.0)))
+            del self.rate_samples[:-RATE_SAMPLES_KEPT]
+        if now - self.status_written_at >= STATUS_EVERY_S:
+            self.write_status()
+
+    def snapshot(self) -> dict:
+        """The daemon's state, as status.json and the health endpoint show it."""
+        now = time.monotonic()
+        pollers = []
+        for p in sorted(self.pollers.values(), key=lambda p: p.index):
+            pollers.append({
+                "index": p.index, "pid": p.pid, "generation": p.generation,
+                "ready": p.ready, "stopping": p.stopping,
+                "in_flight": int(p.shm[liveness.INFLIGHT]),
+                "uptime_s": round(now - p.spawned_at, 1),
+                "last_tick_s": round(now - p.shm[liveness.TICK], 1) if p.ready else None,
+                **{name: p.shm[slot] for name, slot in liveness.COUNTERS.items()}})
+        rate = None
+        if len(self.rate_samples) >= 2:
+            (t0, h0), (t1, h1) = self.rate_samples[0], self.rate_samples[-1]
+            rate = round((h1 - h0) / (t1 - t0) * 60, 2) if t1 > t0 else None
+        return {
+            "pid": os.getpid(), "written_at": time.time(),
+            "uptime_s": round(now - self.started_at, 1), "target": self.target,
+            "generation": self.generation, "stopping": self.stopping,
+            "ready": self.announced_ready, "pollers": pollers,
+            "totals": self.counters(), "rate_per_min": rate,
+            "rate_window_s": round(self.rate_samples[-1][0] - self.rate_samples[0][0])
+            if self.rate_samples else 0,
+            "queues": [q.name for q in self.settings.queues],
+        }
+
+    def write_status(self) -> None:
+        self.status_written_at = time.monotonic()
+        if not self.runtime_dir:
+            return
+        path = os.path.join(self.runtime_dir, "status.json")
+        try:
+            os.makedirs(self.runtime_dir, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump(self.snapshot(), fh)
+            os.replace(tmp, path)  # readers never see a half-written file
+        except OSError as exc:
+            log.error("arbiter.status_write_failed", extra={"path": path, "error": str(exc)})
+            self.runtime_dir = ""  # say it once
 
 
 def flush_logs() -> None:

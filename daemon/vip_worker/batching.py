@@ -59,7 +59,9 @@ class Batcher:
         entries = [(str(i), *entry) for i, (entry, _) in enumerate(batch)]
         try:
             failed = {f.id: f for f in await self.send(entries)}
-        except TRANSPORT_ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - every entry must resolve, or its task hangs
+            if not isinstance(exc, TRANSPORT_ERRORS):
+                log.error("batch.failed", exc_info=exc, extra={"entries": len(batch)})
             code = error_code(exc)
             failed = {str(i): EntryFailure(str(i), code, str(exc), False)
                       for i in range(len(batch))}

@@ -162,9 +162,17 @@ def cmd_run(args, settings) -> int:
 
         return poller.main(poller_settings, index, shm)
 
+    from vip_worker.store.factory import runtime_dir
+
     arbiter = Arbiter(settings=settings, poller_main=poller_main, reload=reload,
-                      after_fork=lambda index: logconfig.after_fork(fields, index))
+                      after_fork=lambda index: logconfig.after_fork(fields, index),
+                      runtime_dir=runtime_dir(settings), start_services=start_services)
     return arbiter.run()
+
+
+def start_services(arbiter) -> list:
+    """The master's optional threads: the health endpoint and the spot watcher."""
+    return []
 
 
 def preflight(settings) -> str | None:

@@ -88,6 +88,20 @@ def string(value: Any) -> str:
 string.kind = "string"
 
 
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+boolean.kind = "boolean"
+
+
 def identifier(value: Any) -> str:
     """A collection / table name: letters, digits and underscores, not starting with a digit."""
     text = string(value)
@@ -216,6 +230,29 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+# Running it as a service: runtime state, health, metrics, spot interruptions.
+OPERATIONS_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "runtime_dir", "", string,
+        "Where the master writes status.json for `vip-worker status`. Empty: "
+        "$RUNTIME_DIRECTORY (systemd's RuntimeDirectory=) or <state_dir>/run.",
+    ),
+    Setting("health_port", 0, integer(0, 65535),
+            "Port of the loopback health endpoint (/live, /ready, /metrics); 0: off."),
+    Setting("health_host", "127.0.0.1", string, "Address the health endpoint binds to."),
+    Setting("metrics_interval_s", 60.0, number(0, 3600),
+            "Seconds between CloudWatch Embedded Metric Format lines in the log; 0: off."),
+    Setting("metrics_namespace", "VipWorker", string, "CloudWatch namespace of the metrics."),
+    Setting("spot_watch", False, boolean,
+            "Watch the instance metadata service for a spot interruption or an Auto Scaling "
+            "termination notice, and stop gracefully in time."),
+    Setting("imds_endpoint", "http://169.254.169.254", url,
+            "The instance metadata service (point it at a fake on 127.0.0.1 in tests).",
+            env=("AWS_EC2_METADATA_SERVICE_ENDPOINT",)),
+    Setting("spot_poll_interval_s", 5.0, number(0.1, 60),
+            "How often the spot watcher asks the metadata service."),
+)
+
 # The content pipeline: the job store and the generation service.
 PIPELINE_SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -284,7 +321,7 @@ QUEUE_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-WORKER_SETTINGS = WORKER_SETTINGS + PIPELINE_SETTINGS
+WORKER_SETTINGS = WORKER_SETTINGS + OPERATIONS_SETTINGS + PIPELINE_SETTINGS
 WORKER_BY_NAME = {s.name: s for s in WORKER_SETTINGS}
 QUEUE_BY_NAME = {s.name: s for s in QUEUE_SETTINGS}
 TOP_LEVEL_TABLES = ("queues", "plugins")
@@ -328,6 +365,14 @@ class Settings:
     poller_timeout_s: float
     respawn_backoff_max_s: float
     crash_loop_threshold: int
+    runtime_dir: str
+    health_port: int
+    health_host: str
+    metrics_interval_s: float
+    metrics_namespace: str
+    spot_watch: bool
+    imds_endpoint: str
+    spot_poll_interval_s: float
     state_dir: str
     mongodb_uri: str
     mongodb_database: str
@@ -397,9 +442,12 @@ def load(
         values[setting.name], sources[setting.name] = resolve(setting, candidates)
     if values["plugin_dirs"] is None:
         values["plugin_dirs"] = default_plugin_dirs()
-    if path:
+    if sources["plugin_dirs"].startswith("file "):
+        # Relative to the config file, as a reader of the file expects.
         base = Path(path).resolve().parent
         values["plugin_dirs"] = [str(base / d) for d in values["plugin_dirs"]]
+    else:
+        values["plugin_dirs"] = [os.path.abspath(d) for d in values["plugin_dirs"]]
 
     queues = load_queues(doc.get("queues", {}), env, file_src, sources)
     if not queues and require_queues:

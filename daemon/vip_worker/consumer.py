@@ -10,6 +10,7 @@ dead-letter queue, or handed back (visibility 0).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import time
@@ -75,6 +76,9 @@ class Consumer:
         self.polling = 0
         self.stopping = False
         self.handled = 0
+        # Outcome counters, copied to shared memory every second by the poller.
+        self.stats = {"succeeded": 0, "retried": 0, "dead_lettered": 0, "released": 0,
+                      "busy_s": 0.0}
         self.abandoned_threads = 0
         self.on_handled: Callable[[], None] = lambda: None
 
@@ -242,7 +246,12 @@ class Consumer:
                     await handler.fn(item.envelope, ctx)
                 else:
                     loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(self.handler_pool, handler.fn, item.envelope, ctx)
+                    result = await loop.run_in_executor(self.handler_pool, handler.fn,
+                                                        item.envelope, ctx)
+                    if inspect.isawaitable(result):
+                        # A callable the registry could not tell was async (e.g. an
+                        # object with async __call__): its work is this awaitable.
+                        await result
         except TimeoutError as exc:
             if not timer.expired():
                 error = exc
@@ -270,6 +279,8 @@ class Consumer:
             return
         future = self.deleters[item.queue.name].add((item.receipt,))
         future.add_done_callback(lambda f: self.check_delete(item, f))
+        self.stats["succeeded"] += 1
+        self.stats["busy_s"] += duration_s
         log.info("message.succeeded", extra={**item.log_fields(),
                                              "duration_s": round(duration_s, 4)})
 
@@ -284,47 +295,60 @@ class Consumer:
     async def retry(self, item: InFlight, error: BaseException, duration_s: float) -> None:
         if not item.settle():
             return
+        self.heartbeat.untrack(item)  # a heartbeat now would undo the retry delay
         queue = item.queue
         if isinstance(error, RetryLater) and error.delay_s is not None:
             delay = error.delay_s
         else:
             delay = retry_delay(item.receive_count, queue.retry_backoff_base_s,
                                 queue.retry_backoff_max_s, self.rand)
-        delay_s = int(max(0, min(delay, item.cap_at - self.clock())))
+        delay_s = self.clip(item, delay)
         failure = await self.visibility[queue.name].add((item.receipt, delay_s))
+        self.stats["retried"] += 1
+        self.stats["busy_s"] += duration_s
         log.warning("message.retried", exc_info=traceback_of(error), extra={
             **item.log_fields(), "delay_s": delay_s, "duration_s": round(duration_s, 4),
             "error_class": type(error).__name__, "error": reason_of(error),
             "visibility_failed": failure.code if failure else None})
+
+    def clip(self, item: InFlight, delay_s: float) -> int:
+        """A visibility delay SQS accepts: whole seconds, within the 12-hour cap."""
+        return int(max(0, min(delay_s, item.cap_at - self.clock())))
 
     async def dead_letter(self, item: InFlight, error: BaseException,
                           duration_s: float | None = None) -> bool:
         """Send to the DLQ with the reason, then delete. True when the message is consumed."""
         if not item.settle():
             return False
+        self.heartbeat.untrack(item)
         queue = item.queue
         fields = {**item.log_fields(), "error_class": type(error).__name__,
                   "error": reason_of(error), "duration_s": duration_s}
         dlq = self.dlq_urls.get(queue.name)
         if not dlq:
             # No DLQ to send to: leave the message to the queue's own redrive policy.
-            await self.visibility[queue.name].add((item.receipt, int(queue.retry_backoff_max_s)))
-            log.error("message.dead_letter_unavailable", extra=fields)
+            failure = await self.visibility[queue.name].add(
+                (item.receipt, self.clip(item, queue.retry_backoff_max_s)))
+            log.error("message.dead_letter_unavailable", extra={
+                **fields, "visibility_failed": failure.code if failure else None})
             return False
         group = item.group_id if dlq.endswith(".fifo") else None
         try:
             await self.sqs.call("send", dlq, item.body, dead_letter_attributes(item, error),
                                 group, item.message_id if group else None)
         except TRANSPORT_ERRORS as exc:
-            delay = int(retry_delay(item.receive_count, queue.retry_backoff_base_s,
-                                    queue.retry_backoff_max_s, self.rand))
-            await self.visibility[queue.name].add((item.receipt, delay))
+            delay = self.clip(item, retry_delay(item.receive_count, queue.retry_backoff_base_s,
+                                                queue.retry_backoff_max_s, self.rand))
+            failure = await self.visibility[queue.name].add((item.receipt, delay))
             log.error("message.dead_letter_failed", extra={
-                **fields, "send_error_code": error_code(exc), "retry_in_s": delay})
+                **fields, "send_error_code": error_code(exc), "retry_in_s": delay,
+                "visibility_failed": failure.code if failure else None})
             return False
         failure = await self.deleters[queue.name].add((item.receipt,))
         if failure is not None:
             fields["delete_failed"] = failure.code
+        self.stats["dead_lettered"] += 1
+        self.stats["busy_s"] += duration_s or 0.0
         log.warning("message.dead_lettered", exc_info=traceback_of(error), extra=fields)
         return True
 
@@ -333,9 +357,11 @@ class Consumer:
         futures = []
         for item in items:
             if item.settle():
+                self.heartbeat.untrack(item)
                 futures.append((item, self.visibility[item.queue.name].add((item.receipt, 0))))
         for item, future in futures:
             failure = await future
+            self.stats["released"] += 1
             log.info("message.released", extra={
                 **item.log_fields(), "reason": reason, "started": item.started,
                 "release_failed": failure.code if failure else None})

@@ -36,7 +36,7 @@ def due(items: list[InFlight], now: float) -> dict[str, list[InFlight]]:
     """The messages to extend now, per queue name (pure: tests call it with a fake clock)."""
     by_queue: dict[str, list[InFlight]] = defaultdict(list)
     for item in items:
-        if item.lost or item.capped:
+        if item.lost or item.capped or item.settled:
             continue
         by_queue[item.queue.name].append(item)
     result = {}

@@ -110,12 +110,16 @@ def check_hook_names(name: str, module: object, manager: pluggy.PluginManager) -
     """A ``vip_worker_*`` attribute that is not a hook is a misspelling: fail loudly."""
     known = {n for n in dir(HookSpecs) if n.startswith(HOOK_PREFIX)}
     for attr in dir(module):
-        if attr.startswith(HOOK_PREFIX) and attr not in known and callable(
-            getattr(module, attr)
-        ):
+        value = getattr(module, attr)
+        if not attr.startswith(HOOK_PREFIX) or not callable(value):
+            continue
+        if attr not in known:
             raise PluginError(
                 name, f"{attr!r} is not a vip-worker hook (known: {', '.join(sorted(known))})"
             )
+        if getattr(value, f"{PROJECT}_impl", None) is None:
+            # pluggy ignores an unmarked function: the plugin would load and do nothing.
+            raise PluginError(name, f"{attr!r} lacks the @vip_worker.hookimpl marker")
 
 
 def load_plugins(settings) -> LoadedPlugins:

@@ -27,7 +27,7 @@ from vip_worker import exitcodes
 from vip_worker.consumer import Consumer
 from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
-from vip_worker.liveness import HANDLED, INFLIGHT, READY, TICK
+from vip_worker.liveness import COUNTERS, HANDLED, INFLIGHT, READY, TICK
 from vip_worker.plugins import describe_exception, load_plugins
 from vip_worker.sqs import TRANSPORT_ERRORS, AsyncSqs, SqsClient, error_code, make_client
 
@@ -121,6 +121,8 @@ class Poller:
             self.shm[TICK] = time.monotonic()
             self.shm[INFLIGHT] = len(consumer.held)
             self.shm[HANDLED] = consumer.handled
+            for name, value in consumer.stats.items():
+                self.shm[COUNTERS[name]] = value
             ticks += 1
             if ticks % RSS_CHECK_EVERY == 0:
                 self.check_recycle(consumer)

@@ -53,7 +53,7 @@ class HandlerRegistry:
         self.handlers[message_type] = Handler(
             message_type=message_type,
             fn=fn,
-            is_async=inspect.iscoroutinefunction(fn),
+            is_async=is_async(fn),
             plugin=plugin,
         )
 
@@ -62,3 +62,12 @@ class HandlerRegistry:
 
     def types_of(self, plugin: str) -> list[str]:
         return sorted(t for t, h in self.handlers.items() if h.plugin == plugin)
+
+
+def is_async(fn: Callable) -> bool:
+    """``async def`` functions, through decorators and ``async def __call__`` objects."""
+    target = inspect.unwrap(fn)
+    if inspect.iscoroutinefunction(target):
+        return True
+    call = getattr(target, "__call__", None)  # noqa: B004 - objects with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)

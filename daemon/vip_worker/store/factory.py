@@ -28,6 +28,18 @@ def state_dir(settings: Any, environ: Mapping[str, str] | None = None) -> str:
     return systemd_dirs.split(":")[0] if systemd_dirs else DEFAULT_STATE_DIR
 
 
+def runtime_dir(settings: Any, environ: Mapping[str, str] | None = None) -> str:
+    """``runtime_dir``; empty: ``$RUNTIME_DIRECTORY`` (systemd's ``RuntimeDirectory=``),
+    else ``<state_dir>/run``. Absolute."""
+    env = os.environ if environ is None else environ
+    if settings.runtime_dir:
+        return os.path.abspath(settings.runtime_dir)
+    systemd_dirs = env.get("RUNTIME_DIRECTORY", "")
+    if systemd_dirs:
+        return os.path.abspath(systemd_dirs.split(":")[0])
+    return os.path.abspath(os.path.join(state_dir(settings, environ), "run"))
+
+
 def sqlite_path(settings: Any, environ: Mapping[str, str] | None = None) -> str:
     """The embedded store's file, absolute: ``sqlite_path`` or ``<state_dir>/jobs.sqlite3``."""
     path = settings.sqlite_path or os.path.join(state_dir(settings, environ), SQLITE_FILE)
