@@ -23,6 +23,7 @@ from vip_worker.errors import JobTimedOut, PermanentError, RetryLater, UnknownMe
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.inflight import InFlight
 from vip_worker.message import parse_envelope
+from vip_worker.metrics import QueueMetrics
 from vip_worker.registry import Handler, HandlerRegistry
 from vip_worker.retry import dead_letter_attributes, reason_of, retry_delay
 from vip_worker.slots import Slots
@@ -79,6 +80,8 @@ class Consumer:
         # Outcome counters, copied to shared memory every second by the poller.
         self.stats = {"succeeded": 0, "retried": 0, "dead_lettered": 0, "released": 0,
                       "busy_s": 0.0}
+        # Per-queue counts for the CloudWatch metric lines (vip_worker.metrics).
+        self.queue_metrics = {q.name: QueueMetrics() for q in settings.queues}
         self.abandoned_threads = 0
         self.on_handled: Callable[[], None] = lambda: None
 
@@ -281,6 +284,7 @@ class Consumer:
         future.add_done_callback(lambda f: self.check_delete(item, f))
         self.stats["succeeded"] += 1
         self.stats["busy_s"] += duration_s
+        self.queue_metrics[item.queue.name].record("succeeded", duration_s)
         log.info("message.succeeded", extra={**item.log_fields(),
                                              "duration_s": round(duration_s, 4)})
 
@@ -306,6 +310,7 @@ class Consumer:
         failure = await self.visibility[queue.name].add((item.receipt, delay_s))
         self.stats["retried"] += 1
         self.stats["busy_s"] += duration_s
+        self.queue_metrics[queue.name].record("retried", duration_s)
         log.warning("message.retried", exc_info=traceback_of(error), extra={
             **item.log_fields(), "delay_s": delay_s, "duration_s": round(duration_s, 4),
             "error_class": type(error).__name__, "error": reason_of(error),
@@ -349,6 +354,7 @@ class Consumer:
             fields["delete_failed"] = failure.code
         self.stats["dead_lettered"] += 1
         self.stats["busy_s"] += duration_s or 0.0
+        self.queue_metrics[queue.name].record("dead_lettered", duration_s)
         log.warning("message.dead_lettered", exc_info=traceback_of(error), extra=fields)
         return True
 

@@ -38,7 +38,8 @@ def configure(level: str = "INFO", log_file: str = "") -> ProcessFields:
         handler = logging.StreamHandler(sys.stdout)
     formatter = JsonFormatter(
         "%(levelname)s %(message)s",
-        rename_fields={"levelname": "level", "message": "event"},
+        # "_aws" (CloudWatch EMF) is passed as aws_emf: the formatter drops "_" fields.
+        rename_fields={"levelname": "level", "message": "event", "aws_emf": "_aws"},
         reserved_attrs=RESERVED,
         timestamp="time",  # ISO 8601, UTC
         json_ensure_ascii=False,

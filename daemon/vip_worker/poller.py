@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from vip_worker import exitcodes
+from vip_worker import exitcodes, metrics
 from vip_worker.consumer import Consumer
 from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
@@ -82,6 +82,7 @@ class Poller:
         consumer.on_handled = lambda: self.check_recycle(consumer)
         heartbeat_task = loop.create_task(heartbeat.run(), name="heartbeat")
         ticker = loop.create_task(self.tick(consumer), name="tick")
+        reporter = loop.create_task(self.report_metrics(consumer, sqs), name="metrics")
         consumer.start()
         self.shm[READY] = 1.0
         log.info("poller.ready", extra={
@@ -97,7 +98,9 @@ class Poller:
                              wait_for_polls=not fast)
         heartbeat_task.cancel()
         ticker.cancel()
-        await asyncio.gather(heartbeat_task, ticker, return_exceptions=True)
+        reporter.cancel()
+        await asyncio.gather(heartbeat_task, ticker, reporter, return_exceptions=True)
+        self.emit_metrics(consumer, depths={})  # the last interval's counts
         try:
             await call_hook(loaded.manager.hook.vip_worker_poller_stop, context=context)
         except Exception as exc:  # noqa: BLE001 - a stop hook must not block the exit
@@ -127,6 +130,36 @@ class Poller:
             if ticks % RSS_CHECK_EVERY == 0:
                 self.check_recycle(consumer)
             await asyncio.sleep(TICK_S)
+
+    async def report_metrics(self, consumer: Consumer, sqs: AsyncSqs) -> None:
+        """Every metrics_interval_s: one EMF line per queue (see vip_worker.metrics)."""
+        interval = self.settings.metrics_interval_s
+        if not interval:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            depths: dict[str, int] = {}
+            if self.index == 0:  # one depth reading per host is enough
+                for queue in self.settings.queues:
+                    try:
+                        attrs = await sqs.call("queue_attributes", queue.url,
+                                               ["ApproximateNumberOfMessages"])
+                        depths[queue.name] = int(attrs.get("ApproximateNumberOfMessages", 0))
+                    except TRANSPORT_ERRORS as exc:
+                        log.warning("metrics.depth_failed", extra={
+                            "queue": queue.name, "error_code": error_code(exc)})
+            self.emit_metrics(consumer, depths)
+
+    def emit_metrics(self, consumer: Consumer, depths: dict[str, int]) -> None:
+        if not self.settings.metrics_interval_s:
+            return
+        names = [q.name for q in self.settings.queues]
+        for name, counts in metrics.drain(consumer.queue_metrics, names).items():
+            depth = depths.get(name)
+            if counts.empty() and depth is None:
+                continue
+            log.info("metrics", extra=metrics.emf_fields(
+                self.settings.metrics_namespace, name, counts, depth))
 
     def check_recycle(self, consumer: Consumer) -> None:
         if self.stop_mode is not None:

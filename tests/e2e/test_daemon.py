@@ -256,3 +256,23 @@ def test_pollers_stop_by_themselves_when_the_master_is_killed(make_queue, start_
             return True
 
     daemon.wait_until(lambda: all(gone(p) for p in pids), what="orphaned pollers exited")
+
+
+def test_metrics_are_written_as_cloudwatch_emf_lines(sqs, make_queue, start_daemon):
+    urls = make_queue("emf")
+    daemon = start_daemon({"work": queue_table(urls)}, processes=1, metrics_interval_s=1,
+                          metrics_namespace="VipTest")
+    jobs = [send(sqs, urls["url"], "sleep", seconds=0) for _ in range(3)]
+    for job in jobs:
+        daemon.wait_for("message.succeeded", job_id=job)
+    line = daemon.wait_until(
+        lambda: [r for r in daemon.events("metrics", Queue="work")
+                 if r.get("MessagesSucceeded")], what="an EMF line with the successes")[0]
+    spec = line["_aws"]["CloudWatchMetrics"][0]
+    assert spec["Namespace"] == "VipTest" and spec["Dimensions"] == [["Queue"]]
+    names = {m["Name"] for m in spec["Metrics"]}
+    assert {"MessagesSucceeded", "MessagesRetried", "MessagesDeadLettered",
+            "ProcessingTime", "QueueDepth"} <= names
+    assert sum(r.get("MessagesSucceeded", 0) for r in daemon.events("metrics")) == 3
+    assert len(line["ProcessingTime"]) == line["MessagesSucceeded"]
+    assert isinstance(line["_aws"]["Timestamp"], int)
