@@ -417,6 +417,8 @@ class ConsumerHarness:
         self.registry = HandlerRegistry()
         for message_type, fn in handlers.items():
             self.registry.add("testplugin", message_type, fn)
+        # As plugin loading resolves them (vip_worker.plugin_settings).
+        self.registry.plugin_settings = dict(self.settings.plugin_settings)
         self.consumer = None
 
     def send(self, body: str, group_id: str | None = None) -> str:

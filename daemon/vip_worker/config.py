@@ -26,6 +26,7 @@ from vip_worker.errors import ConfigError
 
 ENV_PREFIX = "VIP_WORKER_"
 QUEUE_ENV_PREFIX = "VIP_WORKER_QUEUE_"
+PLUGINS_ENV_PREFIX = "VIP_WORKER_PLUGINS_"
 CONFIG_ENV = "VIP_WORKER_CONFIG"
 # SQS's own limits (see the SQS API reference).
 MAX_VISIBILITY_S = 43200
@@ -388,6 +389,8 @@ class Settings:
     generation_read_timeout_s: float
     queues: tuple[QueueSettings, ...] = ()
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # VIP_WORKER_PLUGINS_<PLUGIN>_<KEY> variables, validated when plugins load.
+    plugin_env: dict[str, str] = field(default_factory=dict)
     config_file: str = ""
     # "key" -> "default" | "file <path>" | "env <NAME>"
     sources: dict[str, str] = field(default_factory=dict)
@@ -423,8 +426,8 @@ def load(
             raise ConfigError(key, "unknown setting", file_src)
     for name in env:
         if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
-            if name.startswith(QUEUE_ENV_PREFIX):
-                continue  # checked per queue below
+            if name.startswith((QUEUE_ENV_PREFIX, PLUGINS_ENV_PREFIX)):
+                continue  # checked per queue below, and per plugin when plugins load
             if name[len(ENV_PREFIX):].lower() not in WORKER_BY_NAME:
                 raise ConfigError(name, "unknown setting", "environment")
 
@@ -465,6 +468,7 @@ def load(
         **values,
         queues=tuple(queues),
         plugin_settings=plugin_settings,
+        plugin_env={k: v for k, v in env.items() if k.startswith(PLUGINS_ENV_PREFIX)},
         config_file=path,
         sources=sources,
     )

@@ -238,7 +238,7 @@ class Consumer:
             deadline=started + queue.max_job_time_s,
             log=MessageLogger(logging.getLogger(f"vip_worker_plugins.{handler.plugin}"), fields),
             resources=self.context.resources,
-            plugin_settings=self.settings.plugin_settings.get(handler.plugin, {}),
+            plugin_settings=self.registry.plugin_settings.get(handler.plugin, {}),
             poller=self.context,
         )
         log.debug("message.started", extra=fields)

@@ -23,12 +23,14 @@ class PollerContext:
     index: int
     settings: Any
     resources: dict[str, Any] = field(default_factory=dict)
+    plugin_values: dict[str, dict[str, Any]] = field(default_factory=dict)
     _store: Any = None
     _store_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def plugin_settings(self, plugin: str) -> dict[str, Any]:
-        """The ``[plugins.<plugin>]`` table of the config file (empty if none)."""
-        return self.settings.plugin_settings.get(plugin, {})
+        """A plugin's resolved settings (its declared defaults, the config file's
+        ``[plugins.<plugin>]`` table, the environment)."""
+        return self.plugin_values.get(plugin, {})
 
     @property
     def store(self):

@@ -30,6 +30,38 @@ class HookSpecs:
         """
 
     @hookspec
+    def vip_worker_register_settings(self, declare):
+        """Declare this plugin's own settings, read from its ``[plugins.<name>]`` table.
+
+        Called once at load, before handlers are registered. Each declared key
+        may be set in the config file's ``[plugins.<plugin>]`` table or by the
+        environment variable ``VIP_WORKER_PLUGINS_<PLUGIN>_<KEY>``; an undeclared
+        key or an invalid value stops the boot naming the plugin and the key.
+        Handlers read the values as ``ctx.plugin_settings``.
+
+        :param declare: ``declare(key, default, parse=None, help="")``. ``parse``
+            turns a file value or an environment string into the value, raising
+            ``ValueError`` when it is invalid; by default it follows the type of
+            ``default`` (bool, int, float, str, list of str).
+        """
+
+    @hookspec
+    def vip_worker_wrap_handler(self, handler):
+        """Wrap a handler with a cross-cutting concern (timing, tracing, error reporting).
+
+        Called once per registered handler at load; return a callable that
+        replaces it, or ``None`` to leave it alone. The wrapper must keep the
+        handler's kind: ``async def`` for an async handler (``handler.is_async``),
+        ``def`` otherwise, and call ``handler.fn(message, ctx)``. Wrapping happens
+        once at load, so a daemon without wrappers pays nothing per message.
+        Order: the wrapper pluggy calls first is the outermost (mark it
+        ``@hookimpl(tryfirst=True)`` to be outermost, ``trylast=True`` innermost).
+
+        :param handler: a :class:`vip_worker.registry.Handler` (``message_type``,
+            ``fn``, ``is_async``, ``plugin``).
+        """
+
+    @hookspec
     def vip_worker_poller_start(self, context):
         """A poller process has started, after fork, before its first receive.
 

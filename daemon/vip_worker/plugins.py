@@ -19,14 +19,15 @@ import importlib.util
 import sys
 import traceback
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pluggy
 
+from vip_worker import plugin_settings
 from vip_worker.errors import ConfigError, PluginError
 from vip_worker.hookspecs import PROJECT, HookSpecs
-from vip_worker.registry import HandlerRegistry
+from vip_worker.registry import HandlerRegistry, is_async
 
 NAMESPACE = "vip_worker_plugins"
 ENTRY_POINT_GROUP = "vip_worker.plugins"
@@ -160,6 +161,8 @@ def load_plugins(settings) -> LoadedPlugins:
         raise PluginError(getattr(exc, "plugin_name", "?"), str(exc)) from exc
 
     registry = HandlerRegistry()
+    registry.plugin_settings = plugin_settings.resolve(
+        manager, settings, [info.name for info in infos], disabled)
     for impl in manager.hook.vip_worker_register_handlers.get_hookimpls():
         # Called per plugin (not through the hook caller) so that each
         # registration is attributed to the plugin that made it.
@@ -172,15 +175,36 @@ def load_plugins(settings) -> LoadedPlugins:
                 impl.plugin_name, f"vip_worker_register_handlers failed: "
                                   f"{describe_exception(exc)}"
             ) from exc
+    wrap_handlers(manager, registry)
     for info in infos:
         info.types = registry.types_of(info.name)
     for message_type in settings.type_limits:
         if registry.get(message_type) is None:
             raise ConfigError(f"type_limits.{message_type}", "no plugin handles this type")
-    for plugin in settings.plugin_settings:
-        if plugin not in seen and plugin not in disabled:
-            raise ConfigError(f"plugins.{plugin}", "no such plugin is loaded")
     return LoadedPlugins(manager=manager, registry=registry, infos=infos)
+
+
+def wrap_handlers(manager: pluggy.PluginManager, registry: HandlerRegistry) -> None:
+    """Apply every ``vip_worker_wrap_handler`` once, innermost first."""
+    impls = manager.hook.vip_worker_wrap_handler.get_hookimpls()
+    if not impls:
+        return
+    for message_type, handler in list(registry.handlers.items()):
+        # pluggy calls the last of get_hookimpls() first: it must be the outermost.
+        for impl in impls:
+            try:
+                wrapped = impl.function(handler=handler)
+            except Exception as exc:
+                raise PluginError(impl.plugin_name, f"vip_worker_wrap_handler failed for "
+                                  f"{message_type!r}: {describe_exception(exc)}") from exc
+            if wrapped is None:
+                continue
+            if not callable(wrapped) or is_async(wrapped) != handler.is_async:
+                kind = "an async" if handler.is_async else "a plain (def)"
+                raise PluginError(impl.plugin_name, f"vip_worker_wrap_handler must return "
+                                  f"{kind} callable for {message_type!r}")
+            handler = replace(handler, fn=wrapped)
+        registry.handlers[message_type] = handler
 
 
 def load_entry_point(ep: importlib.metadata.EntryPoint) -> object:

@@ -70,7 +70,8 @@ class Poller:
             log.error("queue.dlq_lookup_failed", extra={"error": str(exc)})
             sqs.close()
             return exitcodes.POLLER_BOOT_FAILED
-        context = PollerContext(index=self.index, settings=self.settings)
+        context = PollerContext(index=self.index, settings=self.settings,
+                                plugin_values=loaded.registry.plugin_settings)
         try:
             await call_hook(loaded.manager.hook.vip_worker_poller_start, context=context)
         except Exception as exc:  # noqa: BLE001 - reported, then the arbiter backs off

@@ -101,6 +101,7 @@ class Producer:
             from vip_worker.poller import call_hook
 
             self.inline = load_plugins(self.settings)
+            self.context.plugin_values = self.inline.registry.plugin_settings
             asyncio.run(call_hook(self.inline.manager.hook.vip_worker_poller_start,
                                   context=self.context))
         handler = self.inline.registry.get(envelope.type)
@@ -115,7 +116,7 @@ class Producer:
             receive_count=1, max_attempts=1, deadline=time.monotonic() + 3600,
             log=MessageLogger(logging.getLogger(f"vip_worker_plugins.{handler.plugin}"), fields),
             resources=self.context.resources,
-            plugin_settings=self.settings.plugin_settings.get(handler.plugin, {}),
+            plugin_settings=self.inline.registry.plugin_settings.get(handler.plugin, {}),
             poller=self.context)
         if handler.is_async:
             asyncio.run(handler.fn(envelope, ctx))

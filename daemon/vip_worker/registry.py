@@ -22,6 +22,8 @@ class Handler:
 class HandlerRegistry:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
+        # plugin -> its resolved settings (see vip_worker.plugin_settings)
+        self.plugin_settings: dict[str, dict] = {}
 
     def registrar(self, plugin: str) -> Callable[[str, Callable], None]:
         """The ``register`` callable handed to one plugin's hook."""

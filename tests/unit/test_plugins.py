@@ -217,7 +217,7 @@ def test_type_limits_for_an_unhandled_type_is_a_config_error(tmp_path):
 
 def test_settings_for_a_plugin_that_is_not_loaded_are_an_error(tmp_path):
     write_plugin(tmp_path, "alpha")
-    assert load(tmp_path, plugin_settings={"alpha": {"x": 1}}).infos
+    assert load(tmp_path, plugin_settings={"alpha": {}}).infos
     with pytest.raises(ConfigError) as raised:
         load(tmp_path, plugin_settings={"alpah": {"x": 1}})
     assert raised.value.key == "plugins.alpah"

@@ -67,3 +67,8 @@ def vip_worker_poller_start(context):
 async def vip_worker_poller_stop(context):
     with open(context.plugin_settings("testjobs")["ledger"], "a") as fh:
         fh.write(f"poller_stop - {context.resources['testjobs.pid']}\n")
+
+
+@hookimpl
+def vip_worker_register_settings(declare):
+    declare("ledger", "", help="file the handlers append start/end lines to")
