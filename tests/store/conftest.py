@@ -27,8 +27,8 @@ from vip_worker.store.mongo import MongoStore
 from vip_worker.store.sqlite import SqliteStore
 
 REAL_MONGODB_ENV = "VIP_TEST_MONGODB_URI"
-BACKEND_IDS = ["sqlite", "mongodb-standin-mongomock", "mongodb-real"]
-MONGO_IDS = BACKEND_IDS[1:]
+BACKEND_IDS = ["memory-testing-helper", "sqlite", "mongodb-standin-mongomock", "mongodb-real"]
+MONGO_IDS = BACKEND_IDS[2:]
 
 
 @dataclass
@@ -54,6 +54,9 @@ class Backend:
         """Every stored document of ``collection`` as the backend holds it."""
         if self.is_mongo:
             return list(self.db[collection].find())
+        if not self.path:  # the in-memory store: read through its own connection
+            conn = self.open()._connection()
+            return [json.loads(row[0]) for row in conn.execute(f'SELECT doc FROM "{collection}"')]
         conn = sqlite3.connect(self.path)
         try:
             return [json.loads(row[0]) for row in conn.execute(f'SELECT doc FROM "{collection}"')]
@@ -66,6 +69,11 @@ class Backend:
 
 
 def make_backend(kind: str, tmp_path) -> tuple[Backend, Callable[[], None]]:
+    if kind == "memory-testing-helper":
+        from vip_worker.testing import MemoryStore
+
+        shared = MemoryStore()  # one database: every "new" store is the same one
+        return Backend(kind, lambda: shared), shared.close
     if kind == "sqlite":
         path = str(tmp_path / "state" / "jobs.sqlite3")
         return Backend(kind, lambda: SqliteStore(path), path=path), lambda: None

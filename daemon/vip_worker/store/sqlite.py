@@ -113,6 +113,10 @@ def claimable(job: dict[str, Any], message_id: str, now: datetime) -> bool:
     return lease is None or lease < now or job.get("messageId") == message_id
 
 
+# An in-memory database (vip_worker.testing.MemoryStore): one process only.
+MEMORY = ":memory:"
+
+
 class SqliteStore:
     """``JobStore`` on one SQLite file; see the module docstring for concurrency."""
 
@@ -142,8 +146,8 @@ class SqliteStore:
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         self._drop_connection()
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
+        if self.path != MEMORY:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         # isolation_level=None: no implicit transactions; we BEGIN and COMMIT ourselves.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                check_same_thread=False)
@@ -170,6 +174,8 @@ class SqliteStore:
         SQLite does not call the busy handler for this switch: pollers opening a new
         file together get "database is locked" at once. Retry until the busy timeout.
         """
+        if self.path == MEMORY:
+            return  # one connection, one process: no WAL needed (nor possible)
         deadline = time.monotonic() + self.busy_timeout_s
         delay_s = 0.005
         while True:
