@@ -164,8 +164,12 @@ class Arbiter:
     def sleep(self) -> None:
         if self.signals:
             return
+        timeout = LOOP_TIMEOUT_S
+        if self.notifier.watchdog_interval_s:
+            due = self.notifier.last_fed + self.notifier.watchdog_interval_s - time.monotonic()
+            timeout = max(0.0, min(timeout, due))
         try:
-            ready, _, _ = select.select([self.wake_fds[0]], [], [], LOOP_TIMEOUT_S)
+            ready, _, _ = select.select([self.wake_fds[0]], [], [], timeout)
             if ready:
                 while os.read(self.wake_fds[0], 64):
                     pass

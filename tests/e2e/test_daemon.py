@@ -276,3 +276,49 @@ def test_metrics_are_written_as_cloudwatch_emf_lines(sqs, make_queue, start_daem
     assert sum(r.get("MessagesSucceeded", 0) for r in daemon.events("metrics")) == 3
     assert len(line["ProcessingTime"]) == line["MessagesSucceeded"]
     assert isinstance(line["_aws"]["Timestamp"], int)
+
+
+VERSIONED = """
+from vip_worker import hookimpl
+
+@hookimpl
+def vip_worker_register_settings(declare):
+    declare("ledger", "")
+
+def handle(message, ctx):
+    with open(ctx.plugin_settings["ledger"], "a") as fh:
+        fh.write("{version} " + message.job_id + "\\n")
+
+@hookimpl
+def vip_worker_register_handlers(register):
+    register("versioned", handle)
+"""
+
+
+def test_hup_picks_up_changed_plugin_code_without_losing_a_message(tmp_path, sqs, make_queue,
+                                                                   start_daemon):
+    plugin_dir = tmp_path / "live_plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "versioned.py").write_text(VERSIONED.format(version="v1"))
+    ledger = tmp_path / "versions.txt"
+    ledger.touch()
+    urls = make_queue("reload")
+    daemon = start_daemon({"work": queue_table(urls)}, processes=2,
+                          plugin_dirs=[str(plugin_dir)],
+                          plugins={"versioned": {"ledger": str(ledger)}})
+    daemon.wait_for("poller.ready", count=2)
+    before = [send(sqs, urls["url"], "versioned") for _ in range(10)]
+    for job in before:
+        daemon.wait_for("message.succeeded", job_id=job)
+    (plugin_dir / "versioned.py").write_text(VERSIONED.format(version="v2"))
+    daemon.send(signal.SIGHUP)
+    during = [send(sqs, urls["url"], "versioned") for _ in range(10)]
+    daemon.wait_for("poller.ready", count=4)  # two new pollers serve
+    daemon.wait_until(lambda: len(daemon.events("poller.exited")) >= 2, what="old pollers out")
+    after = [send(sqs, urls["url"], "versioned") for _ in range(10)]
+    for job in during + after:
+        daemon.wait_for("message.succeeded", job_id=job)
+    rows = dict(reversed(line.split()) for line in ledger.read_text().splitlines())
+    assert set(rows) == set(before + during + after)  # none lost
+    assert {rows[j] for j in before} == {"v1"}
+    assert {rows[j] for j in after} == {"v2"}  # the new code handles new messages
