@@ -264,7 +264,7 @@ class FakeSqs:
                  "ApproximateNumberOfMessages": str(len(self.visible(queue_url)))}
         return {k: v for k, v in attrs.items() if k in names or "All" in names}
 
-    def queue_url(self, name: str) -> str:
+    def queue_url(self, name: str, owner_account: str = "") -> str:
         self.begin("queue_url", (name,))
         for queue in self.queues.values():
             if queue.name == name:

@@ -10,6 +10,8 @@ Commands (each documented in docs/cli.md; a test keeps the two in step):
 - ``vip-worker enqueue TYPE [--topic ... | --payload JSON | --file JSONL]``: create
   jobs and queue them (inline without SQS); prints the job ids.
 - ``vip-worker jobs show ID [--json]`` / ``jobs list [--status S] [--json]``.
+- ``vip-worker status`` / ``vip-worker dlq peek|redrive``: see ``ops_cli``.
+- ``vip-worker new-plugin NAME [--dir DIR]``: scaffold a plugin that works as generated.
 - ``vip-worker dev [--exit-when-done] ...``: the embedded stack on 127.0.0.1.
 """
 
@@ -19,13 +21,17 @@ import argparse
 import json
 import logging
 import os
+import select
+import signal
 import sys
+import time
 
-from vip_worker import __version__, config, exitcodes, jobs_cli, logconfig
+from vip_worker import __version__, config, exitcodes, jobs_cli, logconfig, ops_cli
 from vip_worker.errors import ConfigError, PluginError
 from vip_worker.jobs_cli import PAYLOAD_FLAGS, camel
 
 log = logging.getLogger("vip_worker.cli")
+PREFLIGHT_TIMEOUT_S = 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop and exit 0 once the demo batch is done")
     dev.add_argument("--timeout", type=float, default=120.0,
                      help="with --exit-when-done: give up (exit 1) after this many seconds")
+    ops_cli.add_commands(commands, add_config_arg)  # status, dlq peek, dlq redrive
+
+    new_plugin = commands.add_parser("new-plugin", help="scaffold a handler plugin package")
+    new_plugin.add_argument("name", help="plugin name, also its message type ([a-z0-9_])")
+    new_plugin.add_argument("--dir", default="plugins",
+                            help="where to create it (default: ./plugins)")
     return parser
 
 
@@ -94,14 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         from vip_worker import devstack
 
         return devstack.main(args)
+    if args.command == "new-plugin":
+        from vip_worker import scaffold
+
+        return scaffold.main(args)
     try:
         settings = config.load(args.config, overrides=overrides(args),
-                               require_queues=args.command == "run")
+                               require_queues=args.command in ("run", "status", "dlq"))
     except ConfigError as exc:
         print(f"vip-worker: configuration error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     handler = {"run": cmd_run, "config": cmd_config, "plugins": cmd_plugins,
-               "enqueue": jobs_cli.cmd_enqueue, "jobs": jobs_cli.cmd_jobs}[args.command]
+               "enqueue": jobs_cli.cmd_enqueue, "jobs": jobs_cli.cmd_jobs,
+               "status": ops_cli.cmd_status, "dlq": ops_cli.cmd_dlq}[args.command]
     return handler(args, settings)
 
 
@@ -171,8 +188,32 @@ def cmd_run(args, settings) -> int:
 
 
 def start_services(arbiter) -> list:
-    """The master's optional threads: the health endpoint and the spot watcher."""
-    return []
+    """The master's optional threads: the health endpoint and the spot watcher.
+
+    Returns objects with ``stop()``; the arbiter stops them when it exits. A health port
+    that cannot be bound fails the boot with exit 78, like any other bad setting.
+    """
+    from vip_worker import health, spot
+
+    settings = arbiter.settings
+    services = []
+    if settings.health_port:
+        server = health.HealthServer(settings.health_host, settings.health_port,
+                                     arbiter.snapshot)
+        try:
+            server.start()
+        except OSError as exc:
+            log.critical("health.bind_failed", extra={
+                "host": settings.health_host, "port": settings.health_port, "error": str(exc)})
+            raise SystemExit(exitcodes.CONFIG) from None
+        services.append(server)
+    if settings.spot_watch:
+        # on_notice runs in the watcher thread; request_stop only queues a TERM for the master.
+        watcher = spot.SpotWatcher(settings.imds_endpoint, settings.spot_poll_interval_s,
+                                   spot.stopper(arbiter.request_stop, settings.grace_period_s))
+        watcher.start()
+        services.append(watcher)
+    return services
 
 
 def preflight(settings) -> str | None:
@@ -189,7 +230,11 @@ def preflight(settings) -> str | None:
         try:
             from vip_worker.plugins import load_plugins
 
-            load_plugins(settings)
+            loaded = load_plugins(settings)
+            if not loaded.registry.handlers:
+                raise ConfigError("plugin_dirs", "no plugin registers a handler (looked in: "
+                                  f"{', '.join(settings.plugin_dirs) or 'no directory'}; "
+                                  "and the vip_worker.plugins entry points)")
         except (PluginError, ConfigError) as exc:
             os.write(write_fd, str(exc).encode()[:60000])
             code = exitcodes.CONFIG
@@ -200,7 +245,19 @@ def preflight(settings) -> str | None:
             os._exit(code)
     os.close(write_fd)
     chunks = []
-    while chunk := os.read(read_fd, 65536):
+    deadline = time.monotonic() + PREFLIGHT_TIMEOUT_S
+    while True:
+        # Bounded: a plugin whose import hangs must not freeze the master (its loop
+        # feeds systemd's watchdog).
+        ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_fd)
+            return f"loading the plugins took longer than {PREFLIGHT_TIMEOUT_S:g} s"
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            break
         chunks.append(chunk)
     os.close(read_fd)
     _, status = os.waitpid(pid, 0)

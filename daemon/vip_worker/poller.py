@@ -196,7 +196,9 @@ async def resolve_dlq(sqs: AsyncSqs, queue) -> str | None:
         policy = json.loads(attrs.get("RedrivePolicy", "{}") or "{}")
         arn = policy.get("deadLetterTargetArn", "")
         if arn:
-            return await sqs.call("queue_url", arn.rsplit(":", 1)[-1])
+            # arn:aws:sqs:<region>:<account>:<name>; the DLQ may be in another account.
+            parts = arn.split(":")
+            return await sqs.call("queue_url", parts[-1], parts[-2] if len(parts) >= 6 else "")
     except (*TRANSPORT_ERRORS, ValueError) as exc:
         # Fatal for this poller: serving without knowing the DLQ could strand
         # poison messages. The arbiter replaces the poller with backoff.

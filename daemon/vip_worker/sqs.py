@@ -100,8 +100,11 @@ class SqsClient:
         response = self.client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=list(names))
         return response.get("Attributes", {})
 
-    def queue_url(self, name: str) -> str:
-        return self.client.get_queue_url(QueueName=name)["QueueUrl"]
+    def queue_url(self, name: str, owner_account: str = "") -> str:
+        kwargs = {"QueueName": name}
+        if owner_account:
+            kwargs["QueueOwnerAWSAccountId"] = owner_account
+        return self.client.get_queue_url(**kwargs)["QueueUrl"]
 
 
 def failures(response: dict) -> list[EntryFailure]:

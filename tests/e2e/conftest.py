@@ -31,6 +31,7 @@ def start_daemon(tmp_path, sqs_endpoint, ledger):
         settings.setdefault("plugins", {"testjobs": {"ledger": str(ledger)}})
         workdir = tmp_path / f"daemon{len(started)}"
         workdir.mkdir()
+        settings.setdefault("state_dir", str(workdir / "state"))  # status.json, the store
         path = write_config(workdir / "vip-worker.toml", queues, **settings) if config else None
         daemon = Daemon(workdir, path, sqs_endpoint, tuple(extra_args), env)
         started.append(daemon)

@@ -156,3 +156,12 @@ def test_help_lists_every_command():
     for command in ("run", "config", "plugins", "dev"):
         assert command in result.stdout
     assert HERE.exists()
+
+
+def test_run_refuses_to_start_without_any_handler(tmp_path, make_queue, start_daemon):
+    empty = tmp_path / "no_plugins"
+    empty.mkdir()
+    urls = make_queue("nohandlers")
+    daemon = start_daemon({"work": {"url": urls["url"]}}, plugin_dirs=[str(empty)], plugins={})
+    assert daemon.wait_exit() == 78
+    assert "no plugin registers a handler" in daemon.err_path.read_text()

@@ -1,0 +1,409 @@
+"""``vip-worker status`` and ``vip-worker dlq peek|redrive``: the queues from a shell.
+
+Neither needs the daemon: ``status`` asks SQS for the counts and reads the local
+daemon's ``<runtime_dir>/status.json`` for its pollers and rate. The SQS work is in
+``vip_worker.dlq``. boto3 is imported inside the commands only: ``cli``, and so
+the master, imports this module. Manual: docs/status-and-dlq.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from vip_worker import exitcodes
+from vip_worker.retry import ERROR_TEXT, SOURCE_QUEUE
+from vip_worker.store.factory import runtime_dir, state_dir
+
+STALE_AFTER_S = 10.0  # the master writes status.json every 2 s
+DEFAULT_WATCH_S = 2.0
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+DAEMON_KEYS = ("pid", "uptime_s", "target", "generation", "stopping", "ready", "pollers",
+               "totals", "rate_per_min", "rate_window_s", "queues")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)  # argparse reports a ValueError as "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_commands(commands, add_config_arg) -> None:
+    """Add ``status`` and ``dlq`` to ``cli``'s subparsers."""
+    status = commands.add_parser("status", help="queue depths, DLQs, rate, ETA, local daemon")
+    add_config_arg(status)
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument("--watch", nargs="?", type=float, const=DEFAULT_WATCH_S,
+                        metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
+
+    dlq = commands.add_parser("dlq", help="look at or move back a queue's dead letters")
+    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    peek = actions.add_parser("peek", help="show dead letters and leave them in place")
+    add_config_arg(peek)
+    peek.add_argument("queue", metavar="QUEUE", help="a configured queue's name; its DLQ is read")
+    peek.add_argument("-n", type=positive_int, default=10, metavar="N",
+                      help="messages to show (default 10)")
+    peek.add_argument("--json", action="store_true", help="one JSON document")
+    redrive = actions.add_parser("redrive", help="move dead letters back to their queue")
+    add_config_arg(redrive)
+    redrive.add_argument("queue", metavar="QUEUE", help="a configured queue; its DLQ is emptied")
+    redrive.add_argument("--to", metavar="QUEUE_OR_URL",
+                         help="target: a configured queue, a queue name or a URL")
+    redrive.add_argument("--max", type=positive_int, metavar="N",
+                         help="move at most N messages (always the manual move)")
+    redrive.add_argument("--journal", metavar="FILE",
+                         help="journal of the manual move (default: "
+                              "<state_dir>/redrive/<dlq name>.journal)")
+
+
+def fail(text: str) -> None:
+    print(f"vip-worker: {text}", file=sys.stderr)
+
+
+def describe_error(exc: BaseException) -> str:
+    from vip_worker.sqs import error_code
+
+    return f"{error_code(exc)}: {str(exc)[:300]}"
+
+
+def client_for(settings):
+    from vip_worker import sqs
+
+    return sqs.make_client(settings.region, settings.sqs_endpoint_url, max_pool=4)
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def cmd_status(args, settings) -> int:
+    client = client_for(settings)
+    run_dir = runtime_dir(settings)
+
+    def refresh(watching: bool) -> int:
+        doc = collect(client, settings, run_dir, time.time())
+        if args.json:
+            print(json.dumps(doc, separators=(",", ":")) if watching
+                  else json.dumps(doc, indent=2), flush=True)
+        else:
+            text = render(doc)
+            clear = CLEAR_SCREEN if watching and sys.stdout.isatty() else ""
+            print(clear + text, flush=True)
+        if not watching:
+            for error in doc["errors"]:
+                fail(error)
+        return exitcodes.UNAVAILABLE if doc["errors"] else exitcodes.OK
+
+    if args.watch is None:
+        return refresh(False)
+    code = exitcodes.OK
+    try:
+        while True:
+            code = refresh(True)
+            time.sleep(max(args.watch, 0.1))
+    except KeyboardInterrupt:
+        return code
+
+
+def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
+    """The document ``status --json`` prints (keys in docs/status-and-dlq.md)."""
+    from vip_worker import dlq
+    from vip_worker.sqs import TRANSPORT_ERRORS
+
+    queues, errors = [], []
+    for queue in settings.queues:
+        row: dict[str, Any] = {"name": queue.name, "url": queue.url, "error": None,
+                               "visible": None, "in_flight": None, "delayed": None,
+                               "depth": None, "dlq": None}
+        try:
+            row.update(dlq.counts(client, queue.url))
+            dlq_url = dlq.resolve_dlq_url(client, queue.url, queue.dlq_url)
+            if dlq_url:
+                row["dlq"] = {"name": dlq.queue_name(dlq_url), "url": dlq_url,
+                              **dlq.counts(client, dlq_url)}
+        except (*TRANSPORT_ERRORS, ValueError) as exc:
+            row["error"] = describe_error(exc)
+            errors.append(f"queue {queue.name} ({queue.url}): {row['error']}")
+        queues.append(row)
+    daemon = daemon_state(run_dir, now)
+    depth = sum(q["depth"] or 0 for q in queues)
+    rate = daemon.get("rate_per_min") if daemon["running"] else None
+    if depth == 0:
+        eta = 0.0
+    else:
+        eta = round(depth / rate, 1) if rate else None
+    return {"checked_at": round(now, 3), "queues": queues, "depth": depth,
+            "rate_per_min": rate, "rate_scope": "this host", "eta_min": eta,
+            "daemon": daemon, "errors": errors}
+
+
+def daemon_state(run_dir: str, now: float) -> dict[str, Any]:
+    """The local daemon, from status.json: running only if fresh and its pid is alive."""
+    path = os.path.join(run_dir, "status.json")
+    state: dict[str, Any] = {"running": False, "status_file": path, "age_s": None}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            snap = json.load(fh)
+        written_at = float(snap["written_at"])
+    except FileNotFoundError:
+        state["note"] = f"not running on this host (no {path})"
+        return state
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        state["note"] = f"unknown: cannot read {path}: {exc}"
+        return state
+    state["age_s"] = round(now - written_at, 1)
+    state["pid"] = snap.get("pid")
+    if now - written_at > STALE_AFTER_S:
+        state["note"] = (f"not running on this host ({path} was last written "
+                         f"{duration(now - written_at)} ago)")
+        return state
+    if not pid_alive(snap.get("pid")):
+        state["note"] = f"not running on this host (pid {snap.get('pid')} has exited)"
+        return state
+    state.update({key: snap.get(key) for key in DAEMON_KEYS})
+    state.update(running=True, note=None)
+    return state
+
+
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # cannot tell: trust the fresh file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, and owned by another user (the service account)
+    return True
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    minutes = int(seconds // 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def eta_text(eta_min: float | None) -> str:
+    if eta_min is None:
+        return "N/A"
+    if 0 < eta_min < 1:
+        return "<1 min"
+    return duration(math.ceil(eta_min) * 60) if eta_min else "0 min"
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The human output of ``status``."""
+    lines = [f"{'QUEUE':<16} {'VISIBLE':>8} {'IN FLIGHT':>9} {'DELAYED':>8}  DLQ"]
+    for q in doc["queues"]:
+        if q["error"]:
+            lines.append(f"{q['name']:<16} error: {q['error']}")
+            continue
+        dlq = q["dlq"]
+        dlq_text = (f"{dlq['name']}: {dlq['depth']}" + (" (!)" if dlq["depth"] else "")
+                    if dlq else "(none)")
+        lines.append(f"{q['name']:<16} {q['visible']:>8} {q['in_flight']:>9} "
+                     f"{q['delayed']:>8}  {dlq_text}")
+    daemon = doc["daemon"]
+    rate = doc["rate_per_min"]
+    if rate is not None:
+        rate_text = f"{rate:g}/min (this host)"
+    elif daemon["running"]:
+        rate_text = "N/A (measuring)"
+    else:
+        rate_text = "N/A (no daemon on this host)"
+    lines.append(f"Queue Depth: {doc['depth']}, Rate: {rate_text}, "
+                 f"ETA: {eta_text(doc['eta_min'])}")
+    lines.append("")
+    if not daemon["running"]:
+        lines.append(f"Daemon: {daemon['note']}")
+        return "\n".join(lines)
+    pollers = daemon["pollers"] or []
+    ready = sum(1 for p in pollers if p.get("ready"))
+    state = f"stopping ({daemon['stopping']})" if daemon.get("stopping") else "running"
+    lines.append(f"Daemon: {state}, pid {daemon['pid']}, up {duration(daemon['uptime_s'] or 0)}"
+                 f", {ready}/{daemon['target']} pollers ready "
+                 f"(status.json {daemon['age_s']:g} s old)")
+    lines.append(f"  {'POLLER':<7} {'PID':>8}  {'STATE':<9} {'IN FLIGHT':>9} {'HANDLED':>8}  UP")
+    for p in pollers:
+        kind = "stopping" if p.get("stopping") else "ready" if p.get("ready") else "starting"
+        lines.append(f"  {p.get('index', '?')!s:<7} {p.get('pid', '?')!s:>8}  {kind:<9} "
+                     f"{int(p.get('in_flight', 0)):>9} {int(p.get('handled', 0)):>8}  "
+                     f"{duration(p.get('uptime_s') or 0)}")
+    totals = daemon.get("totals") or {}
+    lines.append("  Totals: " + ", ".join(
+        f"{name.replace('_', '-')} {int(totals.get(name, 0))}"
+        for name in ("handled", "succeeded", "retried", "dead_lettered", "released")))
+    return "\n".join(lines)
+
+
+# -- dlq ----------------------------------------------------------------------------------
+
+
+def cmd_dlq(args, settings) -> int:
+    from vip_worker import dlq
+    from vip_worker.sqs import TRANSPORT_ERRORS
+
+    try:
+        queue = settings.queue(args.queue)
+    except KeyError:
+        names = ", ".join(q.name for q in settings.queues)
+        fail(f"no queue named {args.queue!r} in the configuration (configured: {names})")
+        return exitcodes.USAGE
+    client = client_for(settings)
+    try:
+        dlq_url = dlq.resolve_dlq_url(client, queue.url, queue.dlq_url)
+    except (*TRANSPORT_ERRORS, ValueError) as exc:
+        fail(f"queue {queue.name} ({queue.url}): {describe_error(exc)}")
+        return exitcodes.UNAVAILABLE
+    if not dlq_url:
+        fail(f"queue {queue.name} has no dead-letter queue: set queues.{queue.name}.dlq_url "
+             "or give the queue a RedrivePolicy")
+        return exitcodes.CONFIG
+    try:
+        if args.dlq_command == "peek":
+            return cmd_peek(args, client, dlq_url)
+        return cmd_redrive(args, settings, client, queue, dlq_url)
+    except TRANSPORT_ERRORS as exc:
+        fail(f"DLQ {dlq.queue_name(dlq_url)} of queue {queue.name}: {describe_error(exc)}")
+        return exitcodes.UNAVAILABLE
+    except KeyboardInterrupt:
+        return INTERRUPTED  # a peek released its messages on the way out
+
+
+def cmd_peek(args, client, dlq_url: str) -> int:
+    from vip_worker import dlq
+
+    messages, problems = dlq.peek(client, dlq_url, args.n)
+    for problem in problems:
+        fail(f"could not release {problem}; it is visible again after "
+             f"{dlq.PEEK_VISIBILITY_S} s")
+    if args.json:
+        print(json.dumps({"dlq_url": dlq_url, "messages": messages}, indent=2))
+        return exitcodes.OK
+    print(f"DLQ {dlq.queue_name(dlq_url)}: {len(messages)} message(s) shown, left in place")
+    for m in messages:
+        what = f"job {m['job_id']} type {m['type']}" if m["body_is_json"] else "body not JSON"
+        print(f"{m['message_id']}  {what}  received {m['receive_count']}x  "
+              f"sent {m['sent_at']}" + (f"  group {m['group_id']}" if m["group_id"] else ""))
+        reason = m["reason"]
+        short = [f"{k}={v}" for k, v in reason.items() if k != ERROR_TEXT]
+        if short:
+            print("    " + "  ".join(short))
+        if ERROR_TEXT in reason:
+            print(f"    {ERROR_TEXT}: {reason[ERROR_TEXT]}")
+    return exitcodes.OK
+
+
+def target_url(client, name_or_url: str, settings) -> str:
+    """``--to``: a URL as is, a configured queue's URL, else GetQueueUrl of the name."""
+    if name_or_url.startswith(("http://", "https://")):
+        return name_or_url
+    for queue in settings.queues:
+        if queue.name == name_or_url:
+            return queue.url
+    return client.get_queue_url(QueueName=name_or_url)["QueueUrl"]
+
+
+def refusal(exc) -> str:
+    """Why StartMessageMoveTask failed, short: an error page (moto's 500) as its status."""
+    error = exc.response.get("Error", {})
+    text = " ".join(str(error.get("Message", "")).split())
+    if not text or text.startswith("<"):
+        return f"HTTP {exc.response.get('ResponseMetadata', {}).get('HTTPStatusCode', '?')}"
+    return f"{error.get('Code', '?')}: {text[:160]}"
+
+
+def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
+    from vip_worker import dlq
+    from vip_worker.sqs import TRANSPORT_ERRORS, error_code
+
+    to_url = None
+    if args.to:
+        try:
+            to_url = target_url(client, args.to, settings)
+        except TRANSPORT_ERRORS as exc:
+            missing = error_code(exc) in ("AWS.SimpleQueueService.NonExistentQueue",
+                                          "QueueDoesNotExist")
+            fail(f"--to {args.to}: {'no such queue: ' if missing else ''}{describe_error(exc)}")
+            return exitcodes.USAGE if missing else exitcodes.UNAVAILABLE
+    path = args.journal or os.path.join(os.path.abspath(state_dir(settings)), "redrive",
+                                        f"{dlq.queue_name(dlq_url)}.journal")
+    try:
+        journal = dlq.Journal(path)
+    except (dlq.JournalBusy, OSError) as exc:
+        fail(f"cannot use the journal {path}: {exc} (pass --journal FILE)")
+        return exitcodes.UNAVAILABLE
+    with journal:
+        if started_move_task(args, client, journal, dlq_url, to_url):
+            return exitcodes.OK
+        routes = {q.name: q.url for q in settings.queues}
+
+        def target_of(message: dict) -> str:
+            if to_url:
+                return to_url
+            source = message.get("MessageAttributes", {}).get(SOURCE_QUEUE, {})
+            return routes.get(source.get("StringValue", ""), queue.url)
+
+        result = dlq.RedriveResult()
+        code = exitcodes.OK
+        try:
+            dlq.move_messages(client, dlq_url, target_of, journal, result, args.max)
+        except KeyboardInterrupt:
+            fail("interrupted: run the same command again to finish (the journal keeps it "
+                 "exactly-once)")
+            code = INTERRUPTED
+        except TRANSPORT_ERRORS as exc:
+            fail(f"DLQ {dlq.queue_name(dlq_url)}: {describe_error(exc)}; run again to finish")
+            code = exitcodes.UNAVAILABLE
+        left = len(journal.pending())
+    report(result, left, path)
+    return exitcodes.UNAVAILABLE if code == exitcodes.OK and result.failed else code
+
+
+def started_move_task(args, client, journal, dlq_url: str, to_url: str | None) -> bool:
+    """Try StartMessageMoveTask unless the manual move must run; say which way it goes."""
+    from vip_worker import dlq
+    from vip_worker.sqs import ClientError
+
+    pending = journal.pending()
+    if pending:
+        print(f"{len(pending)} message(s) of an interrupted redrive are in {journal.path}: "
+              "finishing with the manual move")
+        return False
+    if args.max is not None:
+        print("--max: using the manual move (a move task cannot stop after N messages)")
+        return False
+    dlq_arn = dlq.queue_arn(client, dlq_url)
+    destination = dlq.queue_arn(client, to_url) if to_url else None
+    try:
+        handle = dlq.start_move_task(client, dlq_arn, destination)
+    except ClientError as exc:
+        print(f"StartMessageMoveTask unavailable ({refusal(exc)}): using the manual move")
+        return False
+    target = dlq.queue_name(to_url) if to_url else "each message's source queue"
+    print(f"started an SQS message move task from {dlq.queue_name(dlq_url)} to {target}\n"
+          f"task handle: {handle}\n(follow it with ListMessageMoveTasks --source-arn {dlq_arn})")
+    return True
+
+
+def report(result, left: int, path: str) -> None:
+    from vip_worker.dlq import MOVE_VISIBILITY_S
+
+    for error in result.errors:
+        fail(error)
+    print(f"moved {result.moved}, skipped {result.skipped} (already sent), "
+          f"failed {result.failed}")
+    if result.resent:
+        print(f"{result.resent} message(s) whose send an earlier run left in doubt were sent "
+              "again (they may arrive twice; look for vip_redriven_from)")
+    if left:
+        print(f"{left} message(s) sent but not yet deleted from the DLQ remain in {path}: "
+              "run again to delete them (a killed run's messages reappear after "
+              f"{MOVE_VISIBILITY_S} s)")
