@@ -76,6 +76,9 @@ class Consumer:
         self.receivers: list[asyncio.Task] = []
         self.polling = 0
         self.stopping = False
+        # Set when a fast stop (SIGINT) arrives while a graceful drain is under way:
+        # the drain stops waiting and hands back what still runs.
+        self.hurry = asyncio.Event()
         self.handled = 0
         # Outcome counters, copied to shared memory every second by the poller.
         self.stats = {"succeeded": 0, "retried": 0, "dead_lettered": 0, "released": 0,
@@ -385,10 +388,22 @@ class Consumer:
         for queue_slots in self.queue_slots.values():
             queue_slots.close()
         await self.release_many([i for i in self.held.values() if not i.started], "shutdown")
-        deadline = self.clock() + grace_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s  # a real wait: the loop's clock, not the injected one
         running = list(self.tasks)
-        if running and grace_s > 0:
-            await asyncio.wait(running, timeout=grace_s)
+        if running and grace_s > 0 and not self.hurry.is_set():
+            hurry = asyncio.ensure_future(self.hurry.wait())
+            pending = set(running)
+            while pending and not self.hurry.is_set():
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                done, pending = await asyncio.wait(
+                    pending | {hurry}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(hurry)
+            hurry.cancel()
+        if self.hurry.is_set():
+            wait_for_polls = False
         # Grace is over: hand back whatever still runs, then stop its task.
         late = [i for i in self.held.values() if not i.settled]
         await self.release_many(late, "grace_period_over")
@@ -399,7 +414,7 @@ class Consumer:
             await asyncio.wait(list(self.tasks), timeout=SETTLED_TASKS_WAIT_S)
         if wait_for_polls:
             longest = max(q.wait_time_s for q in self.settings.queues) + 5
-            remaining = max(longest, deadline - self.clock())
+            remaining = max(longest, deadline - loop.time())
             pending = [r for r in self.receivers if not r.done()]
             if pending:
                 await asyncio.wait(pending, timeout=remaining)

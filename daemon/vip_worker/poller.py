@@ -44,12 +44,15 @@ class Poller:
         self.sqs_client = sqs_client
         self.stop_mode: str | None = None
         self.stop_event: asyncio.Event | None = None
+        self.consumer: Consumer | None = None
         self.exit_code = exitcodes.OK
 
     def request_stop(self, mode: str) -> None:
         """Signal-handler safe: record the mode and wake the loop."""
         if self.stop_mode is None or mode == "fast":
             self.stop_mode = mode
+        if mode == "fast" and self.consumer is not None:
+            self.consumer.hurry.set()  # a graceful drain under way: cut it short
         self.stop_event.set()
 
     async def run(self) -> int:
@@ -81,6 +84,9 @@ class Poller:
         heartbeat = Heartbeat(sqs, time.monotonic)
         consumer = Consumer(self.settings, loaded.registry, sqs, heartbeat, context, dlq_urls)
         consumer.on_handled = lambda: self.check_recycle(consumer)
+        self.consumer = consumer
+        if self.stop_mode == "fast":
+            consumer.hurry.set()
         heartbeat_task = loop.create_task(heartbeat.run(), name="heartbeat")
         ticker = loop.create_task(self.tick(consumer), name="tick")
         reporter = loop.create_task(self.report_metrics(consumer, sqs), name="metrics")
