@@ -158,7 +158,8 @@ def cmd_plugins(args, settings) -> int:
 
 
 def cmd_run(args, settings) -> int:
-    fields = logconfig.configure(settings.log_level, settings.log_file)
+    fields = logconfig.configure(settings.log_level, settings.log_file,
+                                 secrets=config.secrets(settings))
     problem = preflight(settings)
     if problem:
         print(f"vip-worker: {problem}", file=sys.stderr)

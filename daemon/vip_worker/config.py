@@ -576,6 +576,33 @@ def mask(key: str, value: Any) -> Any:
     return value
 
 
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values the logs must never show: secret settings, URL passwords, AWS secrets."""
+    env = os.environ if environ is None else environ
+    found = [env[name] for name in SECRET_ENV if env.get(name)]
+    for setting in WORKER_SETTINGS:
+        value = getattr(settings, setting.name)
+        if not isinstance(value, str) or not value:
+            continue
+        if setting.secret:
+            found.append(value)
+        try:
+            password = urlsplit(value).password
+        except ValueError:
+            password = None
+        if password:
+            found.append(password)
+    for queue in settings.queues:
+        for value in (queue.url, queue.dlq_url):
+            password = urlsplit(value).password if value else None
+            if password:
+                found.append(password)
+    return found
+
+
 def mask_secret(value: Any) -> Any:
     """A secret setting: a URL keeps its shape with the password masked, else all masked."""
     if not value:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
@@ -30,14 +31,45 @@ class ProcessFields(logging.Filter):
         return True
 
 
-def configure(level: str = "INFO", log_file: str = "") -> ProcessFields:
-    """Install the JSON handler on the ``vip_worker`` logger; return its field filter."""
+class MaskingJsonFormatter(JsonFormatter):
+    """JSON lines with secrets masked: known secret values, and any URL's password.
+
+    The check is a few substring searches on the finished line, so it covers every
+    field, exception texts and plugins' own lines at a cost of about a microsecond.
+    """
+
+    def __init__(self, *args, secrets: list[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Longest first, so a secret containing another is masked whole.
+        self.secrets = sorted({s for s in secrets or () if len(s) >= 4}, key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "****")
+        if "@" in text and "://" in text:
+            text = URL_PASSWORD.sub(r"\1****@", text)
+        return text
+
+
+# scheme://user:password@ -> scheme://user:****@ (also inside JSON-escaped text)
+URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"]*:)[^@/\s\"]+@")
+
+
+def configure(level: str = "INFO", log_file: str = "",
+              secrets: list[str] | None = None) -> ProcessFields:
+    """Install the JSON handler on the ``vip_worker`` logger; return its field filter.
+
+    :param secrets: values never to write (``config.secrets(settings)``).
+    """
     if log_file:
         handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stdout)
-    formatter = JsonFormatter(
+    formatter = MaskingJsonFormatter(
         "%(levelname)s %(message)s",
+        secrets=secrets,
         # "_aws" (CloudWatch EMF) is passed as aws_emf: the formatter drops "_" fields.
         rename_fields={"levelname": "level", "message": "event", "aws_emf": "_aws"},
         reserved_attrs=RESERVED,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
+import stat
 import sys
 import traceback
 import types
@@ -61,14 +63,39 @@ def discover(plugin_dirs: list[str]) -> list[tuple[str, Path]]:
         root = Path(directory)
         if not root.is_dir():
             raise ConfigError("plugin_dirs", f"{directory} is not a directory")
+        check_writers("plugin directory", root, root)
         for entry in sorted(root.iterdir()):
             if entry.name.startswith(("_", ".")):
                 continue
             if entry.is_dir() and (entry / "__init__.py").is_file():
+                for path in (entry, *entry.rglob("*")):
+                    if path.is_dir() or path.suffix == ".py":
+                        check_writers(f"plugin {entry.name!r}", path, root)
                 found.append((entry.name, entry))
             elif entry.suffix == ".py" and entry.is_file():
+                check_writers(f"plugin {entry.stem!r}", entry, root)
                 found.append((entry.stem, entry))
     return found
+
+
+def check_writers(what: str, path: Path, root: Path) -> None:
+    """Refuse code that users other than the daemon's (or root) can change.
+
+    Loading it would run their code as the daemon's user. Allowed writers: the
+    owner when it is root or the daemon's user, and the group when it is the
+    daemon's own group. Anything world-writable is refused.
+    """
+    st = path.lstat()
+    problem = None
+    if st.st_mode & stat.S_IWOTH:
+        problem = "is writable by every user"
+    elif st.st_uid not in (0, os.geteuid()):
+        problem = f"is owned by another user (uid {st.st_uid})"
+    elif st.st_mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid()):
+        problem = f"is writable by another group (gid {st.st_gid})"
+    if problem:
+        raise ConfigError("plugin_dirs", f"{what}: {path} {problem}; refusing to load code "
+                          f"others can change (fix with chmod go-w / chown)")
 
 
 def import_from_path(name: str, path: Path) -> types.ModuleType:

@@ -247,3 +247,26 @@ def test_registry_refuses_bad_type_names(message_type):
     with pytest.raises(PluginError) as raised:
         HandlerRegistry().add("p", message_type, lambda message, ctx: None)
     assert raised.value.plugin == "p" and "message type" in raised.value.problem
+
+
+@pytest.mark.parametrize("target", ["dir", "module", "package_file"])
+def test_plugin_code_others_can_write_is_refused(tmp_path, target):
+    write_plugin(tmp_path, "pkg", helper="X = 1\n")
+    (tmp_path / "single.py").write_text("")
+    path = {"dir": tmp_path, "module": tmp_path / "single.py",
+            "package_file": tmp_path / "pkg" / "helper.py"}[target]
+    path.chmod(path.stat().st_mode | 0o002)
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path)
+    assert str(path) in str(raised.value) and "writable by every user" in str(raised.value)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="chown needs root")
+def test_plugin_code_of_another_owner_is_refused(tmp_path):
+    import os
+
+    write_plugin(tmp_path, "pkg")
+    os.chown(tmp_path / "pkg" / "__init__.py", 12345, -1)
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path)
+    assert "owned by another user (uid 12345)" in str(raised.value)
