@@ -8,7 +8,6 @@ points at the loopback endpoint.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import uuid
 
@@ -39,16 +38,10 @@ def fake_aws_env():
 
 
 @pytest.fixture(scope="session")
-def sqs_endpoint(fake_aws_env):
-    """moto's SQS server, over HTTP on 127.0.0.1 with a free port, for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def sqs_endpoint(fake_aws_env, vip_worker_sqs_endpoint):
+    """moto's SQS server over HTTP on 127.0.0.1, for the whole session: the one the
+    vip_worker pytest plugin (vip_worker.pytest_plugin) starts for plugin authors."""
+    return vip_worker_sqs_endpoint
 
 
 @pytest.fixture(scope="session")

@@ -7,26 +7,14 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from vip_worker import exitcodes
+from vip_worker import config, exitcodes
 from vip_worker.store import StoreUnavailable
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-parse_bool.__name__ = "boolean"
 
 # --flag -> payload field (camelCase, as the app sends it) and its type.
 PAYLOAD_FLAGS = {
     "mode": str, "topic": str, "word-count": int, "tone": str, "keywords": str,
     "target-audience": str, "language": str, "prompt": str, "size": str, "style": str,
-    "seo-optimization": parse_bool, "include-images": parse_bool,
+    "seo-optimization": config.boolean, "include-images": config.boolean,
 }
 
 
