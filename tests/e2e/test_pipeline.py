@@ -147,3 +147,28 @@ def test_last_attempt_marks_the_job_failed_before_the_dlq(sqs, pipeline, generat
     daemon.wait_for("message.dead_lettered", job_id=job, timeout=30)
     failed = store.get_job(job)
     assert failed["status"] == "failed" and "gave up after 2 attempts" in failed["error"]
+
+
+def test_a_redriven_dead_letter_runs_its_job_again_cleanly(sqs, sqs_endpoint, pipeline,
+                                                           generation):
+    import subprocess
+    import sys
+
+    generation.failure_rate = 1.0
+    daemon, urls, store = pipeline(max_attempts=1)
+    job = new_id()
+    sqs.send_message(QueueUrl=urls["articles"]["url"], MessageBody=seed_message(job))
+    daemon.wait_for("message.dead_lettered", job_id=job, timeout=30)
+    assert store.get_job(job)["status"] == "failed"
+    generation.failure_rate = 0.0  # the service is back: move the dead letter home
+    config_path = daemon.log_path.parent / "vip-worker.toml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIP_WORKER_")}
+    env["AWS_ENDPOINT_URL_SQS"] = sqs_endpoint
+    moved = subprocess.run([sys.executable, "-m", "vip_worker", "dlq", "redrive", "articles",
+                            "--config", str(config_path)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    daemon.wait_for("message.succeeded", job_id=job, timeout=30)
+    final = store.get_job(job)
+    assert final["status"] == "completed" and final["error"] is None
+    assert len(store.get_content("generated_content", job)) == 1
