@@ -40,5 +40,9 @@ systemd-analyze:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Benchmarks (docs/benchmarks.md): ARGS=--quick for about two minutes.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info
