@@ -4,9 +4,12 @@ The public surface for plugin authors is re-exported here: the hook marker,
 the error types that classify outcomes, and the message type handed to handlers.
 """
 
-from vip_worker.errors import PermanentError, RetryLater
+from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
 from vip_worker.hookspecs import hookimpl
 from vip_worker.message import Envelope
 
-__all__ = ["Envelope", "PermanentError", "RetryLater", "hookimpl", "__version__"]
+__all__ = [
+    "DependencyUnavailable", "Envelope", "PermanentError", "RetryLater", "hookimpl",
+    "__version__",
+]
 __version__ = "0.1.0"

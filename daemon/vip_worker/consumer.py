@@ -19,7 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from vip_worker.batching import BATCH_MAX, Batcher
 from vip_worker.context import HandlerContext, PollerContext
-from vip_worker.errors import JobTimedOut, PermanentError, RetryLater, UnknownMessageType
+from vip_worker.errors import (
+    DependencyUnavailable,
+    JobTimedOut,
+    PermanentError,
+    RetryLater,
+    UnknownMessageType,
+)
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.inflight import InFlight
 from vip_worker.message import parse_envelope
@@ -273,7 +279,10 @@ class Consumer:
             self.ack(item, self.clock() - started)
             return True
         duration = self.clock() - started
-        if isinstance(error, PermanentError) or item.receive_count >= queue.max_attempts:
+        # An outage of the worker's own dependency is never the job's last attempt.
+        exhausted = (item.receive_count >= queue.max_attempts
+                     and not isinstance(error, DependencyUnavailable))
+        if isinstance(error, PermanentError) or exhausted:
             return await self.dead_letter(item, error, duration)
         await self.retry(item, error, duration)
         return False

@@ -5,6 +5,8 @@ A handler classifies its failure by the exception it raises:
 - ``PermanentError``: retrying cannot help (bad input, a 4xx from a service).
   The message goes to the dead-letter queue at once, with the reason.
 - ``RetryLater``: a transient failure with an explicit delay.
+- ``DependencyUnavailable`` (a ``RetryLater``): the worker's own dependency, such
+  as its job store, is down; retried without counting toward ``max_attempts``.
 - any other ``Exception``: transient; retried with exponential backoff until the
   queue's ``max_attempts`` is reached, then dead-lettered.
 """
@@ -23,6 +25,15 @@ class RetryLater(Exception):
     def __init__(self, reason: str = "", delay_s: float | None = None):
         super().__init__(reason)
         self.delay_s = delay_s
+
+
+class DependencyUnavailable(RetryLater):
+    """A dependency of the worker itself is down (its job store): not the job's fault.
+
+    Retried with the queue's backoff like any transient failure, but never counted
+    toward ``max_attempts``: an outage of our own store must not dead-letter jobs.
+    (A queue's SQS RedrivePolicy still counts every receive; see docs/reliability.md.)
+    """
 
 
 class ConfigError(Exception):

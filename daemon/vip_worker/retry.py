@@ -10,6 +10,9 @@ from vip_worker.inflight import InFlight
 
 MAX_EXPONENT = 30
 MAX_ATTRIBUTES = 10  # SQS's limit per message
+# SQS's size limit: the body plus every attribute's name, data type and value, in bytes.
+MAX_MESSAGE_BYTES = 1024 * 1024
+REASON_SHORT = 100
 REASON_MAX = 1000
 # The attributes vip-worker adds to a dead-lettered message; `dlq peek` reads them.
 ERROR_CLASS = "vip_error_class"
@@ -38,13 +41,21 @@ def reason_of(error: BaseException) -> str:
 
 
 def dead_letter_attributes(item: InFlight, error: BaseException) -> dict[str, dict[str, Any]]:
-    """The original message attributes, plus the reason, within SQS's 10-attribute limit."""
+    """The original message attributes plus the reason, within SQS's limits.
+
+    At most 10 attributes, and body plus attributes within 1 MiB: a body near the
+    limit first loses the original attributes, then a long reason is shortened,
+    then only what fits of the source message id, class and attempts is kept. The
+    message always reaches the DLQ; its reason is at worst in the log line only.
+    """
+    reason = (str(error).strip() or "(no message)")[:REASON_MAX]
+    # In priority order: `dlq peek` and `dlq redrive` need the source message id first.
     ours = {
+        SOURCE_MESSAGE_ID: string_attr(item.message_id),
         ERROR_CLASS: string_attr(type(error).__name__),
-        ERROR_TEXT: string_attr((str(error).strip() or "(no message)")[:REASON_MAX]),
         ATTEMPTS: {"DataType": "Number", "StringValue": str(item.receive_count)},
         SOURCE_QUEUE: string_attr(item.queue.name),
-        SOURCE_MESSAGE_ID: string_attr(item.message_id),
+        ERROR_TEXT: string_attr(reason),
     }
     kept = {}
     for name, value in item.attributes.items():
@@ -53,7 +64,28 @@ def dead_letter_attributes(item: InFlight, error: BaseException) -> dict[str, di
         clean = {k: value[k] for k in ("DataType", "StringValue", "BinaryValue") if k in value}
         if "DataType" in clean:
             kept[name] = clean
-    return {**kept, **ours}
+    budget = MAX_MESSAGE_BYTES - len(item.body.encode("utf-8", "surrogatepass"))
+    if attributes_size(kept) + attributes_size(ours) <= budget:
+        return {**kept, **ours}
+    if len(reason) > REASON_SHORT:
+        ours[ERROR_TEXT] = string_attr(reason[:REASON_SHORT - 3] + "...")
+    fitting: dict[str, dict[str, Any]] = {}
+    for name, value in ours.items():
+        if attributes_size(fitting) + attributes_size({name: value}) <= budget:
+            fitting[name] = value
+    return fitting
+
+
+def attributes_size(attributes: dict[str, dict[str, Any]]) -> int:
+    """Bytes SQS counts for these attributes: name, data type and value of each."""
+    size = 0
+    for name, value in attributes.items():
+        size += len(name.encode()) + len(value.get("DataType", "").encode())
+        if "StringValue" in value:
+            size += len(value["StringValue"].encode("utf-8", "surrogatepass"))
+        if "BinaryValue" in value:
+            size += len(value["BinaryValue"])
+    return size
 
 
 def string_attr(text: str) -> dict[str, str]:

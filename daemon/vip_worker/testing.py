@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vip_worker.context import HandlerContext, PollerContext
-from vip_worker.errors import PermanentError, RetryLater
+from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
 from vip_worker.message import Envelope
 from vip_worker.retry import reason_of, retry_delay
 from vip_worker.testing_store import MemoryStore
@@ -118,7 +118,7 @@ def run_handler(handler, message: Envelope, *, plugin_settings: dict | None = No
     except PermanentError as exc:
         return Outcome("dead_lettered", exc, progress=progress, store=store)
     except Exception as exc:  # noqa: BLE001 - classified as the consumer does
-        if receive_count >= max_attempts:
+        if receive_count >= max_attempts and not isinstance(exc, DependencyUnavailable):
             return Outcome("dead_lettered", exc, progress=progress, store=store)
         if isinstance(exc, RetryLater) and exc.delay_s is not None:
             delay = exc.delay_s

@@ -76,9 +76,6 @@ def one_poller(tmp_path, sqs_endpoint):
         stub.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a job-store outage on the last attempt "
-                   "dead-letters the message and leaves the job queued (consumer.run counts "
-                   "StoreUnavailable toward max_attempts)")
 def test_store_outage_on_the_last_attempt_is_retried_not_dead_lettered(one_poller):
     from vip_worker import config
     from vip_worker.producer import Producer
@@ -108,10 +105,6 @@ def test_store_outage_on_the_last_attempt_is_retried_not_dead_lettered(one_polle
     daemon.send(signal.SIGTERM)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: store.requeue moves a failed job back to queued, "
-                   "so a concurrent delivery of the same message (SQS standard queues deliver "
-                   "twice now and then) that fails transiently undoes the failure its twin "
-                   "dead-lettered: the job shows queued for ever, its message only in the DLQ")
 def test_a_concurrent_twin_delivery_cannot_requeue_a_dead_lettered_job(tmp_path):
     """Two deliveries of one message run at once: X gets garbage (PermanentError: the job
     is failed, the message dead-lettered and deleted), Y a 503 (transient: requeue, then a

@@ -198,6 +198,15 @@ def test_completed_job_is_never_requeued_or_failed(store):
     assert job["status"] == "completed" and job["error"] is None
 
 
+def test_a_failed_job_is_never_requeued(store):
+    # A twin delivery failing transiently must not undo the failure its twin recorded.
+    claim(store)
+    store.fail("job-1", "bad request", at(1))
+    store.requeue("job-1", "late transient error", at(2))
+    job = store.get_job("job-1")
+    assert (job["status"], job["error"]) == ("failed", "bad request")
+
+
 def test_object_id_job_ids_round_trip_as_strings(backend, store):
     claim(store, OID)
     store.save_result(OID, CONTENT, {"title": "x"}, at(1))

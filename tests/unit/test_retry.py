@@ -85,3 +85,23 @@ def test_an_empty_or_huge_reason_still_fits():
     long = retry.dead_letter_attributes(item(), ValueError("x" * 5000))[retry.ERROR_TEXT]
     assert len(long["StringValue"]) == retry.REASON_MAX
     assert retry.reason_of(ValueError("")) == "ValueError: (no message)"
+
+
+def test_a_body_near_the_size_limit_keeps_what_fits_source_id_first():
+    original = {"trace": string("t-1")}
+    near = item(original)
+    near.body = "x" * (retry.MAX_MESSAGE_BYTES - 100)
+    attrs = retry.dead_letter_attributes(near, ValueError("y" * 900))
+    assert "trace" not in attrs
+    assert attrs[retry.SOURCE_MESSAGE_ID] == string("mid-1")
+    assert len(near.body) + retry.attributes_size(attrs) <= retry.MAX_MESSAGE_BYTES
+
+
+def test_a_long_reason_is_shortened_before_anything_is_dropped():
+    near = item()
+    near.body = "x" * (retry.MAX_MESSAGE_BYTES - 400)
+    attrs = retry.dead_letter_attributes(near, ValueError("y" * 900))
+    assert set(attrs) == {retry.SOURCE_MESSAGE_ID, retry.ERROR_CLASS, retry.ATTEMPTS,
+                          retry.SOURCE_QUEUE, retry.ERROR_TEXT}
+    assert attrs[retry.ERROR_TEXT]["StringValue"].endswith("...")
+    assert len(near.body) + retry.attributes_size(attrs) <= retry.MAX_MESSAGE_BYTES

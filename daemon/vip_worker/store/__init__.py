@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from vip_worker.errors import DependencyUnavailable
+
 STATUSES = ("queued", "processing", "completed", "failed")
 
 
@@ -58,7 +60,7 @@ class Claim:
     lease_until: datetime | None = None  # when outcome is BUSY: when the other lease ends
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(DependencyUnavailable):
     """The store could not be reached or written: a transient failure of ours.
 
     The handler retries the message; a job is never marked failed for an outage

@@ -275,10 +275,15 @@ class MongoStore:
         self._settle(job_id, "failed", error, utc(now))
 
     def _settle(self, job_id: str, status: str, error: str, now: datetime) -> None:
-        """processing -> queued | failed; a completed job is never taken back."""
+        """processing -> queued, or anything but completed -> failed.
+
+        Only a job still ``processing`` goes back to ``queued``: a twin delivery that
+        fails transiently must not undo the ``failed`` its twin wrote (nor a completion).
+        """
+        allowed = "processing" if status == "queued" else {"$ne": "completed"}
         with self._errors():
             self._jobs.update_one(
-                {"_id": to_key(job_id), "status": {"$ne": "completed"}},
+                {"_id": to_key(job_id), "status": allowed},
                 {"$set": {"status": status, "error": error, "message": error,
                           "leaseUntil": None, "updatedAt": now}})
 

@@ -361,10 +361,16 @@ class SqliteStore:
         self._settle(job_id, "failed", error, utc(now))
 
     def _settle(self, job_id: str, status: str, error: str, now: datetime) -> None:
-        """processing -> queued | failed; a completed job is never taken back."""
+        """processing -> queued, or anything but completed -> failed.
+
+        Only a job still ``processing`` goes back to ``queued``: a twin delivery that
+        fails transiently must not undo the ``failed`` its twin wrote (nor a completion).
+        """
         with self._write() as conn:
             job = self._load_job(conn, job_id)
             if job is None or job.get("status") == "completed":
+                return
+            if status == "queued" and job.get("status") != "processing":
                 return
             job.update(status=status, error=error, message=error, leaseUntil=None,
                        updatedAt=now)
