@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
 from bench import procs
 from bench.endpoint import base_env
+from vip_worker.logconfig import message_records
 
 BENCH_PLUGINS = Path(__file__).resolve().parent / "plugins"
-SUCCEEDED = '"message.succeeded"'
+SUCCEEDED = '"messages.succeeded"'  # one line per delete batch, with "count"
+COUNT = re.compile(r'"count": (\d+)')
 
 
 def toml(value) -> str:
@@ -76,7 +79,7 @@ class BenchDaemon:
         return self.proc.pid
 
     def pump(self) -> int:
-        """Read new log lines; return the count of message.succeeded so far."""
+        """Read new log lines; return the count of succeeded messages so far."""
         with open(self.log_path, "rb") as fh:
             fh.seek(self.offset)
             data = fh.read()
@@ -89,19 +92,21 @@ class BenchDaemon:
         for raw in lines:
             line = raw.decode(errors="replace")
             if SUCCEEDED in line:
-                self.succeeded += 1
+                found = COUNT.search(line)
+                self.succeeded += int(found.group(1)) if found else 0
                 if not self.keep_ids:
                     continue
             try:
-                record = json.loads(line)
+                parsed = json.loads(line)
             except ValueError:
                 continue  # stderr text (tracebacks) shares the file
-            event = record.get("event", "")
-            self.events[event] = self.events.get(event, 0) + 1
-            if event == "message.succeeded" and self.keep_ids:
-                self.ids.append(record.get("message_id", ""))
-            if event in self.keep:
-                self.records.append(record)
+            for record in message_records(parsed):
+                event = record.get("event", "")
+                self.events[event] = self.events.get(event, 0) + 1
+                if event == "message.succeeded" and self.keep_ids:
+                    self.ids.append(record.get("message_id", ""))
+                if event in self.keep:
+                    self.records.append(record)
         return self.succeeded
 
     def count(self, event: str) -> int:

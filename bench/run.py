@@ -56,6 +56,8 @@ PROFILES = {
 MOTO_SCALE = {"drain_count": 1500, "warmup": 100, "backlog": 200, "jobs": 300,
               "peer_count": 1000}
 
+SCENARIOS = ("drains", "scale-out", "pickup", "held", "peers", "idle")
+
 TARGETS = {
     "cpu_per_msg_ratio_vs_bare": ("<=", 1.1),
     "cpu_per_msg_ratio_vs_celery": (">=", 7.0),
@@ -81,6 +83,8 @@ def parse_args(argv):
     parser.add_argument("--peers", default="", help="comma-separated subset of: "
                         + ", ".join(ALL_PEERS))
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument("--only", default="", help="comma-separated subset of scenarios: "
+                        + ", ".join(SCENARIOS) + " (default: all)")
     return parser.parse_args(argv)
 
 
@@ -349,6 +353,12 @@ def print_table(summary: dict, drains: dict, bench: Bench, idle_result: dict | N
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile, kind = choose_profile(args)
+    only = {s.strip() for s in args.only.split(",") if s.strip()} or set(SCENARIOS)
+    unknown = only - set(SCENARIOS)
+    if unknown:
+        print(f"bench: unknown scenario(s) {sorted(unknown)}; known: {', '.join(SCENARIOS)}",
+              file=sys.stderr)
+        return 2
     os.environ.update(endpoint.base_env())  # the harness's own boto3 clients
     workdir = Path(tempfile.mkdtemp(prefix="vip-bench-"))
     started = time.monotonic()
@@ -362,12 +372,17 @@ def main(argv: list[str] | None = None) -> int:
             idle_run = idle.IdleRun(ep, bench.sqs, bench.dir("idle"), profile.idle_window_s)
             idle_run.start()
 
-        bench.guarded("idle (start, runs in the background)", start_idle)
-        bench.guarded("drains vs bare", bench.drains_vs_bare)
-        bench.guarded("scale-out", bench.scale_out)
-        bench.guarded("pickup latency", bench.pickup)
-        bench.guarded("held jobs", bench.held_jobs)
-        if profile.peers:
+        if "idle" in only:
+            bench.guarded("idle (start, runs in the background)", start_idle)
+        if "drains" in only:
+            bench.guarded("drains vs bare", bench.drains_vs_bare)
+        if "scale-out" in only:
+            bench.guarded("scale-out", bench.scale_out)
+        if "pickup" in only:
+            bench.guarded("pickup latency", bench.pickup)
+        if "held" in only:
+            bench.guarded("held jobs", bench.held_jobs)
+        if profile.peers and "peers" in only:
             bench.guarded("peers", bench.peers)
         if idle_run is not None:
             idle_result = bench.guarded("idle (finish)", idle_run.finish)

@@ -1,8 +1,13 @@
 """One JSON object per line (python-json-logger), to stdout or a file.
 
 Events are stable names in the ``message`` field's place (``event``), data in
-fields: ``log.info("message.succeeded", extra={...})``. Every line carries the
+fields: ``log.info("message.retried", extra={...})``. Every line carries the
 time, level, pid and, in a poller, its index.
+
+Succeeded messages are logged one line per delete batch (``messages.succeeded``,
+with a ``messages`` list), not one per message; ``message_records`` turns such a
+line back into one ``message.succeeded`` record per message for tools that read
+the log.
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ def configure(level: str = "INFO", log_file: str = "",
         json_ensure_ascii=False,
     )
     handler.setFormatter(formatter)
+    # No line carries thread or process names: skip collecting them for every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     fields = ProcessFields()
     handler.addFilter(fields)
     logger = logging.getLogger(ROOT)
@@ -91,6 +100,23 @@ def configure(level: str = "INFO", log_file: str = "",
     plugins.setLevel(level)
     plugins.propagate = False
     return fields
+
+
+SUCCEEDED_BATCH = "messages.succeeded"
+SUCCEEDED = "message.succeeded"
+
+
+def message_records(record: dict) -> list[dict]:
+    """The per-message records one parsed log line stands for.
+
+    A ``messages.succeeded`` line gives one ``message.succeeded`` record per entry
+    of its ``messages`` (each with the line's ``queue``, ``level``, ``pid``,
+    ``poller`` and ``time``); any other line is returned as it is.
+    """
+    if record.get("event") != SUCCEEDED_BATCH:
+        return [record]
+    shared = {k: v for k, v in record.items() if k not in ("messages", "count")}
+    return [{**shared, **entry, "event": SUCCEEDED} for entry in record.get("messages", [])]
 
 
 def after_fork(fields: ProcessFields, poller: int) -> None:

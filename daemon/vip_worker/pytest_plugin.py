@@ -73,17 +73,21 @@ def vip_worker_sqs_endpoint():
 
 
 @pytest.fixture
-def vip_worker_poller(vip_worker_sqs_endpoint):
+def vip_worker_poller(vip_worker_sqs_endpoint, tmp_path):
+    # The job store (ctx.store) goes under the test's own tmp_path, never ./var.
+    state_dir = tmp_path / "vip-worker-state"
+
     def run(handlers, messages, *, plugin_settings=None, timeout_s: float = 30.0,
             **queue_settings) -> PollerRun:
         return run_through_poller(vip_worker_sqs_endpoint, handlers, messages,
-                                  plugin_settings or {}, timeout_s, queue_settings)
+                                  plugin_settings or {}, timeout_s, queue_settings,
+                                  state_dir=str(state_dir))
 
     return run
 
 
 def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
-                       queue_settings) -> PollerRun:
+                       queue_settings, state_dir: str) -> PollerRun:
     import json
 
     from vip_worker import config
@@ -103,7 +107,8 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
         {"deadLetterTargetArn": arn, "maxReceiveCount": "1000"})})["QueueUrl"]
     env = {"VIP_WORKER_QUEUE_WORK_URL": url, "VIP_WORKER_QUEUE_WORK_WAIT_TIME_S": "1",
            "VIP_WORKER_QUEUE_WORK_RETRY_BACKOFF_BASE_S": "0",
-           "VIP_WORKER_QUEUE_WORK_RETRY_BACKOFF_MAX_S": "0", "VIP_WORKER_METRICS_INTERVAL_S": "0"}
+           "VIP_WORKER_QUEUE_WORK_RETRY_BACKOFF_MAX_S": "0", "VIP_WORKER_METRICS_INTERVAL_S": "0",
+           "VIP_WORKER_STATE_DIR": state_dir}
     for key, value in queue_settings.items():
         env[f"VIP_WORKER_QUEUE_WORK_{key.upper()}"] = str(value)
     settings = config.load(environ=env)
@@ -121,8 +126,8 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
     logger.setLevel(logging.DEBUG)
 
     def settled() -> bool:
-        done = {r.job_id for r in collector.records
-                if r.getMessage() in ("message.succeeded", "message.dead_lettered")}
+        done = {job_id for event, job_id in _outcomes(collector.records)
+                if event in ("message.succeeded", "message.dead_lettered")}
         return set(result.job_ids) <= done
 
     async def main():
@@ -153,10 +158,22 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
     result.records = collector.records
     for record in collector.records:
         event = record.getMessage()
-        if event == "message.succeeded":
-            result.succeeded.append(record.job_id)
+        if event == "messages.succeeded":
+            result.succeeded += [m["job_id"] for m in record.messages]
         elif event == "message.retried":
             result.retried.append(record.job_id)
         elif event == "message.dead_lettered":
             result.dead_lettered[record.job_id] = record.error
     return result
+
+
+def _outcomes(records) -> list[tuple[str, str]]:
+    """(event, job id) per message; a messages.succeeded record stands for several."""
+    found = []
+    for record in list(records):
+        event = record.getMessage()
+        if event == "messages.succeeded":
+            found += [("message.succeeded", m["job_id"]) for m in record.messages]
+        elif event in OUTCOMES:
+            found.append((event, record.job_id))
+    return found

@@ -13,35 +13,49 @@ class Slots:
     ``most`` but no more than a fair share of what is free: with two queues and
     ten free slots, each long poll holds five, so an empty queue's long poll
     does not starve the other queue for its 20 seconds.
+
+    ``wait_for(need, timeout_s)`` waits for ``need`` free slots, at most that long:
+    the consumer uses it to fill a receive (see ``Consumer.reserve``).
     """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.free = total
         self.closed = False
-        self.waiters: list[asyncio.Future] = []
+        # (slots needed, future): woken when that many are free, or on close.
+        self.waiters: list[tuple[int, asyncio.Future]] = []
 
     async def acquire(self, most: int, share_among: int = 1) -> int:
         """Take 1..``most`` slots (0 once closed)."""
         while self.free <= 0 and not self.closed:
-            waiter = asyncio.get_running_loop().create_future()
-            self.waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self.waiters:
-                    self.waiters.remove(waiter)
+            await self.wait_for(1)
         if self.closed:
             return 0
         taken = min(most, max(1, math.ceil(self.free / max(1, share_among))), self.free)
         self.free -= taken
         return taken
 
+    async def wait_for(self, need: int, timeout_s: float | None = None) -> None:
+        """Until ``need`` slots are free, the slots close, or ``timeout_s`` passes."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        entry = (need, waiter)
+        self.waiters.append(entry)
+        timer = loop.call_later(timeout_s, resolve, waiter) if timeout_s is not None else None
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if entry in self.waiters:
+                self.waiters.remove(entry)
+
     def release(self, count: int = 1) -> None:
         if count <= 0:
             return
         self.free += count
-        self.wake()
+        if self.waiters:
+            self.wake()
 
     def close(self) -> None:
         """Make every waiting and future ``acquire`` return 0 (shutdown)."""
@@ -49,7 +63,15 @@ class Slots:
         self.wake()
 
     def wake(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        keep = []
+        for need, waiter in self.waiters:
+            if self.closed or self.free >= need:
+                resolve(waiter)
+            else:
+                keep.append((need, waiter))
+        self.waiters = keep
+
+
+def resolve(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from vip_worker.logconfig import message_records
+
 HERE = Path(__file__).resolve().parent
 TEST_PLUGINS = HERE / "plugins"
 DEFAULT_TIMEOUT_S = 30.0
@@ -76,7 +78,8 @@ class Daemon:
             self.offset += len(complete.encode()) + 1
             for line in complete.split("\n"):
                 try:
-                    self.records.append(json.loads(line))
+                    # A messages.succeeded line: one message.succeeded record per message.
+                    self.records.extend(message_records(json.loads(line)))
                 except ValueError:
                     self.records.append({"event": "(not json)", "line": line})
         return self.records

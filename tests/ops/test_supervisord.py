@@ -28,6 +28,7 @@ import pytest
 from tests.conftest import envelope, queue_counts
 from tests.e2e.daemon import TEST_PLUGINS, write_config
 from vip_worker import config
+from vip_worker.logconfig import message_records
 
 pytestmark = pytest.mark.e2e
 
@@ -97,12 +98,11 @@ class Supervisor:
         text = self.log.read_text() if self.log.exists() else ""
         for line in text.splitlines():
             try:
-                record = json.loads(line)
+                records = message_records(json.loads(line))
             except ValueError:
                 continue
-            if record.get("event") == event and all(record.get(k) == v
-                                                     for k, v in fields.items()):
-                found.append(record)
+            found += [r for r in records if r.get("event") == event
+                      and all(r.get(k) == v for k, v in fields.items())]
         return found
 
     def wait_until(self, predicate, what: str, timeout: float = TIMEOUT_S):

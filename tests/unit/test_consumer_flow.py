@@ -63,16 +63,34 @@ def test_receive_asks_only_for_free_slots():
 
 
 def test_slots_a_receive_did_not_fill_are_given_back():
-    h = ConsumerHarness({"articles": lambda message, ctx: None}, worker={"concurrency": 3})
+    release = threading.Event()
+    h = ConsumerHarness({"articles": lambda message, ctx: release.wait(10)},
+                        worker={"concurrency": 3})
     h.send(envelope())
 
     async def scenario(consumer):
-        await wait_until(lambda: h.fake.deleted(h.url) and h.idle(), what="the message")
+        # The handler holds its slot past the fill wait: the next poll goes out without it.
         await wait_until(lambda: len(h.fake.calls_to("receive")) == 2, what="the next poll")
+        release.set()
+        await wait_until(lambda: h.fake.deleted(h.url) and h.idle(), what="the message")
 
     h.run(scenario)
     # 3 asked, 1 came: the next poll asks for the 2 slots the first did not fill.
     assert [args[1] for args in h.fake.calls_to("receive")] == [3, 2]
+
+
+def test_a_receive_waits_briefly_for_finishing_handlers_to_ask_for_a_full_batch():
+    h = ConsumerHarness({"articles": lambda message, ctx: None}, worker={"concurrency": 10})
+    for n in range(9):
+        h.send(envelope(job_id=f"job-{n}"))
+
+    async def scenario(consumer):
+        await wait_until(lambda: len(h.fake.calls_to("receive")) == 2, what="the next poll")
+
+    h.run(scenario)
+    # 10 asked, 9 came; the 9 quick handlers finish within the fill wait, so the next
+    # poll asks for 10 again instead of 1 (the split that doubles the calls per message).
+    assert [args[1] for args in h.fake.calls_to("receive")] == [10, 10]
 
 
 def test_two_queues_share_the_free_slots():
