@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop and exit 0 once the demo batch is done")
     dev.add_argument("--timeout", type=float, default=120.0,
                      help="with --exit-when-done: give up (exit 1) after this many seconds")
+    dev.add_argument("--state-dir", metavar="DIR",
+                     help="keep the job store here (default: a temporary directory, removed "
+                          "on exit)")
     ops_cli.add_commands(commands, add_config_arg)  # status, dlq peek, dlq redrive
 
     new_plugin = commands.add_parser("new-plugin", help="scaffold a handler plugin package")
@@ -128,15 +131,28 @@ def overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_config(args, settings) -> int:
-    rows = config.describe(settings)
+    """The settings, then every plugin's declared settings (so the plugins are loaded:
+    their declarations say which values are secret). A plugin that does not load is
+    reported, its settings shown masked, and the exit code is 78."""
+    from vip_worker import plugin_settings
+    from vip_worker.plugins import load_plugins
+
+    code, declared = exitcodes.OK, None
+    try:
+        declared = load_plugins(settings).settings
+    except (PluginError, ConfigError) as exc:
+        print(f"vip-worker: {exc} (plugin settings shown with their values masked)",
+              file=sys.stderr)
+        code = exitcodes.CONFIG
+    rows = config.describe(settings) + plugin_settings.describe(settings, declared)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
-        return exitcodes.OK
+        return code
     width = max(len(r["key"]) for r in rows)
     for row in rows:
         print(f"{row['key']:<{width}}  {json.dumps(row['value'], default=str)}  "
               f"[{row['source']}]")
-    return exitcodes.OK
+    return code
 
 
 def cmd_plugins(args, settings) -> int:
@@ -158,21 +174,29 @@ def cmd_plugins(args, settings) -> int:
 
 
 def cmd_run(args, settings) -> int:
-    fields = logconfig.configure(settings.log_level, settings.log_file,
-                                 secrets=config.secrets(settings))
-    problem = preflight(settings)
+    secrets = set(config.secrets(settings))
+    logging_fields = {"fields": install_logging(settings, secrets)}
+    problem, plugin_secrets = preflight(settings)
     if problem:
         print(f"vip-worker: {problem}", file=sys.stderr)
         log.critical("boot.failed", extra={"error": problem})
         return exitcodes.CONFIG
+    if plugin_secrets:
+        secrets.update(plugin_secrets)
+        logging_fields["fields"] = install_logging(settings, secrets)
 
     from vip_worker.arbiter import Arbiter
 
     def reload():
         fresh = config.load(args.config, overrides=overrides(args))
-        trouble = preflight(fresh)
+        trouble, fresh_secrets = preflight(fresh)
         if trouble:
             raise ConfigError("reload", trouble)
+        new = (set(config.secrets(fresh)) | set(fresh_secrets)) - secrets
+        if new:
+            # The old values stay masked too: old pollers may still log them.
+            secrets.update(new)
+            logging_fields["fields"] = install_logging(settings, secrets)
         return fresh
 
     def poller_main(poller_settings, index, shm):
@@ -183,9 +207,22 @@ def cmd_run(args, settings) -> int:
     from vip_worker.store.factory import runtime_dir
 
     arbiter = Arbiter(settings=settings, poller_main=poller_main, reload=reload,
-                      after_fork=lambda index: logconfig.after_fork(fields, index),
+                      after_fork=lambda index: logconfig.after_fork(logging_fields["fields"],
+                                                                    index),
                       runtime_dir=runtime_dir(settings), start_services=start_services)
     return arbiter.run()
+
+
+def install_logging(settings, secrets) -> logconfig.ProcessFields:
+    """(Re)install the JSON log handler, masking ``secrets``; close the one it replaces.
+
+    Level and file are those of ``settings`` (the boot's: a reload does not change them).
+    """
+    old = list(logging.getLogger(logconfig.ROOT).handlers)
+    fields = logconfig.configure(settings.log_level, settings.log_file, secrets=sorted(secrets))
+    for handler in old:
+        handler.close()
+    return fields
 
 
 def start_services(arbiter) -> list:
@@ -217,8 +254,9 @@ def start_services(arbiter) -> list:
     return services
 
 
-def preflight(settings) -> str | None:
-    """Load every plugin in a throw-away child; return the error text, or None.
+def preflight(settings) -> tuple[str | None, list[str]]:
+    """Load every plugin in a throw-away child; return (the error text or None, the values
+    of the plugin settings declared secret, for the log's masking).
 
     The master itself never imports plugin code: each poller imports it fresh
     after fork, which is what lets SIGHUP pick up changed plugins.
@@ -236,6 +274,7 @@ def preflight(settings) -> str | None:
                 raise ConfigError("plugin_dirs", "no plugin registers a handler (looked in: "
                                   f"{', '.join(settings.plugin_dirs) or 'no directory'}; "
                                   "and the vip_worker.plugins entry points)")
+            write_all(write_fd, json.dumps(loaded.secrets()).encode())
         except (PluginError, ConfigError) as exc:
             os.write(write_fd, str(exc).encode()[:60000])
             code = exitcodes.CONFIG
@@ -255,16 +294,25 @@ def preflight(settings) -> str | None:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(read_fd)
-            return f"loading the plugins took longer than {PREFLIGHT_TIMEOUT_S:g} s"
+            return f"loading the plugins took longer than {PREFLIGHT_TIMEOUT_S:g} s", []
         chunk = os.read(read_fd, 65536)
         if not chunk:
             break
         chunks.append(chunk)
     os.close(read_fd)
     _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode(errors="replace")
     if os.waitstatus_to_exitcode(status) == exitcodes.OK:
-        return None
-    return b"".join(chunks).decode(errors="replace") or "plugin check failed"
+        try:
+            return None, [str(s) for s in json.loads(text or "[]")]
+        except ValueError:
+            return "plugin check failed: unreadable answer from the check", []
+    return text or "plugin check failed", []
+
+
+def write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 if __name__ == "__main__":

@@ -569,9 +569,11 @@ def mask_url(text: str) -> str:
 
 
 def mask(key: str, value: Any) -> Any:
+    """A secret-looking key's value becomes ``****`` whole (no character of it shown);
+    any other string has its URL password masked."""
     if isinstance(value, str):
         if any(word in key.lower() for word in SECRET_WORDS) and value:
-            return value[:4] + "****" if len(value) > 8 else "****"
+            return "****"
         return mask_url(value)
     return value
 
@@ -612,7 +614,11 @@ def mask_secret(value: Any) -> Any:
 
 
 def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> list[dict]:
-    """Rows of (key, value, source) for ``vip-worker config``, secrets masked."""
+    """Rows of (key, value, source) for ``vip-worker config``, secrets masked.
+
+    The plugins' settings are not among them: their declarations come from the plugins
+    (``vip_worker.plugin_settings.describe``).
+    """
     env = os.environ if environ is None else environ
     rows = []
     for setting in WORKER_SETTINGS:
@@ -625,10 +631,6 @@ def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> li
             key = f"queues.{queue.name}.{setting.name}"
             rows.append({"key": key, "value": mask(key, getattr(queue, setting.name)),
                          "source": settings.sources.get(key, "default")})
-    for plugin, table in settings.plugin_settings.items():
-        for name, value in table.items():
-            key = f"plugins.{plugin}.{name}"
-            rows.append({"key": key, "value": mask(key, value), "source": "file"})
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                  "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED"):
         if name in env:

@@ -10,15 +10,18 @@ status and progress from the job store until the batch is done. Ctrl-C stops it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 QUEUES = ("articles", "images")
 # Above the daemon's max_attempts (5), so vip-worker dead-letters with the reason first.
@@ -69,11 +72,22 @@ def demo_payloads(count: int) -> list[tuple[str, dict]]:
     return payloads
 
 
-def main(args) -> int:
-    import boto3
+@contextlib.contextmanager
+def state_directory(given: str | None) -> Iterator[str]:
+    """``given`` (made if missing, kept), else a fresh directory under the temporary
+    directory, removed with everything in it when the block ends."""
+    if given:
+        os.makedirs(given, exist_ok=True)
+        yield os.path.abspath(given)
+        return
+    made = tempfile.mkdtemp(prefix="vip-worker-dev-")
+    try:
+        yield made
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
 
-    from vip_worker import config
-    from vip_worker.producer import Producer
+
+def main(args) -> int:
     from vip_worker.stubservice import StubGenerationService
 
     env = dict(os.environ)
@@ -87,19 +101,36 @@ def main(args) -> int:
     server, endpoint = start_sqs(port)
     generation = StubGenerationService(latency_s=args.latency, failure_rate=args.failure_rate)
     generation.start()
-    state_dir = tempfile.mkdtemp(prefix="vip-worker-dev-")
+    try:
+        with state_directory(args.state_dir) as state_dir:
+            return serve(args, env, endpoint, generation.url, state_dir,
+                         kept=bool(args.state_dir))
+    finally:
+        generation.stop()
+        server.stop()
+
+
+def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_dir: str,
+          kept: bool) -> int:
+    """Start the daemon against the local services, run the demo batch, stop the daemon."""
+    import boto3
+
+    from vip_worker import config
+    from vip_worker.producer import Producer
+
     client = boto3.client("sqs", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
                           aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
     urls = create_queues(client)
     env.update({"AWS_ENDPOINT_URL_SQS": endpoint, "ARTICLES_QUEUE_URL": urls["articles"],
-                "IMAGES_QUEUE_URL": urls["images"], "FASTAPI_URL": generation.url,
+                "IMAGES_QUEUE_URL": urls["images"], "FASTAPI_URL": generation_url,
                 "VIP_WORKER_STATE_DIR": state_dir})
     print(f"dev: local SQS (moto) on {endpoint}\n"
-          f"dev: stub generation service on {generation.url} "
+          f"dev: stub generation service on {generation_url} "
           f"(latency {args.latency}s, failure rate {args.failure_rate})\n"
           f"dev: job store {state_dir}/jobs.sqlite3 "
-          f"(see it: VIP_WORKER_STATE_DIR={state_dir} vip-worker jobs list)", flush=True)
+          f"(see it: VIP_WORKER_STATE_DIR={state_dir} vip-worker jobs list"
+          f"{'' if kept else '; removed on exit, keep it with --state-dir DIR'})", flush=True)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "vip_worker", "run", "--processes", str(args.processes)],
         env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
@@ -128,8 +159,6 @@ def main(args) -> int:
                 daemon.wait()
         reader.join(timeout=5)
         producer.close()
-        generation.stop()
-        server.stop()
     if daemon.returncode not in (0, None) and code == 0:
         print(f"dev: daemon exited with {daemon.returncode}", flush=True)
         code = daemon.returncode

@@ -66,3 +66,16 @@ class UnknownMessageType(PermanentError):
 
 class JobTimedOut(Exception):
     """The handler ran past the queue's ``max_job_time_s`` and was abandoned (transient)."""
+
+
+class HookFailed(Exception):
+    """Plugins' implementations of a hook raised.
+
+    :ivar hook: the hook's name (``vip_worker_poller_stop``).
+    :ivar failures: ``(plugin name, exception)`` pairs, in call order.
+    """
+
+    def __init__(self, hook: str, failures: list[tuple[str, Exception]], detail: str):
+        self.hook = hook
+        self.failures = failures
+        super().__init__(f"{hook} failed: {detail}")

@@ -14,7 +14,8 @@ CONFIG = 78
 POLLER_BOOT_FAILED = 3  # could not start (plugin start hook, SQS client): counts toward crash loop
 POLLER_RECYCLED = 4  # left on purpose after max_messages_per_poller / max_rss_mb: respawn at once
 
-# Command exit codes (sysexits.h).
+# Command exit codes (sysexits.h where one fits).
+FAILED = 1  # the command's work failed: enqueue's inline handler (or start hook) raised
 USAGE = 64  # bad arguments or input file
 NOT_FOUND = 66  # EX_NOINPUT: no such job
 UNAVAILABLE = 69  # EX_UNAVAILABLE: the job store cannot be reached

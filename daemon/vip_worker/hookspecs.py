@@ -39,10 +39,14 @@ class HookSpecs:
         key or an invalid value stops the boot naming the plugin and the key.
         Handlers read the values as ``ctx.plugin_settings``.
 
-        :param declare: ``declare(key, default, parse=None, help="")``. ``parse``
-            turns a file value or an environment string into the value, raising
-            ``ValueError`` when it is invalid; by default it follows the type of
-            ``default`` (bool, int, float, str, list of str).
+        A plugin that declares settings must have a lowercase ``[a-z][a-z0-9_]*``
+        name (it is part of the variable's name), or the boot stops naming it.
+
+        :param declare: ``declare(key, default, parse=None, help="", secret=False)``.
+            ``parse`` turns a file value or an environment string into the value,
+            raising ``ValueError`` when it is invalid; by default it follows the type
+            of ``default`` (bool, int, float, str, list of str). ``secret=True``
+            masks the value in ``vip-worker config`` and in the daemon's log.
         """
 
     @hookspec
@@ -68,7 +72,8 @@ class HookSpecs:
         Open per-process clients here (an HTTP session, a database client) and
         keep them in ``context.resources``; handlers see the same dict as
         ``ctx.resources``. May be ``async def``. An exception stops this poller
-        (the master reports it and replaces the poller with backoff).
+        (the master reports it and replaces the poller with backoff): the start
+        hooks not called yet are skipped, and no stop hook runs in that poller.
 
         :param context: the poller's :class:`vip_worker.context.PollerContext`.
         """
@@ -78,7 +83,8 @@ class HookSpecs:
         """A poller is about to exit, after its last handler finished or was handed back.
 
         Close what ``vip_worker_poller_start`` opened. May be ``async def``.
-        Exceptions are logged and do not stop the other plugins' hooks.
+        Every plugin's stop hook runs, whatever the others raise; the exceptions
+        are logged together (``poller.stop_hook_failed``, naming each plugin).
 
         :param context: the poller's :class:`vip_worker.context.PollerContext`.
         """

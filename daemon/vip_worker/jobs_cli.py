@@ -8,11 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from vip_worker import config, exitcodes
+from vip_worker.errors import ConfigError, HookFailed, PluginError
 from vip_worker.store import StoreUnavailable
 
 # --flag -> payload field (camelCase, as the app sends it) and its type.
 PAYLOAD_FLAGS = {
-    "mode": str, "topic": str, "word-count": int, "tone": str, "keywords": str,
+    "mode": str, "topic": str, "word-count": int, "tone": str, "keywords": config.str_list,
     "target-audience": str, "language": str, "prompt": str, "size": str, "style": str,
     "seo-optimization": config.boolean, "include-images": config.boolean,
 }
@@ -43,7 +44,8 @@ def payloads_from(args) -> list[dict[str, Any]]:
 
 
 def cmd_enqueue(args, settings) -> int:
-    from vip_worker.producer import Producer
+    from vip_worker.plugins import describe_exception
+    from vip_worker.producer import NoHandler, Producer, new_job_id
 
     try:
         payloads = payloads_from(args)
@@ -54,13 +56,37 @@ def cmd_enqueue(args, settings) -> int:
         print("vip-worker: --job-id names one job; not with --file", file=sys.stderr)
         return exitcodes.USAGE
     producer = Producer(settings)
+    inline = not producer.is_sqs_configured(args.type)
+    job_id = ""
     try:
         for payload in payloads:
-            print(producer.enqueue(args.type, payload, user_id=args.user_id, job_id=args.job_id),
-                  flush=True)
+            job_id = args.job_id or new_job_id()
+            producer.enqueue(args.type, payload, user_id=args.user_id, job_id=job_id)
+            print(job_id, flush=True)
     except StoreUnavailable as exc:
         print(f"vip-worker: job store unavailable: {exc}", file=sys.stderr)
         return exitcodes.UNAVAILABLE
+    except (ConfigError, PluginError) as exc:  # the plugins, loaded for an inline run
+        print(f"vip-worker: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    except HookFailed as exc:  # a plugin's start hook, before the job was created
+        print(f"vip-worker: {exc}", file=sys.stderr)
+        return exitcodes.FAILED
+    except NoHandler as exc:
+        print(f"vip-worker: {exc} (and no queue named {args.type!r} is configured)",
+              file=sys.stderr)
+        return exitcodes.USAGE
+    except Exception as exc:  # noqa: BLE001 - reported in one line, classified below
+        if not inline:
+            from vip_worker.sqs import TRANSPORT_ERRORS, error_code
+
+            if not isinstance(exc, TRANSPORT_ERRORS):
+                raise
+            print(f"vip-worker: SQS unavailable: {error_code(exc)}: {exc}", file=sys.stderr)
+            return exitcodes.UNAVAILABLE
+        print(f"vip-worker: job {job_id} failed in the inline run of its handler: "
+              f"{describe_exception(exc)}", file=sys.stderr)
+        return exitcodes.FAILED
     finally:
         producer.close()
     return exitcodes.OK
@@ -69,7 +95,14 @@ def cmd_enqueue(args, settings) -> int:
 def cmd_jobs(args, settings) -> int:
     from vip_worker.store.factory import open_store
 
-    store = open_store(settings)
+    try:
+        store = open_store(settings)
+    except StoreUnavailable as exc:
+        print(f"vip-worker: job store unavailable: {exc}", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
+    except ConfigError as exc:
+        print(f"vip-worker: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
     try:
         if args.jobs_command == "show":
             job = store.get_job(args.job_id)

@@ -24,6 +24,9 @@ STALE_AFTER_S = 10.0  # the master writes status.json every 2 s
 DEFAULT_WATCH_S = 2.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+NO_DLQ_WARNING = ("queue {queue} has no DLQ (no dlq_url, no RedrivePolicy): a message that "
+                  "keeps failing comes back again and again, forever; give the queue a "
+                  "RedrivePolicy (docs/configuration.md)")
 DAEMON_KEYS = ("pid", "uptime_s", "target", "generation", "stopping", "ready", "pollers",
                "totals", "rate_per_min", "rate_window_s", "queues")
 
@@ -98,6 +101,8 @@ def cmd_status(args, settings) -> int:
         if not watching:
             for error in doc["errors"]:
                 fail(error)
+            for warning in doc["warnings"]:
+                print(f"vip-worker: warning: {warning}", file=sys.stderr)
         return exitcodes.UNAVAILABLE if doc["errors"] else exitcodes.OK
 
     if args.watch is None:
@@ -116,7 +121,7 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
     from vip_worker import dlq
     from vip_worker.sqs import TRANSPORT_ERRORS
 
-    queues, errors = [], []
+    queues, errors, warnings = [], [], []
     for queue in settings.queues:
         row: dict[str, Any] = {"name": queue.name, "url": queue.url, "error": None,
                                "visible": None, "in_flight": None, "delayed": None,
@@ -127,6 +132,8 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
             if dlq_url:
                 row["dlq"] = {"name": dlq.queue_name(dlq_url), "url": dlq_url,
                               **dlq.counts(client, dlq_url)}
+            else:
+                warnings.append(NO_DLQ_WARNING.format(queue=queue.name))
         except (*TRANSPORT_ERRORS, ValueError) as exc:
             row["error"] = describe_error(exc)
             errors.append(f"queue {queue.name} ({queue.url}): {row['error']}")
@@ -140,7 +147,7 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
         eta = round(depth / rate, 1) if rate else None
     return {"checked_at": round(now, 3), "queues": queues, "depth": depth,
             "rate_per_min": rate, "rate_scope": "this host", "eta_min": eta,
-            "daemon": daemon, "errors": errors}
+            "daemon": daemon, "errors": errors, "warnings": warnings}
 
 
 def daemon_state(run_dir: str, now: float) -> dict[str, Any]:
@@ -207,7 +214,7 @@ def render(doc: dict[str, Any]) -> str:
             continue
         dlq = q["dlq"]
         dlq_text = (f"{dlq['name']}: {dlq['depth']}" + (" (!)" if dlq["depth"] else "")
-                    if dlq else "(none)")
+                    if dlq else "(none) (!)")
         lines.append(f"{q['name']:<16} {q['visible']:>8} {q['in_flight']:>9} "
                      f"{q['delayed']:>8}  {dlq_text}")
     daemon = doc["daemon"]

@@ -48,6 +48,12 @@ class LoadedPlugins:
     manager: pluggy.PluginManager
     registry: HandlerRegistry
     infos: list[PluginInfo]
+    # Every declared plugin setting with its value, source and secret flag.
+    settings: list[plugin_settings.ResolvedSetting] = field(default_factory=list)
+
+    def secrets(self) -> list[str]:
+        """Values of the plugin settings declared secret, for the log's masking."""
+        return plugin_settings.secret_values(self.settings)
 
 
 def make_plugin_manager() -> pluggy.PluginManager:
@@ -150,6 +156,17 @@ def check_hook_names(name: str, module: object, manager: pluggy.PluginManager) -
             raise PluginError(name, f"{attr!r} lacks the @vip_worker.hookimpl marker")
 
 
+def check_no_wrappers(manager: pluggy.PluginManager) -> None:
+    """Refuse pluggy hook wrappers: vip-worker calls each implementation itself (so that
+    every registration is attributed and every stop hook runs), which a wrapper would
+    turn into a generator that does nothing."""
+    for name in (n for n in dir(HookSpecs) if n.startswith(HOOK_PREFIX)):
+        for impl in getattr(manager.hook, name).get_hookimpls():
+            if impl.wrapper or impl.hookwrapper:
+                raise PluginError(impl.plugin_name, f"{name}: hook wrappers (wrapper=True, "
+                                  f"hookwrapper=True) are not supported")
+
+
 def load_plugins(settings) -> LoadedPlugins:
     """Import every enabled plugin, register it, and collect its handlers."""
     manager = make_plugin_manager()
@@ -186,10 +203,12 @@ def load_plugins(settings) -> LoadedPlugins:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(getattr(exc, "plugin_name", "?"), str(exc)) from exc
+    check_no_wrappers(manager)
 
     registry = HandlerRegistry()
-    registry.plugin_settings = plugin_settings.resolve(
-        manager, settings, [info.name for info in infos], disabled)
+    names = [info.name for info in infos]
+    resolved = plugin_settings.resolve_all(manager, settings, names, disabled)
+    registry.plugin_settings = plugin_settings.values_of(resolved, names)
     for impl in manager.hook.vip_worker_register_handlers.get_hookimpls():
         # Called per plugin (not through the hook caller) so that each
         # registration is attributed to the plugin that made it.
@@ -208,7 +227,7 @@ def load_plugins(settings) -> LoadedPlugins:
     for message_type in settings.type_limits:
         if registry.get(message_type) is None:
             raise ConfigError(f"type_limits.{message_type}", "no plugin handles this type")
-    return LoadedPlugins(manager=manager, registry=registry, infos=infos)
+    return LoadedPlugins(manager=manager, registry=registry, infos=infos, settings=resolved)
 
 
 def wrap_handlers(manager: pluggy.PluginManager, registry: HandlerRegistry) -> None:

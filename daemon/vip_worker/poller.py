@@ -187,10 +187,34 @@ class Poller:
 
 
 async def call_hook(hook, **kwargs) -> None:
-    """Call a pluggy hook; await what ``async def`` implementations return."""
-    for result in hook(**kwargs):
-        if asyncio.iscoroutine(result):
-            await result
+    """Call every implementation of a pluggy hook, in pluggy's order; await ``async def`` ones.
+
+    Each implementation is called on its own: pluggy's own caller stops at the first that
+    raises, and would leave the ``async def`` ones after it un-awaited. A stop hook (its
+    name ends in ``_stop``) runs every plugin's implementation whatever the others do, then
+    raises one ``HookFailed`` naming each plugin that failed. Any other hook (the start
+    hook) stops at the first failure, raised as ``HookFailed`` naming that plugin: the
+    poller will not serve, so the plugins after it need not open their clients.
+    ``CancelledError`` and other ``BaseException`` pass through at once.
+    """
+    from vip_worker.errors import HookFailed
+
+    run_all = hook.name.endswith("_stop")
+    failures: list[tuple[str, Exception]] = []
+    # get_hookimpls() lists the implementations in reverse call order (tryfirst last).
+    for impl in reversed(hook.get_hookimpls()):
+        try:
+            result = impl.function(*(kwargs[name] for name in impl.argnames))
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception as exc:  # noqa: BLE001 - collected, raised below naming the plugin
+            failures.append((impl.plugin_name, exc))
+            if not run_all:
+                break
+    if failures:
+        detail = "; ".join(f"plugin {plugin!r}: {describe_exception(exc)}"
+                           for plugin, exc in failures)
+        raise HookFailed(hook.name, failures, detail) from failures[0][1]
 
 
 async def resolve_dlq(sqs: AsyncSqs, queue) -> str | None:

@@ -34,6 +34,10 @@ def new_job_id() -> str:
     return str(ObjectId())
 
 
+class NoHandler(LookupError):
+    """An inline run was asked for a message type that no loaded plugin handles."""
+
+
 class Producer:
     """Creates jobs and queues their messages; runs them inline when SQS is absent.
 
@@ -70,8 +74,10 @@ class Producer:
         stamp = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         envelope = Envelope(job_id=job_id, user_id=user_id, type=message_type,
                             timestamp=stamp, payload=payload)
-        self.store.create_job(job_id, user_id, message_type, payload, now)
         queue = self.queue_for(message_type)
+        if queue is None:
+            self.inline_handler(message_type)  # NoHandler before any job is created
+        self.store.create_job(job_id, user_id, message_type, payload, now)
         if queue is None:
             log.warning("producer.inline", extra={
                 "job_id": job_id, "type": message_type,
@@ -94,19 +100,31 @@ class Producer:
             self.sqs_client = make_client(self.settings.region, self.settings.sqs_endpoint_url)
         return self.sqs_client
 
-    def run_inline(self, envelope: Envelope) -> None:
-        """Run the type's handler here, once, as a poller would (errors are the caller's)."""
+    def inline_handler(self, message_type: str):
+        """The type's handler for an inline run; loads and starts the plugins the first time.
+
+        :raises PluginError, ConfigError: a plugin or its settings are wrong.
+        :raises HookFailed: a plugin's ``vip_worker_poller_start`` raised.
+        :raises NoHandler: no loaded plugin handles ``message_type``.
+        """
         if self.inline is None:
             from vip_worker.plugins import load_plugins
             from vip_worker.poller import call_hook
 
-            self.inline = load_plugins(self.settings)
-            self.context.plugin_values = self.inline.registry.plugin_settings
-            asyncio.run(call_hook(self.inline.manager.hook.vip_worker_poller_start,
+            loaded = load_plugins(self.settings)
+            self.context.plugin_values = loaded.registry.plugin_settings
+            asyncio.run(call_hook(loaded.manager.hook.vip_worker_poller_start,
                                   context=self.context))
-        handler = self.inline.registry.get(envelope.type)
+            # Only once started: close() runs the stop hooks, as a poller does.
+            self.inline = loaded
+        handler = self.inline.registry.get(message_type)
         if handler is None:
-            raise LookupError(f"no plugin handles type {envelope.type!r}")
+            raise NoHandler(f"no plugin handles type {message_type!r}")
+        return handler
+
+    def run_inline(self, envelope: Envelope) -> None:
+        """Run the type's handler here, once, as a poller would (errors are the caller's)."""
+        handler = self.inline_handler(envelope.type)
         fields = {"message_id": None, "job_id": envelope.job_id, "type": envelope.type,
                   "queue": None, "receive_count": 1}
         from vip_worker.consumer import MessageLogger
@@ -124,12 +142,23 @@ class Producer:
             handler.fn(envelope, ctx)
 
     def close(self) -> None:
-        if self.inline is not None:
-            from vip_worker.poller import call_hook
+        """Run the plugins' stop hooks (after an inline run), then close the job store.
 
-            asyncio.run(call_hook(self.inline.manager.hook.vip_worker_poller_stop,
-                                  context=self.context))
-        self.context.close()
+        A stop hook that raises is logged (``producer.stop_hook_failed``), not raised.
+        """
+        from vip_worker.errors import HookFailed
+
+        try:
+            if self.inline is not None:
+                from vip_worker.poller import call_hook
+
+                asyncio.run(call_hook(self.inline.manager.hook.vip_worker_poller_stop,
+                                      context=self.context))
+        except HookFailed as exc:
+            log.error("producer.stop_hook_failed", extra={"error": str(exc)})
+        finally:
+            self.inline = None
+            self.context.close()
 
 
 @functools.cache

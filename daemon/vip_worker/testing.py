@@ -88,18 +88,26 @@ class _RecordingStore:
 
 
 def run_handler(handler, message: Envelope, *, plugin_settings: dict | None = None,
-                settings: Any = None, resources: dict | None = None, store=None,
-                receive_count: int = 1, max_attempts: int = 5, message_id: str = "msg-1",
-                max_job_time_s: float = 1800.0, retry_backoff_base_s: float = 10.0,
+                plugin: str = "test", settings: Any = None, resources: dict | None = None,
+                store=None, receive_count: int = 1, max_attempts: int = 5,
+                message_id: str = "msg-1", max_job_time_s: float = 1800.0,
+                retry_backoff_base_s: float = 10.0,
                 retry_backoff_max_s: float = 900.0) -> Outcome:
     """Run one handler (``def`` or ``async def``) once, as a poller would; return the outcome.
 
+    :param plugin_settings: the handler's plugin's settings, seen as ``ctx.plugin_settings``
+        and as ``ctx.poller.plugin_settings(plugin)``.
+    :param plugin: the name of the handler's plugin (its logger is
+        ``vip_worker_plugins.<plugin>``).
     :param store: a job store (default: a fresh :class:`MemoryStore`) seen as ``ctx.store``.
     :param receive_count: SQS's ApproximateReceiveCount for this delivery.
     """
     store = store if store is not None else MemoryStore()
     progress: list[tuple[int, str]] = []
-    poller = PollerContext(index=0, settings=settings, resources=resources or {})
+    values = plugin_settings if plugin_settings is not None else {}
+    # The same dict both ways, as in a poller (registry.plugin_settings[plugin]).
+    poller = PollerContext(index=0, settings=settings, resources=resources or {},
+                           plugin_values={plugin: values})
     poller._store = _RecordingStore(store, progress)
     fields = {"message_id": message_id, "job_id": message.job_id, "type": message.type,
               "queue": "test", "receive_count": receive_count}
@@ -109,8 +117,8 @@ def run_handler(handler, message: Envelope, *, plugin_settings: dict | None = No
         message_id=message_id, job_id=message.job_id, queue="test",
         receive_count=receive_count, max_attempts=max_attempts,
         deadline=time.monotonic() + max_job_time_s,
-        log=MessageLogger(logging.getLogger("vip_worker_plugins.test"), fields),
-        resources=poller.resources, plugin_settings=plugin_settings or {}, poller=poller)
+        log=MessageLogger(logging.getLogger(f"vip_worker_plugins.{plugin}"), fields),
+        resources=poller.resources, plugin_settings=values, poller=poller)
     try:
         result = handler(message, ctx)
         if inspect.isawaitable(result):

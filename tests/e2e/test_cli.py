@@ -149,6 +149,10 @@ def test_readme_run_command_completes_its_demo_batch():
     assert len([line for line in lines if " completed  100%" in line]) == 4
     assert [line for line in lines if " failed " in line and "no-such-mode" in line]
     assert "dead-lettered: PermanentError: unknown generation mode" in result.stdout
+    # Its temporary state directory (job store, status.json) is gone with it.
+    [store] = [line.split()[3] for line in lines if line.startswith("dev: job store ")]
+    assert os.path.basename(os.path.dirname(store)).startswith("vip-worker-dev-")
+    assert not os.path.exists(os.path.dirname(store))
 
 
 def test_help_lists_every_command():

@@ -102,6 +102,22 @@ def test_status_shows_rate_and_eta_in_the_seed_style(sqs, make_queue, sqs_endpoi
     assert "\x1b[" not in out
 
 
+def test_status_warns_about_a_queue_without_a_dlq(make_queue, sqs_endpoint, tmp_path, capsys):
+    guarded, bare = make_queue("guarded"), make_queue("bare", dlq=False)
+    config = make_config(tmp_path, sqs_endpoint, {"guarded": {"url": guarded["url"]},
+                                                  "bare": {"url": bare["url"]}})
+    code, out, err = run(capsys, "status", "--config", config)
+    assert code == 0
+    assert [line for line in out.splitlines() if line.startswith("bare ")][0].endswith(
+        "(none) (!)")
+    assert err.count("warning:") == 1
+    assert "queue bare has no DLQ (no dlq_url, no RedrivePolicy)" in err
+    assert "RedrivePolicy" in err and "forever" in err
+    code, out, _ = run(capsys, "status", "--config", config, "--json")
+    doc = json.loads(out)
+    assert len(doc["warnings"]) == 1 and doc["warnings"][0].startswith("queue bare has no DLQ")
+
+
 def test_status_names_the_queue_sqs_cannot_reach(tmp_path, capsys):
     config = make_config(tmp_path, "http://127.0.0.1:1",
                          {"work": {"url": "http://127.0.0.1:1/123456789012/work"}})

@@ -69,3 +69,35 @@ def test_the_poller_fixture_runs_handlers_through_local_sqs(vip_worker_poller):
     assert run.succeeded == [messages[0].job_id]
     assert run.dead_lettered == {messages[1].job_id: "PermanentError: refused"}
     assert seen == ["hi", "hi"]
+
+
+def test_run_handler_shows_the_plugin_settings_through_the_poller_context_too():
+    seen = []
+
+    def handler(message, ctx):
+        seen.append((ctx.plugin_settings, ctx.poller.plugin_settings("shop")))
+
+    values = {"greeting": "hi"}
+    assert run_handler(handler, make_message("x"), plugin_settings=values,
+                       plugin="shop").succeeded
+    assert seen == [(values, values)]
+    seen.clear()
+    run_handler(handler, make_message("x"))
+    assert seen == [({}, {})]
+
+
+def test_the_poller_fixture_keeps_the_job_store_in_the_tests_tmp_path(
+        vip_worker_poller, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    paths = []
+
+    def handler(message, ctx):
+        paths.append(ctx.store.path)
+
+    run = vip_worker_poller({"hello": handler}, [make_message("hello", {})])
+    assert len(run.succeeded) == 1
+    assert paths[0].startswith(str(tmp_path)) and not paths[0].startswith(str(cwd))
+    assert not (cwd / "var").exists()

@@ -1,0 +1,160 @@
+"""``vip-worker enqueue`` and ``vip-worker jobs`` in this process: exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from vip_worker import cli, exitcodes
+from vip_worker.jobs_cli import payloads_from
+from vip_worker.plugins import NAMESPACE
+from vip_worker.store.factory import open_store
+
+PROJECT_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+
+FAILING = """
+from vip_worker import PermanentError, hookimpl
+
+def handle(message, ctx):
+    raise PermanentError("no way")
+
+@hookimpl
+def vip_worker_register_handlers(register):
+    register("boom", handle)
+"""
+
+START_FAILS = """
+from vip_worker import hookimpl
+
+@hookimpl
+def vip_worker_register_handlers(register):
+    register("fragile", lambda message, ctx: None)
+
+@hookimpl
+def vip_worker_poller_start(context):
+    raise ConnectionError("cannot reach the database")
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No setting from the caller's environment; the job store under tmp_path."""
+    for name in list(os.environ):
+        if name.startswith(("VIP_WORKER_", "ARTICLES_", "IMAGES_", "MONGODB_", "FASTAPI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("VIP_WORKER_STATE_DIR", str(tmp_path / "state"))
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name == NAMESPACE or name.startswith(NAMESPACE + "."):
+            del sys.modules[name]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def plugin_dir(tmp_path: Path, monkeypatch, **plugins: str) -> None:
+    root = tmp_path / "plugins"
+    root.mkdir()
+    for name, code in plugins.items():
+        (root / f"{name}.py").write_text(textwrap.dedent(code))
+    monkeypatch.setenv("VIP_WORKER_PLUGIN_DIRS", str(root))
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err
+    assert err.count("\n") == 1, err
+    return err
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+def test_jobs_with_a_store_that_cannot_be_opened_exits_69(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("VIP_WORKER_STATE_DIR", str(blocker / "state"))  # not a directory
+    for argv in (("jobs", "list"), ("jobs", "show", "abc")):
+        code, out, err = run(capsys, *argv)
+        assert code == exitcodes.UNAVAILABLE == 69
+        assert one_line(err).startswith("vip-worker: job store unavailable: ")
+
+
+def test_jobs_with_a_store_setting_it_cannot_use_exits_78(monkeypatch, capsys):
+    monkeypatch.setenv("VIP_WORKER_JOBS_COLLECTION", "media")  # the same as media_collection
+    code, _, err = run(capsys, "jobs", "list")
+    assert code == exitcodes.CONFIG
+    assert one_line(err).startswith("vip-worker: configuration error: jobs_collection: ")
+
+
+# -- enqueue without SQS: the inline run ------------------------------------------------------
+
+
+def test_enqueue_inline_with_a_failing_handler_is_one_line_and_exit_1(tmp_path, monkeypatch,
+                                                                     capsys):
+    plugin_dir(tmp_path, monkeypatch, failing=FAILING)
+    code, out, err = run(capsys, "enqueue", "boom", "--job-id", "job-1", "--payload", "{}")
+    assert code == exitcodes.FAILED == 1
+    assert out == ""
+    assert one_line(err).startswith("vip-worker: job job-1 failed in the inline run")
+    assert "PermanentError: no way" in err
+
+
+def test_enqueue_inline_of_a_type_no_plugin_handles_exits_64_and_creates_no_job(
+        tmp_path, monkeypatch, capsys):
+    plugin_dir(tmp_path, monkeypatch, failing=FAILING)
+    code, _, err = run(capsys, "enqueue", "nobody", "--job-id", "job-2")
+    assert code == exitcodes.USAGE
+    assert "no plugin handles type 'nobody'" in one_line(err)
+    store = open_store(cli.config.load(require_queues=False))
+    assert store.get_job("job-2") is None
+    store.close()
+
+
+def test_enqueue_inline_with_a_failing_start_hook_names_the_plugin(tmp_path, monkeypatch,
+                                                                   capsys):
+    plugin_dir(tmp_path, monkeypatch, startfails=START_FAILS)
+    code, _, err = run(capsys, "enqueue", "fragile")
+    assert code == exitcodes.FAILED
+    assert "vip_worker_poller_start failed: plugin 'startfails': ConnectionError" in (
+        one_line(err))
+
+
+def test_enqueue_inline_with_a_broken_plugin_exits_78(tmp_path, monkeypatch, capsys):
+    plugin_dir(tmp_path, monkeypatch, broken="import no_such_module_anywhere\n")
+    code, _, err = run(capsys, "enqueue", "boom")
+    assert code == exitcodes.CONFIG
+    assert "plugin 'broken'" in one_line(err)
+
+
+# -- --keywords -------------------------------------------------------------------------------
+
+
+def test_keywords_flag_sends_a_list():
+    args = cli.build_parser().parse_args(["enqueue", "articles", "--keywords", "fantasy, nfl,"])
+    assert payloads_from(args) == [{"keywords": ["fantasy", "nfl"]}]
+
+
+def test_a_keywords_article_enqueued_inline_is_generated(tmp_path, monkeypatch, capsys):
+    from vip_worker.stubservice import StubGenerationService
+
+    monkeypatch.setenv("VIP_WORKER_PLUGIN_DIRS", str(PROJECT_PLUGINS))
+    with StubGenerationService() as service:
+        monkeypatch.setenv("FASTAPI_URL", service.url)
+        code, out, err = run(capsys, "enqueue", "articles", "--mode", "keywords",
+                             "--keywords", "fantasy,draft", "--word-count", "50")
+    assert code == exitcodes.OK, err
+    store = open_store(cli.config.load(require_queues=False))
+    job_id = out.strip()
+    assert store.get_job(job_id)["status"] == "completed"
+    [content] = store.get_content("generated_content", job_id)
+    assert content["seo"]["keywords"] == ["fantasy", "draft"]  # the stub echoes the list
+    store.close()

@@ -1,0 +1,148 @@
+"""The poller start and stop hooks as ``poller.call_hook`` runs them for several plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import make_settings
+from vip_worker import hookimpl
+from vip_worker.context import PollerContext
+from vip_worker.errors import HookFailed, PluginError
+from vip_worker.plugins import load_plugins, make_plugin_manager
+from vip_worker.poller import call_hook
+from vip_worker.producer import Producer
+
+
+def plugin(name: str, calls: list[str], fail: str = "", is_async: bool = False):
+    """A plugin module whose start and stop hooks record their calls; ``fail`` names the
+    hook ("start" or "stop") that then raises."""
+    module = types.ModuleType(name)
+
+    def record(what: str) -> None:
+        calls.append(f"{name}.{what}")
+        if what == fail:
+            raise RuntimeError(f"{name} cannot {what}")
+
+    if is_async:
+        async def vip_worker_poller_start(context):
+            await asyncio.sleep(0)
+            record("start")
+
+        async def vip_worker_poller_stop(context):
+            await asyncio.sleep(0)
+            record("stop")
+    else:
+        def vip_worker_poller_start(context):
+            record("start")
+
+        def vip_worker_poller_stop(context):
+            record("stop")
+
+    module.vip_worker_poller_start = hookimpl(vip_worker_poller_start)
+    module.vip_worker_poller_stop = hookimpl(vip_worker_poller_stop)
+    return module
+
+
+def manager_of(*modules):
+    manager = make_plugin_manager()
+    for module in modules:
+        manager.register(module, name=module.__name__)
+    return manager
+
+
+def context() -> PollerContext:
+    return PollerContext(index=0, settings=None)
+
+
+def test_every_stop_hook_runs_when_one_raises_and_the_error_names_each_failure():
+    calls: list[str] = []
+    # pluggy calls the last registered first: "first" raises before the others run.
+    manager = manager_of(plugin("last", calls, fail="stop", is_async=True),
+                         plugin("middle", calls),
+                         plugin("first", calls, fail="stop"))
+    with pytest.raises(HookFailed) as raised:
+        asyncio.run(call_hook(manager.hook.vip_worker_poller_stop, context=context()))
+    assert calls == ["first.stop", "middle.stop", "last.stop"]
+    assert [p for p, _ in raised.value.failures] == ["first", "last"]
+    text = str(raised.value)
+    assert text.startswith("vip_worker_poller_stop failed: ")
+    assert "plugin 'first': RuntimeError: first cannot stop" in text
+    assert "plugin 'last': RuntimeError: last cannot stop" in text
+
+
+def test_stop_hooks_that_all_succeed_raise_nothing_and_async_ones_are_awaited():
+    calls: list[str] = []
+    manager = manager_of(plugin("a", calls, is_async=True), plugin("b", calls))
+    asyncio.run(call_hook(manager.hook.vip_worker_poller_stop, context=context()))
+    assert calls == ["b.stop", "a.stop"]
+
+
+def test_a_failing_start_hook_stops_the_start_naming_its_plugin():
+    calls: list[str] = []
+    manager = manager_of(plugin("later", calls), plugin("broken", calls, fail="start"))
+    with pytest.raises(HookFailed) as raised:
+        asyncio.run(call_hook(manager.hook.vip_worker_poller_start, context=context()))
+    # The poller will not serve: the plugins after the failure open nothing.
+    assert calls == ["broken.start"]
+    assert "plugin 'broken': RuntimeError: broken cannot start" in str(raised.value)
+    assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+def test_cancellation_is_never_collected():
+    calls: list[str] = []
+    module = types.ModuleType("cancelled")
+
+    async def vip_worker_poller_stop(context):
+        raise asyncio.CancelledError
+
+    module.vip_worker_poller_stop = hookimpl(vip_worker_poller_stop)
+    manager = manager_of(plugin("other", calls), module)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(call_hook(manager.hook.vip_worker_poller_stop, context=context()))
+
+
+def test_a_hook_wrapper_is_refused_at_load(tmp_path: Path):
+    (tmp_path / "wrapping.py").write_text(textwrap.dedent("""
+        from vip_worker import hookimpl
+
+        @hookimpl(wrapper=True)
+        def vip_worker_poller_stop(context):
+            return (yield)
+    """))
+    with pytest.raises(PluginError) as raised:
+        load_plugins(make_settings(plugin_dirs=[str(tmp_path)]))
+    assert raised.value.plugin == "wrapping" and "hook wrappers" in str(raised.value)
+
+
+class Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_the_producer_runs_every_stop_hook_and_logs_the_failures():
+    calls: list[str] = []
+    producer = Producer(make_settings())
+    producer.inline = types.SimpleNamespace(manager=manager_of(
+        plugin("calm", calls), plugin("grumpy", calls, fail="stop")))
+    # A handler of its own: another test may have made "vip_worker" stop propagating.
+    collector = Collector()
+    logger = logging.getLogger("vip_worker.producer")
+    logger.addHandler(collector)
+    try:
+        producer.close()  # does not raise
+    finally:
+        logger.removeHandler(collector)
+    assert calls == ["grumpy.stop", "calm.stop"]
+    [record] = collector.records
+    assert record.getMessage() == "producer.stop_hook_failed"
+    assert "plugin 'grumpy'" in record.error
