@@ -74,7 +74,9 @@ def parse_envelope(body: str) -> Envelope:
         raise MalformedMessage(
             f"field 'timestamp' is not an ISO 8601 time: {doc['timestamp'][:64]!r}"
         ) from None
-    extra = {k: v for k, v in doc.items() if k not in REQUIRED}
+    # Every required key is present: more keys than those are the app's extras.
+    extra = ({k: v for k, v in doc.items() if k not in REQUIRED}
+             if len(doc) > len(REQUIRED) else {})
     return Envelope(
         job_id=doc["jobId"],
         user_id=doc["userId"],

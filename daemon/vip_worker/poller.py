@@ -66,7 +66,7 @@ class Poller:
         client = self.sqs_client or SqsClient(make_client(
             self.settings.region, self.settings.sqs_endpoint_url,
             max_pool=len(self.settings.queues) + 2 * 10))
-        sqs = AsyncSqs(client, max_workers=len(self.settings.queues) + 8)
+        sqs = AsyncSqs(client, max_workers=8, receivers=len(self.settings.queues))
         try:
             dlq_urls = {q.name: await resolve_dlq(sqs, q) for q in self.settings.queues}
         except DlqLookupFailed as exc:
@@ -83,7 +83,8 @@ class Poller:
             return exitcodes.POLLER_BOOT_FAILED
         heartbeat = Heartbeat(sqs, time.monotonic)
         consumer = Consumer(self.settings, loaded.registry, sqs, heartbeat, context, dlq_urls)
-        consumer.on_handled = lambda: self.check_recycle(consumer)
+        # Per message: only the count (the tick checks memory every few seconds).
+        consumer.on_handled = lambda: self.check_recycle(consumer, memory=False)
         self.consumer = consumer
         if self.stop_mode == "fast":
             consumer.hurry.set()
@@ -168,7 +169,7 @@ class Poller:
             log.info("metrics", extra=metrics.emf_fields(
                 self.settings.metrics_namespace, name, counts, depth))
 
-    def check_recycle(self, consumer: Consumer) -> None:
+    def check_recycle(self, consumer: Consumer, memory: bool = True) -> None:
         if self.stop_mode is not None:
             return
         settings = self.settings
@@ -178,7 +179,7 @@ class Poller:
             reason = "max_messages_per_poller"
         elif consumer.abandoned_threads:
             reason = "abandoned_thread"
-        elif settings.max_rss_mb and rss_mb() > settings.max_rss_mb:
+        elif memory and settings.max_rss_mb and rss_mb() > settings.max_rss_mb:
             reason = "max_rss_mb"
         if reason:
             log.info("poller.recycling", extra={"reason": reason, "handled": consumer.handled,

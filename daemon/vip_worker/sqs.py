@@ -17,7 +17,9 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-RECEIVE_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
+RECEIVE_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount"]
+# FIFO queues also need each message's group (standard queues have none).
+RECEIVE_SYSTEM_ATTRIBUTES_FIFO = ["ApproximateReceiveCount", "MessageGroupId"]
 
 ClientError = botocore.exceptions.ClientError
 TRANSPORT_ERRORS = (botocore.exceptions.BotoCoreError, ClientError, OSError)
@@ -62,7 +64,9 @@ class SqsClient:
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=wait_s,
             VisibilityTimeout=visibility_s,
-            MessageSystemAttributeNames=RECEIVE_SYSTEM_ATTRIBUTES,
+            MessageSystemAttributeNames=(RECEIVE_SYSTEM_ATTRIBUTES_FIFO
+                                         if queue_url.endswith(".fifo")
+                                         else RECEIVE_SYSTEM_ATTRIBUTES),
             MessageAttributeNames=["All"],
         )
         return response.get("Messages", [])
