@@ -75,10 +75,19 @@ class Poller:
             return exitcodes.POLLER_BOOT_FAILED
         context = PollerContext(index=self.index, settings=self.settings,
                                 plugin_values=loaded.registry.plugin_settings)
+        started: list[str] = []
         try:
-            await call_hook(loaded.manager.hook.vip_worker_poller_start, context=context)
+            await call_hook(loaded.manager.hook.vip_worker_poller_start, context=context,
+                            done=started)
         except Exception as exc:  # noqa: BLE001 - reported, then the arbiter backs off
-            log.error("poller.start_hook_failed", extra={"error": describe_exception(exc)})
+            log.error("poller.start_hook_failed", extra={"error": str(exc)})
+            # The plugins that did start close what they opened.
+            try:
+                await call_hook(loaded.manager.hook.vip_worker_poller_stop, context=context,
+                                only=set(started))
+            except Exception as stop_exc:  # noqa: BLE001 - the boot already failed
+                log.error("poller.stop_hook_failed", extra={"error": str(stop_exc)})
+            context.close()
             sqs.close()
             return exitcodes.POLLER_BOOT_FAILED
         heartbeat = Heartbeat(sqs, time.monotonic)
@@ -112,7 +121,7 @@ class Poller:
         try:
             await call_hook(loaded.manager.hook.vip_worker_poller_stop, context=context)
         except Exception as exc:  # noqa: BLE001 - a stop hook must not block the exit
-            log.error("poller.stop_hook_failed", extra={"error": describe_exception(exc)})
+            log.error("poller.stop_hook_failed", extra={"error": str(exc)})
         consumer.close()
         context.close()
         sqs.close()
@@ -187,7 +196,8 @@ class Poller:
             self.request_stop("recycle")
 
 
-async def call_hook(hook, **kwargs) -> None:
+async def call_hook(hook, *, only: set[str] | None = None, done: list[str] | None = None,
+                    **kwargs) -> None:
     """Call every implementation of a pluggy hook, in pluggy's order; await ``async def`` ones.
 
     Each implementation is called on its own: pluggy's own caller stops at the first that
@@ -197,6 +207,9 @@ async def call_hook(hook, **kwargs) -> None:
     hook) stops at the first failure, raised as ``HookFailed`` naming that plugin: the
     poller will not serve, so the plugins after it need not open their clients.
     ``CancelledError`` and other ``BaseException`` pass through at once.
+
+    :param only: call only these plugins' implementations (None: all).
+    :param done: appended with each plugin whose implementation returned.
     """
     from vip_worker.errors import HookFailed
 
@@ -204,10 +217,14 @@ async def call_hook(hook, **kwargs) -> None:
     failures: list[tuple[str, Exception]] = []
     # get_hookimpls() lists the implementations in reverse call order (tryfirst last).
     for impl in reversed(hook.get_hookimpls()):
+        if only is not None and impl.plugin_name not in only:
+            continue
         try:
             result = impl.function(*(kwargs[name] for name in impl.argnames))
             if asyncio.iscoroutine(result):
                 await result
+            if done is not None:
+                done.append(impl.plugin_name)
         except Exception as exc:  # noqa: BLE001 - collected, raised below naming the plugin
             failures.append((impl.plugin_name, exc))
             if not run_all:

@@ -72,6 +72,33 @@ def test_success_deletes_the_message_in_a_batch_call():
     assert (consumer.handled, consumer.held, consumer.heartbeat.items) == (1, {}, {})
 
 
+def test_succeeded_messages_are_logged_one_line_per_delete_batch(consumer_logs):
+    async def handler(message, ctx):
+        return None
+
+    h = ConsumerHarness({"articles": handler})
+    ids = {h.send(envelope(job_id=f"job-{n}")): f"job-{n}" for n in range(3)}
+    settle(h, lambda: len(h.fake.deleted(h.url)) == 3)
+    lines = events(consumer_logs, "messages.succeeded")
+    # The three finish together: one delete call, one line that names each of them.
+    assert len(h.fake.calls_to("delete_batch")) == 1 and len(lines) == 1
+    (line,) = lines
+    assert (line.queue, line.count) == ("work", 3)
+    assert {m["message_id"]: m["job_id"] for m in line.messages} == ids
+    assert all(m["type"] == "articles" and m["receive_count"] == 1 and m["duration_s"] >= 0
+               for m in line.messages)
+    assert not events(consumer_logs, "message.succeeded")
+
+
+def test_a_message_whose_delete_fails_is_not_logged_as_succeeded(consumer_logs):
+    h = ConsumerHarness({"articles": lambda message, ctx: None})
+    message_id = h.send(envelope())
+    h.fake.fail_entries([message_id], "InternalError")
+    settle(h, lambda: h.fake.calls_to("delete_batch"))
+    assert events(consumer_logs, "message.delete_failed")
+    assert not events(consumer_logs, "messages.succeeded")
+
+
 def test_an_async_handler_runs_on_the_loop_and_succeeds():
     seen = []
 

@@ -42,3 +42,21 @@ def test_lines_without_secrets_are_unchanged():
     logging.getLogger("vip_worker.test").info("message.succeeded",
                                              extra={"queue": "q", "url": "http://host/x"})
     assert '"url": "http://host/x"' in stream.getvalue()
+
+
+def test_a_succeeded_batch_line_reads_back_as_one_record_per_message():
+    from vip_worker.logconfig import message_records
+
+    line = {"level": "INFO", "event": "messages.succeeded", "queue": "articles", "count": 2,
+            "messages": [{"message_id": "m1", "job_id": "j1", "type": "articles",
+                          "receive_count": 1, "duration_s": 0.5},
+                         {"message_id": "m2", "job_id": "j2", "type": "articles",
+                          "receive_count": 3, "duration_s": 1.5}],
+            "pid": 7, "poller": 0, "time": "2026-01-15T10:30:04+00:00"}
+    records = message_records(line)
+    assert [(r["event"], r["message_id"], r["job_id"], r["queue"], r["receive_count"], r["pid"])
+            for r in records] == [("message.succeeded", "m1", "j1", "articles", 1, 7),
+                                  ("message.succeeded", "m2", "j2", "articles", 3, 7)]
+    assert "messages" not in records[0] and "count" not in records[0]
+    other = {"event": "message.retried", "job_id": "j3"}
+    assert message_records(other) == [other]

@@ -146,3 +146,22 @@ def test_the_producer_runs_every_stop_hook_and_logs_the_failures():
     [record] = collector.records
     assert record.getMessage() == "producer.stop_hook_failed"
     assert "plugin 'grumpy'" in record.error
+
+
+def test_after_a_failed_start_only_the_plugins_that_started_are_stopped():
+    # What Poller.run does when a start hook fails: stop only those whose start returned.
+    calls: list[str] = []
+    manager = manager_of(plugin("never", calls), plugin("broken", calls, fail="start"),
+                         plugin("opened", calls))
+
+    async def boot():
+        started: list[str] = []
+        with pytest.raises(HookFailed):
+            await call_hook(manager.hook.vip_worker_poller_start, context=context(),
+                            done=started)
+        await call_hook(manager.hook.vip_worker_poller_stop, context=context(),
+                        only=set(started))
+        return started
+
+    assert asyncio.run(boot()) == ["opened"]
+    assert calls == ["opened.start", "broken.start", "opened.stop"]
