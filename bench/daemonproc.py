@@ -17,33 +17,11 @@ from pathlib import Path
 from bench import procs
 from bench.endpoint import base_env
 from vip_worker.logconfig import message_records
+from vip_worker.testing import write_config
 
 BENCH_PLUGINS = Path(__file__).resolve().parent / "plugins"
 SUCCEEDED = '"messages.succeeded"'  # one line per delete batch, with "count"
 COUNT = re.compile(r'"count": (\d+)')
-
-
-def toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml(v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
-def write_config(path: Path, queues: dict[str, dict], plugins: dict[str, dict],
-                 **worker) -> Path:
-    lines = [f"{key} = {toml(value)}" for key, value in worker.items()]
-    for name, table in queues.items():
-        lines.append(f"[queues.{name}]")
-        lines += [f"{key} = {toml(value)}" for key, value in table.items()]
-    for name, table in plugins.items():
-        lines.append(f"[plugins.{name}]")
-        lines += [f"{key} = {toml(value)}" for key, value in table.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 class BenchDaemon:
@@ -58,7 +36,8 @@ class BenchDaemon:
         worker.setdefault("state_dir", str(workdir / "state"))
         tables = {name: {"url": url, **(queue_settings or {})} for name, url in queues.items()}
         plugins = {"benchjobs": {"stamp_file": stamp_file}} if stamp_file else {}
-        self.config = write_config(workdir / "vip-worker.toml", tables, plugins, **worker)
+        self.config = write_config(workdir / "vip-worker.toml", tables, plugins=plugins,
+                                   **worker)
         env = base_env()
         env["AWS_ENDPOINT_URL_SQS"] = endpoint_url
         self.proc = procs.start_group(

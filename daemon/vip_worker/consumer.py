@@ -34,10 +34,12 @@ from vip_worker.metrics import QueueMetrics
 from vip_worker.registry import Handler, HandlerRegistry
 from vip_worker.retry import dead_letter_attributes, reason_of, retry_delay
 from vip_worker.slots import Slots
-from vip_worker.sqs import TRANSPORT_ERRORS, error_code
+from vip_worker.sqs import TRANSPORT_ERRORS, ClientError, error_code
 
 log = logging.getLogger("vip_worker.consumer")
 RECEIVE_ERROR_BACKOFF_MAX_S = 30.0
+# What SQS answers a SendMessage whose body and attributes exceed the queue's size limit.
+TOO_LARGE_CODES = {"InvalidParameterValue", "MessageTooLong"}
 # How long a receive waits for handlers about to finish, to ask for a full batch.
 RECEIVE_FILL_WAIT_S = 0.01
 SETTLED_TASKS_WAIT_S = 10.0
@@ -398,8 +400,7 @@ class Consumer:
             return False
         group = item.group_id if dlq.endswith(".fifo") else None
         try:
-            await self.sqs.call("send", dlq, item.body, dead_letter_attributes(item, error),
-                                group, item.message_id if group else None)
+            await self.send_dead_letter(dlq, item, error, group)
         except TRANSPORT_ERRORS as exc:
             delay = self.clip(item, retry_delay(item.receive_count, queue.retry_backoff_base_s,
                                                 queue.retry_backoff_max_s, self.rand))
@@ -416,6 +417,21 @@ class Consumer:
         self.queue_metrics[queue.name].record("dead_lettered", duration_s)
         log.warning("message.dead_lettered", exc_info=traceback_of(error), extra=fields)
         return True
+
+    async def send_dead_letter(self, dlq: str, item: InFlight, error: BaseException,
+                               group: str | None) -> None:
+        """Send the copy with the reason attributes; if the DLQ refuses it as too large
+        (its ``MaximumMessageSize`` may be below SQS's 1 MiB), send the body alone."""
+        dedup = item.message_id if group else None
+        try:
+            await self.sqs.call("send", dlq, item.body, dead_letter_attributes(item, error),
+                                group, dedup)
+        except ClientError as exc:
+            if error_code(exc) not in TOO_LARGE_CODES:
+                raise
+            log.warning("message.dead_letter_attributes_dropped", extra={
+                **item.log_fields(), "send_error_code": error_code(exc)})
+            await self.sqs.call("send", dlq, item.body, None, group, dedup)
 
     async def release_many(self, items: list[InFlight], reason: str) -> None:
         """Hand messages back (visibility 0) so another poller can take them now."""

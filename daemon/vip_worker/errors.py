@@ -6,7 +6,7 @@ A handler classifies its failure by the exception it raises:
   The message goes to the dead-letter queue at once, with the reason.
 - ``RetryLater``: a transient failure with an explicit delay.
 - ``DependencyUnavailable`` (a ``RetryLater``): the worker's own dependency, such
-  as its job store, is down; retried without counting toward ``max_attempts``.
+  as its job store, is down; retried, and never dead-lettered for ``max_attempts``.
 - any other ``Exception``: transient; retried with exponential backoff until the
   queue's ``max_attempts`` is reached, then dead-lettered.
 """
@@ -30,9 +30,10 @@ class RetryLater(Exception):
 class DependencyUnavailable(RetryLater):
     """A dependency of the worker itself is down (its job store): not the job's fault.
 
-    Retried with the queue's backoff like any transient failure, but never counted
-    toward ``max_attempts``: an outage of our own store must not dead-letter jobs.
-    (A queue's SQS RedrivePolicy still counts every receive; see docs/reliability.md.)
+    Retried with the queue's backoff like any transient failure, but never dead-lettered
+    for reaching ``max_attempts``: an outage of our own store must not dead-letter jobs.
+    Its receives do raise SQS's ApproximateReceiveCount, so a job that meets a real
+    failure after an outage has fewer attempts left (see docs/reliability.md).
     """
 
 

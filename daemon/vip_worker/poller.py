@@ -75,16 +75,16 @@ class Poller:
             return exitcodes.POLLER_BOOT_FAILED
         context = PollerContext(index=self.index, settings=self.settings,
                                 plugin_values=loaded.registry.plugin_settings)
-        started: list[str] = []
+        started_plugins: list[str] = []
         try:
             await call_hook(loaded.manager.hook.vip_worker_poller_start, context=context,
-                            done=started)
+                            done=started_plugins)
         except Exception as exc:  # noqa: BLE001 - reported, then the arbiter backs off
             log.error("poller.start_hook_failed", extra={"error": str(exc)})
             # The plugins that did start close what they opened.
             try:
                 await call_hook(loaded.manager.hook.vip_worker_poller_stop, context=context,
-                                only=set(started))
+                                only=set(started_plugins))
             except Exception as stop_exc:  # noqa: BLE001 - the boot already failed
                 log.error("poller.stop_hook_failed", extra={"error": str(stop_exc)})
             context.close()

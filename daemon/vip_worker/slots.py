@@ -37,6 +37,8 @@ class Slots:
 
     async def wait_for(self, need: int, timeout_s: float | None = None) -> None:
         """Until ``need`` slots are free, the slots close, or ``timeout_s`` passes."""
+        if self.closed or self.free >= need:
+            return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         entry = (need, waiter)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import time
 import uuid
@@ -33,7 +34,7 @@ from vip_worker.message import Envelope
 from vip_worker.retry import reason_of, retry_delay
 from vip_worker.testing_store import MemoryStore
 
-__all__ = ["MemoryStore", "Outcome", "make_message", "run_handler"]
+__all__ = ["MemoryStore", "Outcome", "make_message", "run_handler", "write_config"]
 
 
 def make_message(type: str, payload: dict[str, Any] | None = None, *,
@@ -139,3 +140,32 @@ def run_handler(handler, message: Envelope, *, plugin_settings: dict | None = No
 
 async def _await(awaitable):
     return await awaitable
+
+
+def write_config(path, queues: dict[str, dict], *, plugins: dict[str, dict] | None = None,
+                 type_limits: dict[str, int] | None = None, **worker: Any):
+    """Write a vip-worker TOML config for a test: worker settings, then the tables.
+
+    ``write_config(tmp_path / "vip-worker.toml", {"work": {"url": url}}, processes=1,
+    plugins={"shop": {"api_key": "x"}})``. Values are TOML-quoted; returns ``path``.
+    """
+    lines = [f"{key} = {_toml(value)}" for key, value in worker.items()]
+    if type_limits:
+        lines.append("[type_limits]")
+        lines += [f"{key} = {_toml(value)}" for key, value in type_limits.items()]
+    for section, tables in (("queues", queues), ("plugins", plugins or {})):
+        for name, table in tables.items():
+            lines.append(f"[{section}.{name}]")
+            lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))

@@ -11,38 +11,11 @@ import time
 from pathlib import Path
 
 from vip_worker.logconfig import message_records
+from vip_worker.testing import write_config  # noqa: F401 - the e2e tests import it from here
 
 HERE = Path(__file__).resolve().parent
 TEST_PLUGINS = HERE / "plugins"
 DEFAULT_TIMEOUT_S = 30.0
-
-
-def write_config(path: Path, queues: dict[str, dict], **worker) -> Path:
-    """A TOML config: worker settings, ``[queues.<name>]`` tables, optional plugin tables."""
-    plugins = worker.pop("plugins", {})
-    type_limits = worker.pop("type_limits", {})
-    lines = [f"{key} = {toml(value)}" for key, value in worker.items()]
-    if type_limits:
-        lines.append("[type_limits]")
-        lines += [f"{k} = {v}" for k, v in type_limits.items()]
-    for name, table in queues.items():
-        lines.append(f"[queues.{name}]")
-        lines += [f"{key} = {toml(value)}" for key, value in table.items()]
-    for name, table in plugins.items():
-        lines.append(f"[plugins.{name}]")
-        lines += [f"{key} = {toml(value)}" for key, value in table.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml(v) for v in value) + "]"
-    return json.dumps(str(value))
 
 
 class Daemon:

@@ -292,6 +292,18 @@ def test_a_failed_dlq_send_keeps_the_message(consumer_logs):
     assert record.send_error_code == "KMS.ThrottlingException"
 
 
+def test_a_dlq_that_refuses_the_copy_as_too_large_gets_the_body_alone(consumer_logs):
+    h = ConsumerHarness({"articles": fail_with(PermanentError("bad"))})
+    h.send(envelope())
+    h.fake.fail_next("send", "InvalidParameterValue")  # a DLQ with a small MaximumMessageSize
+    settle(h, lambda: h.fake.messages(h.dlq_url))
+    (copy,) = h.fake.messages(h.dlq_url)
+    assert copy.attributes == {}
+    assert h.fake.messages(h.url) == []
+    assert events(consumer_logs, "message.dead_letter_attributes_dropped")
+    assert events(consumer_logs, "message.dead_lettered")
+
+
 def test_a_failed_delete_is_logged(consumer_logs):
     h = ConsumerHarness({"articles": lambda message, ctx: None})
     message_id = h.send(envelope())

@@ -112,3 +112,25 @@ def test_releasing_nothing_is_a_no_op():
     slots.release(0)
     slots.release(-3)
     assert slots.free == 2
+
+
+def test_wait_for_returns_at_once_when_satisfied_or_closed_and_times_out_otherwise():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        slots = Slots(3)
+        await slots.wait_for(3)  # already free: no wait, no timeout needed
+        await slots.acquire(3)
+        started = loop.time()
+        await slots.wait_for(2, timeout_s=0.05)  # nothing comes back: the timeout ends it
+        assert loop.time() - started >= 0.04 and slots.waiters == []
+        waiter = asyncio.create_task(slots.wait_for(2))
+        await asyncio.sleep(0)
+        slots.release(1)
+        await asyncio.sleep(0)
+        assert not waiter.done()  # 1 free is not the 2 it needs
+        slots.release(1)
+        await asyncio.wait_for(waiter, 1)
+        slots.close()
+        await asyncio.wait_for(slots.wait_for(10), 1)  # closed: returns at once
+
+    asyncio.run(scenario())

@@ -101,3 +101,19 @@ def test_the_poller_fixture_keeps_the_job_store_in_the_tests_tmp_path(
     assert len(run.succeeded) == 1
     assert paths[0].startswith(str(tmp_path)) and not paths[0].startswith(str(cwd))
     assert not (cwd / "var").exists()
+
+
+def test_write_config_writes_a_config_the_daemon_loads(tmp_path):
+    from vip_worker import config
+    from vip_worker.testing import write_config
+
+    path = write_config(tmp_path / "vip-worker.toml",
+                        {"work": {"url": "http://127.0.0.1:1/123456789012/work",
+                                  "visibility_timeout_s": 30}},
+                        plugins={"shop": {"api_key": "k-1"}}, type_limits={"images": 2},
+                        processes=3, plugin_dirs=[], log_level="WARNING")
+    settings = config.load(str(path), environ={})
+    assert (settings.processes, settings.log_level, settings.type_limits) == (
+        3, "WARNING", {"images": 2})
+    assert settings.queue("work").visibility_timeout_s == 30
+    assert settings.plugin_settings["shop"] == {"api_key": "k-1"}
