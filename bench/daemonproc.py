@@ -16,11 +16,11 @@ from pathlib import Path
 
 from bench import procs
 from bench.endpoint import base_env
-from vip_worker.logconfig import message_records
+from vip_worker.logconfig import SUCCEEDED_BATCH, message_records
 from vip_worker.testing import write_config
 
 BENCH_PLUGINS = Path(__file__).resolve().parent / "plugins"
-SUCCEEDED = '"messages.succeeded"'  # one line per delete batch, with "count"
+SUCCEEDED = f'"{SUCCEEDED_BATCH}"'  # one line per delete batch, with "count"
 COUNT = re.compile(r'"count": (\d+)')
 
 

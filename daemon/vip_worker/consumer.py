@@ -317,7 +317,7 @@ class Consumer:
 
     # -- outcomes ------------------------------------------------------------------
 
-    def ack(self, item: InFlight, duration_s: float, fields: dict | None = None) -> None:
+    def ack(self, item: InFlight, duration_s: float, fields: dict) -> None:
         if not item.settle():
             return
         future = self.deleters[item.queue.name].add((item.receipt,))
@@ -326,7 +326,7 @@ class Consumer:
         self.stats["busy_s"] += duration_s
         self.queue_metrics[item.queue.name].record("succeeded", duration_s)
 
-    def deleted(self, item: InFlight, duration_s: float, fields: dict | None,
+    def deleted(self, item: InFlight, duration_s: float, fields: dict,
                 future: asyncio.Future) -> None:
         """The delete of a succeeded message returned: log it, with the rest of its batch."""
         failure = None if future.cancelled() else future.result()
@@ -334,11 +334,10 @@ class Consumer:
             # The handler's work is done; SQS will deliver the message again and
             # the (idempotent) handler will see it once more.
             log.error("message.delete_failed", extra={
-                **item.log_fields(), "error_code": failure.code, "error": failure.message[:500],
+                **fields, "error_code": failure.code, "error": failure.message[:500],
                 "duration_s": round(duration_s, 4)})
             return
-        entry = dict(fields) if fields is not None else item.log_fields()
-        del entry["queue"]  # the line's own field
+        entry = {k: v for k, v in fields.items() if k != "queue"}  # the line has the queue
         entry["duration_s"] = round(duration_s, 4)
         if not self.succeeded:
             # The other entries of this delete batch resolve in this same iteration.

@@ -30,7 +30,7 @@ import pytest
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-OUTCOMES = ("message.succeeded", "message.retried", "message.dead_lettered")
+OUTCOMES = ("message.retried", "message.dead_lettered")  # one record per message
 
 
 @dataclass
@@ -40,15 +40,6 @@ class PollerRun:
     retried: list[str] = field(default_factory=list)  # one entry per retry
     dead_lettered: dict[str, str] = field(default_factory=dict)  # job id -> reason
     records: list[logging.LogRecord] = field(default_factory=list)
-
-
-class _Collector(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @pytest.fixture(scope="session")
@@ -94,9 +85,11 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
     from vip_worker.consumer import Consumer
     from vip_worker.context import PollerContext
     from vip_worker.heartbeat import Heartbeat
+    from vip_worker.logconfig import SUCCEEDED
     from vip_worker.poller import resolve_dlq
     from vip_worker.registry import HandlerRegistry
     from vip_worker.sqs import AsyncSqs, SqsClient, make_client
+    from vip_worker.testing import capture_logs
 
     client = make_client("us-east-1", endpoint)
     name = f"test-{uuid.uuid4().hex[:10]}"
@@ -119,14 +112,9 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
     for message in messages:
         client.send_message(QueueUrl=url, MessageBody=message.to_body())
     result = PollerRun(job_ids=[m.job_id for m in messages])
-    collector = _Collector()
-    logger = logging.getLogger("vip_worker")
-    logger.addHandler(collector)
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
 
     def settled() -> bool:
-        done = {job_id for event, job_id in _outcomes(collector.records)
+        done = {job_id for event, job_id, _ in _outcomes(collector.records)
                 if event in ("message.succeeded", "message.dead_lettered")}
         return set(result.job_ids) <= done
 
@@ -150,30 +138,29 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
             context.close()
             sqs.close()
 
-    try:
+    with capture_logs("vip_worker") as collector:
         asyncio.run(main())
-    finally:
-        logger.removeHandler(collector)
-        logger.setLevel(old_level)
     result.records = collector.records
-    for record in collector.records:
-        event = record.getMessage()
-        if event == "messages.succeeded":
-            result.succeeded += [m["job_id"] for m in record.messages]
+    for event, job_id, record in _outcomes(collector.records):
+        if event == SUCCEEDED:
+            result.succeeded.append(job_id)
         elif event == "message.retried":
-            result.retried.append(record.job_id)
+            result.retried.append(job_id)
         elif event == "message.dead_lettered":
-            result.dead_lettered[record.job_id] = record.error
+            result.dead_lettered[job_id] = record.error
     return result
 
 
-def _outcomes(records) -> list[tuple[str, str]]:
-    """(event, job id) per message; a messages.succeeded record stands for several."""
+def _outcomes(records) -> list[tuple[str, str, logging.LogRecord]]:
+    """(event, job id, record) per message outcome, in order; a messages.succeeded record
+    stands for one message.succeeded per message it lists."""
+    from vip_worker.logconfig import SUCCEEDED, SUCCEEDED_BATCH
+
     found = []
     for record in list(records):
         event = record.getMessage()
-        if event == "messages.succeeded":
-            found += [("message.succeeded", m["job_id"]) for m in record.messages]
+        if event == SUCCEEDED_BATCH:
+            found += [(SUCCEEDED, m["job_id"], record) for m in record.messages]
         elif event in OUTCOMES:
-            found.append((event, record.job_id))
+            found.append((event, record.job_id, record))
     return found

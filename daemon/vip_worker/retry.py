@@ -71,8 +71,10 @@ def dead_letter_attributes(item: InFlight, error: BaseException) -> dict[str, di
         ours[ERROR_TEXT] = string_attr(reason[:REASON_SHORT - 3] + "...")
     fitting: dict[str, dict[str, Any]] = {}
     for name, value in ours.items():
-        if attributes_size(fitting) + attributes_size({name: value}) <= budget:
+        size = attributes_size({name: value})
+        if size <= budget:
             fitting[name] = value
+            budget -= size
     return fitting
 
 

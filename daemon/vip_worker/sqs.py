@@ -19,7 +19,7 @@ import botocore.exceptions
 
 RECEIVE_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount"]
 # FIFO queues also need each message's group (standard queues have none).
-RECEIVE_SYSTEM_ATTRIBUTES_FIFO = ["ApproximateReceiveCount", "MessageGroupId"]
+RECEIVE_SYSTEM_ATTRIBUTES_FIFO = [*RECEIVE_SYSTEM_ATTRIBUTES, "MessageGroupId"]
 
 ClientError = botocore.exceptions.ClientError
 TRANSPORT_ERRORS = (botocore.exceptions.BotoCoreError, ClientError, OSError)

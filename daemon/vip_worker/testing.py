@@ -19,6 +19,7 @@ server): the ``vip_worker_poller`` pytest fixture (see ``pytest_plugin.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -34,7 +35,8 @@ from vip_worker.message import Envelope
 from vip_worker.retry import reason_of, retry_delay
 from vip_worker.testing_store import MemoryStore
 
-__all__ = ["MemoryStore", "Outcome", "make_message", "run_handler", "write_config"]
+__all__ = ["LogRecords", "MemoryStore", "Outcome", "capture_logs", "make_message", "run_handler",
+           "write_config"]
 
 
 def make_message(type: str, payload: dict[str, Any] | None = None, *,
@@ -169,3 +171,43 @@ def _toml(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(str(value))
+
+
+class LogRecords(logging.Handler):
+    """Keeps every log record it is handed; see ``capture_logs``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def events(self, name: str) -> list[logging.LogRecord]:
+        """The records of event ``name``."""
+        return [r for r in self.records if r.getMessage() == name]
+
+    def names(self) -> list[str]:
+        """Every record's event name, in order."""
+        return [r.getMessage() for r in self.records]
+
+
+@contextlib.contextmanager
+def capture_logs(name: str = "vip_worker", level: int | None = logging.DEBUG):
+    """Collect logger ``name``'s records in a ``LogRecords`` while the block runs.
+
+    The handler sits on the logger itself, so it sees the records whether or not
+    the logger propagates (the daemon's logging turns propagation off). ``level``
+    is set for the block and restored after (None: left as it is).
+    """
+    logger = logging.getLogger(name)
+    handler = LogRecords()
+    old_level = logger.level
+    logger.addHandler(handler)
+    if level is not None:
+        logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 
 import pytest
 
 from tests.e2e.conftest import ledger, start_daemon  # noqa: F401
 from tests.services.fake_imds import FakeImds
+from vip_worker.testing import capture_logs
 
 
 @pytest.fixture
@@ -26,26 +26,8 @@ def free_port():
         return sock.getsockname()[1]
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def events(self, name: str) -> list[logging.LogRecord]:
-        return [r for r in self.records if r.getMessage() == name]
-
-
 @pytest.fixture
 def spot_log():
     """The ``vip_worker.spot`` log records, whatever another test did to logging."""
-    logger = logging.getLogger("vip_worker.spot")
-    handler = Records()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with capture_logs("vip_worker.spot") as records:
+        yield records

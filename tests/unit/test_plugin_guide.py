@@ -10,7 +10,6 @@ identical to it. An edit to the guide that breaks the example fails here.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 from vip_worker import config
 from vip_worker.errors import ConfigError
 from vip_worker.plugins import load_plugins
-from vip_worker.testing import MemoryStore, make_message, run_handler
+from vip_worker.testing import MemoryStore, capture_logs, make_message, run_handler
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "plugins.md"
@@ -65,30 +64,11 @@ def summaries(plugin_dir: Path, config_file: str | None = None, **env):
     return registry.get("summaries").fn, registry.plugin_settings["summaries"]
 
 
-class Lines(logging.Handler):
-    """Collects the plugins' log events (the daemon's logging may not propagate them)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def events(self) -> list[str]:
-        return [r.getMessage() for r in self.records]
-
-
 @pytest.fixture
 def plugin_log():
-    logger = logging.getLogger("vip_worker_plugins")
-    lines = Lines()
-    old_level = logger.level
-    logger.addHandler(lines)
-    logger.setLevel(logging.DEBUG)
-    yield lines
-    logger.removeHandler(lines)
-    logger.setLevel(old_level)
+    """The plugins' log records (the daemon's logging may not propagate them)."""
+    with capture_logs("vip_worker_plugins") as lines:
+        yield lines
 
 
 def test_the_guide_marks_the_example_files():
@@ -135,7 +115,7 @@ def test_a_message_is_summarized_with_progress_and_logged(plugin_dir, plugin_log
     assert doc["summary"] == "First. Second! Third?" and doc["sentences"] == 3
     job = outcome.store.get_job(message.job_id)
     assert (job["status"], job["progress"], job["attempts"]) == ("completed", 100, 1)
-    assert plugin_log.events() == ["summaries.done"]
+    assert plugin_log.names() == ["summaries.done"]
     assert plugin_log.records[0].job_id == message.job_id
 
 
@@ -148,7 +128,7 @@ def test_a_redelivery_of_a_completed_job_does_nothing(plugin_dir, plugin_log):
                         message_id="msg-2", receive_count=2)
     assert again.succeeded and again.progress == []
     assert len(store.get_content("summaries", message.job_id)) == 1
-    assert "summaries.already_done" in plugin_log.events()
+    assert "summaries.already_done" in plugin_log.names()
 
 
 def test_a_job_another_delivery_is_running_is_retried_later(plugin_dir):

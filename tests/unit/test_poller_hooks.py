@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import textwrap
 import types
 from pathlib import Path
@@ -17,6 +16,7 @@ from vip_worker.errors import HookFailed, PluginError
 from vip_worker.plugins import load_plugins, make_plugin_manager
 from vip_worker.poller import call_hook
 from vip_worker.producer import Producer
+from vip_worker.testing import capture_logs
 
 
 def plugin(name: str, calls: list[str], fail: str = "", is_async: bool = False):
@@ -120,28 +120,14 @@ def test_a_hook_wrapper_is_refused_at_load(tmp_path: Path):
     assert raised.value.plugin == "wrapping" and "hook wrappers" in str(raised.value)
 
 
-class Collector(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def test_the_producer_runs_every_stop_hook_and_logs_the_failures():
     calls: list[str] = []
     producer = Producer(make_settings())
     producer.inline = types.SimpleNamespace(manager=manager_of(
         plugin("calm", calls), plugin("grumpy", calls, fail="stop")))
     # A handler of its own: another test may have made "vip_worker" stop propagating.
-    collector = Collector()
-    logger = logging.getLogger("vip_worker.producer")
-    logger.addHandler(collector)
-    try:
+    with capture_logs("vip_worker.producer", level=None) as collector:
         producer.close()  # does not raise
-    finally:
-        logger.removeHandler(collector)
     assert calls == ["grumpy.stop", "calm.stop"]
     [record] = collector.records
     assert record.getMessage() == "producer.stop_hook_failed"
