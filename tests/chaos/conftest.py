@@ -364,6 +364,16 @@ def restart_daemon(run: Run) -> None:
     start_daemon(run)
 
 
+def generation_call_started(run: Run, timeout_s: float = 10.0) -> None:
+    """Wait for the next generation call to start. Its handler writes to the store next,
+    so an outage begun now reaches a live handler (the producer alone may be writing when
+    the store is locked at a random moment, and then the daemon never sees the outage)."""
+    seen = run.stub.total_calls
+    deadline = time.monotonic() + timeout_s
+    while run.stub.total_calls == seen and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def monkey(run: Run, until: float) -> None:
     """Kill pollers at random moments; TERM and restart the daemon; lock the store."""
     c = run.config
@@ -388,6 +398,7 @@ def monkey(run: Run, until: float) -> None:
                 run.chaos["sqs_outages"] += 1
                 run.proxy.plan.outage(c.sqs_outage_s)
             else:
+                generation_call_started(run)
                 run.note(f"store locked for {c.store_outage_s:g} s")
                 run.chaos["store_outages"] += 1
                 run.locker.hold(c.store_outage_s)
