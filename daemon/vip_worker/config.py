@@ -207,6 +207,11 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         "SQS endpoint (empty: boto3's default for the region). Point it at 127.0.0.1 for dev.",
         env=("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"),
     ),
+    Setting(
+        "sqs_transport", "wire", choice("wire", "boto3"),
+        "How pollers call SQS: wire (the hot-path calls made on the event loop; boto3 for "
+        "the rest) or boto3 (every call through boto3 in a thread).",
+    ),
     Setting("log_level", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level."),
     Setting("log_file", "", string, "Write the JSON log here instead of stdout."),
     Setting(
@@ -359,6 +364,7 @@ class Settings:
     disabled_plugins: list[str]
     region: str
     sqs_endpoint_url: str
+    sqs_transport: str
     log_level: str
     log_file: str
     max_messages_per_poller: int

@@ -29,7 +29,8 @@ from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.liveness import COUNTERS, HANDLED, INFLIGHT, READY, TICK
 from vip_worker.plugins import describe_exception, load_plugins
-from vip_worker.sqs import TRANSPORT_ERRORS, AsyncSqs, SqsClient, error_code, make_client
+from vip_worker.sqs import TRANSPORT_ERRORS, AsyncSqs, error_code
+from vip_worker.sqs_wire import WireSqs, open_sqs
 
 log = logging.getLogger("vip_worker.poller")
 TICK_S = 1.0
@@ -63,10 +64,16 @@ class Poller:
             loop.add_signal_handler(signum, self.request_stop, mode)
         self.shm[TICK] = time.monotonic()
         loaded = load_plugins(self.settings)
-        client = self.sqs_client or SqsClient(make_client(
-            self.settings.region, self.settings.sqs_endpoint_url,
-            max_pool=len(self.settings.queues) + 2 * 10))
-        sqs = AsyncSqs(client, max_workers=8, receivers=len(self.settings.queues))
+        receivers = len(self.settings.queues)
+        if self.sqs_client is not None:
+            sqs, transport = AsyncSqs(self.sqs_client, max_workers=8, receivers=receivers), "boto3"
+        else:
+            sqs, why = open_sqs(self.settings.region, self.settings.sqs_endpoint_url, receivers,
+                                self.settings.sqs_transport)
+            transport = "wire" if isinstance(sqs, WireSqs) else "boto3"
+            if transport != self.settings.sqs_transport:
+                log.warning("sqs.transport_fallback", extra={
+                    "configured": self.settings.sqs_transport, "used": transport, "reason": why})
         try:
             dlq_urls = {q.name: await resolve_dlq(sqs, q) for q in self.settings.queues}
         except DlqLookupFailed as exc:
@@ -104,7 +111,8 @@ class Poller:
         self.shm[READY] = 1.0
         log.info("poller.ready", extra={
             "queues": [q.name for q in self.settings.queues],
-            "types": sorted(loaded.registry.handlers), "concurrency": self.settings.concurrency})
+            "types": sorted(loaded.registry.handlers), "concurrency": self.settings.concurrency,
+            "sqs_transport": transport})
 
         await self.stop_event.wait()
         mode = self.stop_mode

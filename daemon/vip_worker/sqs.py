@@ -8,7 +8,7 @@ Tests substitute any object with the same methods (see ``tests/fakes.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.session
 
 RECEIVE_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount"]
 # FIFO queues also need each message's group (standard queues have none).
@@ -35,7 +36,8 @@ class EntryFailure:
     sender_fault: bool
 
 
-def make_client(region: str, endpoint_url: str = "", max_pool: int = 32):
+def make_client(region: str, endpoint_url: str = "", max_pool: int = 32,
+                botocore_session=None):
     """A boto3 SQS client for one process. ``endpoint_url`` empty: AWS's default."""
     config = botocore.config.Config(
         region_name=region,
@@ -48,7 +50,30 @@ def make_client(region: str, endpoint_url: str = "", max_pool: int = 32):
         # Client-side validation costs ~50 us a call (5 us a message).
         parameter_validation=False,
     )
-    return boto3.session.Session().client("sqs", endpoint_url=endpoint_url or None, config=config)
+    session = boto3.session.Session(botocore_session=botocore_session)
+    return session.client("sqs", endpoint_url=endpoint_url or None, config=config)
+
+
+def make_session():
+    """A botocore session: the credential chain and settings one process shares."""
+    return botocore.session.get_session()
+
+
+def credentials_reader(session) -> Callable[[], tuple[str, str, str | None]]:
+    """Returns a function giving (access key, secret key, token) from the session's
+    provider chain; it may block (an instance role's refresh asks the metadata service)."""
+    def read() -> tuple[str, str, str | None]:
+        credentials = session.get_credentials()
+        if credentials is None:
+            raise botocore.exceptions.NoCredentialsError()
+        frozen = credentials.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
+    return read
+
+
+def ca_bundle(session) -> str | None:
+    """The CA bundle botocore would verify TLS with (AWS_CA_BUNDLE, ca_bundle in the profile)."""
+    return session.get_config_variable("ca_bundle")
 
 
 class SqsClient:

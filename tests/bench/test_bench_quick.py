@@ -30,8 +30,21 @@ def smoke_summary():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VIP_WORKER_"))}
     env.update({"AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
-    result = subprocess.run([sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=SMOKE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # TERM lets the harness stop the endpoint and daemons it started (each in a
+        # session of its own, out of reach of a kill of the harness alone).
+        proc.terminate()
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"bench.run --smoke took over {SMOKE_TIMEOUT_S} s; stderr:\n{stderr[-3000:]}")
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     lines = result.stdout.strip().splitlines()
     assert lines, f"no output; stderr:\n{result.stderr[-3000:]}"
     try:

@@ -30,10 +30,12 @@ def send(sqs, url, type_, job_id=None, **payload):
     return job_id
 
 
+@pytest.mark.parametrize("transport", ["wire", "boto3"])
 def test_processes_a_message_in_the_seed_format_and_deletes_it(sqs, make_queue, start_daemon,
-                                                                 ledger):
+                                                                 ledger, transport):
     urls = make_queue("ok")
-    daemon = start_daemon({"work": queue_table(urls)}, processes=1)
+    daemon = start_daemon({"work": queue_table(urls)}, processes=1, sqs_transport=transport)
+    assert daemon.wait_for("poller.ready")[0]["sqs_transport"] == transport
     job = send(sqs, urls["url"], "sleep", seconds=0)
     done = daemon.wait_for("message.succeeded", job_id=job)[0]
     assert done["queue"] == "work" and done["type"] == "sleep" and done["receive_count"] == 1
@@ -42,9 +44,12 @@ def test_processes_a_message_in_the_seed_format_and_deletes_it(sqs, make_queue, 
     daemon.wait_until(lambda: queue_counts(sqs, urls["url"]) == (0, 0), what="message deleted")
 
 
-def test_long_job_under_short_visibility_runs_exactly_once(sqs, make_queue, start_daemon, ledger):
+@pytest.mark.parametrize("transport", ["wire", "boto3"])
+def test_long_job_under_short_visibility_runs_exactly_once(sqs, make_queue, start_daemon, ledger,
+                                                           transport):
     urls = make_queue("long", visibility_s=2)
-    daemon = start_daemon({"work": queue_table(urls, visibility_timeout_s=2)}, processes=2)
+    daemon = start_daemon({"work": queue_table(urls, visibility_timeout_s=2)}, processes=2,
+                          sqs_transport=transport)
     daemon.wait_for("poller.ready", count=2)
     job = send(sqs, urls["url"], "sleep", seconds=6)
     daemon.wait_for("message.succeeded", job_id=job, timeout=30)

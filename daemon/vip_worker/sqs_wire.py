@@ -1,0 +1,256 @@
+"""The hot-path SQS calls spoken directly on the event loop (the ``wire`` transport).
+
+boto3 is blocking, so the ``boto3`` transport runs every call in a thread; each
+call then costs ~0.6 ms of CPU in botocore (serialise, sign, send through
+urllib3, parse) and a thread hop that competes with the event loop for the GIL.
+SQS speaks a small JSON protocol (``X-Amz-Target: AmazonSQS.<Operation>``), so
+the four calls a poller makes per message - ReceiveMessage, DeleteMessageBatch,
+ChangeMessageVisibilityBatch and SendMessage - are written here on asyncio
+streams: ``json.dumps``, a SigV4 signature (``vip_worker.sigv4``), one write,
+one read, ``json.loads``. Everything else (queue attributes, queue URLs) and
+everything about finding the endpoint and the credentials stays with botocore.
+
+The results have the shapes boto3 returns, and errors are botocore's
+``ClientError`` with the same codes (SQS's query-compatible codes, as botocore
+reads them from ``x-amzn-query-error``), so the consumer cannot tell the two
+transports apart. Retries follow botocore's ``standard`` mode: 3 attempts,
+jittered exponential backoff, on throttling, 5xx and transport errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from vip_worker.http11 import Origin
+from vip_worker.sigv4 import Credentials, Signer
+from vip_worker.sqs import (
+    RECEIVE_SYSTEM_ATTRIBUTES,
+    RECEIVE_SYSTEM_ATTRIBUTES_FIFO,
+    AsyncSqs,
+    ClientError,
+    EntryFailure,
+    SqsClient,
+    ca_bundle,
+    credentials_reader,
+    failures,
+    make_client,
+    make_session,
+)
+
+USER_AGENT = "vip-worker-wire/1"
+MAX_ATTEMPTS = 3
+MAX_BACKOFF_S = 20.0
+CALL_TIMEOUT_S = 40.0  # a whole call but a long poll (which adds its wait)
+CREDENTIALS_CHECK_S = 60.0
+RETRYABLE_STATUS = frozenset((500, 502, 503, 504))
+# botocore's standard retry mode treats these as throttling or transient.
+RETRYABLE_CODES = frozenset((
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException",
+    "TransactionInProgressException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+    "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
+    "EC2ThrottledException", "RequestTimeout", "RequestTimeoutException",
+    "AWS.SimpleQueueService.RequestThrottled", "InternalError", "ServiceUnavailable",
+))
+# Calls made here; any other method goes to the boto3 client in a thread.
+WIRE_METHODS = frozenset(("receive", "delete_batch", "change_visibility_batch", "send"))
+
+
+def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str
+             ) -> tuple[AsyncSqs | WireSqs, str]:
+    """The poller's SQS client, after fork; also says which transport it got and why.
+
+    ``wire`` needs a direct connection: when a proxy is configured for the
+    endpoint (``HTTPS_PROXY``...), it is ``boto3``, which honours proxies.
+    """
+    session = make_session()
+    client = make_client(region, endpoint_url, max_pool=receivers + 2 * 10,
+                         botocore_session=session)
+    threaded = AsyncSqs(SqsClient(client), max_workers=8, receivers=receivers)
+    if transport == "boto3":
+        return threaded, "configured"
+    resolved = client.meta.endpoint_url
+    if proxy_for(resolved):
+        return threaded, "a proxy is configured for the endpoint"
+    bundle = ca_bundle(session)
+    context = ssl.create_default_context(cafile=bundle) if bundle else None
+    wire = WireSqs(threaded, resolved, client.meta.region_name, credentials_reader(session),
+                   ssl_context=context)
+    return wire, "configured"
+
+
+def proxy_for(url: str) -> str:
+    """The proxy urllib (and so botocore) would use for ``url``; empty: none."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme, "")
+    if proxy and urllib.request.proxy_bypass(parts.hostname or ""):
+        return ""
+    return proxy
+
+
+class WireSqs:
+    """``AsyncSqs``'s ``call`` interface, with the hot-path calls made on the loop.
+
+    :param fallback: an ``AsyncSqs`` for the calls not made here, and for
+        reading credentials (botocore's provider chain may block on a refresh).
+    :param endpoint_url: where SQS is (the boto3 client's resolved endpoint).
+    :param credentials: returns (access key, secret key, token); called in a
+        thread at most once a minute, so refreshable credentials (an instance
+        role) renew.
+    """
+
+    def __init__(self, fallback: AsyncSqs, endpoint_url: str, region: str,
+                 credentials: Callable[[], tuple], ssl_context=None,
+                 max_idle: int = 32, sleep=asyncio.sleep, clock=time.monotonic) -> None:
+        self.fallback = fallback
+        self.origin = Origin(endpoint_url, max_idle=max_idle, ssl_context=ssl_context)
+        self.signer = Signer(region)
+        self.credentials = credentials
+        self.snapshot: Credentials | None = None
+        self.snapshot_at = 0.0
+        self.sleep = sleep
+        self.clock = clock
+        self.path_head = f"POST / HTTP/1.1\r\nHost: {self.origin.authority}\r\n"
+
+    async def call(self, method: str, *args: Any) -> Any:
+        if method in WIRE_METHODS:
+            return await getattr(self, method)(*args)
+        return await self.fallback.call(method, *args)
+
+    def close(self) -> None:
+        self.origin.close()
+        self.fallback.close()
+
+    # -- the calls --------------------------------------------------------------
+
+    async def receive(self, queue_url: str, max_messages: int, wait_s: int,
+                      visibility_s: int) -> list[dict[str, Any]]:
+        response = await self.request("ReceiveMessage", {
+            "QueueUrl": queue_url,
+            "MaxNumberOfMessages": max_messages,
+            "WaitTimeSeconds": wait_s,
+            "VisibilityTimeout": visibility_s,
+            "MessageSystemAttributeNames": (RECEIVE_SYSTEM_ATTRIBUTES_FIFO
+                                            if queue_url.endswith(".fifo")
+                                            else RECEIVE_SYSTEM_ATTRIBUTES),
+            "MessageAttributeNames": ["All"],
+        }, timeout_s=CALL_TIMEOUT_S + wait_s)
+        messages = response.get("Messages", [])
+        for message in messages:
+            for value in message.get("MessageAttributes", {}).values():
+                if "BinaryValue" in value:  # base64 on the wire; bytes from boto3
+                    value["BinaryValue"] = base64.b64decode(value["BinaryValue"])
+        return messages
+
+    async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
+                           ) -> list[EntryFailure]:
+        response = await self.request("DeleteMessageBatch", {
+            "QueueUrl": queue_url,
+            "Entries": [{"Id": i, "ReceiptHandle": rh} for i, rh in entries],
+        })
+        return failures(response)
+
+    async def change_visibility_batch(self, queue_url: str,
+                                      entries: Sequence[tuple[str, str, int]]
+                                      ) -> list[EntryFailure]:
+        response = await self.request("ChangeMessageVisibilityBatch", {
+            "QueueUrl": queue_url,
+            "Entries": [{"Id": i, "ReceiptHandle": rh, "VisibilityTimeout": t}
+                        for i, rh, t in entries],
+        })
+        return failures(response)
+
+    async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
+                   group_id: str | None = None, dedup_id: str | None = None,
+                   delay_s: int = 0) -> str:
+        params: dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": body}
+        if attributes:
+            params["MessageAttributes"] = {
+                name: ({**value, "BinaryValue": base64.b64encode(value["BinaryValue"]).decode()}
+                       if isinstance(value.get("BinaryValue"), bytes) else value)
+                for name, value in attributes.items()}
+        if group_id is not None:
+            params["MessageGroupId"] = group_id
+            params["MessageDeduplicationId"] = dedup_id or ""
+        elif delay_s:
+            params["DelaySeconds"] = delay_s
+        return (await self.request("SendMessage", params))["MessageId"]
+
+    # -- one request, with retries ----------------------------------------------
+
+    async def request(self, operation: str, params: dict[str, Any],
+                      timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+        body = json.dumps(params, separators=(",", ":")).encode()
+        attempt = 1
+        while True:
+            try:
+                return await self.attempt(operation, body, timeout_s)
+            except ClientError as exc:
+                meta = exc.response.get("ResponseMetadata", {})
+                retry = (exc.response["Error"]["Code"] in RETRYABLE_CODES
+                         or meta.get("HTTPStatusCode") in RETRYABLE_STATUS)
+                if not retry or attempt >= MAX_ATTEMPTS:
+                    raise
+            except OSError:  # ConnectionError, TimeoutError: the transport
+                if attempt >= MAX_ATTEMPTS:
+                    raise
+            await self.sleep(random.random() * min(MAX_BACKOFF_S, 2.0 ** (attempt - 1)))
+            attempt += 1
+
+    async def attempt(self, operation: str, body: bytes, timeout_s: float) -> dict[str, Any]:
+        headers = self.signer.sign({
+            "host": self.origin.authority,
+            "content-type": "application/x-amz-json-1.0",
+            "x-amz-target": "AmazonSQS." + operation,
+            "x-amzn-query-mode": "true",
+        }, body, await self.current_credentials())
+        del headers["host"]  # written first, by path_head
+        head = self.path_head + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        data = (f"{head}User-Agent: {USER_AGENT}\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode() + body)
+        response = await self.origin.request(data, timeout_s)
+        if response.status == 200:
+            return json.loads(response.body) if response.body else {}
+        raise client_error(operation, response)
+
+    async def current_credentials(self) -> Credentials:
+        now = self.clock()
+        if self.snapshot is None or now - self.snapshot_at >= CREDENTIALS_CHECK_S:
+            # In a thread: a refresh may call the metadata service or STS.
+            loop = asyncio.get_running_loop()
+            self.snapshot = Credentials(*await loop.run_in_executor(self.fallback.executor,
+                                                                    self.credentials))
+            self.snapshot_at = now
+        return self.snapshot
+
+
+def client_error(operation: str, response) -> ClientError:
+    """botocore's ``ClientError`` for an error response, with the same code botocore gives."""
+    try:
+        parsed = json.loads(response.body) if response.body else {}
+    except ValueError:
+        parsed = {}
+    if not isinstance(parsed, dict):
+        parsed = {}
+    code = parsed.get("__type", "").rpartition("#")[2] or str(response.status)
+    error = {"Code": code,
+             "Message": parsed.get("message") or parsed.get("Message")
+             or response.body[:200].decode("utf-8", "replace")}
+    query_error = response.headers.get("x-amzn-query-error", "")
+    if ";" in query_error:  # SQS's query-compatible code, which botocore reports
+        error["Code"], _, error["Type"] = query_error.partition(";")
+    return ClientError({
+        "Error": error,
+        "ResponseMetadata": {"HTTPStatusCode": response.status,
+                             "RequestId": response.headers.get("x-amzn-requestid", ""),
+                             "HTTPHeaders": response.headers},
+    }, operation)
