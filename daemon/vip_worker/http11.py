@@ -30,20 +30,31 @@ class Connection:
         self.reader = reader
         self.writer = writer
 
+    def usable(self) -> bool:
+        """False when the peer is known to have closed or reset it while it sat idle."""
+        return not (self.writer.is_closing() or self.reader.at_eof()
+                    or self.reader.exception() is not None)
+
     def close(self) -> None:
         self.writer.close()
 
+    def abort(self) -> None:
+        """Drop it at once: a TLS close could wait to flush a half-sent body."""
+        self.writer.transport.abort()
+
 
 class Origin:
-    """Keep-alive connections to one ``scheme://host:port``.
+    """Keep-alive connections to one ``scheme://host:port``, at most ``max_connections``.
 
     A connection is held by one request at a time; idle ones are reused newest
-    first (the likeliest to be still open). A reused connection that the server
-    had closed fails before any response byte: that request is sent again once on
-    a new connection, as urllib3 does.
+    first (the likeliest to be still open), after a check that the peer has not
+    closed them. One that still turns out dead (closed or reset before the first
+    response byte) is replaced and the request sent again at once, as urllib3
+    does; that is not one of the caller's retries. A request waits for a free
+    connection within its own deadline.
     """
 
-    def __init__(self, url: str, connect_timeout_s: float = 5.0, max_idle: int = 32,
+    def __init__(self, url: str, connect_timeout_s: float = 5.0, max_connections: int = 32,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -52,18 +63,18 @@ class Origin:
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         default_port = self.port == (443 if parts.scheme == "https" else 80)
-        self.authority = self.host if default_port else f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        self.authority = host if default_port else f"{host}:{self.port}"
         self.connect_timeout_s = connect_timeout_s
-        self.max_idle = max_idle
         self.ssl = (ssl_context or ssl.create_default_context()) if self.scheme == "https" else None
         self.idle: list[Connection] = []
+        self.slots = asyncio.Semaphore(max_connections)
 
     async def connect(self) -> Connection:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=self.ssl,
-                                        limit=MAX_HEAD_BYTES),
-                self.connect_timeout_s)
+            async with asyncio.timeout(self.connect_timeout_s):
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.port, ssl=self.ssl, limit=MAX_HEAD_BYTES)
         except TimeoutError:
             raise ConnectionError(f"connect to {self.authority} timed out "
                                   f"after {self.connect_timeout_s} s") from None
@@ -71,26 +82,45 @@ class Origin:
 
     async def request(self, data: bytes, timeout_s: float) -> Response:
         """Send ``data`` (a whole request: head and body) and read the response."""
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(timeout_s), self.slots:
             while self.idle:
                 conn = self.idle.pop()
+                if not conn.usable():
+                    conn.abort()
+                    continue
                 try:
-                    return await self._exchange(conn, data)
+                    return await self._exchange(conn, data, reused=True)
                 except StaleConnection:
                     continue  # closed by the server while idle: try the next one
-            return await self._exchange(await self.connect(), data, fresh=True)
+            return await self._exchange(await self.connect(), data, reused=False)
 
-    async def _exchange(self, conn: Connection, data: bytes, fresh: bool = False) -> Response:
+    async def _exchange(self, conn: Connection, data: bytes, reused: bool) -> Response:
         try:
-            conn.writer.write(data)
-            response, keep = await read_response(conn.reader, fresh)
+            try:
+                conn.writer.write(data)
+                head = await conn.reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if reused and not exc.partial:
+                    raise StaleConnection("connection closed by the server") from None
+                raise ConnectionError("connection closed before the response head ended") from None
+            except (ConnectionResetError, BrokenPipeError, RuntimeError) as exc:
+                # uvloop raises RuntimeError writing to a transport the peer has closed.
+                if reused:
+                    raise StaleConnection(f"connection reset: {exc}") from None
+                raise ConnectionError(f"connection reset: {exc}") from None
+            except asyncio.LimitOverrunError:
+                raise ConnectionError("response head too long") from None
+            try:
+                response, keep = await read_response(conn.reader, head)
+            except (ValueError, asyncio.LimitOverrunError) as exc:
+                raise ConnectionError(f"malformed HTTP response: {exc}") from None
         except BaseException:
             # Cancelled, timed out or broken mid-response: the connection's state
             # is unknown, so it is never reused.
-            conn.close()
+            conn.abort()
             raise
-        if keep and len(self.idle) < self.max_idle:
-            self.idle.append(conn)
+        if keep:
+            self.idle.append(conn)  # at most max_connections exist
         else:
             conn.close()
         return response
@@ -104,21 +134,13 @@ class StaleConnection(ConnectionError):
     """A kept-alive connection closed before any byte of the response came back."""
 
 
-async def read_response(reader: asyncio.StreamReader, fresh: bool = True
-                        ) -> tuple[Response, bool]:
-    """Read one response; also say whether the connection may be reused."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial and not fresh:
-            raise StaleConnection("connection closed by the server") from None
-        raise ConnectionError("connection closed before the response head ended") from None
-    except asyncio.LimitOverrunError:
-        raise ConnectionError("response head too long") from None
+async def read_response(reader: asyncio.StreamReader, head: bytes) -> tuple[Response, bool]:
+    """Read the rest of one response after its head; also say whether the
+    connection may be reused. Malformed framing raises ``ValueError``."""
     lines = head.decode("latin-1").split("\r\n")
     status_line = lines[0].split(" ", 2)
     if len(status_line) < 2 or not status_line[0].startswith("HTTP/1."):
-        raise ConnectionError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
+        raise ValueError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
     status = int(status_line[1])
     headers = {}
     for line in lines[1:]:
@@ -126,7 +148,9 @@ async def read_response(reader: asyncio.StreamReader, fresh: bool = True
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
     try:
-        if headers.get("transfer-encoding", "").lower() == "chunked":
+        if status in (204, 304) or 100 <= status < 200:
+            body = b""  # no body by definition (SQS sends none of these)
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
             body = await read_chunked(reader)
         elif "content-length" in headers:
             body = await reader.readexactly(int(headers["content-length"]))
@@ -135,7 +159,7 @@ async def read_response(reader: asyncio.StreamReader, fresh: bool = True
     except asyncio.IncompleteReadError:
         raise ConnectionError("connection closed before the response body ended") from None
     keep = (headers.get("connection", "").lower() != "close"
-            and status_line[0] != "HTTP/1.0")
+            and status_line[0] != "HTTP/1.0" and not 100 <= status < 200)
     return Response(status, headers, body), keep
 
 

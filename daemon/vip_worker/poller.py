@@ -108,6 +108,8 @@ class Poller:
         ticker = loop.create_task(self.tick(consumer), name="tick")
         reporter = loop.create_task(self.report_metrics(consumer, sqs), name="metrics")
         consumer.start()
+        for task in (heartbeat_task, ticker, reporter, *consumer.receivers):
+            task.add_done_callback(self.task_ended)
         self.shm[READY] = 1.0
         log.info("poller.ready", extra={
             "queues": [q.name for q in self.settings.queues],
@@ -185,6 +187,16 @@ class Poller:
                 continue
             log.info("metrics", extra=metrics.emf_fields(
                 self.settings.metrics_namespace, name, counts, depth))
+
+    def task_ended(self, task: asyncio.Task) -> None:
+        """A task that must run as long as the poller does died of an error: without
+        it a queue goes unpolled or held messages lose their heartbeats. Recycle."""
+        if task.cancelled() or self.stop_mode is not None or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("poller.task_failed", exc_info=exc, extra={
+            "task": task.get_name(), "error": f"{type(exc).__name__}: {exc}"[:500]})
+        self.request_stop("recycle")
 
     def check_recycle(self, consumer: Consumer, memory: bool = True) -> None:
         if self.stop_mode is not None:

@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.httpsession
 import botocore.session
 
 RECEIVE_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount"]
@@ -71,9 +72,10 @@ def credentials_reader(session) -> Callable[[], tuple[str, str, str | None]]:
     return read
 
 
-def ca_bundle(session) -> str | None:
-    """The CA bundle botocore would verify TLS with (AWS_CA_BUNDLE, ca_bundle in the profile)."""
-    return session.get_config_variable("ca_bundle")
+def ca_bundle(session) -> str:
+    """The CA bundle (a file or a directory) botocore would verify TLS with:
+    AWS_CA_BUNDLE or the profile's ca_bundle, else certifi's."""
+    return session.get_config_variable("ca_bundle") or botocore.httpsession.get_cert_path(True)
 
 
 class SqsClient:

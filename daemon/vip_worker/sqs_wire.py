@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import random
 import ssl
 import time
@@ -51,16 +53,29 @@ MAX_ATTEMPTS = 3
 MAX_BACKOFF_S = 20.0
 CALL_TIMEOUT_S = 40.0  # a whole call but a long poll (which adds its wait)
 CREDENTIALS_CHECK_S = 60.0
-RETRYABLE_STATUS = frozenset((500, 502, 503, 504))
-# botocore's standard retry mode treats these as throttling or transient.
-RETRYABLE_CODES = frozenset((
+# Connections beyond one per long poll: batch calls, heartbeats, hand-backs, dead letters.
+EXTRA_CONNECTIONS = 16
+# botocore's standard retry mode (botocore/retries/standard.py): throttling backs off
+# from 1 s, other transient errors from 50 ms; both double per attempt, capped at 20 s.
+THROTTLING_CODES = frozenset((
     "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
     "TooManyRequestsException", "ProvisionedThroughputExceededException",
     "TransactionInProgressException", "RequestLimitExceeded", "BandwidthLimitExceeded",
     "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
-    "EC2ThrottledException", "RequestTimeout", "RequestTimeoutException",
-    "AWS.SimpleQueueService.RequestThrottled", "InternalError", "ServiceUnavailable",
+    "EC2ThrottledException",
+    # SQS's own throttling code, as its query-compatible header spells it.
+    "AWS.SimpleQueueService.RequestThrottled",
 ))
+THROTTLING_STATUS = frozenset((429,))
+TRANSIENT_CODES = frozenset(("RequestTimeout", "RequestTimeoutException",
+                             "PriorRequestNotComplete"))
+TRANSIENT_STATUS = frozenset((500, 502, 503, 504))
+THROTTLING_BASE_S = 1.0
+TRANSIENT_BASE_S = 0.05
+RETRY_AFTER_MAX_EXTRA_S = 5.0
+# The credentials were rejected: read them again (a rotated role) and try once more.
+CREDENTIAL_CODES = frozenset(("ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",
+                              "RequestExpired"))
 # Calls made here; any other method goes to the boto3 client in a thread.
 WIRE_METHODS = frozenset(("receive", "delete_batch", "change_visibility_batch", "send"))
 
@@ -69,8 +84,9 @@ def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str
              ) -> tuple[AsyncSqs | WireSqs, str]:
     """The poller's SQS client, after fork; also says which transport it got and why.
 
-    ``wire`` needs a direct connection: when a proxy is configured for the
-    endpoint (``HTTPS_PROXY``...), it is ``boto3``, which honours proxies.
+    ``wire`` needs a direct connection to an endpoint at ``/``: with a proxy
+    configured for the endpoint (``HTTPS_PROXY``...) or an endpoint URL with a
+    path, it is ``boto3``, which handles both.
     """
     session = make_session()
     client = make_client(region, endpoint_url, max_pool=receivers + 2 * 10,
@@ -81,10 +97,13 @@ def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str
     resolved = client.meta.endpoint_url
     if proxy_for(resolved):
         return threaded, "a proxy is configured for the endpoint"
+    if urlsplit(resolved).path not in ("", "/"):
+        return threaded, "the endpoint URL has a path"
     bundle = ca_bundle(session)
-    context = ssl.create_default_context(cafile=bundle) if bundle else None
+    context = (ssl.create_default_context(capath=bundle) if os.path.isdir(bundle)
+               else ssl.create_default_context(cafile=bundle))
     wire = WireSqs(threaded, resolved, client.meta.region_name, credentials_reader(session),
-                   ssl_context=context)
+                   ssl_context=context, max_connections=receivers + EXTRA_CONNECTIONS)
     return wire, "configured"
 
 
@@ -100,6 +119,10 @@ def proxy_for(url: str) -> str:
 class WireSqs:
     """``AsyncSqs``'s ``call`` interface, with the hot-path calls made on the loop.
 
+    Raises only what the boto3 transport raises: ``ClientError`` for an error
+    answer, ``OSError`` (``ConnectionError``, ``TimeoutError``) for everything
+    else, an unusable answer included.
+
     :param fallback: an ``AsyncSqs`` for the calls not made here, and for
         reading credentials (botocore's provider chain may block on a refresh).
     :param endpoint_url: where SQS is (the boto3 client's resolved endpoint).
@@ -110,15 +133,19 @@ class WireSqs:
 
     def __init__(self, fallback: AsyncSqs, endpoint_url: str, region: str,
                  credentials: Callable[[], tuple], ssl_context=None,
-                 max_idle: int = 32, sleep=asyncio.sleep, clock=time.monotonic) -> None:
+                 max_connections: int = 32, sleep=asyncio.sleep, clock=time.monotonic,
+                 rand=random.random) -> None:
         self.fallback = fallback
-        self.origin = Origin(endpoint_url, max_idle=max_idle, ssl_context=ssl_context)
+        self.origin = Origin(endpoint_url, max_connections=max_connections,
+                             ssl_context=ssl_context)
         self.signer = Signer(region)
         self.credentials = credentials
         self.snapshot: Credentials | None = None
         self.snapshot_at = 0.0
+        self.reading: asyncio.Future | None = None
         self.sleep = sleep
         self.clock = clock
+        self.rand = rand
         self.path_head = f"POST / HTTP/1.1\r\nHost: {self.origin.authority}\r\n"
 
     async def call(self, method: str, *args: Any) -> Any:
@@ -144,12 +171,13 @@ class WireSqs:
                                             else RECEIVE_SYSTEM_ATTRIBUTES),
             "MessageAttributeNames": ["All"],
         }, timeout_s=CALL_TIMEOUT_S + wait_s)
-        messages = response.get("Messages", [])
-        for message in messages:
-            for value in message.get("MessageAttributes", {}).values():
-                if "BinaryValue" in value:  # base64 on the wire; bytes from boto3
-                    value["BinaryValue"] = base64.b64decode(value["BinaryValue"])
-        return messages
+        with unusable("ReceiveMessage"):
+            messages = response.get("Messages", [])
+            for message in messages:
+                for value in message.get("MessageAttributes", {}).values():
+                    if "BinaryValue" in value:  # base64 on the wire; bytes from boto3
+                        value["BinaryValue"] = base64.b64decode(value["BinaryValue"])
+            return messages
 
     async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
                            ) -> list[EntryFailure]:
@@ -157,7 +185,8 @@ class WireSqs:
             "QueueUrl": queue_url,
             "Entries": [{"Id": i, "ReceiptHandle": rh} for i, rh in entries],
         })
-        return failures(response)
+        with unusable("DeleteMessageBatch"):
+            return failures(response)
 
     async def change_visibility_batch(self, queue_url: str,
                                       entries: Sequence[tuple[str, str, int]]
@@ -167,7 +196,8 @@ class WireSqs:
             "Entries": [{"Id": i, "ReceiptHandle": rh, "VisibilityTimeout": t}
                         for i, rh, t in entries],
         })
-        return failures(response)
+        with unusable("ChangeMessageVisibilityBatch"):
+            return failures(response)
 
     async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
                    group_id: str | None = None, dedup_id: str | None = None,
@@ -175,15 +205,17 @@ class WireSqs:
         params: dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": body}
         if attributes:
             params["MessageAttributes"] = {
-                name: ({**value, "BinaryValue": base64.b64encode(value["BinaryValue"]).decode()}
-                       if isinstance(value.get("BinaryValue"), bytes) else value)
+                name: ({**value, "BinaryValue": blob(value["BinaryValue"])}
+                       if "BinaryValue" in value else value)
                 for name, value in attributes.items()}
         if group_id is not None:
             params["MessageGroupId"] = group_id
             params["MessageDeduplicationId"] = dedup_id or ""
         elif delay_s:
             params["DelaySeconds"] = delay_s
-        return (await self.request("SendMessage", params))["MessageId"]
+        response = await self.request("SendMessage", params)
+        with unusable("SendMessage"):
+            return response["MessageId"]
 
     # -- one request, with retries ----------------------------------------------
 
@@ -191,19 +223,35 @@ class WireSqs:
                       timeout_s: float = CALL_TIMEOUT_S) -> dict[str, Any]:
         body = json.dumps(params, separators=(",", ":")).encode()
         attempt = 1
+        reread = False
         while True:
+            retry_after_s = 0.0
             try:
                 return await self.attempt(operation, body, timeout_s)
             except ClientError as exc:
-                meta = exc.response.get("ResponseMetadata", {})
-                retry = (exc.response["Error"]["Code"] in RETRYABLE_CODES
-                         or meta.get("HTTPStatusCode") in RETRYABLE_STATUS)
-                if not retry or attempt >= MAX_ATTEMPTS:
+                code = exc.response["Error"]["Code"]
+                status = exc.response["ResponseMetadata"]["HTTPStatusCode"]
+                if code in CREDENTIAL_CODES and not reread:
+                    reread = True  # once, at once, not counted as an attempt
+                    self.snapshot = None
+                    continue
+                if code in THROTTLING_CODES or status in THROTTLING_STATUS:
+                    base_s = THROTTLING_BASE_S
+                elif code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
+                    base_s = TRANSIENT_BASE_S
+                else:
                     raise
+                if attempt >= MAX_ATTEMPTS:
+                    raise
+                retry_after_s = retry_after(exc.response["ResponseMetadata"]["HTTPHeaders"])
             except OSError:  # ConnectionError, TimeoutError: the transport
                 if attempt >= MAX_ATTEMPTS:
                     raise
-            await self.sleep(random.random() * min(MAX_BACKOFF_S, 2.0 ** (attempt - 1)))
+                base_s = TRANSIENT_BASE_S
+            delay_s = self.rand() * min(MAX_BACKOFF_S, base_s * 2.0 ** (attempt - 1))
+            if retry_after_s:
+                delay_s = max(delay_s, min(retry_after_s, delay_s + RETRY_AFTER_MAX_EXTRA_S))
+            await self.sleep(delay_s)
             attempt += 1
 
     async def attempt(self, operation: str, body: bytes, timeout_s: float) -> dict[str, Any]:
@@ -218,36 +266,81 @@ class WireSqs:
         data = (f"{head}User-Agent: {USER_AGENT}\r\nContent-Length: {len(body)}\r\n\r\n"
                 .encode() + body)
         response = await self.origin.request(data, timeout_s)
-        if response.status == 200:
-            return json.loads(response.body) if response.body else {}
-        raise client_error(operation, response)
+        if response.status != 200:
+            raise client_error(operation, response)
+        try:
+            parsed = json.loads(response.body) if response.body else {}
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):  # a captive portal, a proxy's page...
+            raise ConnectionError(f"SQS {operation}: HTTP 200 without a JSON object: "
+                                  f"{response.body[:100]!r}")
+        return parsed
 
     async def current_credentials(self) -> Credentials:
-        now = self.clock()
-        if self.snapshot is None or now - self.snapshot_at >= CREDENTIALS_CHECK_S:
-            # In a thread: a refresh may call the metadata service or STS.
+        if self.snapshot is not None and self.clock() - self.snapshot_at < CREDENTIALS_CHECK_S:
+            return self.snapshot
+        if self.reading is None:  # one read for every call that needs it
             loop = asyncio.get_running_loop()
-            self.snapshot = Credentials(*await loop.run_in_executor(self.fallback.executor,
-                                                                    self.credentials))
-            self.snapshot_at = now
-        return self.snapshot
+            self.reading = loop.run_in_executor(self.fallback.executor, self.credentials)
+            self.reading.add_done_callback(self.read_done)
+        try:
+            return Credentials(*await asyncio.shield(self.reading))
+        except Exception:
+            if self.snapshot is not None:  # the chain failed now; the last answer may still do
+                return self.snapshot
+            raise
+
+    def read_done(self, future: asyncio.Future) -> None:
+        self.reading = None
+        if not future.cancelled() and future.exception() is None:
+            self.snapshot = Credentials(*future.result())
+            self.snapshot_at = self.clock()
+
+
+@contextlib.contextmanager
+def unusable(operation: str):
+    """An answer of the wrong shape (or with bad base64) is a transport error to the
+    caller, like any other answer that cannot be used; only the reading of an
+    answer is wrapped, so a bug in building a request still shows as what it is."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ConnectionError(f"SQS {operation}: unusable response: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
+def blob(value: bytes | bytearray | memoryview | str) -> str:
+    """A Binary attribute's value as the JSON protocol carries it (base64), as botocore does."""
+    if isinstance(value, str):
+        value = value.encode()
+    return base64.b64encode(value).decode()
+
+
+def retry_after(headers: dict[str, str]) -> float:
+    """``x-amz-retry-after`` (milliseconds) in seconds; 0 when absent or malformed."""
+    try:
+        return max(0.0, int(headers.get("x-amz-retry-after", "")) / 1000)
+    except ValueError:
+        return 0.0
 
 
 def client_error(operation: str, response) -> ClientError:
-    """botocore's ``ClientError`` for an error response, with the same code botocore gives."""
+    """botocore's ``ClientError`` for an error response, with the code botocore gives
+    (botocore/parsers.py, ``BaseJSONParser._do_error_parse``)."""
     try:
         parsed = json.loads(response.body) if response.body else {}
     except ValueError:
         parsed = {}
     if not isinstance(parsed, dict):
         parsed = {}
-    code = parsed.get("__type", "").rpartition("#")[2] or str(response.status)
+    code = str(parsed.get("__type") or response.status).split(":", 1)[0].rpartition("#")[2]
     error = {"Code": code,
-             "Message": parsed.get("message") or parsed.get("Message")
+             "Message": parsed.get("message", parsed.get("Message", ""))
              or response.body[:200].decode("utf-8", "replace")}
-    query_error = response.headers.get("x-amzn-query-error", "")
-    if ";" in query_error:  # SQS's query-compatible code, which botocore reports
-        error["Code"], _, error["Type"] = query_error.partition(";")
+    parts = response.headers.get("x-amzn-query-error", "").split(";")
+    if len(parts) == 2 and parts[0]:  # SQS's query-compatible code, which botocore reports
+        error["QueryErrorCode"], error["Code"], error["Type"] = code, parts[0], parts[1]
     return ClientError({
         "Error": error,
         "ResponseMetadata": {"HTTPStatusCode": response.status,

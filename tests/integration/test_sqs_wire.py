@@ -151,3 +151,20 @@ def test_the_default_endpoint_is_the_regions_https_one():
         assert sqs.signer.region == "eu-west-1"
     finally:
         sqs.close()
+
+
+def test_an_endpoint_url_with_a_path_falls_back_to_boto3(sqs_endpoint):
+    sqs, why = open_sqs("us-east-1", sqs_endpoint + "/sqs", 1, "wire")
+    try:
+        assert isinstance(sqs, AsyncSqs) and "path" in why
+    finally:
+        sqs.close()
+
+
+def test_a_ca_directory_is_accepted(monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path))
+    sqs, _ = open_sqs("eu-west-1", "", 1, "wire")
+    try:
+        assert isinstance(sqs, WireSqs)
+    finally:
+        sqs.close()

@@ -151,3 +151,47 @@ def test_after_a_failed_start_only_the_plugins_that_started_are_stopped():
 
     assert asyncio.run(boot()) == ["opened"]
     assert calls == ["opened.start", "broken.start", "opened.stop"]
+
+
+def test_a_long_running_task_that_dies_recycles_the_poller():
+    from vip_worker.poller import Poller
+
+    async def go():
+        poller = Poller(make_settings(), 0, shm=[0.0] * 8)
+        poller.stop_event = asyncio.Event()
+
+        async def receive_loop():
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+        task = asyncio.get_running_loop().create_task(receive_loop(), name="receive-work")
+        task.add_done_callback(poller.task_ended)
+        with capture_logs("vip_worker.poller") as records:
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0)  # the done callback
+        return poller, records
+
+    poller, records = asyncio.run(go())
+    assert poller.stop_mode == "recycle" and poller.stop_event.is_set()
+    failed = records.events("poller.task_failed")
+    assert [(r.task, r.error) for r in failed] == [
+        ("receive-work", "RuntimeError: unable to perform operation on <TCPTransport closed=True>")]
+
+
+def test_tasks_ending_in_a_stop_do_not_recycle():
+    from vip_worker.poller import Poller
+
+    async def go():
+        poller = Poller(make_settings(), 0, shm=[0.0] * 8)
+        poller.stop_event = asyncio.Event()
+        poller.request_stop("graceful")
+
+        async def dies():
+            raise RuntimeError("during the drain")
+
+        task = asyncio.get_running_loop().create_task(dies())
+        task.add_done_callback(poller.task_ended)
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)
+        return poller
+
+    assert asyncio.run(go()).stop_mode == "graceful"

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 
 import pytest
+import uvloop
 
 from vip_worker.http11 import Origin
 from vip_worker.sqs import error_code
@@ -16,15 +19,20 @@ from vip_worker.sqs_wire import WireSqs
 class Scripted:
     """An asyncio server that answers each request with the next scripted reply.
 
-    A reply is bytes to write, ``"close"`` (close without answering) or
-    ``"hang"`` (never answer). ``keep=False`` closes each connection after one reply.
+    A reply is bytes to write, ``"close"`` (close without answering), ``"reset"``
+    (answer nothing and reset the connection) or ``"hang"`` (never answer); a
+    ``(delay_s, bytes)`` pair answers late. ``keep=False`` closes each connection
+    after one reply, ``reset_after=True`` resets it instead.
     """
 
-    def __init__(self, replies, keep=True):
+    def __init__(self, replies, keep=True, reset_after=False):
         self.replies = list(replies)
         self.keep = keep
+        self.reset_after = reset_after
         self.requests: list[bytes] = []
         self.connections = 0
+        self.open = 0
+        self.most_open = 0
 
     async def __aenter__(self):
         self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
@@ -37,6 +45,9 @@ class Scripted:
 
     async def serve(self, reader, writer):
         self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        reset = False
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -46,16 +57,31 @@ class Scripted:
                 reply = self.replies.pop(0)
                 if reply == "close":
                     break
+                if reply == "reset":
+                    reset = True
+                    break
                 if reply == "hang":
                     await asyncio.sleep(3600)
+                if isinstance(reply, tuple):
+                    await asyncio.sleep(reply[0])
+                    reply = reply[1]
                 writer.write(reply)
                 await writer.drain()
+                if self.reset_after:
+                    reset = True
+                    break
                 if not self.keep:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
-            writer.close()
+            self.open -= 1
+            if reset:  # SO_LINGER 0: close sends RST, as a NAT gateway's drop does
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+            else:
+                writer.close()
 
 
 def ok(payload: dict, extra: str = "") -> bytes:
@@ -85,19 +111,22 @@ def wire(url, **kwargs) -> WireSqs:
     async def no_sleep(seconds):
         sleeps.append(seconds)
 
-    sqs = WireSqs(NoThreads(), url, "us-east-1", lambda: ("AKID", "secret", None),
-                  sleep=no_sleep, **kwargs)
+    kwargs.setdefault("credentials", lambda: ("AKID", "secret", None))
+    sqs = WireSqs(NoThreads(), url, "us-east-1", sleep=no_sleep, **kwargs)
     sqs.sleeps = sleeps
     return sqs
 
 
-def run(coro):
-    return asyncio.run(coro)
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Runs a coroutine on asyncio's default loop or on uvloop (the pollers' loop):
+    they fail differently when a peer has closed a connection."""
+    return asyncio.run if request.param == "asyncio" else uvloop.run
 
 
 # -- the HTTP client ---------------------------------------------------------------
 
-def test_keep_alive_reuses_one_connection():
+def test_keep_alive_reuses_one_connection(run):
     async def go():
         async with Scripted([ok({"n": 1}), ok({"n": 2})]) as server:
             origin = Origin(server.url)
@@ -111,7 +140,7 @@ def test_keep_alive_reuses_one_connection():
     assert connections == 1
 
 
-def test_chunked_body_is_read_whole():
+def test_chunked_body_is_read_whole(run):
     reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
              b"5\r\n{\"a\":\r\n3;ext=1\r\n 1}\r\n0\r\n\r\n")
 
@@ -124,7 +153,7 @@ def test_chunked_body_is_read_whole():
     assert json.loads(run(go()).body) == {"a": 1}
 
 
-def test_connection_close_is_not_reused():
+def test_connection_close_is_not_reused(run):
     async def go():
         async with Scripted([ok({}, "Connection: close\r\n"), ok({})], keep=False) as server:
             origin = Origin(server.url)
@@ -137,7 +166,7 @@ def test_connection_close_is_not_reused():
     assert run(go()) == (0, 2)
 
 
-def test_a_kept_connection_closed_by_the_server_is_replaced_silently():
+def test_a_kept_connection_closed_by_the_server_is_replaced_silently(run):
     # The server answers once and closes without saying so: the next call finds
     # the kept connection dead before any byte and goes again on a new one.
     async def go():
@@ -153,7 +182,7 @@ def test_a_kept_connection_closed_by_the_server_is_replaced_silently():
     assert json.loads(second.body) == {"n": 2} and connections == 2
 
 
-def test_a_call_past_its_deadline_times_out_and_drops_the_connection():
+def test_a_call_past_its_deadline_times_out_and_drops_the_connection(run):
     async def go():
         async with Scripted(["hang"]) as server:
             origin = Origin(server.url)
@@ -163,7 +192,7 @@ def test_a_call_past_its_deadline_times_out_and_drops_the_connection():
     assert run(go()) == 0
 
 
-def test_a_response_cut_short_is_a_connection_error():
+def test_a_response_cut_short_is_a_connection_error(run):
     async def go():
         async with Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}"],
                             keep=False) as server:
@@ -173,7 +202,7 @@ def test_a_response_cut_short_is_a_connection_error():
     run(go())
 
 
-def test_not_http_is_a_connection_error():
+def test_not_http_is_a_connection_error(run):
     async def go():
         async with Scripted([b"SSH-2.0-OpenSSH\r\n\r\n"]) as server:
             origin = Origin(server.url)
@@ -182,7 +211,7 @@ def test_not_http_is_a_connection_error():
     run(go())
 
 
-def test_refused_connection_is_an_oserror():
+def test_refused_connection_is_an_oserror(run):
     async def go():
         async with Scripted([]) as server:
             url = server.url
@@ -194,7 +223,7 @@ def test_refused_connection_is_an_oserror():
 
 # -- requests, retries and errors ------------------------------------------------------
 
-def test_request_is_signed_json_with_the_sqs_target():
+def test_request_is_signed_json_with_the_sqs_target(run):
     async def go():
         async with Scripted([ok({"Successful": [{"Id": "0"}]})]) as server:
             sqs = wire(server.url)
@@ -214,7 +243,7 @@ def test_request_is_signed_json_with_the_sqs_target():
                                 "Entries": [{"Id": "0", "ReceiptHandle": "rh"}]}
 
 
-def test_throttling_and_5xx_are_retried_then_succeed():
+def test_throttling_and_5xx_are_retried_then_succeed(run):
     async def go():
         async with Scripted([
             error(400, {"__type": "com.amazonaws.sqs#RequestThrottled"},
@@ -222,16 +251,18 @@ def test_throttling_and_5xx_are_retried_then_succeed():
             error(503, {"__type": "ServiceUnavailable"}),
             ok({"Messages": [{"Body": "b", "ReceiptHandle": "r", "MessageId": "m"}]}),
         ]) as server:
-            sqs = wire(server.url)
+            sqs = wire(server.url, rand=lambda: 0.5)
             got = await sqs.call("receive", "http://q/1/work", 10, 0, 30)
             sqs.close()
             return got, sqs.sleeps
     got, sleeps = run(go())
     assert [m["Body"] for m in got] == ["b"]
-    assert len(sleeps) == 2 and sleeps[0] <= 1 and sleeps[1] <= 2  # jittered, growing caps
+    # botocore's standard mode: rand x base x 2**(attempt-1); throttling from 1 s,
+    # other transient errors from 50 ms
+    assert sleeps == [0.5 * 1.0, 0.5 * 0.05 * 2]
 
 
-def test_transport_errors_are_retried_three_times_then_raised():
+def test_transport_errors_are_retried_three_times_then_raised(run):
     async def go():
         async with Scripted(["close", "close", "close"]) as server:
             sqs = wire(server.url)
@@ -243,7 +274,7 @@ def test_transport_errors_are_retried_three_times_then_raised():
     assert attempts == 3 and len(sleeps) == 2
 
 
-def test_a_client_error_is_not_retried_and_has_botocores_code():
+def test_a_client_error_is_not_retried_and_has_botocores_code(run):
     async def go():
         async with Scripted([error(400, {"__type": "com.amazonaws.sqs#QueueDoesNotExist",
                                          "message": "The specified queue does not exist."},
@@ -263,7 +294,7 @@ def test_a_client_error_is_not_retried_and_has_botocores_code():
     assert exc.operation_name == "ReceiveMessage"
 
 
-def test_an_error_without_a_query_code_uses_the_json_type():
+def test_an_error_without_a_query_code_uses_the_json_type(run):
     async def go():
         async with Scripted([error(400, {"__type": "com.amazonaws.sqs#InvalidParameterValue",
                                          "message": "too big"})]) as server:
@@ -275,7 +306,7 @@ def test_an_error_without_a_query_code_uses_the_json_type():
     assert error_code(run(go())) == "InvalidParameterValue"
 
 
-def test_a_non_json_error_page_names_the_status():
+def test_a_non_json_error_page_names_the_status(run):
     page = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nForbidden"
 
     async def go():
@@ -289,7 +320,7 @@ def test_a_non_json_error_page_names_the_status():
     assert error_code(exc) == "403" and exc.response["Error"]["Message"] == "Forbidden"
 
 
-def test_credentials_are_read_again_after_a_minute():
+def test_credentials_are_read_again_after_a_minute(run):
     reads = []
     now = [1000.0]
 
@@ -314,3 +345,200 @@ def test_credentials_are_read_again_after_a_minute():
     assert [b"Credential=AKID%d/" % n in r for n, r in ((1, requests[0]), (1, requests[1]),
                                                          (2, requests[2]))] == [True] * 3
     assert all(b"x-amz-security-token: token" in r for r in requests)
+
+
+# -- what the review of the first version found ------------------------------------------
+
+DATA = b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("reset_after", [False, True], ids=["fin", "rst"])
+def test_an_idle_connection_the_server_dropped_costs_no_attempt(run, reset_after):
+    # A NAT gateway drops idle flows and answers the next packet with a reset; a
+    # restarted endpoint closes them. Either way the call succeeds at once.
+    async def go():
+        async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})],
+                            keep=False, reset_after=reset_after) as server:
+            sqs = wire(server.url)
+            await sqs.call("send", "http://q/1/work", "a")
+            await asyncio.sleep(0.05)  # let the close or reset arrive
+            second = await sqs.call("send", "http://q/1/work", "b")
+            sqs.close()
+            return second, sqs.sleeps, server.connections
+    assert run(go()) == ("2", [], 2)
+
+
+def test_a_dead_connection_found_only_on_use_is_replaced_at_once(run):
+    # The check before reuse cannot see a reset that arrives after it; the write or
+    # the read then fails before any response byte, and the request goes again on a
+    # new connection, still without counting as an attempt.
+    async def go():
+        async with Scripted([ok({"n": 1}), "reset", ok({"n": 2})]) as server:
+            origin = Origin(server.url)
+            await origin.request(DATA, 5)
+            second = await origin.request(DATA, 5)
+            origin.close()
+            return json.loads(second.body), server.connections
+    assert run(go()) == ({"n": 2}, 2)
+
+
+def test_a_200_that_is_not_json_is_a_transport_error_and_retried(run):
+    page = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n<html>hi</html>"
+
+    async def go():
+        async with Scripted([page, page, page]) as server:
+            sqs = wire(server.url)
+            with pytest.raises(ConnectionError, match="without a JSON object"):
+                await sqs.call("receive", "http://q/1/work", 10, 0, 30)
+            sqs.close()
+            return len(server.requests)
+    assert run(go()) == 3
+
+
+@pytest.mark.parametrize("method,args,payload", [
+    ("send", ("http://q/1/work", "body"), {}),
+    ("receive", ("http://q/1/work", 10, 0, 30), {"Messages": ["not-a-message"]}),
+    ("receive", ("http://q/1/work", 10, 0, 30),
+     {"Messages": [{"MessageAttributes": {"a": {"BinaryValue": 5}}}]}),
+])
+def test_an_answer_of_the_wrong_shape_is_a_transport_error(run, method, args, payload):
+    async def go():
+        async with Scripted([ok(payload)]) as server:
+            sqs = wire(server.url)
+            with pytest.raises(ConnectionError, match="unusable response"):
+                await sqs.call(method, *args)
+            sqs.close()
+    run(go())
+
+
+def test_malformed_framing_is_a_connection_error(run):
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n{}"
+
+    async def go():
+        async with Scripted([reply]) as server:
+            origin = Origin(server.url)
+            with pytest.raises(ConnectionError, match="malformed"):
+                await origin.request(DATA, 5)
+    run(go())
+
+
+def test_open_connections_are_capped(run):
+    async def go():
+        async with Scripted([(0.2, ok({"n": n})) for n in range(5)]) as server:
+            origin = Origin(server.url, max_connections=2)
+            answers = await asyncio.gather(*(origin.request(DATA, 5) for _ in range(5)))
+            origin.close()
+            return len(answers), server.most_open
+    assert run(go()) == (5, 2)
+
+
+def test_429_and_retry_after_are_honoured(run):
+    throttled = (b"HTTP/1.1 429 Too Many\r\nContent-Length: 2\r\n"
+                 b"x-amz-retry-after: 3000\r\n\r\n{}")
+
+    async def go():
+        async with Scripted([throttled, ok({"MessageId": "1"})]) as server:
+            sqs = wire(server.url, rand=lambda: 0.5)
+            await sqs.call("send", "http://q/1/work", "a")
+            sqs.close()
+            return sqs.sleeps
+    # throttling: 0.5 x 1 s, raised to the server's 3 s (at most 5 s more than ours)
+    assert run(go()) == [3.0]
+
+
+def test_rejected_credentials_are_read_again_and_the_call_repeated_once(run):
+    reads = []
+
+    def credentials():
+        reads.append(1)
+        return (f"AKID{len(reads)}", "secret", None)
+
+    expired = error(403, {"__type": "com.amazon.coral.service#ExpiredTokenException"},
+                    "ExpiredToken;Sender")
+
+    async def go():
+        async with Scripted([expired, ok({"MessageId": "1"}), expired, expired]) as server:
+            sqs = wire(server.url, credentials=credentials)
+            first = await sqs.call("send", "http://q/1/work", "a")
+            with pytest.raises(Exception) as caught:
+                await sqs.call("send", "http://q/1/work", "b")
+            sqs.close()
+            return first, error_code(caught.value), sqs.sleeps, server.requests
+    first, code, sleeps, requests = run(go())
+    assert (first, code, sleeps, len(reads)) == ("1", "ExpiredToken", [], 3)
+    assert b"Credential=AKID2/" in requests[1] and b"Credential=AKID3/" in requests[3]
+
+
+def test_a_failed_credentials_read_keeps_the_last_good_ones(run):
+    now = [0.0]
+    answers = [("AKID", "secret", None), RuntimeError("metadata service down")]
+
+    def credentials():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def go():
+        async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})]) as server:
+            sqs = wire(server.url, credentials=credentials, clock=lambda: now[0])
+            await sqs.call("send", "http://q/1/work", "a")
+            now[0] += 61
+            second = await sqs.call("send", "http://q/1/work", "b")
+            sqs.close()
+            return second, server.requests[1]
+    second, request = run(go())
+    assert second == "2" and b"Credential=AKID/" in request
+
+
+def test_concurrent_calls_share_one_credentials_read(run):
+    reads = []
+
+    def credentials():
+        reads.append(1)
+        return ("AKID", "secret", None)
+
+    async def go():
+        async with Scripted([ok({"MessageId": str(n)}) for n in range(4)]) as server:
+            sqs = wire(server.url, credentials=credentials)
+            await asyncio.gather(*(sqs.call("send", "http://q/1/work", "x") for _ in range(4)))
+            sqs.close()
+    run(go())
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize("payload,header,code", [
+    ({"__type": "com.amazonaws.sqs#QueueDoesNotExist:http://internal/"}, "",
+     "QueueDoesNotExist"),
+    ({"__type": "InvalidAddress"}, ";Sender", "InvalidAddress"),  # malformed header: ignored
+    ({"__type": "x#OverLimit"}, "AWS.SimpleQueueService.OverLimit;Sender",
+     "AWS.SimpleQueueService.OverLimit"),
+])
+def test_error_codes_are_parsed_as_botocore_does(run, payload, header, code):
+    async def go():
+        async with Scripted([error(400, payload, header)]) as server:
+            sqs = wire(server.url)
+            with pytest.raises(Exception) as caught:
+                await sqs.call("send", "http://q/1/work", "a")
+            sqs.close()
+            return caught.value
+    assert error_code(run(go())) == code
+
+
+def test_binary_values_of_every_kind_go_as_base64(run):
+    async def go():
+        async with Scripted([ok({"MessageId": "1"})]) as server:
+            sqs = wire(server.url)
+            await sqs.call("send", "http://q/1/work", "a", {
+                "b": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
+                "ba": {"DataType": "Binary", "BinaryValue": bytearray(b"\x00\x01")},
+                "s": {"DataType": "Binary", "BinaryValue": "\x00\x01"}})
+            sqs.close()
+            return server.requests[0]
+    body = json.loads(run(go()).partition(b"\r\n\r\n")[2])
+    assert {v["BinaryValue"] for v in body["MessageAttributes"].values()} == {"AAE="}
+
+
+def test_an_ipv6_endpoint_is_bracketed_in_the_host_header():
+    assert Origin("http://[::1]:4566").authority == "[::1]:4566"
+    assert Origin("https://[2001:db8::1]").authority == "[2001:db8::1]"
