@@ -14,6 +14,7 @@ import uvloop
 from vip_worker.http11 import Origin
 from vip_worker.sqs import error_code
 from vip_worker.sqs_wire import WireSqs
+from vip_worker.testing import capture_logs
 
 
 class Scripted:
@@ -542,3 +543,37 @@ def test_binary_values_of_every_kind_go_as_base64(run):
 def test_an_ipv6_endpoint_is_bracketed_in_the_host_header():
     assert Origin("http://[::1]:4566").authority == "[::1]:4566"
     assert Origin("https://[2001:db8::1]").authority == "[2001:db8::1]"
+
+
+class RecordingFallback(NoThreads):
+    """The boto3 transport's stand-in: records the calls handed to it."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def call(self, method, *args):
+        self.calls.append((method, *args))
+        return "from-boto3"
+
+
+def test_a_refused_signature_hands_the_poller_to_boto3(run):
+    # The one thing this project's CI cannot check is a real AWS endpoint: if it ever
+    # refuses the wire client's signature, the poller goes on with boto3 (which finds
+    # its own credentials and signs its own way) instead of failing every call.
+    refused = error(403, {"__type": "com.amazon.coral.service#SignatureDoesNotMatch",
+                          "message": "The request signature we calculated does not match"})
+
+    async def go():
+        async with Scripted([refused]) as server:
+            fallback = RecordingFallback()
+            sqs = WireSqs(fallback, server.url, "us-east-1", lambda: ("AKID", "s", None))
+            with capture_logs("vip_worker.sqs_wire") as records:
+                first = await sqs.call("send", "http://q/1/work", "a")
+                second = await sqs.call("delete_batch", "http://q/1/work", [("0", "rh")])
+            return first, second, fallback.calls, len(server.requests), records
+    first, second, calls, wire_requests, records = run(go())
+    assert (first, second, wire_requests) == ("from-boto3", "from-boto3", 1)
+    assert [c[0] for c in calls] == ["send", "delete_batch"]
+    [line] = records.events("sqs.transport_fallback")
+    assert (line.configured, line.used) == ("wire", "boto3")
+    assert "SignatureDoesNotMatch" in line.reason
