@@ -23,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import random
 import ssl
@@ -76,8 +77,12 @@ RETRY_AFTER_MAX_EXTRA_S = 5.0
 # The credentials were rejected: read them again (a rotated role) and try once more.
 CREDENTIAL_CODES = frozenset(("ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",
                               "RequestExpired"))
+# SQS refused the request's signature or authentication: hand the poller to boto3.
+SIGNATURE_CODES = frozenset(("SignatureDoesNotMatch", "IncompleteSignature",
+                             "InvalidSignatureException", "MissingAuthenticationToken"))
 # Calls made here; any other method goes to the boto3 client in a thread.
 WIRE_METHODS = frozenset(("receive", "delete_batch", "change_visibility_batch", "send"))
+log = logging.getLogger("vip_worker.sqs_wire")
 
 
 def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str
@@ -143,14 +148,27 @@ class WireSqs:
         self.snapshot: Credentials | None = None
         self.snapshot_at = 0.0
         self.reading: asyncio.Future | None = None
+        self.refused = False  # SQS refused our signature once: boto3 from then on
         self.sleep = sleep
         self.clock = clock
         self.rand = rand
         self.path_head = f"POST / HTTP/1.1\r\nHost: {self.origin.authority}\r\n"
 
     async def call(self, method: str, *args: Any) -> Any:
-        if method in WIRE_METHODS:
-            return await getattr(self, method)(*args)
+        if method in WIRE_METHODS and not self.refused:
+            try:
+                return await getattr(self, method)(*args)
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+                if code not in SIGNATURE_CODES:
+                    raise
+                # A safety net for what no test here can reach (a real AWS endpoint):
+                # boto3 signs its own way; if it is refused too, the cause is the
+                # credentials and boto3's error says so.
+                self.refused = True
+                log.warning("sqs.transport_fallback", extra={
+                    "configured": "wire", "used": "boto3",
+                    "reason": f"SQS refused the wire client's request: {code}"})
         return await self.fallback.call(method, *args)
 
     def close(self) -> None:
