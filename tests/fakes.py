@@ -419,6 +419,7 @@ class ConsumerHarness:
             self.registry.add("testplugin", message_type, fn)
         # As plugin loading resolves them (vip_worker.plugin_settings).
         self.registry.plugin_settings = dict(self.settings.plugin_settings)
+        self.dlq_limits: dict[str, int] = {}  # MaximumMessageSize by queue, as the poller reads
         self.consumer = None
 
     def send(self, body: str, group_id: str | None = None) -> str:
@@ -428,7 +429,8 @@ class ConsumerHarness:
     def make_consumer(self) -> Consumer:
         return Consumer(self.settings, self.registry, self.sqs,
                         Heartbeat(self.sqs, self.clock), PollerContext(0, self.settings),
-                        {"work": self.dlq_url}, clock=self.clock, rand=lambda: 0.0)
+                        {"work": self.dlq_url}, clock=self.clock, rand=lambda: 0.0,
+                        dlq_limits=self.dlq_limits)
 
     def run(self, scenario: Callable, timeout_s: float = 10.0) -> Any:
         """Start a consumer, await ``scenario(consumer)``, then stop it (unless it did)."""

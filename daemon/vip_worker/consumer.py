@@ -32,7 +32,7 @@ from vip_worker.inflight import InFlight
 from vip_worker.message import parse_envelope
 from vip_worker.metrics import QueueMetrics
 from vip_worker.registry import Handler, HandlerRegistry
-from vip_worker.retry import dead_letter_attributes, reason_of, retry_delay
+from vip_worker.retry import MAX_MESSAGE_BYTES, dead_letter_attributes, reason_of, retry_delay
 from vip_worker.slots import Slots
 from vip_worker.sqs import TRANSPORT_ERRORS, ClientError, error_code
 
@@ -64,13 +64,16 @@ class Consumer:
     def __init__(self, settings, registry: HandlerRegistry, sqs, heartbeat: Heartbeat,
                  context: PollerContext, dlq_urls: dict[str, str | None],
                  clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 dlq_limits: dict[str, int] | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.sqs = sqs
         self.heartbeat = heartbeat
         self.context = context
         self.dlq_urls = dlq_urls
+        # Each DLQ's MaximumMessageSize, by source queue name (default: SQS's 1 MiB).
+        self.dlq_limits = dlq_limits or {}
         self.clock = clock
         self.rand = rand
         self.slots = Slots(settings.concurrency)
@@ -419,12 +422,14 @@ class Consumer:
 
     async def send_dead_letter(self, dlq: str, item: InFlight, error: BaseException,
                                group: str | None) -> None:
-        """Send the copy with the reason attributes; if the DLQ refuses it as too large
-        (its ``MaximumMessageSize`` may be below SQS's 1 MiB), send the body alone."""
+        """Send the copy with the reason attributes, budgeted to the DLQ's
+        ``MaximumMessageSize``; if the DLQ still refuses it as too large (its limit
+        was lowered since the poller started, or could not be read), send the body alone."""
         dedup = item.message_id if group else None
+        limit = self.dlq_limits.get(item.queue.name, MAX_MESSAGE_BYTES)
         try:
-            await self.sqs.call("send", dlq, item.body, dead_letter_attributes(item, error),
-                                group, dedup)
+            await self.sqs.call("send", dlq, item.body,
+                                dead_letter_attributes(item, error, limit), group, dedup)
         except ClientError as exc:
             if error_code(exc) not in TOO_LARGE_CODES:
                 raise

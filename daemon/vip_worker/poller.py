@@ -29,6 +29,7 @@ from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.liveness import COUNTERS, HANDLED, INFLIGHT, READY, TICK
 from vip_worker.plugins import describe_exception, load_plugins
+from vip_worker.retry import MAX_MESSAGE_BYTES
 from vip_worker.sqs import TRANSPORT_ERRORS, AsyncSqs, error_code
 from vip_worker.sqs_wire import WireSqs, open_sqs
 
@@ -76,6 +77,8 @@ class Poller:
                     "configured": self.settings.sqs_transport, "used": transport, "reason": why})
         try:
             dlq_urls = {q.name: await resolve_dlq(sqs, q) for q in self.settings.queues}
+            dlq_limits = {name: await dlq_size_limit(sqs, name, url)
+                          for name, url in dlq_urls.items() if url}
         except DlqLookupFailed as exc:
             log.error("queue.dlq_lookup_failed", extra={"error": str(exc)})
             sqs.close()
@@ -98,7 +101,8 @@ class Poller:
             sqs.close()
             return exitcodes.POLLER_BOOT_FAILED
         heartbeat = Heartbeat(sqs, time.monotonic)
-        consumer = Consumer(self.settings, loaded.registry, sqs, heartbeat, context, dlq_urls)
+        consumer = Consumer(self.settings, loaded.registry, sqs, heartbeat, context, dlq_urls,
+                            dlq_limits=dlq_limits)
         # Per message: only the count (the tick checks memory every few seconds).
         consumer.on_handled = lambda: self.check_recycle(consumer, memory=False)
         self.consumer = consumer
@@ -275,6 +279,23 @@ async def resolve_dlq(sqs: AsyncSqs, queue) -> str | None:
         "queue": queue.name, "detail": "malformed and failed messages are left to the "
                                        "queue's redrive policy; set dlq_url"})
     return None
+
+
+async def dlq_size_limit(sqs: AsyncSqs, queue_name: str, dlq_url: str) -> int:
+    """The DLQ's ``MaximumMessageSize``, which dead-letter copies are budgeted to.
+
+    Not fatal when it cannot be read (a role may send to a DLQ without the right to
+    read its attributes): then SQS's 1 MiB, and a copy the DLQ refuses as too large
+    goes again as the body alone.
+    """
+    try:
+        attrs = await sqs.call("queue_attributes", dlq_url, ["MaximumMessageSize"])
+        return int(attrs.get("MaximumMessageSize", MAX_MESSAGE_BYTES))
+    except (*TRANSPORT_ERRORS, ValueError) as exc:
+        log.warning("queue.dlq_size_unknown", extra={
+            "queue": queue_name, "dlq_url": dlq_url, "error_code": error_code(exc),
+            "assumed_bytes": MAX_MESSAGE_BYTES})
+        return MAX_MESSAGE_BYTES
 
 
 class DlqLookupFailed(Exception):

@@ -40,10 +40,12 @@ def reason_of(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:REASON_MAX]
 
 
-def dead_letter_attributes(item: InFlight, error: BaseException) -> dict[str, dict[str, Any]]:
-    """The original message attributes plus the reason, within SQS's limits.
+def dead_letter_attributes(item: InFlight, error: BaseException,
+                           max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, dict[str, Any]]:
+    """The original message attributes plus the reason, within the DLQ's limits.
 
-    At most 10 attributes, and body plus attributes within 1 MiB: a body near the
+    At most 10 attributes, and body plus attributes within ``max_bytes`` (the DLQ's
+    ``MaximumMessageSize``, 1 MiB by default): a body near the
     limit first loses the original attributes, then a long reason is shortened,
     then only what fits of the source message id, class and attempts is kept. The
     message always reaches the DLQ; its reason is at worst in the log line only.
@@ -64,7 +66,7 @@ def dead_letter_attributes(item: InFlight, error: BaseException) -> dict[str, di
         clean = {k: value[k] for k in ("DataType", "StringValue", "BinaryValue") if k in value}
         if "DataType" in clean:
             kept[name] = clean
-    budget = MAX_MESSAGE_BYTES - len(item.body.encode("utf-8", "surrogatepass"))
+    budget = max_bytes - len(item.body.encode("utf-8", "surrogatepass"))
     if attributes_size(kept) + attributes_size(ours) <= budget:
         return {**kept, **ours}
     if len(reason) > REASON_SHORT:

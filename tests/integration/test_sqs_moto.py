@@ -151,3 +151,25 @@ def test_fifo_group_keeps_its_order_across_a_retry(client, sqs, make_queue):
     run_consumer(settings, client, {"seq": handler},
                  until=lambda c: len([o for o in order if ":" not in o]) == 4)
     assert order == ["0", "1:fail", "1", "2", "3"]
+
+
+def test_the_dlq_size_limit_is_read_and_defaults_when_it_cannot_be(client, sqs, sqs_endpoint,
+                                                                   make_queue, caplog):
+    from vip_worker.poller import dlq_size_limit
+
+    urls = make_queue("limit")
+    sqs.set_queue_attributes(QueueUrl=urls["dlq"], Attributes={"MaximumMessageSize": "2048"})
+
+    async def read():
+        async_sqs = AsyncSqs(client, 2)
+        try:
+            return (await dlq_size_limit(async_sqs, "work", urls["dlq"]),
+                    await dlq_size_limit(async_sqs, "other",
+                                         sqs_endpoint + "/123456789012/no-such-dlq"))
+        finally:
+            async_sqs.close()
+
+    assert asyncio.run(read()) == (2048, 1024 * 1024)
+    [record] = [r for r in caplog.records if r.getMessage() == "queue.dlq_size_unknown"]
+    assert record.queue == "other"
+    assert record.error_code == "AWS.SimpleQueueService.NonExistentQueue"

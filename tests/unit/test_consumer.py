@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import envelope
 from tests.fakes import ConsumerHarness, wait_until
+from vip_worker import retry
 from vip_worker.errors import PermanentError, PluginError, RetryLater
 from vip_worker.poller import resolve_dlq
 
@@ -302,6 +303,19 @@ def test_a_dlq_that_refuses_the_copy_as_too_large_gets_the_body_alone(consumer_l
     assert h.fake.messages(h.url) == []
     assert events(consumer_logs, "message.dead_letter_attributes_dropped")
     assert events(consumer_logs, "message.dead_lettered")
+
+
+def test_the_dlq_copy_is_budgeted_to_the_dlqs_own_size_limit(consumer_logs):
+    h = ConsumerHarness({"articles": fail_with(PermanentError("r" * 900))})
+    h.dlq_limits["work"] = 2048
+    body = envelope(payload={"topic": "t" * 1500})
+    h.send(body)
+    settle(h, lambda: h.fake.messages(h.dlq_url))
+    (copy,) = h.fake.messages(h.dlq_url)
+    assert copy.body == body and "vip_source_message_id" in copy.attributes
+    assert len(body) + retry.attributes_size(copy.attributes) <= 2048
+    assert copy.attributes["vip_error"]["StringValue"].endswith("...")  # shortened to fit
+    assert not events(consumer_logs, "message.dead_letter_attributes_dropped")
 
 
 def test_a_failed_delete_is_logged(consumer_logs):

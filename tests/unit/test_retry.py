@@ -105,3 +105,13 @@ def test_a_long_reason_is_shortened_before_anything_is_dropped():
                           retry.SOURCE_QUEUE, retry.ERROR_TEXT}
     assert attrs[retry.ERROR_TEXT]["StringValue"].endswith("...")
     assert len(near.body) + retry.attributes_size(attrs) <= retry.MAX_MESSAGE_BYTES
+
+
+def test_the_budget_is_the_dlqs_own_limit_when_it_is_smaller():
+    small = item({"trace": string("t-1")})
+    small.body = "x" * 900
+    attrs = retry.dead_letter_attributes(small, ValueError("y" * 900), max_bytes=1024)
+    assert "trace" not in attrs and attrs[retry.SOURCE_MESSAGE_ID] == string("mid-1")
+    assert len(small.body) + retry.attributes_size(attrs) <= 1024
+    # the same message under SQS's own limit keeps everything
+    assert "trace" in retry.dead_letter_attributes(small, ValueError("y" * 900))
