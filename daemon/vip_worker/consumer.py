@@ -325,13 +325,13 @@ class Consumer:
             return
         future = self.deleters[item.queue.name].add((item.receipt,))
         future.add_done_callback(partial(self.deleted, item, duration_s, fields))
-        self.stats["succeeded"] += 1
-        self.stats["busy_s"] += duration_s
-        self.queue_metrics[item.queue.name].record("succeeded", duration_s)
 
     def deleted(self, item: InFlight, duration_s: float, fields: dict,
                 future: asyncio.Future) -> None:
-        """The delete of a succeeded message returned: log it, with the rest of its batch."""
+        """The delete of a succeeded message returned: count it and log it, with the
+        rest of its batch. Counted here, not when the handler returned, so the
+        counters, the metrics and the log agree: a message whose delete failed comes
+        back and is counted when it is finally deleted."""
         failure = None if future.cancelled() else future.result()
         if failure is not None:
             # The handler's work is done; SQS will deliver the message again and
@@ -340,6 +340,9 @@ class Consumer:
                 **fields, "error_code": failure.code, "error": failure.message[:500],
                 "duration_s": round(duration_s, 4)})
             return
+        self.stats["succeeded"] += 1
+        self.stats["busy_s"] += duration_s
+        self.queue_metrics[item.queue.name].record("succeeded", duration_s)
         entry = {k: v for k, v in fields.items() if k != "queue"}  # the line has the queue
         entry["duration_s"] = round(duration_s, 4)
         if not self.succeeded:

@@ -222,11 +222,13 @@ class Poller:
 
 async def call_hook(hook, *, only: set[str] | None = None, done: list[str] | None = None,
                     **kwargs) -> None:
-    """Call every implementation of a pluggy hook, in pluggy's order; await ``async def`` ones.
+    """Call every implementation of a pluggy hook; await ``async def`` ones.
 
-    Each implementation is called on its own: pluggy's own caller stops at the first that
-    raises, and would leave the ``async def`` ones after it un-awaited. A stop hook (its
-    name ends in ``_stop``) runs every plugin's implementation whatever the others do, then
+    A start hook runs in pluggy's order, a stop hook (its name ends in ``_stop``) in
+    the reverse: the plugin that started last stops first, so one that uses another's
+    resources closes before them. Each implementation is called on its own: pluggy's
+    own caller stops at the first that raises, and would leave the ``async def`` ones
+    after it un-awaited. A stop hook runs every plugin's implementation whatever the others do, then
     raises one ``HookFailed`` naming each plugin that failed. Any other hook (the start
     hook) stops at the first failure, raised as ``HookFailed`` naming that plugin: the
     poller will not serve, so the plugins after it need not open their clients.
@@ -240,7 +242,8 @@ async def call_hook(hook, *, only: set[str] | None = None, done: list[str] | Non
     run_all = hook.name.endswith("_stop")
     failures: list[tuple[str, Exception]] = []
     # get_hookimpls() lists the implementations in reverse call order (tryfirst last).
-    for impl in reversed(hook.get_hookimpls()):
+    impls = hook.get_hookimpls()
+    for impl in (impls if run_all else reversed(impls)):
         if only is not None and impl.plugin_name not in only:
             continue
         try:

@@ -68,8 +68,9 @@ def test_every_stop_hook_runs_when_one_raises_and_the_error_names_each_failure()
                          plugin("first", calls, fail="stop"))
     with pytest.raises(HookFailed) as raised:
         asyncio.run(call_hook(manager.hook.vip_worker_poller_stop, context=context()))
-    assert calls == ["first.stop", "middle.stop", "last.stop"]
-    assert [p for p, _ in raised.value.failures] == ["first", "last"]
+    # stop hooks run in the reverse of the start order: the first registered first
+    assert calls == ["last.stop", "middle.stop", "first.stop"]
+    assert [p for p, _ in raised.value.failures] == ["last", "first"]
     text = str(raised.value)
     assert text.startswith("vip_worker_poller_stop failed: ")
     assert "plugin 'first': RuntimeError: first cannot stop" in text
@@ -80,7 +81,16 @@ def test_stop_hooks_that_all_succeed_raise_nothing_and_async_ones_are_awaited():
     calls: list[str] = []
     manager = manager_of(plugin("a", calls, is_async=True), plugin("b", calls))
     asyncio.run(call_hook(manager.hook.vip_worker_poller_stop, context=context()))
-    assert calls == ["b.stop", "a.stop"]
+    assert calls == ["a.stop", "b.stop"]
+
+
+def test_stop_hooks_run_in_the_reverse_of_the_start_order():
+    calls: list[str] = []
+    manager = manager_of(plugin("store", calls), plugin("cache", calls), plugin("app", calls))
+    asyncio.run(call_hook(manager.hook.vip_worker_poller_start, context=context()))
+    asyncio.run(call_hook(manager.hook.vip_worker_poller_stop, context=context()))
+    assert calls == ["app.start", "cache.start", "store.start",
+                     "store.stop", "cache.stop", "app.stop"]
 
 
 def test_a_failing_start_hook_stops_the_start_naming_its_plugin():
@@ -128,7 +138,7 @@ def test_the_producer_runs_every_stop_hook_and_logs_the_failures():
     # A handler of its own: another test may have made "vip_worker" stop propagating.
     with capture_logs("vip_worker.producer", level=None) as collector:
         producer.close()  # does not raise
-    assert calls == ["grumpy.stop", "calm.stop"]
+    assert calls == ["calm.stop", "grumpy.stop"]  # the reverse of the start order
     [record] = collector.records
     assert record.getMessage() == "producer.stop_hook_failed"
     assert "plugin 'grumpy'" in record.error
