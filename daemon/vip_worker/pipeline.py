@@ -75,16 +75,17 @@ def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: st
     try:
         result = generate()
     except PermanentError as exc:
-        store.fail(message.job_id, readable(exc), now())
+        store.fail(message.job_id, readable(exc), now(), message_id=ctx.message_id)
         raise
     except StoreUnavailable:
         raise
     except Exception as exc:
         if ctx.is_last_attempt:
             store.fail(message.job_id, f"gave up after {ctx.receive_count} attempts: "
-                                       f"{readable(exc)}", now())
+                                       f"{readable(exc)}", now(), message_id=ctx.message_id)
         else:
-            store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now())
+            store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now(),
+                          message_id=ctx.message_id)
         raise
     ctx.progress(80, "Saving content...")
     store.save_result(message.job_id, collection, result, now())

@@ -207,6 +207,22 @@ def test_a_failed_job_is_never_requeued(store):
     assert (job["status"], job["error"]) == ("failed", "bad request")
 
 
+def test_only_the_message_holding_the_claim_settles_the_job(store):
+    # m1's lease ran out while its handler still ran; a second message for the same
+    # job (a duplicate send) claimed it. m1's late failure must not touch the job.
+    claim(store, "job-1", message_id="m1", now=T0, lease_s=5)
+    claim(store, "job-1", message_id="m2", now=at(10))
+    store.requeue("job-1", "m1: late transient error", at(11), message_id="m1")
+    store.fail("job-1", "m1: late permanent error", at(12), message_id="m1")
+    job = store.get_job("job-1")
+    assert (job["status"], job["messageId"], job["error"]) == ("processing", "m2", None)
+    store.requeue("job-1", "m2: transient", at(13), message_id="m2")
+    assert store.get_job("job-1")["status"] == "queued"
+    claim(store, "job-1", message_id="m2", now=at(14))
+    store.fail("job-1", "m2: bad request", at(15), message_id="m2")
+    assert store.get_job("job-1")["status"] == "failed"
+
+
 def test_object_id_job_ids_round_trip_as_strings(backend, store):
     claim(store, OID)
     store.save_result(OID, CONTENT, {"title": "x"}, at(1))

@@ -92,11 +92,16 @@ class JobStore(Protocol):
         """Upsert ``content`` (plus jobId, userId, createdAt) keyed by jobId into
         ``collection``, then mark the job ``completed``, progress 100."""
 
-    def requeue(self, job_id: str, error: str, now: datetime) -> None:
-        """A transient failure: back to ``queued`` with the error as its message."""
+    def requeue(self, job_id: str, error: str, now: datetime, *,
+                message_id: str | None = None) -> None:
+        """A transient failure: ``processing`` back to ``queued`` with the error as its
+        message. With ``message_id``, only while that message holds the claim: a
+        delivery whose lease ran out must not settle a job another message claimed since."""
 
-    def fail(self, job_id: str, error: str, now: datetime) -> None:
-        """A permanent failure or the last attempt: ``failed`` with ``error``."""
+    def fail(self, job_id: str, error: str, now: datetime, *,
+             message_id: str | None = None) -> None:
+        """A permanent failure or the last attempt: ``failed`` with ``error`` (never
+        from ``completed``). ``message_id``: as for ``requeue``."""
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         """Every content document of the job in ``collection`` (tests check it is one)."""

@@ -268,22 +268,29 @@ class MongoStore:
                 "status": "completed", "progress": 100, "message": COMPLETED_MESSAGE,
                 "error": None, "completedAt": now, "updatedAt": now, "leaseUntil": None}})
 
-    def requeue(self, job_id: str, error: str, now: datetime) -> None:
-        self._settle(job_id, "queued", error, utc(now))
+    def requeue(self, job_id: str, error: str, now: datetime, *,
+                message_id: str | None = None) -> None:
+        self._settle(job_id, "queued", error, utc(now), message_id)
 
-    def fail(self, job_id: str, error: str, now: datetime) -> None:
-        self._settle(job_id, "failed", error, utc(now))
+    def fail(self, job_id: str, error: str, now: datetime, *,
+             message_id: str | None = None) -> None:
+        self._settle(job_id, "failed", error, utc(now), message_id)
 
-    def _settle(self, job_id: str, status: str, error: str, now: datetime) -> None:
+    def _settle(self, job_id: str, status: str, error: str, now: datetime,
+                message_id: str | None) -> None:
         """processing -> queued, or anything but completed -> failed.
 
         Only a job still ``processing`` goes back to ``queued``: a twin delivery that
         fails transiently must not undo the ``failed`` its twin wrote (nor a completion).
+        With ``message_id``, only the message holding the claim settles the job.
         """
         allowed = "processing" if status == "queued" else {"$ne": "completed"}
+        query: dict[str, Any] = {"_id": to_key(job_id), "status": allowed}
+        if message_id is not None:
+            query["messageId"] = message_id  # another message may have claimed it since
         with self._errors():
             self._jobs.update_one(
-                {"_id": to_key(job_id), "status": allowed},
+                query,
                 {"$set": {"status": status, "error": error, "message": error,
                           "leaseUntil": None, "updatedAt": now}})
 

@@ -354,17 +354,21 @@ class SqliteStore:
                            error=None, completedAt=now, updatedAt=now, leaseUntil=None)
                 self._save_job(conn, job)
 
-    def requeue(self, job_id: str, error: str, now: datetime) -> None:
-        self._settle(job_id, "queued", error, utc(now))
+    def requeue(self, job_id: str, error: str, now: datetime, *,
+                message_id: str | None = None) -> None:
+        self._settle(job_id, "queued", error, utc(now), message_id)
 
-    def fail(self, job_id: str, error: str, now: datetime) -> None:
-        self._settle(job_id, "failed", error, utc(now))
+    def fail(self, job_id: str, error: str, now: datetime, *,
+             message_id: str | None = None) -> None:
+        self._settle(job_id, "failed", error, utc(now), message_id)
 
-    def _settle(self, job_id: str, status: str, error: str, now: datetime) -> None:
+    def _settle(self, job_id: str, status: str, error: str, now: datetime,
+                message_id: str | None) -> None:
         """processing -> queued, or anything but completed -> failed.
 
         Only a job still ``processing`` goes back to ``queued``: a twin delivery that
         fails transiently must not undo the ``failed`` its twin wrote (nor a completion).
+        With ``message_id``, only the message holding the claim settles the job.
         """
         with self._write() as conn:
             job = self._load_job(conn, job_id)
@@ -372,6 +376,8 @@ class SqliteStore:
                 return
             if status == "queued" and job.get("status") != "processing":
                 return
+            if message_id is not None and job.get("messageId") != message_id:
+                return  # another message claimed the job since
             job.update(status=status, error=error, message=error, leaseUntil=None,
                        updatedAt=now)
             self._save_job(conn, job)
