@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,25 +136,39 @@ class StoreLocker:
         self.stop = threading.Event()
         self.holding = threading.Event()
 
-    def hold(self, seconds: float) -> None:
-        thread = threading.Thread(target=self._hold, args=(seconds,), daemon=True,
-                                  name="store-locker")
+    def hold(self, seconds: float, *, until: Callable[[], bool] | None = None,
+             at_most: float | None = None) -> None:
+        """Lock the store for ``seconds``; with ``until``, go on holding until it is true
+        (checked every 0.2 s) or ``at_most`` seconds have passed. Returns once the lock is
+        held, so a caller acting next knows the outage has begun."""
+        begun = threading.Event()  # set once the lock is held, or could not be taken
+        thread = threading.Thread(target=self._hold, args=(seconds, until, at_most, begun),
+                                  daemon=True, name="store-locker")
         thread.start()
         self.threads.append(thread)
+        begun.wait(timeout=35)
 
-    def _hold(self, seconds: float) -> None:
+    def _hold(self, seconds: float, until: Callable[[], bool] | None,
+              at_most: float | None, begun: threading.Event) -> None:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             conn.execute("BEGIN EXCLUSIVE")
             self.holding.set()
+            begun.set()
             start = time.monotonic()
             self.stop.wait(seconds)
+            if until is not None:
+                last = start + (at_most if at_most is not None else seconds)
+                while (not self.stop.is_set() and time.monotonic() < last
+                       and not until()):
+                    self.stop.wait(0.2)
             conn.execute("ROLLBACK")
-            self.holding.clear()
             self.outages.append((start, time.monotonic() - start))
         except sqlite3.Error as exc:
             log.warning("store locker failed: %s", exc)
         finally:
+            self.holding.clear()
+            begun.set()
             conn.close()
 
     def close(self) -> None:
@@ -182,6 +197,9 @@ class ChaosConfig:
     restarts: int = 1  # whole-daemon TERM + start, spread over the feed
     store_outages: int = 1
     store_outage_s: float = 12.0  # longer than SQLite's 10 s busy timeout
+    # ... and held on until a handler has retried on StoreUnavailable: the producer waits
+    # on the same lock, so only messages already in flight can meet the outage.
+    store_outage_max_s: float = 20.0  # ends before the restart (late in the run)
     sqs_outages: int = 1  # brownouts: every SQS call fails for sqs_outage_s
     sqs_outage_s: float = 5.0  # past botocore's retries and the 4 s visibility timeout
     latency_s: float = 0.2
@@ -374,6 +392,20 @@ def generation_call_started(run: Run, timeout_s: float = 10.0) -> None:
         time.sleep(0.005)
 
 
+def store_outage_seen(run: Run) -> bool:
+    """Whether a daemon has logged a retry on ``StoreUnavailable`` (read from the log
+    files, not through ``Daemon.read``, which the accounting owns)."""
+    for daemon in list(run.daemons):
+        try:
+            text = daemon.log_path.read_text(errors="replace")
+        except OSError:
+            continue
+        if any("message.retried" in line and "StoreUnavailable" in line
+               for line in text.splitlines()):
+            return True
+    return False
+
+
 def monkey(run: Run, until: float) -> None:
     """Kill pollers at random moments; TERM and restart the daemon; lock the store."""
     c = run.config
@@ -399,9 +431,11 @@ def monkey(run: Run, until: float) -> None:
                 run.proxy.plan.outage(c.sqs_outage_s)
             else:
                 generation_call_started(run)
-                run.note(f"store locked for {c.store_outage_s:g} s")
+                run.note(f"store locked for {c.store_outage_s:g} s or until a handler "
+                         f"retries on StoreUnavailable (at most {c.store_outage_max_s:g} s)")
                 run.chaos["store_outages"] += 1
-                run.locker.hold(c.store_outage_s)
+                run.locker.hold(c.store_outage_s, until=lambda: store_outage_seen(run),
+                                at_most=c.store_outage_max_s)
             continue
         if now >= next_kill and not run.locker.holding.is_set():
             # No kills while the store is locked: the outage must reach live handlers
