@@ -304,7 +304,8 @@ class Arbiter:
         log.error("poller.died", extra=fields)
         if self.stopping:
             return
-        if uptime < MIN_UPTIME_S or code == exitcodes.POLLER_BOOT_FAILED:
+        if uptime < MIN_UPTIME_S or code in (exitcodes.POLLER_BOOT_FAILED,
+                                             exitcodes.POLLER_TASK_FAILED):
             self.failures += 1
             delay = min(self.settings.respawn_backoff_max_s, 0.5 * 2 ** (self.failures - 1))
             self.next_spawn_at = time.monotonic() + delay

@@ -38,6 +38,10 @@ TICK_S = 1.0
 RSS_CHECK_EVERY = 5  # ticks
 
 
+# How a poller's stop mode becomes its exit code ("graceful" and "fast": OK).
+EXIT_CODES = {"recycle": exitcodes.POLLER_RECYCLED, "task_failed": exitcodes.POLLER_TASK_FAILED}
+
+
 class Poller:
     def __init__(self, settings, index: int, shm, sqs_client=None) -> None:
         self.settings = settings
@@ -142,7 +146,7 @@ class Poller:
         log.info("poller.stopped", extra={
             "mode": mode, "handled": consumer.handled,
             "drain_s": round(time.monotonic() - started, 3)})
-        return exitcodes.POLLER_RECYCLED if mode == "recycle" else exitcodes.OK
+        return EXIT_CODES.get(mode, exitcodes.OK)
 
     async def tick(self, consumer: Consumer) -> None:
         ticks = 0
@@ -194,13 +198,18 @@ class Poller:
 
     def task_ended(self, task: asyncio.Task) -> None:
         """A task that must run as long as the poller does died of an error: without
-        it a queue goes unpolled or held messages lose their heartbeats. Recycle."""
-        if task.cancelled() or self.stop_mode is not None or task.exception() is None:
+        it a queue goes unpolled or held messages lose their heartbeats. Drain and exit
+        with ``POLLER_TASK_FAILED``: the master respawns with backoff, as after a crash
+        (a fault that kills every new poller the same way must not respawn in a tight
+        loop). Logged even during a stop: the error is the same news then."""
+        if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
         log.error("poller.task_failed", exc_info=exc, extra={
-            "task": task.get_name(), "error": f"{type(exc).__name__}: {exc}"[:500]})
-        self.request_stop("recycle")
+            "task": task.get_name(), "error": f"{type(exc).__name__}: {exc}"[:500],
+            "stopping": self.stop_mode})
+        if self.stop_mode is None:
+            self.request_stop("task_failed")
 
     def check_recycle(self, consumer: Consumer, memory: bool = True) -> None:
         if self.stop_mode is not None:

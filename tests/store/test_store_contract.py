@@ -223,6 +223,16 @@ def test_only_the_message_holding_the_claim_settles_the_job(store):
     assert store.get_job("job-1")["status"] == "failed"
 
 
+def test_a_message_refused_before_any_claim_still_fails_the_job(store):
+    # A bad payload or too many receives: the job is failed before any message claimed
+    # it, so no messageId is stored; the failure must still land (or the job stays
+    # "queued" for ever).
+    store.create_job("job-1", "u1", "articles", {"topic": "t"}, T0)
+    store.fail("job-1", "invalid payload: no prompt", at(1), message_id="m1")
+    job = store.get_job("job-1")
+    assert (job["status"], job["error"]) == ("failed", "invalid payload: no prompt")
+
+
 def test_object_id_job_ids_round_trip_as_strings(backend, store):
     claim(store, OID)
     store.save_result(OID, CONTENT, {"title": "x"}, at(1))

@@ -163,7 +163,7 @@ def test_after_a_failed_start_only_the_plugins_that_started_are_stopped():
     assert calls == ["opened.start", "broken.start", "opened.stop"]
 
 
-def test_a_long_running_task_that_dies_recycles_the_poller():
+def test_a_long_running_task_that_dies_stops_the_poller_as_failed():
     from vip_worker.poller import Poller
 
     async def go():
@@ -181,13 +181,13 @@ def test_a_long_running_task_that_dies_recycles_the_poller():
         return poller, records
 
     poller, records = asyncio.run(go())
-    assert poller.stop_mode == "recycle" and poller.stop_event.is_set()
+    assert poller.stop_mode == "task_failed" and poller.stop_event.is_set()
     failed = records.events("poller.task_failed")
     assert [(r.task, r.error) for r in failed] == [
         ("receive-work", "RuntimeError: unable to perform operation on <TCPTransport closed=True>")]
 
 
-def test_tasks_ending_in_a_stop_do_not_recycle():
+def test_a_task_dying_during_a_stop_is_logged_and_keeps_the_stop_mode():
     from vip_worker.poller import Poller
 
     async def go():
@@ -198,10 +198,23 @@ def test_tasks_ending_in_a_stop_do_not_recycle():
         async def dies():
             raise RuntimeError("during the drain")
 
-        task = asyncio.get_running_loop().create_task(dies())
+        task = asyncio.get_running_loop().create_task(dies(), name="heartbeat")
         task.add_done_callback(poller.task_ended)
-        await asyncio.gather(task, return_exceptions=True)
-        await asyncio.sleep(0)
-        return poller
+        with capture_logs("vip_worker.poller") as records:
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0)
+        return poller, records
 
-    assert asyncio.run(go()).stop_mode == "graceful"
+    poller, records = asyncio.run(go())
+    assert poller.stop_mode == "graceful"
+    assert [(r.task, r.stopping) for r in records.events("poller.task_failed")] == [
+        ("heartbeat", "graceful")]
+
+
+def test_the_stop_mode_becomes_the_exit_code():
+    from vip_worker import exitcodes
+    from vip_worker.poller import EXIT_CODES
+
+    assert EXIT_CODES["task_failed"] == exitcodes.POLLER_TASK_FAILED
+    assert EXIT_CODES["recycle"] == exitcodes.POLLER_RECYCLED
+    assert "graceful" not in EXIT_CODES and "fast" not in EXIT_CODES  # exitcodes.OK

@@ -95,8 +95,9 @@ class JobStore(Protocol):
     def requeue(self, job_id: str, error: str, now: datetime, *,
                 message_id: str | None = None) -> None:
         """A transient failure: ``processing`` back to ``queued`` with the error as its
-        message. With ``message_id``, only while that message holds the claim: a
-        delivery whose lease ran out must not settle a job another message claimed since."""
+        message. With ``message_id``, only while that message holds the claim (or no
+        message ever claimed the job): a delivery whose lease ran out must not settle a
+        job another message claimed since."""
 
     def fail(self, job_id: str, error: str, now: datetime, *,
              message_id: str | None = None) -> None:

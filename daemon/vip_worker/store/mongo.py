@@ -282,12 +282,15 @@ class MongoStore:
 
         Only a job still ``processing`` goes back to ``queued``: a twin delivery that
         fails transiently must not undo the ``failed`` its twin wrote (nor a completion).
-        With ``message_id``, only the message holding the claim settles the job.
+        With ``message_id``, only the message holding the claim settles the job, or any
+        message when none ever claimed it (a message refused before its claim: a bad
+        payload, too many receives).
         """
         allowed = "processing" if status == "queued" else {"$ne": "completed"}
         query: dict[str, Any] = {"_id": to_key(job_id), "status": allowed}
         if message_id is not None:
-            query["messageId"] = message_id  # another message may have claimed it since
+            # Another message may have claimed it since; None also matches a missing field.
+            query["messageId"] = {"$in": [message_id, None]}
         with self._errors():
             self._jobs.update_one(
                 query,

@@ -368,7 +368,9 @@ class SqliteStore:
 
         Only a job still ``processing`` goes back to ``queued``: a twin delivery that
         fails transiently must not undo the ``failed`` its twin wrote (nor a completion).
-        With ``message_id``, only the message holding the claim settles the job.
+        With ``message_id``, only the message holding the claim settles the job, or any
+        message when none ever claimed it (a message refused before its claim: a bad
+        payload, too many receives).
         """
         with self._write() as conn:
             job = self._load_job(conn, job_id)
@@ -376,7 +378,7 @@ class SqliteStore:
                 return
             if status == "queued" and job.get("status") != "processing":
                 return
-            if message_id is not None and job.get("messageId") != message_id:
+            if message_id is not None and job.get("messageId") not in (None, message_id):
                 return  # another message claimed the job since
             job.update(status=status, error=error, message=error, leaseUntil=None,
                        updatedAt=now)
