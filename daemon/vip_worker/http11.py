@@ -48,10 +48,10 @@ class Origin:
 
     A connection is held by one request at a time; idle ones are reused newest
     first (the likeliest to be still open), after a check that the peer has not
-    closed them. One that still turns out dead (closed or reset before the first
-    response byte) is replaced and the request sent again at once, as urllib3
-    does; that is not one of the caller's retries. A request waits for a free
-    connection within its own deadline.
+    closed them. If one still turns out dead (closed or reset before the first
+    response byte), the request is sent again at once, once, on a new connection
+    (the other idle ones may be as dead); that is not one of the caller's retries.
+    A request waits for a free connection within its own deadline.
     """
 
     def __init__(self, url: str, connect_timeout_s: float = 5.0, max_connections: int = 32,
@@ -91,7 +91,7 @@ class Origin:
                 try:
                     return await self._exchange(conn, data, reused=True)
                 except StaleConnection:
-                    continue  # closed by the server while idle: try the next one
+                    break  # closed by the server while idle: once more, on a new one
             return await self._exchange(await self.connect(), data, reused=False)
 
     async def _exchange(self, conn: Connection, data: bytes, reused: bool) -> Response:

@@ -54,6 +54,9 @@ MAX_ATTEMPTS = 3
 MAX_BACKOFF_S = 20.0
 CALL_TIMEOUT_S = 40.0  # a whole call but a long poll (which adds its wait)
 CREDENTIALS_CHECK_S = 60.0
+# How long a call waits for a credentials read when it already has credentials that
+# worked: a provider chain stuck on a slow metadata service must not stall the hot path.
+CREDENTIALS_WAIT_S = 1.0
 # Connections beyond one per long poll: batch calls, heartbeats, hand-backs, dead letters.
 EXTRA_CONNECTIONS = 16
 # botocore's standard retry mode (botocore/retries/standard.py): throttling backs off
@@ -126,7 +129,9 @@ class WireSqs:
 
     Raises only what the boto3 transport raises: ``ClientError`` for an error
     answer, ``OSError`` (``ConnectionError``, ``TimeoutError``) for everything
-    else, an unusable answer included.
+    else, an unusable answer included; and, as boto3 does, botocore's own errors
+    from reading credentials (``NoCredentialsError``, a ``BotoCoreError``) when
+    the provider chain fails and no earlier credentials are at hand.
 
     :param fallback: an ``AsyncSqs`` for the calls not made here, and for
         reading credentials (botocore's provider chain may block on a refresh).
@@ -164,11 +169,13 @@ class WireSqs:
                     raise
                 # A safety net for what no test here can reach (a real AWS endpoint):
                 # boto3 signs its own way; if it is refused too, the cause is the
-                # credentials and boto3's error says so.
-                self.refused = True
-                log.warning("sqs.transport_fallback", extra={
-                    "configured": "wire", "used": "boto3",
-                    "reason": f"SQS refused the wire client's request: {code}"})
+                # credentials and boto3's error says so. Logged once: calls in flight
+                # when the first refusal came are refused too.
+                if not self.refused:
+                    self.refused = True
+                    log.warning("sqs.transport_fallback", extra={
+                        "configured": "wire", "used": "boto3",
+                        "reason": f"SQS refused the wire client's request: {code}"})
         return await self.fallback.call(method, *args)
 
     def close(self) -> None:
@@ -192,6 +199,9 @@ class WireSqs:
         with unusable("ReceiveMessage"):
             messages = response.get("Messages", [])
             for message in messages:
+                if not (message["MessageId"] and message["ReceiptHandle"]
+                        and isinstance(message["Body"], str)):
+                    raise ValueError("a message without its id, receipt handle or body")
                 for value in message.get("MessageAttributes", {}).values():
                     if "BinaryValue" in value:  # base64 on the wire; bytes from boto3
                         value["BinaryValue"] = base64.b64decode(value["BinaryValue"])
@@ -302,12 +312,15 @@ class WireSqs:
             loop = asyncio.get_running_loop()
             self.reading = loop.run_in_executor(self.fallback.executor, self.credentials)
             self.reading.add_done_callback(self.read_done)
-        try:
-            return Credentials(*await asyncio.shield(self.reading))
-        except Exception:
-            if self.snapshot is not None:  # the chain failed now; the last answer may still do
+        reading = self.reading
+        if self.snapshot is not None:
+            # Credentials that worked are at hand: wait for the read only briefly, and
+            # keep them if it fails (the chain failed now; the last answer may still do;
+            # if they have expired, SQS says so and the call reads again, waiting).
+            done, _ = await asyncio.wait({reading}, timeout=CREDENTIALS_WAIT_S)
+            if not done or reading.cancelled() or reading.exception() is not None:
                 return self.snapshot
-            raise
+        return Credentials(*await asyncio.shield(reading))
 
     def read_done(self, future: asyncio.Future) -> None:
         self.reading = None

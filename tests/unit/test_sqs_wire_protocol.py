@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import struct
+import threading
 
 import pytest
 import uvloop
@@ -383,6 +384,22 @@ def test_a_dead_connection_found_only_on_use_is_replaced_at_once(run):
     assert run(go()) == ({"n": 2}, 2)
 
 
+def test_a_request_that_met_a_dead_connection_goes_again_on_a_new_one(run):
+    # Two idle connections; the newest turns out dead on use. The other one may be as
+    # dead (a restarted endpoint closed both): the request goes once more, on a new
+    # connection, not to the next idle one (which a server that resets every reused
+    # connection would make an endless, uncounted loop).
+    async def go():
+        async with Scripted([ok({"n": 1}), ok({"n": 2}), "reset", ok({"n": 3})]) as server:
+            origin = Origin(server.url)
+            await asyncio.gather(origin.request(DATA, 5), origin.request(DATA, 5))
+            third = await origin.request(DATA, 5)
+            idle = len(origin.idle)
+            origin.close()
+            return json.loads(third.body), server.connections, idle
+    assert run(go()) == ({"n": 3}, 3, 2)
+
+
 def test_a_200_that_is_not_json_is_a_transport_error_and_retried(run):
     page = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n<html>hi</html>"
 
@@ -400,7 +417,12 @@ def test_a_200_that_is_not_json_is_a_transport_error_and_retried(run):
     ("send", ("http://q/1/work", "body"), {}),
     ("receive", ("http://q/1/work", 10, 0, 30), {"Messages": ["not-a-message"]}),
     ("receive", ("http://q/1/work", 10, 0, 30),
-     {"Messages": [{"MessageAttributes": {"a": {"BinaryValue": 5}}}]}),
+     {"Messages": [{"MessageId": "1", "ReceiptHandle": "rh", "Body": "b",
+                    "MessageAttributes": {"a": {"BinaryValue": 5}}}]}),
+    ("receive", ("http://q/1/work", 10, 0, 30),
+     {"Messages": [{"MessageId": "1", "Body": "no receipt handle"}]}),
+    ("receive", ("http://q/1/work", 10, 0, 30),
+     {"Messages": [{"MessageId": "1", "ReceiptHandle": "rh", "Body": None}]}),
 ])
 def test_an_answer_of_the_wrong_shape_is_a_transport_error(run, method, args, payload):
     async def go():
@@ -492,6 +514,38 @@ def test_a_failed_credentials_read_keeps_the_last_good_ones(run):
     assert second == "2" and b"Credential=AKID/" in request
 
 
+def test_a_slow_credentials_read_does_not_hold_calls_that_have_credentials(run):
+    # After a minute the credentials are read again; the provider chain hangs (a slow
+    # metadata service). Calls go on with the last good credentials after a short wait
+    # instead of waiting for the chain.
+    now = [0.0]
+    release = threading.Event()
+    keys = iter(["AKID", "AKID2"])
+
+    def credentials():
+        key = next(keys)
+        if key == "AKID2":
+            release.wait(30)
+        return (key, "secret", None)
+
+    async def go():
+        async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})]) as server:
+            sqs = wire(server.url, credentials=credentials, clock=lambda: now[0])
+            await sqs.call("send", "http://q/1/work", "a")
+            now[0] += 61
+            second = await sqs.call("send", "http://q/1/work", "b")
+            still_reading = sqs.reading is not None and not sqs.reading.done()
+            release.set()
+            sqs.close()
+            return second, still_reading, server.requests[1]
+    try:
+        second, still_reading, request = run(go())
+    finally:
+        release.set()
+    assert (second, still_reading) == ("2", True)
+    assert b"Credential=AKID/" in request
+
+
 def test_concurrent_calls_share_one_credentials_read(run):
     reads = []
 
@@ -577,3 +631,19 @@ def test_a_refused_signature_hands_the_poller_to_boto3(run):
     [line] = records.events("sqs.transport_fallback")
     assert (line.configured, line.used) == ("wire", "boto3")
     assert "SignatureDoesNotMatch" in line.reason
+
+
+def test_the_fallback_is_logged_once_when_calls_in_flight_are_refused_too(run):
+    refused = error(403, {"__type": "com.amazon.coral.service#SignatureDoesNotMatch"})
+
+    async def go():
+        async with Scripted([refused, refused]) as server:
+            sqs = WireSqs(RecordingFallback(), server.url, "us-east-1",
+                          lambda: ("AKID", "s", None))
+            with capture_logs("vip_worker.sqs_wire") as records:
+                answers = await asyncio.gather(sqs.call("send", "http://q/1/work", "a"),
+                                               sqs.call("send", "http://q/1/work", "b"))
+            return answers, len(server.requests), records
+    answers, wire_requests, records = run(go())
+    assert (answers, wire_requests) == (["from-boto3", "from-boto3"], 2)
+    assert len(records.events("sqs.transport_fallback")) == 1
