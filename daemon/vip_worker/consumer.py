@@ -332,12 +332,20 @@ class Consumer:
         rest of its batch. Counted here, not when the handler returned, so the
         counters, the metrics and the log agree: a message whose delete failed comes
         back and is counted when it is finally deleted."""
-        failure = None if future.cancelled() else future.result()
-        if failure is not None:
+        if future.cancelled():  # the batcher was stopped before the delete went out
+            code, error = "Cancelled", "the poller stopped before the delete was sent"
+        elif future.exception() is not None:
+            exc = future.exception()
+            code, error = type(exc).__name__, str(exc)
+        elif (failure := future.result()) is not None:
+            code, error = failure.code, failure.message
+        else:
+            code = None
+        if code is not None:
             # The handler's work is done; SQS will deliver the message again and
-            # the (idempotent) handler will see it once more.
+            # the (idempotent) handler will see it once more. Not counted as succeeded.
             log.error("message.delete_failed", extra={
-                **fields, "error_code": failure.code, "error": failure.message[:500],
+                **fields, "error_code": code, "error": error[:500],
                 "duration_s": round(duration_s, 4)})
             return
         self.stats["succeeded"] += 1
@@ -427,9 +435,16 @@ class Consumer:
                                group: str | None) -> None:
         """Send the copy with the reason attributes, budgeted to the DLQ's
         ``MaximumMessageSize``; if the DLQ still refuses it as too large (its limit
-        was lowered since the poller started, or could not be read), send the body alone."""
+        was lowered since the poller started, or could not be read), send the body alone.
+        A body over the DLQ's limit by itself goes alone at once: no attribute fits."""
         dedup = item.message_id if group else None
         limit = self.dlq_limits.get(item.queue.name, MAX_MESSAGE_BYTES)
+        if len(item.body.encode()) >= limit:
+            log.warning("message.dead_letter_attributes_dropped", extra={
+                **item.log_fields(), "send_error_code": None,
+                "detail": f"the body alone is at or over the DLQ's {limit} bytes"})
+            await self.sqs.call("send", dlq, item.body, None, group, dedup)
+            return
         try:
             await self.sqs.call("send", dlq, item.body,
                                 dead_letter_attributes(item, error, limit), group, dedup)

@@ -77,7 +77,8 @@ def render_metrics(snap: dict) -> str:
            "Messages settled since the master started, by outcome.",
            [(f'{{outcome="{o}"}}', totals.get(o, 0)) for o in OUTCOMES])
     family("vip_worker_handler_seconds_total", "counter",
-           "Seconds handlers ran, summed over finished runs (succeeded, retried, dead-lettered).",
+           "Seconds handlers ran, summed over settled runs "
+           "(succeeded once deleted, retried, dead-lettered).",
            [("", totals.get("busy_s", 0))])
     family("vip_worker_uptime_seconds", "gauge", "Seconds since the master started.",
            [("", snap.get("uptime_s", 0))])

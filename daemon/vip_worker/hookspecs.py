@@ -73,7 +73,8 @@ class HookSpecs:
         keep them in ``context.resources``; handlers see the same dict as
         ``ctx.resources``. May be ``async def``. An exception stops this poller
         (the master reports it and replaces the poller with backoff): the start
-        hooks not called yet are skipped, and no stop hook runs in that poller.
+        hooks not called yet are skipped, and only the plugins whose start hook
+        had returned get their stop hook.
 
         :param context: the poller's :class:`vip_worker.context.PollerContext`.
         """
@@ -83,8 +84,11 @@ class HookSpecs:
         """A poller is about to exit, after its last handler finished or was handed back.
 
         Close what ``vip_worker_poller_start`` opened. May be ``async def``.
-        Every plugin's stop hook runs, whatever the others raise; the exceptions
-        are logged together (``poller.stop_hook_failed``, naming each plugin).
+        Stop hooks run in the reverse of the start order (a plugin built on
+        another's resources is stopped before it). Every plugin's stop hook runs,
+        whatever the others raise; the exceptions are logged together
+        (``poller.stop_hook_failed``, naming each plugin). When a start hook
+        raised, only the plugins whose start hook had returned are stopped.
 
         :param context: the poller's :class:`vip_worker.context.PollerContext`.
         """

@@ -135,6 +135,7 @@ class Poller:
         ticker.cancel()
         reporter.cancel()
         await asyncio.gather(heartbeat_task, ticker, reporter, return_exceptions=True)
+        self.publish(consumer)  # what the drain settled: the tick has stopped
         self.emit_metrics(consumer, depths={})  # the last interval's counts
         try:
             await call_hook(loaded.manager.hook.vip_worker_poller_stop, context=context)
@@ -157,14 +158,19 @@ class Poller:
                 log.error("poller.orphaned", extra={"master_pid": parent})
                 self.request_stop("graceful")
             self.shm[TICK] = time.monotonic()
-            self.shm[INFLIGHT] = len(consumer.held)
-            self.shm[HANDLED] = consumer.handled
-            for name, value in consumer.stats.items():
-                self.shm[COUNTERS[name]] = value
+            self.publish(consumer)
             ticks += 1
             if ticks % RSS_CHECK_EVERY == 0:
                 self.check_recycle(consumer)
             await asyncio.sleep(TICK_S)
+
+    def publish(self, consumer: Consumer) -> None:
+        """Copy the counters to shared memory, where the master reads them (and adds a
+        poller's last values to its totals when it exits)."""
+        self.shm[INFLIGHT] = len(consumer.held)
+        self.shm[HANDLED] = consumer.handled
+        for name, value in consumer.stats.items():
+            self.shm[COUNTERS[name]] = value
 
     async def report_metrics(self, consumer: Consumer, sqs: AsyncSqs) -> None:
         """Every metrics_interval_s: one EMF line per queue (see vip_worker.metrics)."""

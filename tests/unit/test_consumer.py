@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import threading
+import types
 
 import pytest
 
@@ -95,9 +96,32 @@ def test_a_message_whose_delete_fails_is_not_logged_as_succeeded(consumer_logs):
     h = ConsumerHarness({"articles": lambda message, ctx: None})
     message_id = h.send(envelope())
     h.fake.fail_entries([message_id], "InternalError")
-    settle(h, lambda: h.fake.calls_to("delete_batch"))
+    consumer = settle(h, lambda: h.fake.calls_to("delete_batch"))
     assert events(consumer_logs, "message.delete_failed")
     assert not events(consumer_logs, "messages.succeeded")
+    assert consumer.stats["succeeded"] == 0 and consumer.stats["busy_s"] == 0
+    assert consumer.queue_metrics["work"].empty()
+
+
+@pytest.mark.parametrize("outcome", ["cancelled", "raised"])
+def test_a_delete_that_never_answered_is_not_counted_as_succeeded(consumer_logs, outcome):
+    h = ConsumerHarness({"articles": lambda message, ctx: None})
+    consumer = h.make_consumer()
+    item = types.SimpleNamespace(queue=types.SimpleNamespace(name="work"))
+
+    async def go():
+        future = asyncio.get_running_loop().create_future()
+        if outcome == "cancelled":
+            future.cancel()
+        else:
+            future.set_exception(ConnectionError("batcher broke"))
+        consumer.deleted(item, 0.5, {"message_id": "m1", "queue": "work"}, future)
+        await asyncio.sleep(0)
+
+    asyncio.run(go())
+    (line,) = events(consumer_logs, "message.delete_failed")
+    assert line.error_code == ("Cancelled" if outcome == "cancelled" else "ConnectionError")
+    assert consumer.stats["succeeded"] == 0
 
 
 def test_an_async_handler_runs_on_the_loop_and_succeeds():
@@ -316,6 +340,21 @@ def test_the_dlq_copy_is_budgeted_to_the_dlqs_own_size_limit(consumer_logs):
     assert len(body) + retry.attributes_size(copy.attributes) <= 2048
     assert copy.attributes["vip_error"]["StringValue"].endswith("...")  # shortened to fit
     assert not events(consumer_logs, "message.dead_letter_attributes_dropped")
+
+
+def test_a_body_over_the_dlq_limit_is_sent_alone_in_one_call(consumer_logs):
+    h = ConsumerHarness({"articles": lambda message, ctx: (_ for _ in ()).throw(
+        PermanentError("bad"))})
+    h.dlq_limits["work"] = 1024
+    body = envelope(payload={"topic": "t" * 1500})
+    h.send(body)
+    settle(h, lambda: h.fake.messages(h.dlq_url))
+    (copy,) = h.fake.messages(h.dlq_url)
+    assert copy.body == body and not copy.attributes
+    # One send to the DLQ, not a refused copy with attributes first.
+    assert [args[0] for args in h.fake.calls_to("send")].count(h.dlq_url) == 1
+    (line,) = events(consumer_logs, "message.dead_letter_attributes_dropped")
+    assert "1024" in line.detail
 
 
 def test_a_failed_delete_is_logged(consumer_logs):
