@@ -80,6 +80,7 @@ class Arbiter:
     generation: int = 0
     signals: list[int] = field(default_factory=list)
     failures: int = 0
+    failed_at: float = 0.0  # monotonic time of the last failure counted in ``failures``
     next_spawn_at: float = 0.0
     crash_loop_reported: bool = False
     stopping: str | None = None
@@ -299,6 +300,11 @@ class Arbiter:
         if expected or code == exitcodes.POLLER_RECYCLED:
             log.info("poller.exited", extra=fields)
             return
+        if poller.stopping and code == exitcodes.POLLER_TASK_FAILED:
+            # Being retired (reload, TTOU) anyway: its task_failed line has the error;
+            # no backoff, or HUP's rolling replacement would slow down.
+            log.warning("poller.exited", extra=fields)
+            return
         if code < 0:
             fields["signal"] = signal.Signals(-code).name
         log.error("poller.died", extra=fields)
@@ -307,6 +313,7 @@ class Arbiter:
         if uptime < MIN_UPTIME_S or code in (exitcodes.POLLER_BOOT_FAILED,
                                              exitcodes.POLLER_TASK_FAILED):
             self.failures += 1
+            self.failed_at = time.monotonic()
             delay = min(self.settings.respawn_backoff_max_s, 0.5 * 2 ** (self.failures - 1))
             self.next_spawn_at = time.monotonic() + delay
             if self.failures >= self.settings.crash_loop_threshold:
@@ -354,7 +361,10 @@ class Arbiter:
         old = sorted((p for p in live if p.generation < self.generation),
                      key=lambda p: p.spawned_at)
         ready_current = [p for p in current if p.ready]
-        if ready_current and any(time.monotonic() - p.spawned_at > MIN_UPTIME_S
+        # The failures are over once a poller started after the last one is still up
+        # MIN_UPTIME_S later (an older healthy poller proves nothing about new ones).
+        if self.failures and any(p.spawned_at > self.failed_at
+                                 and time.monotonic() - p.spawned_at > MIN_UPTIME_S
                                  for p in ready_current):
             self.failures = 0
             self.crash_loop_reported = False

@@ -332,7 +332,9 @@ class Consumer:
         rest of its batch. Counted here, not when the handler returned, so the
         counters, the metrics and the log agree: a message whose delete failed comes
         back and is counted when it is finally deleted."""
-        if future.cancelled():  # the batcher was stopped before the delete went out
+        # The batcher resolves every future with a failure or None; the first two
+        # branches are defensive (a future cancelled or failed by a change to come).
+        if future.cancelled():
             code, error = "Cancelled", "the poller stopped before the delete was sent"
         elif future.exception() is not None:
             exc = future.exception()

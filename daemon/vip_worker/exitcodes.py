@@ -13,7 +13,8 @@ CONFIG = 78
 # Poller-only codes, read by the arbiter when it reaps a poller.
 POLLER_BOOT_FAILED = 3  # could not start (plugin start hook, SQS client): counts toward crash loop
 POLLER_RECYCLED = 4  # left on purpose after max_messages_per_poller / max_rss_mb: respawn at once
-# A long-running task (a receive loop, the heartbeat) died of an error; the poller drained
+# A long-running task (a receive loop, the heartbeat, the tick, the metrics reporter) died
+# of an error; the poller drained
 # and left. A crash: the respawn backs off and counts toward the crash loop.
 POLLER_TASK_FAILED = 5
 

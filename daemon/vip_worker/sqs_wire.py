@@ -153,6 +153,7 @@ class WireSqs:
         self.snapshot: Credentials | None = None
         self.snapshot_at = 0.0
         self.reading: asyncio.Future | None = None
+        self.reading_since = 0.0  # time.monotonic() when ``reading`` began
         self.refused = False  # SQS refused our signature once: boto3 from then on
         self.sleep = sleep
         self.clock = clock
@@ -312,14 +313,18 @@ class WireSqs:
             loop = asyncio.get_running_loop()
             self.reading = loop.run_in_executor(self.fallback.executor, self.credentials)
             self.reading.add_done_callback(self.read_done)
-        reading = self.reading
-        if self.snapshot is not None:
-            # Credentials that worked are at hand: wait for the read only briefly, and
-            # keep them if it fails (the chain failed now; the last answer may still do;
-            # if they have expired, SQS says so and the call reads again, waiting).
-            done, _ = await asyncio.wait({reading}, timeout=CREDENTIALS_WAIT_S)
-            if not done or reading.cancelled() or reading.exception() is not None:
-                return self.snapshot
+            self.reading_since = time.monotonic()
+        reading, snapshot = self.reading, self.snapshot
+        if snapshot is not None:
+            # Credentials that worked are at hand: wait for the read only briefly (the
+            # first CREDENTIALS_WAIT_S of it, not that long per call), and keep them if
+            # it fails (the chain failed now; the last answer may still do; if they have
+            # expired, SQS says so and the call reads again, waiting).
+            wait_s = self.reading_since + CREDENTIALS_WAIT_S - time.monotonic()
+            if wait_s > 0:
+                await asyncio.wait({reading}, timeout=wait_s)
+            if not reading.done() or reading.cancelled() or reading.exception() is not None:
+                return snapshot
         return Credentials(*await asyncio.shield(reading))
 
     def read_done(self, future: asyncio.Future) -> None:

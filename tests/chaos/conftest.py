@@ -392,18 +392,18 @@ def generation_call_started(run: Run, timeout_s: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def store_outage_seen(run: Run) -> bool:
-    """Whether a daemon has logged a retry on ``StoreUnavailable`` (read from the log
-    files, not through ``Daemon.read``, which the accounting owns)."""
+def store_outage_retries(run: Run) -> int:
+    """How many retries on ``StoreUnavailable`` the daemons have logged (read from the
+    log files, not through ``Daemon.read``, which the accounting owns)."""
+    seen = 0
     for daemon in list(run.daemons):
         try:
             text = daemon.log_path.read_text(errors="replace")
         except OSError:
             continue
-        if any("message.retried" in line and "StoreUnavailable" in line
-               for line in text.splitlines()):
-            return True
-    return False
+        seen += sum(1 for line in text.splitlines()
+                    if "message.retried" in line and "StoreUnavailable" in line)
+    return seen
 
 
 def monkey(run: Run, until: float) -> None:
@@ -434,7 +434,9 @@ def monkey(run: Run, until: float) -> None:
                 run.note(f"store locked for {c.store_outage_s:g} s or until a handler "
                          f"retries on StoreUnavailable (at most {c.store_outage_max_s:g} s)")
                 run.chaos["store_outages"] += 1
-                run.locker.hold(c.store_outage_s, until=lambda: store_outage_seen(run),
+                before = store_outage_retries(run)  # an earlier outage's do not count
+                run.locker.hold(c.store_outage_s,
+                                until=lambda before=before: store_outage_retries(run) > before,
                                 at_most=c.store_outage_max_s)
             continue
         if now >= next_kill and not run.locker.holding.is_set():

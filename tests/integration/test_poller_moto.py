@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import envelope
 from vip_worker import config, liveness
+from vip_worker import poller as poller_module
 from vip_worker.poller import Poller
 from vip_worker.sqs import SqsClient, make_client
 
@@ -17,10 +18,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_what_the_drain_settles_reaches_the_masters_counters(sqs_endpoint, make_queue,
-                                                             tmp_path):
+                                                             tmp_path, monkeypatch):
     # The master adds an exited poller's shared-memory counters to its totals. A message
     # that finishes during the drain is deleted after the tick (which copies them) has
     # run for the last time: it must still be counted there.
+    # The tick copies the counters too: only its first pass (at start, all zero) runs.
+    monkeypatch.setattr(poller_module, "TICK_S", 3600)
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     started = tmp_path / "started"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.fakes import make_settings
-from vip_worker import exitcodes
+from vip_worker import exitcodes, liveness
 from vip_worker.arbiter import MIN_UPTIME_S, Arbiter, PollerHandle
 from vip_worker.testing import capture_logs
 
@@ -56,3 +56,42 @@ def test_a_recycled_poller_is_replaced_at_once():
         master.poller_exited(old_poller(), exited(exitcodes.POLLER_RECYCLED))
     assert master.failures == 0 and master.next_spawn_at == 0.0
     assert records.events("poller.exited") and not records.events("poller.died")
+
+
+def ready_poller(pid: int, spawned_at: float) -> PollerHandle:
+    shm = [0.0] * 9
+    shm[liveness.READY] = 1.0
+    return PollerHandle(index=0, pid=pid, generation=0, shm=shm, spawned_at=spawned_at)
+
+
+def test_an_older_healthy_poller_does_not_reset_the_failures():
+    # One poller runs fine; the other keeps failing. Without this, the healthy one
+    # reset the count on every pass and the failing one respawned every 0.5 s for ever.
+    master = arbiter()
+    master.target = 1
+    now = time.monotonic()
+    master.failures, master.failed_at = 2, now - 1
+    master.pollers = {1: ready_poller(1, spawned_at=now - 3600)}
+    master.manage_pollers()
+    assert master.failures == 2
+
+
+def test_a_poller_started_after_the_last_failure_and_still_up_resets_them():
+    master = arbiter()
+    master.target = 1
+    now = time.monotonic()
+    master.failures, master.failed_at = 2, now - MIN_UPTIME_S - 30
+    master.pollers = {1: ready_poller(1, spawned_at=now - MIN_UPTIME_S - 5)}
+    master.manage_pollers()
+    assert master.failures == 0
+
+
+def test_a_poller_being_retired_that_exits_as_failed_does_not_back_off():
+    master = arbiter()
+    poller = old_poller()
+    poller.stopping = True  # HUP's rolling replacement asked it to stop
+    with capture_logs("vip_worker.arbiter") as records:
+        master.poller_exited(poller, exited(exitcodes.POLLER_TASK_FAILED))
+    assert master.failures == 0 and master.next_spawn_at == 0.0
+    assert [r.levelname for r in records.events("poller.exited")] == ["WARNING"]
+    assert not records.events("poller.died")

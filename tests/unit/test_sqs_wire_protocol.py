@@ -546,6 +546,41 @@ def test_a_slow_credentials_read_does_not_hold_calls_that_have_credentials(run):
     assert b"Credential=AKID/" in request
 
 
+def test_a_call_waiting_on_a_slow_read_keeps_its_credentials_when_another_drops_them(run):
+    # While one call waits out a slow read, another is told ExpiredToken and drops the
+    # snapshot to read again: the waiting call still signs with what it had.
+    now = [0.0]
+    release = threading.Event()
+    keys = iter(["AKID", "AKID2"])
+
+    def credentials():
+        key = next(keys)
+        if key == "AKID2":
+            release.wait(30)
+        return (key, "secret", None)
+
+    async def go():
+        async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})]) as server:
+            sqs = wire(server.url, credentials=credentials, clock=lambda: now[0])
+            await sqs.call("send", "http://q/1/work", "a")
+            now[0] += 61
+
+            async def expired_elsewhere():
+                await asyncio.sleep(0.2)
+                sqs.snapshot = None
+
+            second, _ = await asyncio.gather(sqs.call("send", "http://q/1/work", "b"),
+                                             expired_elsewhere())
+            release.set()
+            sqs.close()
+            return second, server.requests[1]
+    try:
+        second, request = run(go())
+    finally:
+        release.set()
+    assert second == "2" and b"Credential=AKID/" in request
+
+
 def test_concurrent_calls_share_one_credentials_read(run):
     reads = []
 

@@ -95,14 +95,14 @@ class JobStore(Protocol):
     def requeue(self, job_id: str, error: str, now: datetime, *,
                 message_id: str | None = None) -> None:
         """A transient failure: ``processing`` back to ``queued`` with the error as its
-        message. With ``message_id``, only while that message holds the claim (or no
-        message ever claimed the job): a delivery whose lease ran out must not settle a
-        job another message claimed since."""
+        message. With ``message_id``, only while that message holds the claim: a
+        delivery whose lease ran out must not settle a job another message claimed since."""
 
     def fail(self, job_id: str, error: str, now: datetime, *,
              message_id: str | None = None) -> None:
         """A permanent failure or the last attempt: ``failed`` with ``error`` (never
-        from ``completed``). ``message_id``: as for ``requeue``."""
+        from ``completed``). ``message_id``: as for ``requeue``; a job no message ever
+        claimed (a payload refused before the claim) is failed by any message."""
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         """Every content document of the job in ``collection`` (tests check it is one)."""
