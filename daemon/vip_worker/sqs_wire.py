@@ -77,6 +77,14 @@ TRANSIENT_STATUS = frozenset((500, 502, 503, 504))
 THROTTLING_BASE_S = 1.0
 TRANSIENT_BASE_S = 0.05
 RETRY_AFTER_MAX_EXTRA_S = 5.0
+# botocore's standard-mode retry quota (botocore.retries.quota and .standard), one per
+# client as there: a retry takes 14 (5 after throttling) from 500; a call that succeeds
+# gives back what its last retry took, or 1 when it needed none. Empty, a failure is not
+# retried (a long poll first waits its backoff), so a sustained outage is not tripled.
+RETRY_QUOTA = 500
+RETRY_COST = 14
+THROTTLING_RETRY_COST = 5
+NO_RETRY_INCREMENT = 1
 # The credentials were rejected: read them again (a rotated role) and try once more.
 CREDENTIAL_CODES = frozenset(("ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",
                               "RequestExpired"))
@@ -155,6 +163,7 @@ class WireSqs:
         self.reading: asyncio.Future | None = None
         self.reading_since = 0.0  # time.monotonic() when ``reading`` began
         self.refused = False  # SQS refused our signature once: boto3 from then on
+        self.quota = RETRY_QUOTA
         self.sleep = sleep
         self.clock = clock
         self.rand = rand
@@ -253,10 +262,11 @@ class WireSqs:
         body = json.dumps(params, separators=(",", ":")).encode()
         attempt = 1
         reread = False
+        acquired = 0  # what the last retry took from the quota
         while True:
             retry_after_s = 0.0
             try:
-                return await self.attempt(operation, body, timeout_s)
+                result = await self.attempt(operation, body, timeout_s)
             except ClientError as exc:
                 code = exc.response["Error"]["Code"]
                 status = exc.response["ResponseMetadata"]["HTTPStatusCode"]
@@ -273,13 +283,25 @@ class WireSqs:
                 if attempt >= MAX_ATTEMPTS:
                     raise
                 retry_after_s = retry_after(exc.response["ResponseMetadata"]["HTTPHeaders"])
-            except OSError:  # ConnectionError, TimeoutError: the transport
+                failure: Exception = exc
+            except OSError as exc:  # ConnectionError, TimeoutError: the transport
                 if attempt >= MAX_ATTEMPTS:
                     raise
                 base_s = TRANSIENT_BASE_S
+                failure = exc
+            else:
+                self.quota = min(RETRY_QUOTA, self.quota + (acquired or NO_RETRY_INCREMENT))
+                return result
             delay_s = self.rand() * min(MAX_BACKOFF_S, base_s * 2.0 ** (attempt - 1))
             if retry_after_s:
                 delay_s = max(delay_s, min(retry_after_s, delay_s + RETRY_AFTER_MAX_EXTRA_S))
+            cost = THROTTLING_RETRY_COST if base_s == THROTTLING_BASE_S else RETRY_COST
+            if cost > self.quota:
+                if operation == "ReceiveMessage":
+                    await self.sleep(delay_s)  # as botocore: a receive loop must not spin
+                raise failure  # the quota is spent: this error is the answer
+            self.quota -= cost
+            acquired = cost
             await self.sleep(delay_s)
             attempt += 1
 

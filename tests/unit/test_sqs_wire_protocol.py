@@ -276,6 +276,55 @@ def test_transport_errors_are_retried_three_times_then_raised(run):
     assert attempts == 3 and len(sleeps) == 2
 
 
+def test_retries_draw_on_botocores_quota_and_successes_refill_it(run):
+    from vip_worker import sqs_wire
+
+    unavailable = error(503, {"__type": "ServiceUnavailable"})
+    throttled = error(400, {"__type": "com.amazonaws.sqs#RequestThrottled"},
+                      "AWS.SimpleQueueService.RequestThrottled;Sender")
+
+    async def go():
+        async with Scripted([unavailable, ok({"MessageId": "1"}),
+                             throttled, ok({"MessageId": "2"}),
+                             ok({"MessageId": "3"})]) as server:
+            sqs = wire(server.url)
+            sqs.quota = 100
+            seen = []
+            for body in "abc":
+                await sqs.call("send", "http://q/1/work", body)
+                seen.append(sqs.quota)
+            sqs.close()
+            return seen
+    # A retry takes 14 (5 after throttling) and the success gives it back; a call that
+    # needed no retry gives 1, never past the quota's 500.
+    assert run(go()) == [100, 100, 101]
+    assert (sqs_wire.RETRY_QUOTA, sqs_wire.RETRY_COST, sqs_wire.THROTTLING_RETRY_COST) == (
+        500, 14, 5)
+
+
+@pytest.mark.parametrize("method,args,waits", [
+    ("send", ("http://q/1/work", "body"), False),
+    ("receive", ("http://q/1/work", 10, 0, 30), True),
+])
+def test_a_spent_quota_answers_the_first_error_without_retrying(run, method, args, waits):
+    # A sustained outage: the quota is spent, so each call makes one request instead of
+    # three; a long poll still waits its backoff first, so a receive loop cannot spin.
+    async def go():
+        async with Scripted([error(500, {"__type": "InternalError"})] * 2) as server:
+            sqs = wire(server.url, rand=lambda: 0.5)
+            sqs.quota = 20  # one retry left (14), not two
+            with pytest.raises(Exception) as first:
+                await sqs.call(method, *args)
+            requests_first = len(server.requests)
+            sleeps_first = list(sqs.sleeps)
+            sqs.close()
+            return first.value, requests_first, sleeps_first, sqs.quota
+    caught, requests, sleeps, quota = run(go())
+    assert error_code(caught) == "InternalError"
+    assert requests == 2 and quota == 6  # one retry taken; the second was refused
+    assert len(sleeps) == (2 if waits else 1)
+
+
 def test_a_client_error_is_not_retried_and_has_botocores_code(run):
     async def go():
         async with Scripted([error(400, {"__type": "com.amazonaws.sqs#QueueDoesNotExist",
