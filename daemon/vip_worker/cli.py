@@ -256,7 +256,9 @@ def start_services(arbiter) -> list:
 
 def preflight(settings) -> tuple[str | None, list[str]]:
     """Load every plugin in a throw-away child; return (the error text or None, the values
-    of the plugin settings declared secret, for the log's masking).
+    of the plugin settings declared secret, for the log's masking). The child also
+    checks a MongoDB job store (``check_store``); unreachable, it is logged here
+    (``store.unreachable``), not refused.
 
     The master itself never imports plugin code: each poller imports it fresh
     after fork, which is what lets SIGHUP pick up changed plugins.
@@ -274,7 +276,8 @@ def preflight(settings) -> tuple[str | None, list[str]]:
                 raise ConfigError("plugin_dirs", "no plugin registers a handler (looked in: "
                                   f"{', '.join(settings.plugin_dirs) or 'no directory'}; "
                                   "and the vip_worker.plugins entry points)")
-            write_all(write_fd, json.dumps(loaded.secrets()).encode())
+            answer = {"secrets": loaded.secrets(), "store_error": check_store(settings)}
+            write_all(write_fd, json.dumps(answer).encode())
         except (PluginError, ConfigError) as exc:
             os.write(write_fd, str(exc).encode()[:60000])
             code = exitcodes.CONFIG
@@ -304,10 +307,41 @@ def preflight(settings) -> tuple[str | None, list[str]]:
     text = b"".join(chunks).decode(errors="replace")
     if os.waitstatus_to_exitcode(status) == exitcodes.OK:
         try:
-            return None, [str(s) for s in json.loads(text or "[]")]
-        except ValueError:
+            answer = json.loads(text)
+            secrets = [str(s) for s in answer["secrets"]]
+        except (ValueError, TypeError, KeyError):
             return "plugin check failed: unreadable answer from the check", []
+        if answer.get("store_error"):
+            log.error("store.unreachable", extra={
+                "backend": "mongodb", "error": str(answer["store_error"])[:1000],
+                "detail": "the daemon starts anyway; jobs are retried (StoreUnavailable) "
+                          "until the store answers"})
+        return None, secrets
     return text or "plugin check failed", []
+
+
+def check_store(settings) -> str | None:
+    """Open the MongoDB store and read from it, in the preflight child (a pymongo client
+    must not cross the master's forks); the error met, or None. A setting the store
+    cannot use raises ``ConfigError`` (a boot failure). The embedded SQLite store is not
+    checked: it is a local file, made on first use."""
+    if not settings.mongodb_uri:
+        return None
+    from vip_worker.store.factory import open_store
+
+    try:
+        store = open_store(settings)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unreachable, refused, an index conflict...
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        store.get_job("vip-worker-boot-check")
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        store.close()
+    return None
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import uuid
 
 import pytest
@@ -182,6 +183,20 @@ def test_bad_setting_stops_the_boot_with_exit_78(make_queue, start_daemon):
     assert daemon.wait_exit(timeout=30) == 78
     err = daemon.err_path.read_text()
     assert "concurency: unknown setting" in err and "vip-worker.toml" in err
+
+
+def test_an_unreachable_mongodb_is_logged_at_boot_and_the_daemon_serves(make_queue,
+                                                                         start_daemon):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    urls = make_queue("nomongo", dlq=False)
+    daemon = start_daemon({"work": queue_table(urls)}, mongodb_uri=(
+        f"mongodb://app:Mongo-Pass-9@127.0.0.1:{port}/jobs?serverSelectionTimeoutMS=300"))
+    daemon.wait_for("poller.ready")
+    (line,) = daemon.events("store.unreachable")
+    assert f"127.0.0.1:{port}" in line["error"] and line["level"] == "ERROR"
+    assert "Mongo-Pass-9" not in daemon.log_path.read_text()  # the URI stays masked
 
 
 def test_ttin_and_ttou_change_the_poller_count(make_queue, start_daemon):

@@ -56,6 +56,8 @@ def open_store(settings: Any, environ: Mapping[str, str] | None = None) -> JobSt
     :raises StoreUnavailable: the store could not be reached or created.
     """
     names = {key: getattr(settings, key) for key in COLLECTION_KEYS}
+    if names["jobs_collection"] in (names["content_collection"], names["media_collection"]):
+        raise ConfigError("jobs_collection", "must differ from the content collections")
     if settings.mongodb_uri:
         from pymongo.errors import ConfigurationError, InvalidName
 
@@ -63,10 +65,12 @@ def open_store(settings: Any, environ: Mapping[str, str] | None = None) -> JobSt
 
         try:
             return MongoStore(settings.mongodb_uri, settings.mongodb_database, **names)
-        except ConfigurationError as exc:  # InvalidURI among them: a malformed URI
-            raise ConfigError("mongodb_uri", str(exc)) from None
-        except (InvalidName, ValueError) as exc:
+        except InvalidName as exc:
             raise ConfigError("mongodb_database/collections", str(exc)) from None
+        except (ConfigurationError, ValueError) as exc:
+            # InvalidURI, and pymongo's ValueError for a port that is not a number: the
+            # collections were checked above, so a ValueError here is the URI's.
+            raise ConfigError("mongodb_uri", str(exc)) from None
 
     from vip_worker.store.sqlite import SqliteStore, check_name
 
@@ -75,6 +79,4 @@ def open_store(settings: Any, environ: Mapping[str, str] | None = None) -> JobSt
             check_name(name)
         except ValueError as exc:
             raise ConfigError(key, str(exc)) from None
-    if names["jobs_collection"] in (names["content_collection"], names["media_collection"]):
-        raise ConfigError("jobs_collection", "must differ from the content collections")
     return SqliteStore(sqlite_path(settings, environ), **names)

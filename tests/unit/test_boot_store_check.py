@@ -1,0 +1,42 @@
+"""The boot's check of the MongoDB job store (in the preflight child, as at each reload):
+unreachable is reported and the daemon starts; a URI that cannot be used fails the boot."""
+
+from __future__ import annotations
+
+import socket
+
+from tests.unit.test_plugin_settings_env_and_secrets import shop_settings
+from vip_worker import cli
+from vip_worker.testing import capture_logs
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_mongodb_is_reported_at_boot_and_does_not_stop_it(tmp_path):
+    uri = f"mongodb://127.0.0.1:{closed_port()}/jobs?serverSelectionTimeoutMS=200"
+    settings = shop_settings(tmp_path, VIP_WORKER_MONGODB_URI=uri)
+    with capture_logs("vip_worker.cli") as records:
+        problem, secrets = cli.preflight(settings)
+    assert problem is None and secrets  # the boot goes on
+    (line,) = records.events("store.unreachable")
+    assert line.backend == "mongodb" and "ServerSelectionTimeoutError" in line.error
+    assert "retried" in line.detail
+
+
+def test_a_mongodb_uri_that_cannot_be_used_fails_the_boot_naming_the_setting(tmp_path):
+    settings = shop_settings(tmp_path, VIP_WORKER_MONGODB_URI="mongodb://db:notaport/jobs")
+    problem, _ = cli.preflight(settings)
+    assert problem is not None and "mongodb_uri" in problem
+
+
+def test_the_embedded_store_is_not_opened_by_the_check(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = shop_settings(tmp_path)
+    with capture_logs("vip_worker.cli") as records:
+        assert cli.preflight(settings)[0] is None
+    assert not records.events("store.unreachable")
+    assert not (tmp_path / "var").exists()  # no jobs.sqlite3 made by a check
