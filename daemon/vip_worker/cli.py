@@ -18,12 +18,14 @@ Commands (each documented in docs/cli.md; a test keeps the two in step):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import select
 import signal
 import sys
+import threading
 import time
 
 from vip_worker import __version__, config, exitcodes, jobs_cli, logconfig, ops_cli
@@ -32,6 +34,9 @@ from vip_worker.jobs_cli import PAYLOAD_FLAGS, camel
 
 log = logging.getLogger("vip_worker.cli")
 PREFLIGHT_TIMEOUT_S = 60.0
+# The boot's MongoDB check waits this long (pymongo's own default is 30 s; ours 5 s, but
+# a URI may set more): a reload runs it while the master's loop waits.
+STORE_CHECK_TIMEOUT_S = 6.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,7 +281,9 @@ def preflight(settings) -> tuple[str | None, list[str]]:
                 raise ConfigError("plugin_dirs", "no plugin registers a handler (looked in: "
                                   f"{', '.join(settings.plugin_dirs) or 'no directory'}; "
                                   "and the vip_worker.plugins entry points)")
-            answer = {"secrets": loaded.secrets(), "store_error": check_store(settings)}
+            answer = {"secrets": loaded.secrets(), "store_error": bounded(
+                check_store, settings, STORE_CHECK_TIMEOUT_S,
+                f"the store did not answer within {STORE_CHECK_TIMEOUT_S:g} s")}
             write_all(write_fd, json.dumps(answer).encode())
         except (PluginError, ConfigError) as exc:
             os.write(write_fd, str(exc).encode()[:60000])
@@ -340,8 +347,32 @@ def check_store(settings) -> str | None:
     except Exception as exc:  # noqa: BLE001 - reported, not fatal
         return f"{type(exc).__name__}: {exc}"
     finally:
-        store.close()
+        with contextlib.suppress(Exception):
+            store.close()
     return None
+
+
+def bounded(fn, settings, timeout_s: float, late: str):
+    """``fn(settings)`` in a daemon thread, waited for at most ``timeout_s``; ``late``
+    when it has not returned by then (the preflight child exits without waiting for it).
+    An exception it raises is raised here."""
+    outcome: list = []
+
+    def work():
+        try:
+            outcome.append((True, fn(settings)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=work, name="preflight-check", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        return late
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -274,7 +274,8 @@ class WireSqs:
                     reread = True  # once, at once, not counted as an attempt
                     self.snapshot = None
                     continue
-                if code in THROTTLING_CODES or status in THROTTLING_STATUS:
+                throttled = code in THROTTLING_CODES or status in THROTTLING_STATUS
+                if throttled:
                     base_s = THROTTLING_BASE_S
                 elif code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
                     base_s = TRANSIENT_BASE_S
@@ -288,6 +289,7 @@ class WireSqs:
                 if attempt >= MAX_ATTEMPTS:
                     raise
                 base_s = TRANSIENT_BASE_S
+                throttled = False
                 failure = exc
             else:
                 self.quota = min(RETRY_QUOTA, self.quota + (acquired or NO_RETRY_INCREMENT))
@@ -295,7 +297,7 @@ class WireSqs:
             delay_s = self.rand() * min(MAX_BACKOFF_S, base_s * 2.0 ** (attempt - 1))
             if retry_after_s:
                 delay_s = max(delay_s, min(retry_after_s, delay_s + RETRY_AFTER_MAX_EXTRA_S))
-            cost = THROTTLING_RETRY_COST if base_s == THROTTLING_BASE_S else RETRY_COST
+            cost = THROTTLING_RETRY_COST if throttled else RETRY_COST
             if cost > self.quota:
                 if operation == "ReceiveMessage":
                     await self.sleep(delay_s)  # as botocore: a receive loop must not spin

@@ -4,9 +4,13 @@ unreachable is reported and the daemon starts; a URI that cannot be used fails t
 from __future__ import annotations
 
 import socket
+import threading
+
+import pytest
 
 from tests.unit.test_plugin_settings_env_and_secrets import shop_settings
 from vip_worker import cli
+from vip_worker.errors import ConfigError
 from vip_worker.testing import capture_logs
 
 
@@ -40,3 +44,34 @@ def test_the_embedded_store_is_not_opened_by_the_check(tmp_path, monkeypatch):
         assert cli.preflight(settings)[0] is None
     assert not records.events("store.unreachable")
     assert not (tmp_path / "var").exists()  # no jobs.sqlite3 made by a check
+
+
+def test_a_failed_dns_lookup_of_an_srv_uri_is_an_outage_not_a_bad_setting(tmp_path, monkeypatch):
+    # pymongo resolves mongodb+srv:// names in the client's constructor and wraps a DNS
+    # failure in ConfigurationError; exit 78 would keep systemd from ever restarting.
+    import dns.resolver
+    from pymongo.errors import ConfigurationError
+
+    from vip_worker.store import StoreUnavailable, factory, mongo
+
+    def resolving_fails(*args, **kwargs):
+        try:
+            raise dns.resolver.NoNameservers("All nameservers failed to answer the query")
+        except dns.resolver.NoNameservers as exc:
+            raise ConfigurationError(str(exc)) from exc
+
+    monkeypatch.setattr(mongo, "MongoStore", resolving_fails)
+    settings = shop_settings(tmp_path, VIP_WORKER_MONGODB_URI="mongodb+srv://db.example/jobs")
+    with pytest.raises(StoreUnavailable, match="DNS lookup failed"):
+        factory.open_store(settings)
+
+
+def test_a_check_that_does_not_answer_in_time_is_reported_as_such():
+    release = threading.Event()
+    late = cli.bounded(lambda settings: release.wait(30), None, 0.1, "no answer")
+    release.set()
+    assert late == "no answer"
+    assert cli.bounded(lambda settings: "refused", None, 5, "no answer") == "refused"
+    with pytest.raises(ConfigError):
+        cli.bounded(lambda settings: (_ for _ in ()).throw(ConfigError("mongodb_uri", "x")),
+                    None, 5, "no answer")

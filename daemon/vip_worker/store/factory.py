@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vip_worker.errors import ConfigError
-from vip_worker.store import JobStore
+from vip_worker.store import JobStore, StoreUnavailable
 
 SQLITE_FILE = "jobs.sqlite3"
 DEFAULT_STATE_DIR = "var"
@@ -46,6 +46,13 @@ def sqlite_path(settings: Any, environ: Mapping[str, str] | None = None) -> str:
     return os.path.abspath(path)
 
 
+def is_dns_failure(exc: BaseException) -> bool:
+    """Whether pymongo's ``ConfigurationError`` wraps a failed DNS query (dnspython's
+    exceptions live in the ``dns`` package)."""
+    cause = exc.__cause__
+    return cause is not None and type(cause).__module__.split(".")[0] == "dns"
+
+
 def open_store(settings: Any, environ: Mapping[str, str] | None = None) -> JobStore:
     """The job store ``settings`` name.
 
@@ -68,6 +75,10 @@ def open_store(settings: Any, environ: Mapping[str, str] | None = None) -> JobSt
         except InvalidName as exc:
             raise ConfigError("mongodb_database/collections", str(exc)) from None
         except (ConfigurationError, ValueError) as exc:
+            if is_dns_failure(exc):
+                # A mongodb+srv:// name pymongo resolves in the client's constructor: DNS
+                # down or slow is an outage (retried), not a setting to fix (exit 78).
+                raise StoreUnavailable(f"mongodb: DNS lookup failed: {exc}") from exc
             # InvalidURI, and pymongo's ValueError for a port that is not a number: the
             # collections were checked above, so a ValueError here is the URI's.
             raise ConfigError("mongodb_uri", str(exc)) from None

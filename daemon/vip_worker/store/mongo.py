@@ -159,7 +159,8 @@ class MongoStore:
                     # Duplicates already present, or a non-unique jobId index of the app's.
                     raise RuntimeError(
                         f"mongodb: cannot create a unique index on {name}.jobId ({exc}); "
-                        "remove duplicate content documents or the conflicting index"
+                        "remove duplicate content documents or the conflicting index, or "
+                        "grant the user createIndex on the collection"
                     ) from exc
             self._indexed.add(name)
         return collection
