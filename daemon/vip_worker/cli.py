@@ -282,7 +282,7 @@ def preflight(settings) -> tuple[str | None, list[str]]:
                                   f"{', '.join(settings.plugin_dirs) or 'no directory'}; "
                                   "and the vip_worker.plugins entry points)")
             answer = {"secrets": loaded.secrets(), "store_error": bounded(
-                check_store, settings, STORE_CHECK_TIMEOUT_S,
+                lambda: check_store(settings), STORE_CHECK_TIMEOUT_S,
                 f"the store did not answer within {STORE_CHECK_TIMEOUT_S:g} s")}
             write_all(write_fd, json.dumps(answer).encode())
         except (PluginError, ConfigError) as exc:
@@ -336,31 +336,30 @@ def check_store(settings) -> str | None:
         return None
     from vip_worker.store.factory import open_store
 
+    store = None
     try:
         store = open_store(settings)
+        store.get_job("vip-worker-boot-check")
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - unreachable, refused, an index conflict...
         return f"{type(exc).__name__}: {exc}"
-    try:
-        store.get_job("vip-worker-boot-check")
-    except Exception as exc:  # noqa: BLE001 - reported, not fatal
-        return f"{type(exc).__name__}: {exc}"
     finally:
-        with contextlib.suppress(Exception):
-            store.close()
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.close()
     return None
 
 
-def bounded(fn, settings, timeout_s: float, late: str):
-    """``fn(settings)`` in a daemon thread, waited for at most ``timeout_s``; ``late``
-    when it has not returned by then (the preflight child exits without waiting for it).
-    An exception it raises is raised here."""
+def bounded(fn, timeout_s: float, late: str):
+    """``fn()`` in a daemon thread, waited for at most ``timeout_s``; ``late`` when it
+    has not returned by then (the preflight child exits without waiting for it). An
+    exception it raises is raised here."""
     outcome: list = []
 
     def work():
         try:
-            outcome.append((True, fn(settings)))
+            outcome.append((True, fn()))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             outcome.append((False, exc))
 

@@ -438,18 +438,19 @@ class Consumer:
         """Send the copy with the reason attributes, budgeted to the DLQ's
         ``MaximumMessageSize``; if the DLQ still refuses it as too large (its limit
         was lowered since the poller started, or could not be read), send the body alone.
-        A body over the DLQ's limit by itself goes alone at once: no attribute fits."""
+        When no attribute fits beside the body, the body goes alone at once."""
         dedup = item.message_id if group else None
         limit = self.dlq_limits.get(item.queue.name, MAX_MESSAGE_BYTES)
-        if len(item.body.encode()) >= limit:
+        attributes = dead_letter_attributes(item, error, limit)
+        if not attributes:
             log.warning("message.dead_letter_attributes_dropped", extra={
                 **item.log_fields(), "send_error_code": None,
-                "detail": f"the body alone is at or over the DLQ's {limit} bytes"})
+                "detail": f"no reason attribute fits beside the body in the DLQ's "
+                          f"{limit} bytes"})
             await self.sqs.call("send", dlq, item.body, None, group, dedup)
             return
         try:
-            await self.sqs.call("send", dlq, item.body,
-                                dead_letter_attributes(item, error, limit), group, dedup)
+            await self.sqs.call("send", dlq, item.body, attributes, group, dedup)
         except ClientError as exc:
             if error_code(exc) not in TOO_LARGE_CODES:
                 raise

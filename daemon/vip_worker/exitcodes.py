@@ -14,8 +14,8 @@ CONFIG = 78
 POLLER_BOOT_FAILED = 3  # could not start (plugin start hook, SQS client): counts toward crash loop
 POLLER_RECYCLED = 4  # left on purpose after max_messages_per_poller / max_rss_mb: respawn at once
 # A long-running task (a receive loop, the heartbeat, the tick, the metrics reporter) died
-# of an error; the poller drained
-# and left. A crash: the respawn backs off and counts toward the crash loop.
+# of an error; the poller drained and left. A crash: the respawn backs off and counts
+# toward the crash loop.
 POLLER_TASK_FAILED = 5
 
 # Command exit codes (sysexits.h where one fits).

@@ -292,7 +292,9 @@ class WireSqs:
                 throttled = False
                 failure = exc
             else:
-                self.quota = min(RETRY_QUOTA, self.quota + (acquired or NO_RETRY_INCREMENT))
+                if self.quota < RETRY_QUOTA:  # full, as nearly always: nothing to give back
+                    self.quota = min(RETRY_QUOTA,
+                                     self.quota + (acquired or NO_RETRY_INCREMENT))
                 return result
             delay_s = self.rand() * min(MAX_BACKOFF_S, base_s * 2.0 ** (attempt - 1))
             if retry_after_s:

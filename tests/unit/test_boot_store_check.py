@@ -68,10 +68,10 @@ def test_a_failed_dns_lookup_of_an_srv_uri_is_an_outage_not_a_bad_setting(tmp_pa
 
 def test_a_check_that_does_not_answer_in_time_is_reported_as_such():
     release = threading.Event()
-    late = cli.bounded(lambda settings: release.wait(30), None, 0.1, "no answer")
+    late = cli.bounded(lambda: release.wait(30), 0.1, "no answer")
     release.set()
     assert late == "no answer"
-    assert cli.bounded(lambda settings: "refused", None, 5, "no answer") == "refused"
+    assert cli.bounded(lambda: "refused", 5, "no answer") == "refused"
     with pytest.raises(ConfigError):
-        cli.bounded(lambda settings: (_ for _ in ()).throw(ConfigError("mongodb_uri", "x")),
-                    None, 5, "no answer")
+        cli.bounded(lambda: (_ for _ in ()).throw(ConfigError("mongodb_uri", "x")),
+                    5, "no answer")

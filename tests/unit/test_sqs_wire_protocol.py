@@ -573,11 +573,9 @@ def test_a_failed_credentials_read_keeps_the_last_good_ones(run):
     assert second == "2" and b"Credential=AKID/" in request
 
 
-def test_a_slow_credentials_read_does_not_hold_calls_that_have_credentials(run):
-    # After a minute the credentials are read again; the provider chain hangs (a slow
-    # metadata service). Calls go on with the last good credentials after a short wait
-    # instead of waiting for the chain.
-    now = [0.0]
+def second_read_hangs():
+    """A provider chain whose first read answers AKID and whose second hangs (a slow
+    metadata service) until ``release`` is set; then it answers AKID2."""
     release = threading.Event()
     keys = iter(["AKID", "AKID2"])
 
@@ -586,6 +584,16 @@ def test_a_slow_credentials_read_does_not_hold_calls_that_have_credentials(run):
         if key == "AKID2":
             release.wait(30)
         return (key, "secret", None)
+
+    return credentials, release
+
+
+def test_a_slow_credentials_read_does_not_hold_calls_that_have_credentials(run):
+    # After a minute the credentials are read again; the provider chain hangs (a slow
+    # metadata service). Calls go on with the last good credentials after a short wait
+    # instead of waiting for the chain.
+    now = [0.0]
+    credentials, release = second_read_hangs()
 
     async def go():
         async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})]) as server:
@@ -609,14 +617,7 @@ def test_a_call_waiting_on_a_slow_read_keeps_its_credentials_when_another_drops_
     # While one call waits out a slow read, another is told ExpiredToken and drops the
     # snapshot to read again: the waiting call still signs with what it had.
     now = [0.0]
-    release = threading.Event()
-    keys = iter(["AKID", "AKID2"])
-
-    def credentials():
-        key = next(keys)
-        if key == "AKID2":
-            release.wait(30)
-        return (key, "secret", None)
+    credentials, release = second_read_hangs()
 
     async def go():
         async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})]) as server:
