@@ -24,10 +24,10 @@ from pathlib import Path
 
 from vip_worker import config, logconfig
 from vip_worker.consumer import Consumer
-from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
-from vip_worker.registry import HandlerRegistry
-from vip_worker.sqs import AsyncSqs
+from vip_worker.plugins.context import PollerContext
+from vip_worker.plugins.registry import HandlerRegistry
+from vip_worker.sqs.boto import AsyncSqs
 
 BODY = json.dumps({"jobId": "job-{n}", "userId": "bench", "type": "noop",
                    "timestamp": "2025-01-15T10:30:00Z", "payload": {"n": 0}})

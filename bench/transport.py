@@ -4,7 +4,7 @@
 
 Starts its own endpoint on 127.0.0.1, fills a queue with ``--count`` messages and
 drains it with nothing but ReceiveMessage(10) + DeleteMessageBatch, once with a
-boto3 client (the bare loop's calls) and once with ``vip_worker.sqs_wire`` on a
+boto3 client (the bare loop's calls) and once with ``vip_worker.sqs.wire`` on a
 uvloop loop; then again in the other order. The figure is this process's CPU
 (user + sys) per message: what each transport costs before the daemon does
 anything with a message. Prints the figures, then a JSON summary as the last line.
@@ -24,8 +24,8 @@ import time
 import uvloop
 
 from bench import endpoint, sqsutil
-from vip_worker.sqs import make_client
-from vip_worker.sqs_wire import WireSqs, open_sqs
+from vip_worker.sqs.boto import make_client
+from vip_worker.sqs.wire import WireSqs, open_sqs
 
 
 def drain_boto3(client, url: str, count: int) -> float:

@@ -40,7 +40,7 @@ def fake_aws_env():
 @pytest.fixture(scope="session")
 def sqs_endpoint(fake_aws_env, vip_worker_sqs_endpoint):
     """moto's SQS server over HTTP on 127.0.0.1, for the whole session: the one the
-    vip_worker pytest plugin (vip_worker.pytest_plugin) starts for plugin authors."""
+    vip_worker pytest plugin (vip_worker.testing.pytest_plugin) starts for plugin authors."""
     return vip_worker_sqs_endpoint
 
 

@@ -1,6 +1,6 @@
 """An in-memory SQS for unit tests, driven by a fake clock, and small async helpers.
 
-``FakeSqs`` has the blocking methods of ``vip_worker.sqs.SqsClient`` and keeps
+``FakeSqs`` has the blocking methods of ``vip_worker.sqs.boto.SqsClient`` and keeps
 SQS's rules that matter to the daemon: a received message is invisible until
 its visibility deadline; every receive gives a new receipt handle and bumps
 ``ApproximateReceiveCount``; only the latest receipt handle is valid; FIFO
@@ -31,10 +31,10 @@ from botocore.exceptions import ClientError
 
 from vip_worker import config
 from vip_worker.consumer import Consumer
-from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
-from vip_worker.registry import HandlerRegistry
-from vip_worker.sqs import EntryFailure
+from vip_worker.plugins.context import PollerContext
+from vip_worker.plugins.registry import HandlerRegistry
+from vip_worker.sqs.boto import EntryFailure
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -98,7 +98,7 @@ class FakeQueue:
 
 
 class FakeSqs:
-    """Blocking, in-memory SQS with the methods of ``vip_worker.sqs.SqsClient``."""
+    """Blocking, in-memory SQS with the methods of ``vip_worker.sqs.boto.SqsClient``."""
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         self.clock = clock or FakeClock()
@@ -417,7 +417,7 @@ class ConsumerHarness:
         self.registry = HandlerRegistry()
         for message_type, fn in handlers.items():
             self.registry.add("testplugin", message_type, fn)
-        # As plugin loading resolves them (vip_worker.plugin_settings).
+        # As plugin loading resolves them (vip_worker.plugins.settings).
         self.registry.plugin_settings = dict(self.settings.plugin_settings)
         self.dlq_limits: dict[str, int] = {}  # MaximumMessageSize by queue, as the poller reads
         self.consumer = None

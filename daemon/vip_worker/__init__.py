@@ -5,8 +5,8 @@ the error types that classify outcomes, and the message type handed to handlers.
 """
 
 from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
-from vip_worker.hookspecs import hookimpl
 from vip_worker.message import Envelope
+from vip_worker.plugins.hookspecs import hookimpl
 
 __all__ = [
     "DependencyUnavailable", "Envelope", "PermanentError", "RetryLater", "hookimpl",

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from vip_worker.sqs import TRANSPORT_ERRORS, EntryFailure, error_code
+from vip_worker.sqs.boto import TRANSPORT_ERRORS, EntryFailure, error_code
 
 BATCH_MAX = 10
 log = logging.getLogger("vip_worker.batching")

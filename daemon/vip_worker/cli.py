@@ -28,9 +28,11 @@ import sys
 import threading
 import time
 
-from vip_worker import __version__, config, exitcodes, jobs_cli, logconfig, ops_cli
+from vip_worker import __version__, config, exitcodes, logconfig
 from vip_worker.errors import ConfigError, PluginError
-from vip_worker.jobs_cli import PAYLOAD_FLAGS, camel
+from vip_worker.ops import commands as ops_cli
+from vip_worker.ops import jobs as jobs_cli
+from vip_worker.ops.jobs import PAYLOAD_FLAGS, camel
 
 log = logging.getLogger("vip_worker.cli")
 PREFLIGHT_TIMEOUT_S = 60.0
@@ -111,11 +113,11 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "dev":
-        from vip_worker import devstack
+        from vip_worker.dev import stack as devstack
 
         return devstack.main(args)
     if args.command == "new-plugin":
-        from vip_worker import scaffold
+        from vip_worker.dev import scaffold
 
         return scaffold.main(args)
     try:
@@ -139,8 +141,8 @@ def cmd_config(args, settings) -> int:
     """The settings, then every plugin's declared settings (so the plugins are loaded:
     their declarations say which values are secret). A plugin that does not load is
     reported, its settings shown masked, and the exit code is 78."""
-    from vip_worker import plugin_settings
     from vip_worker.plugins import load_plugins
+    from vip_worker.plugins import settings as plugin_settings
 
     code, declared = exitcodes.OK, None
     try:
@@ -236,7 +238,7 @@ def start_services(arbiter) -> list:
     Returns objects with ``stop()``; the arbiter stops them when it exits. A health port
     that cannot be bound fails the boot with exit 78, like any other bad setting.
     """
-    from vip_worker import health, spot
+    from vip_worker.services import health, spot
 
     settings = arbiter.settings
     services = []

@@ -623,7 +623,7 @@ def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> li
     """Rows of (key, value, source) for ``vip-worker config``, secrets masked.
 
     The plugins' settings are not among them: their declarations come from the plugins
-    (``vip_worker.plugin_settings.describe``).
+    (``vip_worker.plugins.settings.describe``).
     """
     env = os.environ if environ is None else environ
     rows = []

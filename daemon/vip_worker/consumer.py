@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from vip_worker.batching import BATCH_MAX, Batcher
-from vip_worker.context import HandlerContext, PollerContext
 from vip_worker.errors import (
     DependencyUnavailable,
     JobTimedOut,
@@ -30,11 +29,12 @@ from vip_worker.errors import (
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.inflight import InFlight
 from vip_worker.message import parse_envelope
-from vip_worker.metrics import QueueMetrics
-from vip_worker.registry import Handler, HandlerRegistry
-from vip_worker.retry import MAX_MESSAGE_BYTES, dead_letter_attributes, reason_of, retry_delay
+from vip_worker.outcomes import MAX_MESSAGE_BYTES, dead_letter_attributes, reason_of, retry_delay
+from vip_worker.plugins.context import HandlerContext, PollerContext
+from vip_worker.plugins.registry import Handler, HandlerRegistry
+from vip_worker.services.metrics import QueueMetrics
 from vip_worker.slots import Slots
-from vip_worker.sqs import TRANSPORT_ERRORS, ClientError, error_code
+from vip_worker.sqs.boto import TRANSPORT_ERRORS, ClientError, error_code
 
 log = logging.getLogger("vip_worker.consumer")
 RECEIVE_ERROR_BACKOFF_MAX_S = 30.0
@@ -97,7 +97,7 @@ class Consumer:
         # Outcome counters, copied to shared memory every second by the poller.
         self.stats = {"succeeded": 0, "retried": 0, "dead_lettered": 0, "released": 0,
                       "busy_s": 0.0}
-        # Per-queue counts for the CloudWatch metric lines (vip_worker.metrics).
+        # Per-queue counts for the CloudWatch metric lines (vip_worker.services.metrics).
         self.queue_metrics = {q.name: QueueMetrics() for q in settings.queues}
         self.abandoned_threads = 0
         self.on_handled: Callable[[], None] = lambda: None

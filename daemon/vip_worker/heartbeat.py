@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from vip_worker.batching import BATCH_MAX
 from vip_worker.inflight import InFlight
-from vip_worker.sqs import TRANSPORT_ERRORS, error_code
+from vip_worker.sqs.boto import TRANSPORT_ERRORS, error_code
 
 EXTEND_AT = 0.5  # extend when this share of the timeout is left
 COALESCE = 0.25  # ...and take along messages due within this share of the timeout

@@ -23,15 +23,16 @@ import os
 import signal
 import time
 
-from vip_worker import exitcodes, metrics
+from vip_worker import exitcodes
 from vip_worker.consumer import Consumer
-from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.liveness import COUNTERS, HANDLED, INFLIGHT, READY, TICK
+from vip_worker.outcomes import MAX_MESSAGE_BYTES
 from vip_worker.plugins import describe_exception, load_plugins
-from vip_worker.retry import MAX_MESSAGE_BYTES
-from vip_worker.sqs import TRANSPORT_ERRORS, AsyncSqs, error_code
-from vip_worker.sqs_wire import WireSqs, open_sqs
+from vip_worker.plugins.context import PollerContext
+from vip_worker.services import metrics
+from vip_worker.sqs.boto import TRANSPORT_ERRORS, AsyncSqs, error_code
+from vip_worker.sqs.wire import WireSqs, open_sqs
 
 log = logging.getLogger("vip_worker.poller")
 TICK_S = 1.0
@@ -173,7 +174,7 @@ class Poller:
             self.shm[COUNTERS[name]] = value
 
     async def report_metrics(self, consumer: Consumer, sqs: AsyncSqs) -> None:
-        """Every metrics_interval_s: one EMF line per queue (see vip_worker.metrics)."""
+        """Every metrics_interval_s: one EMF line per queue (see vip_worker.services.metrics)."""
         interval = self.settings.metrics_interval_s
         if not interval:
             return

@@ -5,7 +5,7 @@ service and an unavailable job store, while pollers die and the daemon restarts.
 (``test_chaos.py``, short) and the soak (``bench/soak.py``, long). It starts and
 always stops: the stub generation service (with a fault drawn per call), the
 SQS fault proxy in front of moto, the daemon (as a process group), the feeder
-(``vip_worker.producer.Producer`` through the proxy) and the chaos monkey; then
+(``vip_worker.pipeline.producer.Producer`` through the proxy) and the chaos monkey; then
 drains and hands everything to the ledger (``ledger.py``).
 
 Everything listens on 127.0.0.1.
@@ -35,7 +35,7 @@ import boto3
 from tests.chaos.ledger import COLLECTIONS, JobSpec, JobState, Report, build_report, dlq_entry
 from tests.chaos.sqs_proxy import FaultPlan, SqsFaultProxy
 from tests.e2e.daemon import Daemon, write_config
-from vip_worker.stubservice import PREFIX, StubGenerationService
+from vip_worker.dev.stubservice import PREFIX, StubGenerationService
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_PLUGINS = ROOT / "plugins"
@@ -294,7 +294,7 @@ def start_daemon(run: Run) -> Daemon:
 
 
 def make_specs(run: Run) -> list[JobSpec]:
-    from vip_worker.producer import new_job_id
+    from vip_worker.pipeline.producer import new_job_id
 
     c = run.config
     specs = []
@@ -331,7 +331,7 @@ def depth(run: Run) -> int:
 def feed(run: Run, producer) -> None:
     """Send every job, paced over ``feed_s``; a failed send is sent again (same jobId):
     a send whose answer was lost may then arrive twice, as from a real app."""
-    from vip_worker.sqs import TRANSPORT_ERRORS
+    from vip_worker.sqs.boto import TRANSPORT_ERRORS
     from vip_worker.store import StoreUnavailable
 
     pause = run.config.feed_s / max(1, len(run.specs))
@@ -525,8 +525,8 @@ def depth_of(run: Run, url: str) -> int:
 def run_scenario(config: ChaosConfig, workdir: Path, moto_endpoint: str) -> tuple[Report, Run]:
     """Run the whole scenario; every process and thread it starts is stopped on return."""
     from vip_worker import config as vip_config
-    from vip_worker.producer import Producer
-    from vip_worker.sqs import make_client
+    from vip_worker.pipeline.producer import Producer
+    from vip_worker.sqs.boto import make_client
 
     seed = config.seed if config.seed is not None else random.randrange(2**31)
     run = Run(config, workdir, boto3.client("sqs", endpoint_url=moto_endpoint,

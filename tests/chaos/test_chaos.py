@@ -48,7 +48,7 @@ def test_every_job_is_accounted_for_under_chaos(tmp_path, sqs_endpoint):
 def one_poller(tmp_path, sqs_endpoint):
     """The articles plugin on one queue, one poller, max_attempts=1: every failure is
     the last attempt. Yields (daemon, sqs client, urls, config path, store path)."""
-    from vip_worker.stubservice import StubGenerationService
+    from vip_worker.dev.stubservice import StubGenerationService
 
     sqs = boto3.client("sqs", endpoint_url=sqs_endpoint, region_name="us-east-1")
     dlq = sqs.create_queue(QueueName=f"last-{time.time_ns()}-dlq")["QueueUrl"]
@@ -78,7 +78,7 @@ def one_poller(tmp_path, sqs_endpoint):
 
 def test_store_outage_on_the_last_attempt_is_retried_not_dead_lettered(one_poller):
     from vip_worker import config
-    from vip_worker.producer import Producer
+    from vip_worker.pipeline.producer import Producer
 
     daemon, sqs, urls, config_path, store_path = one_poller
     store = Producer(config.load(str(config_path), environ={})).store
@@ -113,9 +113,9 @@ def test_a_concurrent_twin_delivery_cannot_requeue_a_dead_lettered_job(tmp_path)
     import threading
 
     from vip_worker import pipeline
-    from vip_worker.context import HandlerContext, PollerContext
     from vip_worker.errors import PermanentError
     from vip_worker.message import Envelope
+    from vip_worker.plugins.context import HandlerContext, PollerContext
     from vip_worker.store.sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "jobs.sqlite3")

@@ -27,7 +27,7 @@ from tests.chaos.sqs_proxy import SQS_MAX_BYTES, SqsFaultProxy, message_size
 from tests.e2e.daemon import Daemon, write_config
 from vip_worker.errors import MalformedMessage
 from vip_worker.message import Envelope, parse_envelope
-from vip_worker.retry import SOURCE_MESSAGE_ID
+from vip_worker.outcomes import SOURCE_MESSAGE_ID
 
 MIB = 1024 * 1024
 REQUIRED = ("jobId", "userId", "type", "timestamp", "payload")

@@ -21,7 +21,7 @@ PLUGINS = os.path.join(os.path.dirname(TEST_PLUGINS), "..", "..", "plugins")
 
 @pytest.fixture
 def generation():
-    from vip_worker.stubservice import StubGenerationService
+    from vip_worker.dev.stubservice import StubGenerationService
 
     service = StubGenerationService()
     service.start()

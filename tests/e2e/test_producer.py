@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from vip_worker import config
-from vip_worker.producer import Producer
+from vip_worker.pipeline.producer import Producer
 
 pytestmark = pytest.mark.e2e
 PROJECT_PLUGINS = os.path.join(os.path.dirname(__file__), "..", "..", "plugins")
@@ -19,7 +19,7 @@ PROJECT_PLUGINS = os.path.join(os.path.dirname(__file__), "..", "..", "plugins")
 
 @pytest.fixture
 def generation():
-    from vip_worker.stubservice import StubGenerationService
+    from vip_worker.dev.stubservice import StubGenerationService
 
     with StubGenerationService() as service:
         yield service
@@ -53,7 +53,7 @@ def test_without_sqs_the_handler_runs_inline(tmp_path, generation, caplog):
     producer = Producer(settings(tmp_path, FASTAPI_URL=generation.url,
                                  VIP_WORKER_PLUGIN_DIRS=os.path.abspath(PROJECT_PLUGINS)))
     assert not producer.is_sqs_configured("articles")
-    with caplog.at_level(logging.WARNING, logger="vip_worker.producer"):
+    with caplog.at_level(logging.WARNING, logger="vip_worker.pipeline.producer"):
         job_id = producer.enqueue("articles", {"topic": "Inline", "wordCount": 120},
                                   user_id="u-2")
     assert [r.getMessage() for r in caplog.records] == ["producer.inline"]

@@ -13,14 +13,14 @@ import time
 import pytest
 import requests
 
+from vip_worker.dev.stubservice import StubGenerationService
 from vip_worker.errors import PermanentError, RetryLater
-from vip_worker.generation import (
+from vip_worker.pipeline.generation import (
     MAX_FIELD_CHARS,
     GenerationClient,
     GenerationUnavailable,
     camel_to_snake,
 )
-from vip_worker.stubservice import StubGenerationService
 
 MODES = ("topic", "keywords", "trends", "spin")
 SEED_PAYLOAD = {

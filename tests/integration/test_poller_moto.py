@@ -12,7 +12,7 @@ from tests.conftest import envelope
 from vip_worker import config, liveness
 from vip_worker import poller as poller_module
 from vip_worker.poller import Poller
-from vip_worker.sqs import SqsClient, make_client
+from vip_worker.sqs.boto import SqsClient, make_client
 
 pytestmark = pytest.mark.integration
 

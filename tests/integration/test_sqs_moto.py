@@ -11,11 +11,11 @@ import pytest
 from tests.conftest import envelope, queue_counts
 from vip_worker import PermanentError, config
 from vip_worker.consumer import Consumer
-from vip_worker.context import PollerContext
 from vip_worker.heartbeat import Heartbeat
+from vip_worker.plugins.context import PollerContext
+from vip_worker.plugins.registry import HandlerRegistry
 from vip_worker.poller import resolve_dlq
-from vip_worker.registry import HandlerRegistry
-from vip_worker.sqs import AsyncSqs, SqsClient, make_client
+from vip_worker.sqs.boto import AsyncSqs, SqsClient, make_client
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import asyncio
 import pytest
 
 from tests.conftest import queue_counts
-from vip_worker.sqs import AsyncSqs, SqsClient, error_code, make_client
-from vip_worker.sqs_wire import WireSqs, open_sqs
+from vip_worker.sqs.boto import AsyncSqs, SqsClient, error_code, make_client
+from vip_worker.sqs.wire import WireSqs, open_sqs
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import queue_counts
 from tests.ops_cli.conftest import dead_letter, job_ids, make_config, receive_all, run
-from vip_worker import dlq, sqs
+from vip_worker.ops import dlq
+from vip_worker.sqs import boto as sqs
 
 pytestmark = pytest.mark.integration
 

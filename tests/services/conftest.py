@@ -28,6 +28,6 @@ def free_port():
 
 @pytest.fixture
 def spot_log():
-    """The ``vip_worker.spot`` log records, whatever another test did to logging."""
-    with capture_logs("vip_worker.spot") as records:
+    """The ``vip_worker.services.spot`` log records, whatever another test did to logging."""
+    with capture_logs("vip_worker.services.spot") as records:
         yield records

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import envelope
 from vip_worker import exitcodes
-from vip_worker.health import HealthServer, ready, render_metrics
+from vip_worker.services.health import HealthServer, ready, render_metrics
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="[a-z_]+"\})? -?[0-9.e+]+$')

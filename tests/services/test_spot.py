@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import envelope, queue_counts
 from tests.services.fake_imds import ASG_PATH, SPOT_PATH, TOKEN_PATH, FakeImds
-from vip_worker import spot
-from vip_worker.spot import Notice, SpotWatcher
+from vip_worker.services import spot
+from vip_worker.services.spot import Notice, SpotWatcher
 
 
 class Clock:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from vip_worker import cli, exitcodes
-from vip_worker.jobs_cli import payloads_from
-from vip_worker.plugins import NAMESPACE
+from vip_worker.ops.jobs import payloads_from
+from vip_worker.plugins.manager import NAMESPACE
 from vip_worker.store.factory import open_store
 
 PROJECT_PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
@@ -144,7 +144,7 @@ def test_keywords_flag_sends_a_list():
 
 
 def test_a_keywords_article_enqueued_inline_is_generated(tmp_path, monkeypatch, capsys):
-    from vip_worker.stubservice import StubGenerationService
+    from vip_worker.dev.stubservice import StubGenerationService
 
     monkeypatch.setenv("VIP_WORKER_PLUGIN_DIRS", str(PROJECT_PLUGINS))
     with StubGenerationService() as service:

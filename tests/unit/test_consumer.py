@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import envelope
 from tests.fakes import ConsumerHarness, wait_until
-from vip_worker import retry
+from vip_worker import outcomes as retry
 from vip_worker.errors import PermanentError, PluginError, RetryLater
 from vip_worker.poller import resolve_dlq
 

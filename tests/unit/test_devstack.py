@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from vip_worker.devstack import state_directory
+from vip_worker.dev.stack import state_directory
 
 
 def test_its_own_temporary_state_directory_is_removed_with_its_contents():

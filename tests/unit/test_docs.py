@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from vip_worker import cli, config, exitcodes
-from vip_worker.hookspecs import HookSpecs
+from vip_worker.plugins.hookspecs import HookSpecs
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

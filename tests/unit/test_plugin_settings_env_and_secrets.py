@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import make_settings
-from vip_worker import cli, config, exitcodes, plugin_settings
+from vip_worker import cli, config, exitcodes
 from vip_worker.errors import PluginError
-from vip_worker.plugins import NAMESPACE, load_plugins
+from vip_worker.plugins import settings as plugin_settings
+from vip_worker.plugins.manager import NAMESPACE, load_plugins
 
 SECRETS_PLUGIN = """
 from vip_worker import hookimpl

@@ -11,8 +11,8 @@ import pytest
 
 from tests.fakes import make_settings
 from vip_worker.errors import ConfigError, PluginError
-from vip_worker.plugins import NAMESPACE, discover, load_plugins
-from vip_worker.registry import HandlerRegistry
+from vip_worker.plugins.manager import NAMESPACE, discover, load_plugins
+from vip_worker.plugins.registry import HandlerRegistry
 
 OK = """
 from vip_worker import hookimpl

@@ -11,11 +11,11 @@ import pytest
 
 from tests.fakes import make_settings
 from vip_worker import hookimpl
-from vip_worker.context import PollerContext
 from vip_worker.errors import HookFailed, PluginError
-from vip_worker.plugins import load_plugins, make_plugin_manager
+from vip_worker.pipeline.producer import Producer
+from vip_worker.plugins.context import PollerContext
+from vip_worker.plugins.manager import load_plugins, make_plugin_manager
 from vip_worker.poller import call_hook
-from vip_worker.producer import Producer
 from vip_worker.testing import capture_logs
 
 
@@ -136,7 +136,7 @@ def test_the_producer_runs_every_stop_hook_and_logs_the_failures():
     producer.inline = types.SimpleNamespace(manager=manager_of(
         plugin("calm", calls), plugin("grumpy", calls, fail="stop")))
     # A handler of its own: another test may have made "vip_worker" stop propagating.
-    with capture_logs("vip_worker.producer", level=None) as collector:
+    with capture_logs("vip_worker.pipeline.producer", level=None) as collector:
         producer.close()  # does not raise
     assert calls == ["calm.stop", "grumpy.stop"]  # the reverse of the start order
     [record] = collector.records

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes import make_queue_settings
-from vip_worker import retry
+from vip_worker import outcomes as retry
 from vip_worker.errors import PermanentError
 from vip_worker.inflight import InFlight
 

@@ -1,4 +1,4 @@
-"""vip_worker.sigv4 signs exactly as botocore's SigV4Auth does."""
+"""vip_worker.sqs.sigv4 signs exactly as botocore's SigV4Auth does."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from vip_worker.sigv4 import Credentials, Signer
+from vip_worker.sqs.sigv4 import Credentials, Signer
 
 HEADERS = {"content-type": "application/x-amz-json-1.0",
            "x-amz-target": "AmazonSQS.ReceiveMessage", "x-amzn-query-mode": "true"}

@@ -12,9 +12,9 @@ import threading
 import pytest
 import uvloop
 
-from vip_worker.http11 import Origin
-from vip_worker.sqs import error_code
-from vip_worker.sqs_wire import WireSqs
+from vip_worker.sqs.boto import error_code
+from vip_worker.sqs.http11 import Origin
+from vip_worker.sqs.wire import WireSqs
 from vip_worker.testing import capture_logs
 
 
@@ -278,7 +278,7 @@ def test_transport_errors_are_retried_three_times_then_raised(run):
 
 
 def test_retries_draw_on_botocores_quota_and_successes_refill_it(run):
-    from vip_worker import sqs_wire
+    from vip_worker.sqs import wire as sqs_wire
 
     unavailable = error(503, {"__type": "ServiceUnavailable"})
     throttled = error(400, {"__type": "com.amazonaws.sqs#RequestThrottled"},
@@ -716,7 +716,7 @@ def test_a_refused_signature_hands_the_poller_to_boto3(run):
         async with Scripted([refused]) as server:
             fallback = RecordingFallback()
             sqs = WireSqs(fallback, server.url, "us-east-1", lambda: ("AKID", "s", None))
-            with capture_logs("vip_worker.sqs_wire") as records:
+            with capture_logs("vip_worker.sqs.wire") as records:
                 first = await sqs.call("send", "http://q/1/work", "a")
                 second = await sqs.call("delete_batch", "http://q/1/work", [("0", "rh")])
             return first, second, fallback.calls, len(server.requests), records
@@ -735,7 +735,7 @@ def test_the_fallback_is_logged_once_when_calls_in_flight_are_refused_too(run):
         async with Scripted([refused, refused]) as server:
             sqs = WireSqs(RecordingFallback(), server.url, "us-east-1",
                           lambda: ("AKID", "s", None))
-            with capture_logs("vip_worker.sqs_wire") as records:
+            with capture_logs("vip_worker.sqs.wire") as records:
                 answers = await asyncio.gather(sqs.call("send", "http://q/1/work", "a"),
                                                sqs.call("send", "http://q/1/work", "b"))
             return answers, len(server.requests), records

@@ -22,7 +22,7 @@ class Handler:
 class HandlerRegistry:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
-        # plugin -> its resolved settings (see vip_worker.plugin_settings)
+        # plugin -> its resolved settings (see vip_worker.plugins.settings)
         self.plugin_settings: dict[str, dict] = {}
 
     def registrar(self, plugin: str) -> Callable[[str, Callable], None]:

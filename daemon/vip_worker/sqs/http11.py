@@ -1,6 +1,6 @@
 """A small HTTP/1.1 client on asyncio streams: one origin, keep-alive connections.
 
-Just what ``vip_worker.sqs_wire`` needs: POST a prepared request, read a response
+Just what ``vip_worker.sqs.wire`` needs: POST a prepared request, read a response
 framed by ``Content-Length`` or chunked encoding, keep the connection for the next
 call. No redirects, no proxies, no compression (SQS uses none of them). Every
 failure to get a whole response is a ``ConnectionError`` (an ``OSError``), and a

@@ -88,7 +88,7 @@ def state_directory(given: str | None) -> Iterator[str]:
 
 
 def main(args) -> int:
-    from vip_worker.stubservice import StubGenerationService
+    from vip_worker.dev.stubservice import StubGenerationService
 
     env = dict(os.environ)
     env.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -116,7 +116,7 @@ def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_d
     import boto3
 
     from vip_worker import config
-    from vip_worker.producer import Producer
+    from vip_worker.pipeline.producer import Producer
 
     client = boto3.client("sqs", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
                           aws_access_key_id=env["AWS_ACCESS_KEY_ID"],

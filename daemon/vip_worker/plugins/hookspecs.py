@@ -25,7 +25,7 @@ class HookSpecs:
             blocking clients such as requests and pymongo) or ``async def`` (run
             on the event loop; it must never block). ``message`` is a
             :class:`vip_worker.Envelope`; ``ctx`` a
-            :class:`vip_worker.context.HandlerContext`. A type registered by two
+            :class:`vip_worker.plugins.context.HandlerContext`. A type registered by two
             plugins stops the boot.
         """
 
@@ -61,7 +61,7 @@ class HookSpecs:
         Order: the wrapper pluggy calls first is the outermost (mark it
         ``@hookimpl(tryfirst=True)`` to be outermost, ``trylast=True`` innermost).
 
-        :param handler: a :class:`vip_worker.registry.Handler` (``message_type``,
+        :param handler: a :class:`vip_worker.plugins.registry.Handler` (``message_type``,
             ``fn``, ``is_async``, ``plugin``).
         """
 
@@ -76,7 +76,7 @@ class HookSpecs:
         hooks not called yet are skipped, and only the plugins whose start hook
         had returned get their stop hook.
 
-        :param context: the poller's :class:`vip_worker.context.PollerContext`.
+        :param context: the poller's :class:`vip_worker.plugins.context.PollerContext`.
         """
 
     @hookspec
@@ -90,5 +90,5 @@ class HookSpecs:
         (``poller.stop_hook_failed``, naming each plugin). When a start hook
         raised, only the plugins whose start hook had returned are stopped.
 
-        :param context: the poller's :class:`vip_worker.context.PollerContext`.
+        :param context: the poller's :class:`vip_worker.plugins.context.PollerContext`.
         """

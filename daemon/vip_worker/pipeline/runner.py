@@ -23,7 +23,7 @@ from typing import Any
 from vip_worker.errors import PermanentError, RetryLater
 from vip_worker.store import ClaimOutcome, StoreUnavailable
 
-GENERATION_CLIENT = "vip_worker.generation"  # key in the poller's resources
+GENERATION_CLIENT = "vip_worker.pipeline.generation"  # key in the poller's resources
 BUSY_RETRY_MAX_S = 300.0
 ERROR_MAX = 1000
 
@@ -36,7 +36,7 @@ def generation_client(context):
     """The poller's one generation client (a requests Session), made on first use."""
     client = context.resources.get(GENERATION_CLIENT)
     if client is None:
-        from vip_worker.generation import GenerationClient
+        from vip_worker.pipeline.generation import GenerationClient
 
         settings = context.settings
         client = GenerationClient(

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-log = logging.getLogger("vip_worker.health")
+log = logging.getLogger("vip_worker.services.health")
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTCOMES = ("succeeded", "retried", "dead_lettered", "released")

@@ -2,7 +2,7 @@
 
 Neither needs the daemon: ``status`` asks SQS for the counts and reads the local
 daemon's ``<runtime_dir>/status.json`` for its pollers and rate. The SQS work is in
-``vip_worker.dlq``. boto3 is imported inside the commands only: ``cli``, and so
+``vip_worker.ops.dlq``. boto3 is imported inside the commands only: ``cli``, and so
 the master, imports this module. Manual: docs/status-and-dlq.md.
 """
 
@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from vip_worker import exitcodes
-from vip_worker.retry import ERROR_TEXT, SOURCE_QUEUE
+from vip_worker.outcomes import ERROR_TEXT, SOURCE_QUEUE
 from vip_worker.store.factory import runtime_dir, state_dir
 
 STALE_AFTER_S = 10.0  # the master writes status.json every 2 s
@@ -71,13 +71,13 @@ def fail(text: str) -> None:
 
 
 def describe_error(exc: BaseException) -> str:
-    from vip_worker.sqs import error_code
+    from vip_worker.sqs.boto import error_code
 
     return f"{error_code(exc)}: {str(exc)[:300]}"
 
 
 def client_for(settings):
-    from vip_worker import sqs
+    from vip_worker.sqs import boto as sqs
 
     return sqs.make_client(settings.region, settings.sqs_endpoint_url, max_pool=4)
 
@@ -118,8 +118,8 @@ def cmd_status(args, settings) -> int:
 
 def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
     """The document ``status --json`` prints (keys in docs/status-and-dlq.md)."""
-    from vip_worker import dlq
-    from vip_worker.sqs import TRANSPORT_ERRORS
+    from vip_worker.ops import dlq
+    from vip_worker.sqs.boto import TRANSPORT_ERRORS
 
     queues, errors, warnings = [], [], []
     for queue in settings.queues:
@@ -254,8 +254,8 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def cmd_dlq(args, settings) -> int:
-    from vip_worker import dlq
-    from vip_worker.sqs import TRANSPORT_ERRORS
+    from vip_worker.ops import dlq
+    from vip_worker.sqs.boto import TRANSPORT_ERRORS
 
     try:
         queue = settings.queue(args.queue)
@@ -285,7 +285,7 @@ def cmd_dlq(args, settings) -> int:
 
 
 def cmd_peek(args, client, dlq_url: str) -> int:
-    from vip_worker import dlq
+    from vip_worker.ops import dlq
 
     messages, problems = dlq.peek(client, dlq_url, args.n)
     for problem in problems:
@@ -328,8 +328,8 @@ def refusal(exc) -> str:
 
 
 def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
-    from vip_worker import dlq
-    from vip_worker.sqs import TRANSPORT_ERRORS, error_code
+    from vip_worker.ops import dlq
+    from vip_worker.sqs.boto import TRANSPORT_ERRORS, error_code
 
     to_url = None
     if args.to:
@@ -376,8 +376,8 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
 
 def started_move_task(args, client, journal, dlq_url: str, to_url: str | None) -> bool:
     """Try StartMessageMoveTask unless the manual move must run; say which way it goes."""
-    from vip_worker import dlq
-    from vip_worker.sqs import ClientError
+    from vip_worker.ops import dlq
+    from vip_worker.sqs.boto import ClientError
 
     pending = journal.pending()
     if pending:
@@ -401,7 +401,7 @@ def started_move_task(args, client, journal, dlq_url: str, to_url: str | None) -
 
 
 def report(result, left: int, path: str) -> None:
-    from vip_worker.dlq import MOVE_VISIBILITY_S
+    from vip_worker.ops.dlq import MOVE_VISIBILITY_S
 
     for error in result.errors:
         fail(error)

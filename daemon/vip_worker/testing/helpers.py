@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from vip_worker.context import HandlerContext, PollerContext
 from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
 from vip_worker.message import Envelope
-from vip_worker.retry import reason_of, retry_delay
-from vip_worker.testing_store import MemoryStore
+from vip_worker.outcomes import reason_of, retry_delay
+from vip_worker.plugins.context import HandlerContext, PollerContext
+from vip_worker.testing.store import MemoryStore
 
 __all__ = ["LogRecords", "MemoryStore", "Outcome", "capture_logs", "make_message", "run_handler",
            "write_config"]

@@ -7,7 +7,7 @@ to the queue named after the type (``articles`` -> the ``articles`` queue).
 The seed's fallback: when SQS is not configured for the type, the handler runs
 inline in the caller's process and the log says so ("the system still works").
 
-    from vip_worker.producer import queue_article_generation, is_sqs_configured
+    from vip_worker.pipeline.producer import queue_article_generation, is_sqs_configured
     job_id = queue_article_generation(None, user_id, {"mode": "topic", "topic": "..."})
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 from bson import ObjectId
 
 from vip_worker import config
-from vip_worker.context import HandlerContext, PollerContext
 from vip_worker.message import Envelope
+from vip_worker.plugins.context import HandlerContext, PollerContext
 
-log = logging.getLogger("vip_worker.producer")
+log = logging.getLogger("vip_worker.pipeline.producer")
 
 
 def new_job_id() -> str:
@@ -95,7 +95,7 @@ class Producer:
 
     def client(self):
         if self.sqs_client is None:
-            from vip_worker.sqs import make_client
+            from vip_worker.sqs.boto import make_client
 
             self.sqs_client = make_client(self.settings.region, self.settings.sqs_endpoint_url)
         return self.sqs_client

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pluggy
 
-from vip_worker import plugin_settings
 from vip_worker.errors import ConfigError, PluginError
-from vip_worker.hookspecs import PROJECT, HookSpecs
-from vip_worker.registry import HandlerRegistry, is_async
+from vip_worker.plugins import settings as plugin_settings
+from vip_worker.plugins.hookspecs import PROJECT, HookSpecs
+from vip_worker.plugins.registry import HandlerRegistry, is_async
 
 NAMESPACE = "vip_worker_plugins"
 ENTRY_POINT_GROUP = "vip_worker.plugins"

@@ -83,12 +83,12 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
 
     from vip_worker import config
     from vip_worker.consumer import Consumer
-    from vip_worker.context import PollerContext
     from vip_worker.heartbeat import Heartbeat
     from vip_worker.logconfig import SUCCEEDED
+    from vip_worker.plugins.context import PollerContext
+    from vip_worker.plugins.registry import HandlerRegistry
     from vip_worker.poller import resolve_dlq
-    from vip_worker.registry import HandlerRegistry
-    from vip_worker.sqs import AsyncSqs, SqsClient, make_client
+    from vip_worker.sqs.boto import AsyncSqs, SqsClient, make_client
     from vip_worker.testing import capture_logs
 
     client = make_client("us-east-1", endpoint)

@@ -15,7 +15,7 @@ Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
 - ``reset``: the connection is reset (RST) without a response.
 - ``garbage``: 200 with a non-JSON body.
 
-Standalone: ``python -m vip_worker.stubservice --port 8000 --latency 0.5 --failure-rate 0.1``.
+Standalone: ``python -m vip_worker.dev.stubservice --port 8000 --latency 0.5 --failure-rate 0.1``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from vip_worker import exitcodes
 
-log = logging.getLogger("vip_worker.stubservice")
+log = logging.getLogger("vip_worker.dev.stubservice")
 FAULT_MODES = ("ok", "error500", "error429", "hang", "reset", "garbage")
 ARTICLE_MODES = ("topic", "keywords", "trends", "spin")
 PREFIX = "/api/generation/"
@@ -418,7 +418,7 @@ class StubGenerationService:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vip_worker.stubservice",
+    parser = argparse.ArgumentParser(prog="python -m vip_worker.dev.stubservice",
                                      description="A stub of the FastAPI generation service.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=int, default=8000)

@@ -1,4 +1,4 @@
-"""AWS Signature Version 4 for the JSON POSTs of ``vip_worker.sqs_wire``.
+"""AWS Signature Version 4 for the JSON POSTs of ``vip_worker.sqs.wire``.
 
 Only the shape those requests have: ``POST /``, no query string, a fixed set of
 headers. botocore's ``SigV4Auth`` signs any request and costs ~120 us a call;

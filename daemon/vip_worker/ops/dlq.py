@@ -1,8 +1,8 @@
 """Dead-letter queues: find a queue's DLQ, peek at it, and move its messages back.
 
-Every function takes an SQS client made by ``vip_worker.sqs.make_client`` (or any
+Every function takes an SQS client made by ``vip_worker.sqs.boto.make_client`` (or any
 object with the same methods); this module never imports boto3, and SQS errors
-(``vip_worker.sqs.TRANSPORT_ERRORS``) reach the caller unchanged.
+(``vip_worker.sqs.boto.TRANSPORT_ERRORS``) reach the caller unchanged.
 
 The manual move is made safe against a crash by a ``Journal``: one line per
 state change of a DLQ message, fsynced before the next SQS call relies on it::
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vip_worker import retry
+from vip_worker import outcomes as retry
 
 BATCH = 10  # SQS's limit for receive and batch calls
 PEEK_VISIBILITY_S = 30

@@ -6,7 +6,7 @@ urllib3, parse) and a thread hop that competes with the event loop for the GIL.
 SQS speaks a small JSON protocol (``X-Amz-Target: AmazonSQS.<Operation>``), so
 the four calls a poller makes per message - ReceiveMessage, DeleteMessageBatch,
 ChangeMessageVisibilityBatch and SendMessage - are written here on asyncio
-streams: ``json.dumps``, a SigV4 signature (``vip_worker.sigv4``), one write,
+streams: ``json.dumps``, a SigV4 signature (``vip_worker.sqs.sigv4``), one write,
 one read, ``json.loads``. Everything else (queue attributes, queue URLs) and
 everything about finding the endpoint and the credentials stays with botocore.
 
@@ -33,9 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from vip_worker.http11 import Origin
-from vip_worker.sigv4 import Credentials, Signer
-from vip_worker.sqs import (
+from vip_worker.sqs.boto import (
     RECEIVE_SYSTEM_ATTRIBUTES,
     RECEIVE_SYSTEM_ATTRIBUTES_FIFO,
     AsyncSqs,
@@ -48,6 +46,8 @@ from vip_worker.sqs import (
     make_client,
     make_session,
 )
+from vip_worker.sqs.http11 import Origin
+from vip_worker.sqs.sigv4 import Credentials, Signer
 
 USER_AGENT = "vip-worker-wire/1"
 MAX_ATTEMPTS = 3
@@ -93,7 +93,7 @@ SIGNATURE_CODES = frozenset(("SignatureDoesNotMatch", "IncompleteSignature",
                              "InvalidSignatureException", "MissingAuthenticationToken"))
 # Calls made here; any other method goes to the boto3 client in a thread.
 WIRE_METHODS = frozenset(("receive", "delete_batch", "change_visibility_batch", "send"))
-log = logging.getLogger("vip_worker.sqs_wire")
+log = logging.getLogger("vip_worker.sqs.wire")
 
 
 def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str

@@ -44,8 +44,8 @@ def payloads_from(args) -> list[dict[str, Any]]:
 
 
 def cmd_enqueue(args, settings) -> int:
+    from vip_worker.pipeline.producer import NoHandler, Producer, new_job_id
     from vip_worker.plugins import describe_exception
-    from vip_worker.producer import NoHandler, Producer, new_job_id
 
     try:
         payloads = payloads_from(args)
@@ -78,7 +78,7 @@ def cmd_enqueue(args, settings) -> int:
         return exitcodes.USAGE
     except Exception as exc:  # noqa: BLE001 - reported in one line, classified below
         if not inline:
-            from vip_worker.sqs import TRANSPORT_ERRORS, error_code
+            from vip_worker.sqs.boto import TRANSPORT_ERRORS, error_code
 
             if not isinstance(exc, TRANSPORT_ERRORS):
                 raise
