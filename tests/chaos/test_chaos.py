@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 
-from tests.chaos.conftest import (
+from tests.chaos.scenario import (
     BUNDLED_PLUGINS,
     ChaosConfig,
     StoreLocker,
     run_scenario,
 )
-from tests.e2e.daemon import Daemon, write_config
+from tests.support.daemon import Daemon, write_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.chaos.sqs_proxy import SQS_MAX_BYTES, SqsFaultProxy, message_size
-from tests.e2e.daemon import Daemon, write_config
+from tests.support.daemon import Daemon, write_config
 from vip_worker.errors import MalformedMessage
 from vip_worker.message import Envelope, parse_envelope
 from vip_worker.outcomes import SOURCE_MESSAGE_ID

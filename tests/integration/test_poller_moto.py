@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import envelope
+from tests.support.sqs import envelope
 from vip_worker import config, liveness
 from vip_worker import poller as poller_module
 from vip_worker.poller import Poller

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import envelope, queue_counts
+from tests.support.sqs import envelope, queue_counts
 from vip_worker import PermanentError, config
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat

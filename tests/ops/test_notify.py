@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import envelope
-from tests.e2e.daemon import TEST_PLUGINS, Daemon, write_config
+from tests.support.daemon import TEST_PLUGINS, Daemon, write_config
+from tests.support.sqs import envelope
 from vip_worker import exitcodes
 
 pytestmark = pytest.mark.e2e

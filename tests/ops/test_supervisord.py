@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import envelope, queue_counts
-from tests.e2e.daemon import TEST_PLUGINS, write_config
+from tests.support.daemon import TEST_PLUGINS, write_config
+from tests.support.sqs import envelope, queue_counts
 from vip_worker import config
 from vip_worker.logconfig import message_records
 

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import queue_counts
-from tests.ops_cli.conftest import dead_letter, job_ids, make_config, receive_all, run
+from tests.support.ops_cli import dead_letter, job_ids, make_config, receive_all, run
+from tests.support.sqs import queue_counts
 from vip_worker.ops import dlq
 from vip_worker.sqs import boto as sqs
 

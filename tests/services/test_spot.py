@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conftest import envelope, queue_counts
 from tests.services.fake_imds import ASG_PATH, SPOT_PATH, TOKEN_PATH, FakeImds
+from tests.support.sqs import envelope, queue_counts
 from vip_worker.services import spot
 from vip_worker.services.spot import Notice, SpotWatcher
 
