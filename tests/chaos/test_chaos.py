@@ -86,7 +86,7 @@ def test_store_outage_on_the_last_attempt_is_retried_not_dead_lettered(one_polle
     store.create_job(job, "u1", "articles", {"topic": "t"}, datetime.now(UTC))
     locker = StoreLocker(store_path)
     locker.hold(14)  # longer than SQLite's 10 s busy timeout: StoreUnavailable
-    time.sleep(0.5)
+    assert locker.holding.is_set(), "the store lock was not taken"  # hold() returns once held
     body = json.dumps({"jobId": job, "userId": "u1", "type": "articles",
                        "timestamp": "2025-01-15T10:30:00Z",
                        "payload": {"mode": "topic", "topic": "store outage"}})
