@@ -64,9 +64,9 @@ class Scripted:
                     reset = True
                     break
                 if reply == "hang":
-                    await asyncio.sleep(3600)
+                    await asyncio.sleep(3600)  # the scripted fault: never answer
                 if isinstance(reply, tuple):
-                    await asyncio.sleep(reply[0])
+                    await asyncio.sleep(reply[0])  # the scripted fault: a slow answer
                     reply = reply[1]
                 writer.write(reply)
                 await writer.drain()
