@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos.conftest import FAKE_AWS, ChaosConfig, run_scenario  # noqa: E402
+from tests.chaos.scenario import FAKE_AWS, ChaosConfig, run_scenario  # noqa: E402
 
 
 def machine() -> dict:

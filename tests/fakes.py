@@ -29,6 +29,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from tests.support.wait import wait_until_async
 from vip_worker import config
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
@@ -370,13 +371,8 @@ class AsyncFakeSqs:
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0,
                      what: str = "condition") -> None:
-    """Wait for ``condition()`` to hold, yielding to the loop; fail after ``timeout_s``."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not condition():
-                await asyncio.sleep(0.001)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    """``tests.support.wait.wait_until_async`` with the fakes' default bound (5 s)."""
+    await wait_until_async(condition, timeout_s, message=what)
 
 
 # -- settings and a consumer on the fake ---------------------------------------------

@@ -154,7 +154,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.drop()
             return
         if fault == "delay":
-            time.sleep(proxy.plan.pause_s())
+            time.sleep(proxy.plan.pause_s())  # the injected fault: a slow answer
         try:
             status, headers, data = proxy.forward(self.command, self.path, self.headers, body)
         except (OSError, http.client.HTTPException) as exc:

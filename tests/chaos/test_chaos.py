@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 
-from tests.chaos.conftest import (
+from tests.chaos.scenario import (
     BUNDLED_PLUGINS,
     ChaosConfig,
     StoreLocker,
     run_scenario,
 )
-from tests.e2e.daemon import Daemon, write_config
+from tests.support.daemon import Daemon, write_config
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
@@ -86,7 +86,7 @@ def test_store_outage_on_the_last_attempt_is_retried_not_dead_lettered(one_polle
     store.create_job(job, "u1", "articles", {"topic": "t"}, datetime.now(UTC))
     locker = StoreLocker(store_path)
     locker.hold(14)  # longer than SQLite's 10 s busy timeout: StoreUnavailable
-    time.sleep(0.5)
+    assert locker.holding.is_set(), "the store lock was not taken"  # hold() returns once held
     body = json.dumps({"jobId": job, "userId": "u1", "type": "articles",
                        "timestamp": "2025-01-15T10:30:00Z",
                        "payload": {"mode": "topic", "topic": "store outage"}})

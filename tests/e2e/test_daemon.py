@@ -14,9 +14,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import envelope, queue_counts
-from tests.e2e.conftest import ledger_lines
-from tests.e2e.daemon import HERE
+from tests.support.daemon import E2E_DIR, TEST_PLUGINS, ledger_lines
+from tests.support.sqs import envelope, queue_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -170,7 +169,7 @@ def test_sigterm_hands_back_what_outlives_the_grace_period(sqs, make_queue, star
 def test_broken_plugin_stops_the_boot_with_exit_78(make_queue, start_daemon):
     urls = make_queue("broken", dlq=False)
     daemon = start_daemon({"work": queue_table(urls)},
-                          plugin_dirs=[str(HERE / "plugins"), str(HERE / "broken_plugins")])
+                          plugin_dirs=[str(TEST_PLUGINS), str(E2E_DIR / "broken_plugins")])
     assert daemon.wait_exit(timeout=30) == 78
     assert "plugin 'broken'" in daemon.err_path.read_text()
     assert "dependency is missing" in daemon.err_path.read_text()
@@ -235,7 +234,7 @@ def test_hup_with_a_broken_plugin_keeps_the_running_pollers(tmp_path, make_queue
     plugin_dir = tmp_path / "extra_plugins"
     plugin_dir.mkdir()
     daemon = start_daemon({"work": queue_table(urls)}, processes=1,
-                          plugin_dirs=[str(HERE / "plugins"), str(plugin_dir)])
+                          plugin_dirs=[str(TEST_PLUGINS), str(plugin_dir)])
     pid = daemon.wait_for("poller.ready")[0]["pid"]
     (plugin_dir / "later.py").write_text("raise RuntimeError('not ready yet')\n")
     daemon.send(signal.SIGHUP)

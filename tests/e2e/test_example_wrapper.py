@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import envelope
-from tests.e2e.daemon import TEST_PLUGINS
+from tests.support.daemon import TEST_PLUGINS
+from tests.support.sqs import envelope
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"

@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import queue_counts
-from tests.e2e.conftest import TEST_PLUGINS
+from tests.support.daemon import TEST_PLUGINS
+from tests.support.sqs import queue_counts
 from vip_worker import config
 from vip_worker.store.factory import open_store
 

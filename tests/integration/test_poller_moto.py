@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-import time
 
 import pytest
 
-from tests.conftest import envelope
+from tests.support.sqs import envelope
+from tests.support.wait import wait_until_async
 from vip_worker import config, liveness
 from vip_worker import poller as poller_module
 from vip_worker.poller import Poller
@@ -33,7 +33,7 @@ def test_what_the_drain_settles_reaches_the_masters_counters(sqs_endpoint, make_
 
         def slow(message, ctx):
             open({str(started)!r}, "w").close()
-            time.sleep(0.3)
+            time.sleep(0.3)  # slow on purpose: it finishes during the drain
 
         @hookimpl
         def vip_worker_register_handlers(register):
@@ -50,10 +50,9 @@ def test_what_the_drain_settles_reaches_the_masters_counters(sqs_endpoint, make_
     async def main():
         poller = Poller(settings, 0, shm, sqs_client=SqsClient(client))
         run = asyncio.create_task(poller.run())
-        deadline = time.monotonic() + 30
-        while not started.exists():
-            assert time.monotonic() < deadline and not run.done(), "the handler never ran"
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: started.exists() or run.done(), 30, interval_s=0.01,
+                               message="the handler to start")
+        assert not run.done(), "the poller ended before the handler ran"
         poller.request_stop("graceful")
         return await run
 

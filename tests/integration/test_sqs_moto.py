@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.conftest import envelope, queue_counts
+from tests.support.sqs import envelope, queue_counts
+from tests.support.wait import wait_until_async
 from vip_worker import PermanentError, config
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
@@ -90,10 +91,8 @@ def run_consumer(settings, client, handlers, until, timeout_s=20.0):
         consumer = Consumer(settings, registry, sqs, heartbeat, PollerContext(0, settings), dlqs)
         beat = asyncio.get_running_loop().create_task(heartbeat.run())
         consumer.start()
-        deadline = time.monotonic() + timeout_s
-        while not until(consumer):
-            assert time.monotonic() < deadline, "condition not reached"
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: until(consumer), timeout_s, interval_s=0.05,
+                               message="until(consumer)")
         await consumer.drain(grace_s=5, wait_for_polls=True)
         beat.cancel()
         consumer.close()

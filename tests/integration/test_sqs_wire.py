@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import queue_counts
+from tests.support.sqs import queue_counts
 from vip_worker.sqs.boto import AsyncSqs, SqsClient, error_code, make_client
 from vip_worker.sqs.wire import WireSqs, open_sqs
 

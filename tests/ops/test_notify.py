@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import envelope
-from tests.e2e.daemon import TEST_PLUGINS, Daemon, write_config
+from tests.support.daemon import TEST_PLUGINS, Daemon, write_config
+from tests.support.sqs import envelope
+from tests.support.wait import wait_until
 from vip_worker import exitcodes
 
 pytestmark = pytest.mark.e2e
@@ -55,22 +56,22 @@ class NotifySocket:
                  daemon: Daemon | None = None) -> dict[str, str]:
         """The first datagram after the cursor that satisfies ``predicate``; moves the cursor
         past it. Fails after ``timeout_s``, or at once when ``daemon`` exits."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            while self.cursor < len(self.received):
+        def next_match() -> dict[str, str] | None:
+            # Blocks on the socket (at most 0.2 s per datagram): the datagram is the event.
+            while self.cursor < len(self.received) or self.receive(0.2):
                 fields = self.received[self.cursor][1]
                 self.cursor += 1
                 if predicate(fields):
                     return fields
-            left = deadline - time.monotonic()
-            exited = daemon is not None and daemon.proc.poll() is not None
-            if left <= 0 or (exited and not self.receive(0.2)):
-                seen = "\n".join(str(f) for _, f in self.received[-15:])
-                err = daemon.err_path.read_text()[-2000:] if daemon else ""
-                raise AssertionError(
-                    f"{'daemon exited' if exited else 'timed out'} waiting for {what}; "
-                    f"last datagrams:\n{seen}\nstderr:\n{err}")
-            self.receive(min(left, 0.5))
+            return None
+
+        def last_datagrams() -> str:
+            seen = "\n".join(str(f) for _, f in self.received[-15:])
+            err = daemon.err_path.read_text()[-2000:] if daemon else ""
+            return f"last datagrams:\n{seen}\nstderr:\n{err}"
+
+        return wait_until(next_match, timeout_s, interval_s=0, message=what,
+                          fail_if=daemon and daemon.exited, details=last_datagrams)
 
     def times(self, key: str) -> list[float]:
         return [at for at, fields in self.received if key in fields]

@@ -19,14 +19,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import envelope, queue_counts
-from tests.e2e.daemon import TEST_PLUGINS, write_config
+from tests.support.daemon import TEST_PLUGINS, write_config
+from tests.support.sqs import envelope, queue_counts
+from tests.support.wait import wait_until
 from vip_worker import config
 from vip_worker.logconfig import message_records
 
@@ -106,16 +106,10 @@ class Supervisor:
         return found
 
     def wait_until(self, predicate, what: str, timeout: float = TIMEOUT_S):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = predicate()
-            if result:
-                return result
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"waiting for {what}: supervisord exit {self.proc.poll()}\n"
-                             f"{self.dump()}")
+        """``wait_until`` that stops when supervisord exits and shows its logs."""
+        return wait_until(predicate, timeout, message=what, details=self.dump,
+                          fail_if=lambda: self.proc.poll() is not None
+                          and f"supervisord exited ({self.proc.poll()})")
 
     def dump(self) -> str:
         parts = []

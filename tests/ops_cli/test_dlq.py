@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections import Counter
 
 import pytest
 
-from tests.conftest import queue_counts
-from tests.ops_cli.conftest import dead_letter, job_ids, make_config, receive_all, run
+from tests.support.ops_cli import dead_letter, job_ids, make_config, receive_all, run
+from tests.support.sqs import queue_counts
+from tests.support.wait import wait_until
 from vip_worker.ops import dlq
 from vip_worker.sqs import boto as sqs
 
@@ -29,13 +29,6 @@ class Wrapper:
     def __getattr__(self, name):
         self.calls.append(name)
         return self.overrides.get(name) or getattr(self.client, name)
-
-
-def wait_until(predicate, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def use_client(monkeypatch, factory):
@@ -229,7 +222,8 @@ def test_a_killed_redrive_of_a_fifo_dlq_resumes_exactly_once(sqs, make_queue, tm
     result = dlq.RedriveResult()
     with dlq.Journal(path) as journal:
         assert set(journal.pending().values()) == {"sending"}
-        wait_until(lambda: queue_counts(sqs, urls["dlq"])[0] == 3)  # the 1 s visibility
+        wait_until(lambda: queue_counts(sqs, urls["dlq"])[0] == 3, 10,  # the 1 s visibility
+                   message="the 3 dead letters visible again")
         dlq.move_messages(sqs, urls["dlq"], lambda m: urls["url"], journal, result)
     assert (result.moved, result.resent, result.failed) == (3, 3, 0)
     moved = receive_all(sqs, urls["url"])

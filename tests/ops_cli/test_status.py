@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import envelope
-from tests.ops_cli.conftest import make_config, run
+from tests.support.ops_cli import make_config, run
+from tests.support.sqs import envelope
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import envelope
+from tests.support.sqs import envelope
 from vip_worker import exitcodes
 from vip_worker.services.health import HealthServer, ready, render_metrics
 

@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conftest import envelope, queue_counts
 from tests.services.fake_imds import ASG_PATH, SPOT_PATH, TOKEN_PATH, FakeImds
+from tests.support.sqs import envelope, queue_counts
+from tests.support.wait import wait_until
 from vip_worker.services import spot
 from vip_worker.services.spot import Notice, SpotWatcher
 
@@ -152,8 +153,8 @@ def test_the_thread_fires_once_then_ends(imds):
     watcher = SpotWatcher(imds.url, 0.05, on_notice)
     watcher.start()
     try:
-        time.sleep(0.2)  # a few idle polls
-        assert imds.count("GET", ASG_PATH) >= 2 and not calls
+        wait_until(lambda: imds.count("GET", ASG_PATH) >= 2, 5, message="two idle polls")
+        assert not calls
         imds.arm_spot()
         assert fired.wait(5)
         watcher.thread.join(5)

@@ -1,6 +1,6 @@
 """The job store's contract (``vip_worker.store``), run against every backend.
 
-Backends (see conftest): ``sqlite``, ``mongodb-standin-mongomock`` (mongomock, a
+Backends (see tests/fixtures/store.py): ``sqlite``, ``mongodb-standin-mongomock`` (mongomock, a
 stand-in for MongoDB) and ``mongodb-real`` (only with ``VIP_TEST_MONGODB_URI``).
 Then what only one backend can show: SQLite across processes, failures mapped to
 ``StoreUnavailable``, and the factory.

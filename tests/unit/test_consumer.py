@@ -11,8 +11,8 @@ import types
 
 import pytest
 
-from tests.conftest import envelope
 from tests.fakes import ConsumerHarness, wait_until
+from tests.support.sqs import envelope
 from vip_worker import outcomes as retry
 from vip_worker.errors import PermanentError, PluginError, RetryLater
 from vip_worker.poller import resolve_dlq

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from tests.conftest import envelope
 from tests.fakes import ConsumerHarness, make_queue_settings, wait_until
+from tests.support.sqs import envelope
 from vip_worker.errors import PermanentError
 
 pytestmark = pytest.mark.timeout(30)

@@ -12,6 +12,7 @@ import threading
 import pytest
 import uvloop
 
+from tests.support.wait import wait_until_async
 from vip_worker.sqs.boto import error_code
 from vip_worker.sqs.http11 import Origin
 from vip_worker.sqs.wire import WireSqs
@@ -63,9 +64,9 @@ class Scripted:
                     reset = True
                     break
                 if reply == "hang":
-                    await asyncio.sleep(3600)
+                    await asyncio.sleep(3600)  # the scripted fault: never answer
                 if isinstance(reply, tuple):
-                    await asyncio.sleep(reply[0])
+                    await asyncio.sleep(reply[0])  # the scripted fault: a slow answer
                     reply = reply[1]
                 writer.write(reply)
                 await writer.drain()
@@ -177,7 +178,8 @@ def test_a_kept_connection_closed_by_the_server_is_replaced_silently(run):
             origin = Origin(server.url)
             data = b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
             await origin.request(data, 5)
-            await asyncio.sleep(0.05)  # let the close reach us
+            await wait_until_async(lambda: not origin.idle[-1].usable(), 5,
+                                   message="the server's close to reach the kept connection")
             second = await origin.request(data, 5)
             origin.close()
             return second, server.connections
@@ -422,7 +424,8 @@ def test_an_idle_connection_the_server_dropped_costs_no_attempt(run, reset_after
                             keep=False, reset_after=reset_after) as server:
             sqs = wire(server.url)
             await sqs.call("send", "http://q/1/work", "a")
-            await asyncio.sleep(0.05)  # let the close or reset arrive
+            await wait_until_async(lambda: not sqs.origin.idle[-1].usable(), 5,
+                                   message="the close or reset to reach the kept connection")
             second = await sqs.call("send", "http://q/1/work", "b")
             sqs.close()
             return second, sqs.sleeps, server.connections
@@ -626,7 +629,7 @@ def test_a_call_waiting_on_a_slow_read_keeps_its_credentials_when_another_drops_
             now[0] += 61
 
             async def expired_elsewhere():
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # the stimulus: drop the snapshot mid-wait
                 sqs.snapshot = None
 
             second, _ = await asyncio.gather(sqs.call("send", "http://q/1/work", "b"),

@@ -18,13 +18,13 @@ def record(ctx, kind, message):
 
 def sleep_job(message, ctx):
     record(ctx, "start", message)
-    time.sleep(float(message.payload.get("seconds", 0)))
+    time.sleep(float(message.payload.get("seconds", 0)))  # the job: slow on purpose
     record(ctx, "end", message)
 
 
 async def async_sleep_job(message, ctx):
     record(ctx, "start", message)
-    await asyncio.sleep(float(message.payload.get("seconds", 0)))
+    await asyncio.sleep(float(message.payload.get("seconds", 0)))  # the job: slow on purpose
     record(ctx, "end", message)
 
 

@@ -1,12 +1,11 @@
-"""The end-to-end fixtures (a real daemon), and helpers to run the ops commands in-process."""
+"""Helpers for the ops commands' tests: run a command in-process, a config, dead letters."""
 
 from __future__ import annotations
 
 import json
 
-from tests.conftest import envelope
-from tests.e2e.conftest import ledger, start_daemon  # noqa: F401 - fixtures re-exported
-from tests.e2e.daemon import write_config
+from tests.support.daemon import write_config
+from tests.support.sqs import envelope
 from vip_worker import cli
 
 

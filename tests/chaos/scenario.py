@@ -34,20 +34,15 @@ import boto3
 
 from tests.chaos.ledger import COLLECTIONS, JobSpec, JobState, Report, build_report, dlq_entry
 from tests.chaos.sqs_proxy import FaultPlan, SqsFaultProxy
-from tests.e2e.daemon import Daemon, write_config
+from tests.support.daemon import Daemon, write_config
+from tests.support.sqs import FAKE_AWS
+from tests.support.wait import wait_until
 from vip_worker.dev.stubservice import PREFIX, StubGenerationService
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_PLUGINS = ROOT / "plugins"
-FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true"}
 JOB_ID = re.compile(r"\b([0-9a-f]{24})\b")
 log = logging.getLogger("tests.chaos")
-
-
-def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "chaos: fault injection against the real daemon")
 
 
 # -- the generation service, with a fault per call ---------------------------------------
@@ -337,7 +332,7 @@ def feed(run: Run, producer) -> None:
     pause = run.config.feed_s / max(1, len(run.specs))
     for n, spec in enumerate(run.specs):
         while n % 10 == 0 and depth(run) > run.config.max_queued and not run.stop.is_set():
-            time.sleep(0.5)
+            time.sleep(0.5)  # back-pressure on the feeder (moto slows with depth), no bound
         for attempt in range(30):
             if run.stop.is_set():
                 return
@@ -348,10 +343,10 @@ def feed(run: Run, producer) -> None:
             except (*TRANSPORT_ERRORS, StoreUnavailable) as exc:
                 run.chaos["producer_send_errors"] += 1
                 run.note(f"send of {spec.job_id} failed ({type(exc).__name__}), again")
-                time.sleep(0.2 * (attempt + 1))
+                time.sleep(0.2 * (attempt + 1))  # the producer app's own backoff
         else:
             raise AssertionError(f"could not queue job {spec.job_id} in 30 tries")
-        time.sleep(pause)
+        time.sleep(pause)  # the feed's pace: jobs spread over feed_s
 
 
 def kill_a_poller(run: Run) -> None:
@@ -387,9 +382,11 @@ def generation_call_started(run: Run, timeout_s: float = 10.0) -> None:
     so an outage begun now reaches a live handler (the producer alone may be writing when
     the store is locked at a random moment, and then the daemon never sees the outage)."""
     seen = run.stub.total_calls
-    deadline = time.monotonic() + timeout_s
-    while run.stub.total_calls == seen and time.monotonic() < deadline:
-        time.sleep(0.005)
+    try:
+        wait_until(lambda: run.stub.total_calls != seen, timeout_s, interval_s=0.005,
+                   message="a generation call")
+    except AssertionError:
+        run.note(f"no generation call in {timeout_s:g} s: the store is locked anyway")
 
 
 def store_outage_retries(run: Run) -> int:
@@ -419,7 +416,7 @@ def monkey(run: Run, until: float) -> None:
              for i in range(c.sqs_outages)]
     plan.sort()
     next_kill = time.monotonic() + run.rng.uniform(*c.kill_every_s)
-    while time.monotonic() < until and not run.stop.is_set():
+    while time.monotonic() < until and not run.stop.is_set():  # the chaos schedule, not a wait
         now = time.monotonic()
         if plan and now >= plan[0][0]:
             _, what = plan.pop(0)
@@ -444,7 +441,7 @@ def monkey(run: Run, until: float) -> None:
             # (a poller killed before SQLite's busy timeout would never see it).
             kill_a_poller(run)
             next_kill = now + run.rng.uniform(*c.kill_every_s)
-        time.sleep(0.2)
+        time.sleep(0.2)  # the monkey's tick: pacing, not a wait on state
 
 
 # -- drain and account --------------------------------------------------------------------------
@@ -459,14 +456,13 @@ def terminal(store, specs: list[JobSpec]) -> int:
 
 
 def drain(run: Run, store) -> None:
-    """Wait until every job is completed/failed and the source queues are empty."""
-    deadline = time.monotonic() + run.config.drain_timeout_s
-    while time.monotonic() < deadline:
-        done = terminal(store, run.specs)
-        if done == len(run.specs) and depth(run) == 0:
-            return
-        time.sleep(0.5)
-    run.note(f"drain bound of {run.config.drain_timeout_s:g} s reached")
+    """Wait until every job is completed/failed and the source queues are empty. Past
+    the bound the run goes on to the accounting, which names what was left."""
+    try:
+        wait_until(lambda: terminal(store, run.specs) == len(run.specs) and depth(run) == 0,
+                   run.config.drain_timeout_s, interval_s=0.5, message="the drain")
+    except AssertionError:
+        run.note(f"drain bound of {run.config.drain_timeout_s:g} s reached")
 
 
 def read_dlq(run: Run) -> list[dict[str, Any]]:

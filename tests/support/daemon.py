@@ -7,15 +7,22 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from tests.support.wait import wait_until
 from vip_worker.logconfig import message_records
-from vip_worker.testing import write_config  # noqa: F401 - the e2e tests import it from here
+from vip_worker.testing import write_config  # noqa: F401 - the tests import it from here
 
-HERE = Path(__file__).resolve().parent
-TEST_PLUGINS = HERE / "plugins"
+E2E_DIR = Path(__file__).resolve().parents[1] / "e2e"
+TEST_PLUGINS = E2E_DIR / "plugins"  # the testjobs plugin: sleep, fail, ... handlers
 DEFAULT_TIMEOUT_S = 30.0
+
+
+def ledger_lines(path, kind=None, job_id=None):
+    """The testjobs plugin's ``start|end <jobId> <pid>`` lines, split, optionally filtered."""
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows
+            if (kind is None or r[0] == kind) and (job_id is None or r[1] == job_id)]
 
 
 class Daemon:
@@ -67,33 +74,31 @@ class Daemon:
 
         Fails at once when the master exits first, unless ``master_may_exit``.
         """
-        deadline = time.monotonic() + timeout
-        while True:
+        def enough():
             found = self.events(event, **fields)
-            if len(found) >= count:
-                return found
-            exited = self.proc.poll() is not None and not master_may_exit
-            if exited:
-                found = self.events(event, **fields)  # the last lines before the exit
-                if len(found) >= count:
-                    return found
-            if exited or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{'exited' if exited else 'timed out'} waiting for {count} x {event} "
-                    f"{fields}; "
-                    f"got {len(found)}. Exit code: {self.proc.poll()}. Last lines:\n"
-                    + "\n".join(json.dumps(r) for r in self.records[-25:])
-                    + "\nstderr:\n" + self.err_path.read_text()[-3000:])
-            time.sleep(0.05)
+            return found if len(found) >= count else None
+
+        return wait_until(enough, timeout, message=f"{count} x {event} {fields}",
+                          fail_if=None if master_may_exit else self.exited,
+                          details=lambda: (f"got {len(self.events(event, **fields))}. "
+                                           + self.tail()))
 
     def wait_until(self, predicate, timeout: float = DEFAULT_TIMEOUT_S, what: str = ""):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = predicate()
-            if result:
-                return result
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        """``wait_until`` with the daemon's log tail in its failure (it goes on waiting if
+        the master exits: some tests wait for what happens after)."""
+        return wait_until(predicate, timeout, message=what, details=self.tail)
+
+    def exited(self) -> str:
+        """Why a wait cannot succeed any more ("the master exited (code)"), or ""."""
+        code = self.proc.poll()
+        return "" if code is None else f"the master exited ({code})"
+
+    def tail(self) -> str:
+        """The last log records and stderr, for a failure message."""
+        self.read()
+        return (f"Exit code: {self.proc.poll()}. Last lines:\n"
+                + "\n".join(json.dumps(r) for r in self.records[-25:])
+                + "\nstderr:\n" + self.err_path.read_text()[-3000:])
 
     def children(self) -> list[int]:
         """The master's live child pids (its pollers)."""

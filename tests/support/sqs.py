@@ -1,0 +1,33 @@
+"""SQS helpers: the fake AWS environment, a message body in the seed's format, queue counts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def envelope(job_id=None, type_="articles", payload=None, user_id="u1"):
+    """A body in the seed's exact format."""
+    return json.dumps({
+        "jobId": job_id or uuid.uuid4().hex[:24],
+        "userId": user_id,
+        "type": type_,
+        "timestamp": "2025-01-15T10:30:00Z",
+        "payload": payload if payload is not None else {"topic": "t", "wordCount": 1500},
+    })
+
+
+def queue_counts(sqs, url):
+    """``(visible, in flight)`` for the queue at ``url``."""
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return (int(attrs["ApproximateNumberOfMessages"]),
+            int(attrs["ApproximateNumberOfMessagesNotVisible"]))
