@@ -200,7 +200,8 @@ class Consumer:
         self.heartbeat.untrack(item)
         if self.held.pop(id(item), None) is not None:
             self.unreserve(item.queue, 1)
-        item.state = State.DONE  # SETTLING or HANDED_BACK (or a RUNNING one cancelled) -> DONE
+        # SETTLING or HANDED_BACK -> DONE (RECEIVED or RUNNING only when its task crashed)
+        item.state = State.DONE
 
     def dispatch(self, items: list[InFlight]) -> None:
         loop = asyncio.get_running_loop()
