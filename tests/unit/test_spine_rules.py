@@ -3,17 +3,22 @@ modes, the context's resources, and a spine that does not import the pipeline or
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
+import types
 
 import pytest
 
-from tests.fakes import ConsumerHarness, make_queue_settings, wait_until
+from tests.fakes import ConsumerHarness, FakeSqs, make_queue_settings, make_settings, wait_until
+from vip_worker import exitcodes, hookimpl, liveness
 from vip_worker.errors import DependencyUnavailable, MalformedMessage, PermanentError, RetryLater
 from vip_worker.inflight import InFlight, State
 from vip_worker.outcomes import Action, decide
 from vip_worker.plugins.context import PollerContext
+from vip_worker.plugins.manager import LoadedPlugins, make_plugin_manager
+from vip_worker.plugins.registry import HandlerRegistry
 from vip_worker.poller import EXIT_CODES, Poller, StopMode
 from vip_worker.testing import capture_logs, make_message, run_handler
 
@@ -182,6 +187,33 @@ def test_a_provided_resource_opens_once_on_first_use_and_closes_last_first():
     assert context.store == "STORE" and context.resource("cache") == "CACHE"
     context.close()
     assert log == [("open", "cache"), ("open", "store"), ("close", "STORE"), ("close", "CACHE")]
+
+
+def test_the_poller_runs_its_providers_before_the_start_hooks_and_closes_after_the_stop_hooks():
+    fake = FakeSqs()
+    dlq = fake.create_queue("work-dlq")
+    url = fake.create_queue("work", dlq_url=dlq)
+    settings = make_settings([make_queue_settings(url, dlq_url=dlq)])
+    events = []
+    module = types.ModuleType("starter")
+    module.vip_worker_poller_start = hookimpl(
+        lambda context: events.append(("start sees", context.resource("db"))))
+    module.vip_worker_poller_stop = hookimpl(lambda context: events.append(("stop",)))
+    manager = make_plugin_manager()
+    manager.register(module, name="starter")
+
+    def provide(context):
+        context.provide("db", lambda: events.append(("open",)) or "DB",
+                        close=lambda db: events.append(("close", db)))
+
+    async def open_and_close():
+        poller = Poller(settings, 0, [0.0] * liveness.SIZE, sqs_client=fake, providers=[provide],
+                        loaded=LoadedPlugins(manager, HandlerRegistry(), []))
+        assert await poller.open()
+        return await poller.close()
+
+    assert asyncio.run(open_and_close()) == exitcodes.OK
+    assert events == [("open",), ("start sees", "DB"), ("stop",), ("close", "DB")]
 
 
 def test_a_store_nobody_provides_is_a_lookup_error_naming_it():
