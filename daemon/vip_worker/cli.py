@@ -208,8 +208,10 @@ def cmd_run(args, settings) -> int:
 
     def poller_main(poller_settings, index, shm):
         from vip_worker import poller
+        from vip_worker.store.factory import provide_store
 
-        return poller.main(poller_settings, index, shm)
+        # The job store is a resource the spine does not open itself: ctx.store.
+        return poller.main(poller_settings, index, shm, providers=[provide_store])
 
     from vip_worker.store.factory import runtime_dir
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,8 +24,11 @@ from bson import ObjectId
 from vip_worker import config
 from vip_worker.message import Envelope
 from vip_worker.plugins.context import HandlerContext, PollerContext
+from vip_worker.plugins.hooks import call_hook
+from vip_worker.store.factory import provide_store
 
 log = logging.getLogger("vip_worker.pipeline.producer")
+INLINE_TIME_S = 3600.0  # ctx.time_left_s of an inline run (nothing interrupts it)
 
 
 def new_job_id() -> str:
@@ -49,6 +51,7 @@ class Producer:
         self.settings = settings
         self.sqs_client = sqs_client
         self.context = PollerContext(index=-1, settings=settings)
+        provide_store(self.context)
         self.inline = None  # plugins loaded on the first inline run
 
     @property
@@ -109,7 +112,6 @@ class Producer:
         """
         if self.inline is None:
             from vip_worker.plugins import load_plugins
-            from vip_worker.poller import call_hook
 
             loaded = load_plugins(self.settings)
             self.context.plugin_values = loaded.registry.plugin_settings
@@ -127,15 +129,11 @@ class Producer:
         handler = self.inline_handler(envelope.type)
         fields = {"message_id": None, "job_id": envelope.job_id, "type": envelope.type,
                   "queue": None, "receive_count": 1}
-        from vip_worker.consumer import MessageLogger
-
-        ctx = HandlerContext(
-            message_id=f"inline-{envelope.job_id}", job_id=envelope.job_id, queue="",
-            receive_count=1, max_attempts=1, deadline=time.monotonic() + 3600,
-            log=MessageLogger(logging.getLogger(f"vip_worker_plugins.{handler.plugin}"), fields),
-            resources=self.context.resources,
-            plugin_settings=self.inline.registry.plugin_settings.get(handler.plugin, {}),
-            poller=self.context)
+        ctx = HandlerContext.for_message(
+            self.context, plugin=handler.plugin, message_id=f"inline-{envelope.job_id}",
+            job_id=envelope.job_id, queue="", receive_count=1, max_attempts=1,
+            max_job_time_s=INLINE_TIME_S, log_fields=fields,
+            plugin_settings=self.inline.registry.plugin_settings.get(handler.plugin, {}))
         if handler.is_async:
             asyncio.run(handler.fn(envelope, ctx))
         else:
@@ -150,8 +148,6 @@ class Producer:
 
         try:
             if self.inline is not None:
-                from vip_worker.poller import call_hook
-
                 asyncio.run(call_hook(self.inline.manager.hook.vip_worker_poller_stop,
                                       context=self.context))
         except HookFailed as exc:

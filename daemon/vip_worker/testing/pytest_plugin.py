@@ -6,8 +6,9 @@ Installed with vip-worker (entry point ``pytest11``), it gives two fixtures:
   with fake credentials and the EC2 metadata lookup disabled;
 - ``vip_worker_poller``: ``run(handlers, messages, **queue_settings) -> PollerRun``
   sends the messages (``vip_worker.testing.make_message``) to a fresh queue with
-  a dead-letter queue, runs the daemon's own consumer, heartbeat and batching
-  over HTTP until every message has settled, and reports each outcome::
+  a dead-letter queue, runs the daemon's own poller (``Poller.open``, ``serve``,
+  ``drain``, ``close``) over HTTP until every message has settled, and reports
+  each outcome::
 
       def test_orders_flow(vip_worker_poller):
           run = vip_worker_poller({"orders": handle_order},
@@ -81,14 +82,13 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
                        queue_settings, state_dir: str) -> PollerRun:
     import json
 
-    from vip_worker import config
-    from vip_worker.consumer import Consumer
-    from vip_worker.heartbeat import Heartbeat
+    from vip_worker import config, liveness
     from vip_worker.logconfig import SUCCEEDED
-    from vip_worker.plugins.context import PollerContext
+    from vip_worker.plugins.manager import LoadedPlugins, make_plugin_manager
     from vip_worker.plugins.registry import HandlerRegistry
-    from vip_worker.poller import resolve_dlq
-    from vip_worker.sqs.boto import AsyncSqs, SqsClient, make_client
+    from vip_worker.poller import Poller, StopMode
+    from vip_worker.sqs.boto import SqsClient, make_client
+    from vip_worker.store.factory import provide_store
     from vip_worker.testing import capture_logs
 
     client = make_client("us-east-1", endpoint)
@@ -109,6 +109,8 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
     for message_type, fn in handlers.items():
         registry.add("test", message_type, fn)
     registry.plugin_settings = {"test": plugin_settings}
+    # No plugin is loaded: the handlers are the test's, and no poller hook runs.
+    loaded = LoadedPlugins(manager=make_plugin_manager(), registry=registry, infos=[])
     for message in messages:
         client.send_message(QueueUrl=url, MessageBody=message.to_body())
     result = PollerRun(job_ids=[m.job_id for m in messages])
@@ -119,24 +121,27 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
         return set(result.job_ids) <= done
 
     async def main():
-        sqs = AsyncSqs(SqsClient(client), 4)
-        context = PollerContext(0, settings, plugin_values=registry.plugin_settings)
-        consumer = Consumer(settings, registry, sqs, Heartbeat(sqs, time.monotonic), context,
-                            {"work": await resolve_dlq(sqs, settings.queue("work"))})
-        beat = asyncio.get_running_loop().create_task(consumer.heartbeat.run())
-        consumer.start()
+        # The daemon's own poller, its four steps without the signal handlers.
+        poller = Poller(settings, 0, [0.0] * liveness.SIZE, sqs_client=SqsClient(client),
+                        providers=[provide_store], loaded=loaded)
+        if not await poller.open():
+            raise AssertionError("the poller could not start: see run.records")
+        serving = asyncio.get_running_loop().create_task(poller.serve())
         deadline = time.monotonic() + timeout_s
         try:
             while not settled():
                 if time.monotonic() > deadline:
                     raise AssertionError(f"messages not settled after {timeout_s}s")
+                if serving.done():
+                    raise AssertionError(f"the poller stopped ({poller.stop_mode}) before "
+                                         f"every message settled")
                 await asyncio.sleep(0.02)
         finally:
-            await consumer.drain(grace_s=5, wait_for_polls=False)
-            beat.cancel()
-            consumer.close()
-            context.close()
-            sqs.close()
+            # Everything asked for has settled: no grace period, no wait for the long poll.
+            poller.request_stop(StopMode.FAST)
+            await serving
+            await poller.drain()
+            await poller.close()
 
     with capture_logs("vip_worker") as collector:
         asyncio.run(main())
