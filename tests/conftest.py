@@ -14,13 +14,7 @@ import uuid
 import boto3
 import pytest
 
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+from vip_worker.sqs.local import LOCAL_AWS_ENV as FAKE_AWS
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -27,11 +26,12 @@ from vip_worker import exitcodes
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.liveness import COUNTERS, HANDLED, INFLIGHT, READY, TICK
-from vip_worker.outcomes import MAX_MESSAGE_BYTES
 from vip_worker.plugins import describe_exception, load_plugins
 from vip_worker.plugins.context import PollerContext
 from vip_worker.services import metrics
-from vip_worker.sqs.boto import TRANSPORT_ERRORS, AsyncSqs, error_code
+from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
+from vip_worker.sqs.boto import AsyncSqs
+from vip_worker.sqs.queues import DlqLookupFailed, dlq_size_limit, resolve_dlq
 from vip_worker.sqs.wire import WireSqs, open_sqs
 
 log = logging.getLogger("vip_worker.poller")
@@ -173,7 +173,7 @@ class Poller:
         for name, value in consumer.stats.items():
             self.shm[COUNTERS[name]] = value
 
-    async def report_metrics(self, consumer: Consumer, sqs: AsyncSqs) -> None:
+    async def report_metrics(self, consumer: Consumer, sqs: SqsApi) -> None:
         """Every metrics_interval_s: one EMF line per queue (see vip_worker.services.metrics)."""
         interval = self.settings.metrics_interval_s
         if not interval:
@@ -184,8 +184,8 @@ class Poller:
             if self.index == 0:  # one depth reading per host is enough
                 for queue in self.settings.queues:
                     try:
-                        attrs = await sqs.call("queue_attributes", queue.url,
-                                               ["ApproximateNumberOfMessages"])
+                        attrs = await sqs.queue_attributes(queue.url,
+                                                           ["ApproximateNumberOfMessages"])
                         depths[queue.name] = int(attrs.get("ApproximateNumberOfMessages", 0))
                     except TRANSPORT_ERRORS as exc:
                         log.warning("metrics.depth_failed", extra={
@@ -276,49 +276,6 @@ async def call_hook(hook, *, only: set[str] | None = None, done: list[str] | Non
         detail = "; ".join(f"plugin {plugin!r}: {describe_exception(exc)}"
                            for plugin, exc in failures)
         raise HookFailed(hook.name, failures, detail) from failures[0][1]
-
-
-async def resolve_dlq(sqs: AsyncSqs, queue) -> str | None:
-    """The queue's DLQ: its setting, else its RedrivePolicy's target; None if it has none."""
-    if queue.dlq_url:
-        return queue.dlq_url
-    try:
-        attrs = await sqs.call("queue_attributes", queue.url, ["RedrivePolicy"])
-        policy = json.loads(attrs.get("RedrivePolicy", "{}") or "{}")
-        arn = policy.get("deadLetterTargetArn", "")
-        if arn:
-            # arn:aws:sqs:<region>:<account>:<name>; the DLQ may be in another account.
-            parts = arn.split(":")
-            return await sqs.call("queue_url", parts[-1], parts[-2] if len(parts) >= 6 else "")
-    except (*TRANSPORT_ERRORS, ValueError) as exc:
-        # Fatal for this poller: serving without knowing the DLQ could strand
-        # poison messages. The arbiter replaces the poller with backoff.
-        raise DlqLookupFailed(f"queue {queue.name}: {error_code(exc)}: {str(exc)[:300]}") from exc
-    log.warning("queue.no_dlq", extra={
-        "queue": queue.name, "detail": "malformed and failed messages are left to the "
-                                       "queue's redrive policy; set dlq_url"})
-    return None
-
-
-async def dlq_size_limit(sqs: AsyncSqs, queue_name: str, dlq_url: str) -> int:
-    """The DLQ's ``MaximumMessageSize``, which dead-letter copies are budgeted to.
-
-    Not fatal when it cannot be read (a role may send to a DLQ without the right to
-    read its attributes): then SQS's 1 MiB, and a copy the DLQ refuses as too large
-    goes again as the body alone.
-    """
-    try:
-        attrs = await sqs.call("queue_attributes", dlq_url, ["MaximumMessageSize"])
-        return int(attrs.get("MaximumMessageSize", MAX_MESSAGE_BYTES))
-    except (*TRANSPORT_ERRORS, ValueError) as exc:
-        log.warning("queue.dlq_size_unknown", extra={
-            "queue": queue_name, "dlq_url": dlq_url, "error_code": error_code(exc),
-            "assumed_bytes": MAX_MESSAGE_BYTES})
-        return MAX_MESSAGE_BYTES
-
-
-class DlqLookupFailed(Exception):
-    pass
 
 
 def rss_mb() -> float:

@@ -33,12 +33,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from vip_worker.sqs.api import ClientError, EntryFailure, SqsApi
 from vip_worker.sqs.boto import (
     RECEIVE_SYSTEM_ATTRIBUTES,
     RECEIVE_SYSTEM_ATTRIBUTES_FIFO,
     AsyncSqs,
-    ClientError,
-    EntryFailure,
     SqsClient,
     ca_bundle,
     credentials_reader,
@@ -91,13 +90,11 @@ CREDENTIAL_CODES = frozenset(("ExpiredToken", "ExpiredTokenException", "InvalidC
 # SQS refused the request's signature or authentication: hand the poller to boto3.
 SIGNATURE_CODES = frozenset(("SignatureDoesNotMatch", "IncompleteSignature",
                              "InvalidSignatureException", "MissingAuthenticationToken"))
-# Calls made here; any other method goes to the boto3 client in a thread.
-WIRE_METHODS = frozenset(("receive", "delete_batch", "change_visibility_batch", "send"))
 log = logging.getLogger("vip_worker.sqs.wire")
 
 
 def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str
-             ) -> tuple[AsyncSqs | WireSqs, str]:
+             ) -> tuple[SqsApi, str]:
     """The poller's SQS client, after fork; also says which transport it got and why.
 
     ``wire`` needs a direct connection to an endpoint at ``/``: with a proxy
@@ -133,7 +130,10 @@ def proxy_for(url: str) -> str:
 
 
 class WireSqs:
-    """``AsyncSqs``'s ``call`` interface, with the hot-path calls made on the loop.
+    """``SqsApi`` with the hot-path calls made on the loop: ReceiveMessage,
+    DeleteMessageBatch, ChangeMessageVisibilityBatch and SendMessage. The others
+    (queue attributes, queue URLs) go to ``fallback``, and so does every call once
+    SQS has refused the wire client's signature.
 
     Raises only what the boto3 transport raises: ``ClientError`` for an error
     answer, ``OSError`` (``ConnectionError``, ``TimeoutError``) for everything
@@ -169,32 +169,81 @@ class WireSqs:
         self.rand = rand
         self.path_head = f"POST / HTTP/1.1\r\nHost: {self.origin.authority}\r\n"
 
-    async def call(self, method: str, *args: Any) -> Any:
-        if method in WIRE_METHODS and not self.refused:
+    # -- SqsApi: on the wire, else through the fallback --------------------------------
+
+    async def receive(self, queue_url: str, max_messages: int, wait_s: int,
+                      visibility_s: int) -> list[dict[str, Any]]:
+        if not self.refused:
             try:
-                return await getattr(self, method)(*args)
+                return await self.wire_receive(queue_url, max_messages, wait_s, visibility_s)
             except ClientError as exc:
-                code = exc.response["Error"]["Code"]
-                if code not in SIGNATURE_CODES:
+                if not self.signature_refused(exc):
                     raise
-                # A safety net for what no test here can reach (a real AWS endpoint):
-                # boto3 signs its own way; if it is refused too, the cause is the
-                # credentials and boto3's error says so. Logged once: calls in flight
-                # when the first refusal came are refused too.
-                if not self.refused:
-                    self.refused = True
-                    log.warning("sqs.transport_fallback", extra={
-                        "configured": "wire", "used": "boto3",
-                        "reason": f"SQS refused the wire client's request: {code}"})
-        return await self.fallback.call(method, *args)
+        return await self.fallback.receive(queue_url, max_messages, wait_s, visibility_s)
+
+    async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
+                           ) -> list[EntryFailure]:
+        if not self.refused:
+            try:
+                return await self.wire_delete_batch(queue_url, entries)
+            except ClientError as exc:
+                if not self.signature_refused(exc):
+                    raise
+        return await self.fallback.delete_batch(queue_url, entries)
+
+    async def change_visibility_batch(self, queue_url: str,
+                                      entries: Sequence[tuple[str, str, int]]
+                                      ) -> list[EntryFailure]:
+        if not self.refused:
+            try:
+                return await self.wire_change_visibility_batch(queue_url, entries)
+            except ClientError as exc:
+                if not self.signature_refused(exc):
+                    raise
+        return await self.fallback.change_visibility_batch(queue_url, entries)
+
+    async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
+                   group_id: str | None = None, dedup_id: str | None = None,
+                   delay_s: int = 0) -> str:
+        if not self.refused:
+            try:
+                return await self.wire_send(queue_url, body, attributes, group_id, dedup_id,
+                                            delay_s)
+            except ClientError as exc:
+                if not self.signature_refused(exc):
+                    raise
+        return await self.fallback.send(queue_url, body, attributes, group_id, dedup_id, delay_s)
+
+    async def queue_attributes(self, queue_url: str, names: Sequence[str]) -> dict[str, str]:
+        return await self.fallback.queue_attributes(queue_url, names)
+
+    async def queue_url(self, name: str, owner_account: str = "") -> str:
+        return await self.fallback.queue_url(name, owner_account)
+
+    def signature_refused(self, exc: ClientError) -> bool:
+        """True when SQS refused the wire client's signature: this call and every later
+        one then go through the fallback (boto3)."""
+        code = exc.response["Error"]["Code"]
+        if code not in SIGNATURE_CODES:
+            return False
+        # A safety net for what no test here can reach (a real AWS endpoint):
+        # boto3 signs its own way; if it is refused too, the cause is the
+        # credentials and boto3's error says so. Logged once: calls in flight
+        # when the first refusal came are refused too.
+        if not self.refused:
+            self.refused = True
+            log.warning("sqs.transport_fallback", extra={
+                "configured": "wire", "used": "boto3",
+                "reason": f"SQS refused the wire client's request: {code}"})
+        return True
 
     def close(self) -> None:
         self.origin.close()
         self.fallback.close()
 
-    # -- the calls --------------------------------------------------------------
+    # -- the calls on the wire --------------------------------------------------------------
 
-    async def receive(self, queue_url: str, max_messages: int, wait_s: int,
+    async def wire_receive(self, queue_url: str, max_messages: int, wait_s: int,
                       visibility_s: int) -> list[dict[str, Any]]:
         response = await self.request("ReceiveMessage", {
             "QueueUrl": queue_url,
@@ -217,7 +266,7 @@ class WireSqs:
                         value["BinaryValue"] = base64.b64decode(value["BinaryValue"])
             return messages
 
-    async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
+    async def wire_delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
                            ) -> list[EntryFailure]:
         response = await self.request("DeleteMessageBatch", {
             "QueueUrl": queue_url,
@@ -226,7 +275,7 @@ class WireSqs:
         with unusable("DeleteMessageBatch"):
             return failures(response)
 
-    async def change_visibility_batch(self, queue_url: str,
+    async def wire_change_visibility_batch(self, queue_url: str,
                                       entries: Sequence[tuple[str, str, int]]
                                       ) -> list[EntryFailure]:
         response = await self.request("ChangeMessageVisibilityBatch", {
@@ -237,7 +286,7 @@ class WireSqs:
         with unusable("ChangeMessageVisibilityBatch"):
             return failures(response)
 
-    async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
+    async def wire_send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
                    group_id: str | None = None, dedup_id: str | None = None,
                    delay_s: int = 0) -> str:
         params: dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": body}
