@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -29,8 +30,8 @@ import random
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from vip_worker.sqs.api import ClientError, EntryFailure, SqsApi
@@ -91,6 +92,8 @@ CREDENTIAL_CODES = frozenset(("ExpiredToken", "ExpiredTokenException", "InvalidC
 SIGNATURE_CODES = frozenset(("SignatureDoesNotMatch", "IncompleteSignature",
                              "InvalidSignatureException", "MissingAuthenticationToken"))
 log = logging.getLogger("vip_worker.sqs.wire")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str
@@ -129,11 +132,28 @@ def proxy_for(url: str) -> str:
     return proxy
 
 
+def falls_back(to: Callable[[AsyncSqs], Callable[P, Awaitable[T]]]):
+    """A ``WireSqs`` call made on the wire, and through ``to(self.fallback)`` (boto3) once
+    SQS has refused the wire client's signature: that call and every later one."""
+    def decorate(wire_call: Callable[Concatenate[WireSqs, P], Awaitable[T]]
+                 ) -> Callable[Concatenate[WireSqs, P], Awaitable[T]]:
+        @functools.wraps(wire_call)
+        async def call(self: WireSqs, *args: P.args, **kwargs: P.kwargs) -> T:
+            if not self.refused:
+                try:
+                    return await wire_call(self, *args, **kwargs)
+                except ClientError as exc:
+                    if not self.signature_refused(exc):
+                        raise
+            return await to(self.fallback)(*args, **kwargs)
+        return call
+    return decorate
+
+
 class WireSqs:
     """``SqsApi`` with the hot-path calls made on the loop: ReceiveMessage,
-    DeleteMessageBatch, ChangeMessageVisibilityBatch and SendMessage. The others
-    (queue attributes, queue URLs) go to ``fallback``, and so does every call once
-    SQS has refused the wire client's signature.
+    DeleteMessageBatch, ChangeMessageVisibilityBatch and SendMessage. Queue
+    attributes and URLs are the fallback's calls.
 
     Raises only what the boto3 transport raises: ``ClientError`` for an error
     answer, ``OSError`` (``ConnectionError``, ``TimeoutError``) for everything
@@ -169,60 +189,9 @@ class WireSqs:
         self.rand = rand
         self.path_head = f"POST / HTTP/1.1\r\nHost: {self.origin.authority}\r\n"
 
-    # -- SqsApi: on the wire, else through the fallback --------------------------------
-
-    async def receive(self, queue_url: str, max_messages: int, wait_s: int,
-                      visibility_s: int) -> list[dict[str, Any]]:
-        if not self.refused:
-            try:
-                return await self.wire_receive(queue_url, max_messages, wait_s, visibility_s)
-            except ClientError as exc:
-                if not self.signature_refused(exc):
-                    raise
-        return await self.fallback.receive(queue_url, max_messages, wait_s, visibility_s)
-
-    async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
-                           ) -> list[EntryFailure]:
-        if not self.refused:
-            try:
-                return await self.wire_delete_batch(queue_url, entries)
-            except ClientError as exc:
-                if not self.signature_refused(exc):
-                    raise
-        return await self.fallback.delete_batch(queue_url, entries)
-
-    async def change_visibility_batch(self, queue_url: str,
-                                      entries: Sequence[tuple[str, str, int]]
-                                      ) -> list[EntryFailure]:
-        if not self.refused:
-            try:
-                return await self.wire_change_visibility_batch(queue_url, entries)
-            except ClientError as exc:
-                if not self.signature_refused(exc):
-                    raise
-        return await self.fallback.change_visibility_batch(queue_url, entries)
-
-    async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
-                   group_id: str | None = None, dedup_id: str | None = None,
-                   delay_s: int = 0) -> str:
-        if not self.refused:
-            try:
-                return await self.wire_send(queue_url, body, attributes, group_id, dedup_id,
-                                            delay_s)
-            except ClientError as exc:
-                if not self.signature_refused(exc):
-                    raise
-        return await self.fallback.send(queue_url, body, attributes, group_id, dedup_id, delay_s)
-
-    async def queue_attributes(self, queue_url: str, names: Sequence[str]) -> dict[str, str]:
-        return await self.fallback.queue_attributes(queue_url, names)
-
-    async def queue_url(self, name: str, owner_account: str = "") -> str:
-        return await self.fallback.queue_url(name, owner_account)
-
     def signature_refused(self, exc: ClientError) -> bool:
-        """True when SQS refused the wire client's signature: this call and every later
-        one then go through the fallback (boto3)."""
+        """True when SQS refused the wire client's signature: the call then goes through
+        the fallback, and so does every later one."""
         code = exc.response["Error"]["Code"]
         if code not in SIGNATURE_CODES:
             return False
@@ -237,13 +206,20 @@ class WireSqs:
                 "reason": f"SQS refused the wire client's request: {code}"})
         return True
 
+    async def queue_attributes(self, queue_url: str, names: Sequence[str]) -> dict[str, str]:
+        return await self.fallback.queue_attributes(queue_url, names)
+
+    async def queue_url(self, name: str, owner_account: str = "") -> str:
+        return await self.fallback.queue_url(name, owner_account)
+
     def close(self) -> None:
         self.origin.close()
         self.fallback.close()
 
-    # -- the calls on the wire --------------------------------------------------------------
+    # -- the calls --------------------------------------------------------------
 
-    async def wire_receive(self, queue_url: str, max_messages: int, wait_s: int,
+    @falls_back(lambda fallback: fallback.receive)
+    async def receive(self, queue_url: str, max_messages: int, wait_s: int,
                       visibility_s: int) -> list[dict[str, Any]]:
         response = await self.request("ReceiveMessage", {
             "QueueUrl": queue_url,
@@ -266,7 +242,8 @@ class WireSqs:
                         value["BinaryValue"] = base64.b64decode(value["BinaryValue"])
             return messages
 
-    async def wire_delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
+    @falls_back(lambda fallback: fallback.delete_batch)
+    async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
                            ) -> list[EntryFailure]:
         response = await self.request("DeleteMessageBatch", {
             "QueueUrl": queue_url,
@@ -275,7 +252,8 @@ class WireSqs:
         with unusable("DeleteMessageBatch"):
             return failures(response)
 
-    async def wire_change_visibility_batch(self, queue_url: str,
+    @falls_back(lambda fallback: fallback.change_visibility_batch)
+    async def change_visibility_batch(self, queue_url: str,
                                       entries: Sequence[tuple[str, str, int]]
                                       ) -> list[EntryFailure]:
         response = await self.request("ChangeMessageVisibilityBatch", {
@@ -286,7 +264,8 @@ class WireSqs:
         with unusable("ChangeMessageVisibilityBatch"):
             return failures(response)
 
-    async def wire_send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
+    @falls_back(lambda fallback: fallback.send)
+    async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
                    group_id: str | None = None, dedup_id: str | None = None,
                    delay_s: int = 0) -> str:
         params: dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": body}
