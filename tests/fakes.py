@@ -33,11 +33,16 @@ from vip_worker.heartbeat import Heartbeat
 from vip_worker.plugins.context import PollerContext
 from vip_worker.plugins.registry import HandlerRegistry
 from vip_worker.sqs.api import ClientError, EntryFailure
-from vip_worker.sqs.limits import BATCH_MAX, MAX_ATTRIBUTES, MAX_VISIBILITY_S, MAX_WAIT_S
+from vip_worker.sqs.limits import (
+    BATCH_MAX,
+    MAX_ATTRIBUTES,
+    MAX_MESSAGE_BYTES,
+    MAX_VISIBILITY_S,
+    MAX_WAIT_S,
+)
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-MAX_BODY_BYTES = 262144
 ENTRY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 NO_QUEUE = "AWS.SimpleQueueService.NonExistentQueue"
 DEDUP_WINDOW_S = 300
@@ -234,7 +239,7 @@ class FakeSqs:
         self.begin("send", (queue_url, body, attributes, group_id, dedup_id, delay_s))
         queue = self.queue(queue_url)
         self.check_attributes(attributes or {})
-        if len(body.encode()) > MAX_BODY_BYTES or not body:
+        if len(body.encode()) > MAX_MESSAGE_BYTES or not body:
             raise client_error("InvalidParameterValue", "body size")
         if queue.fifo != (group_id is not None):
             raise client_error("MissingParameter" if queue.fifo else "InvalidParameterValue",
