@@ -19,13 +19,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from vip_worker.batching import BATCH_MAX, Batcher
+from vip_worker.batching import Batcher
 from vip_worker.errors import JobTimedOut, PermanentError, RetryLater, UnknownMessageType
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.inflight import InFlight, State
 from vip_worker.message import parse_envelope
 from vip_worker.outcomes import (
-    MAX_MESSAGE_BYTES,
     Action,
     Decision,
     dead_letter_attributes,
@@ -37,7 +36,8 @@ from vip_worker.plugins.context import HandlerContext, PollerContext
 from vip_worker.plugins.registry import Handler, HandlerRegistry
 from vip_worker.services.metrics import QueueMetrics
 from vip_worker.slots import Slots
-from vip_worker.sqs.boto import TRANSPORT_ERRORS, ClientError, error_code
+from vip_worker.sqs.api import TRANSPORT_ERRORS, ClientError, SqsApi, error_code
+from vip_worker.sqs.limits import BATCH_MAX, MAX_MESSAGE_BYTES
 
 log = logging.getLogger("vip_worker.consumer")
 RECEIVE_ERROR_BACKOFF_MAX_S = 30.0
@@ -67,7 +67,7 @@ class Consumer:
     read by the poller.
     """
 
-    def __init__(self, settings, registry: HandlerRegistry, sqs, heartbeat: Heartbeat,
+    def __init__(self, settings, registry: HandlerRegistry, sqs: SqsApi, heartbeat: Heartbeat,
                  context: PollerContext, dlq_urls: dict[str, str | None],
                  clock: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random,
@@ -87,9 +87,9 @@ class Consumer:
         self.type_limits = {t: asyncio.Semaphore(n) for t, n in settings.type_limits.items()}
         self.handler_pool = ThreadPoolExecutor(max_workers=settings.concurrency,
                                                thread_name_prefix="handler")
-        self.deleters = {q.name: Batcher(self.sender("delete_batch", q.url))
+        self.deleters = {q.name: Batcher(partial(self.sqs.delete_batch, q.url))
                          for q in settings.queues}
-        self.visibility = {q.name: Batcher(self.sender("change_visibility_batch", q.url))
+        self.visibility = {q.name: Batcher(partial(self.sqs.change_visibility_batch, q.url))
                            for q in settings.queues}
         self.held: dict[int, InFlight] = {}
         self.tasks: dict[asyncio.Task, list[InFlight]] = {}
@@ -111,11 +111,6 @@ class Consumer:
         # Settled messages waiting for this loop iteration's messages.succeeded lines.
         self.succeeded: dict[str, list[dict]] = {}
 
-    def sender(self, method: str, url: str):
-        async def send(entries):
-            return await self.sqs.call(method, url, entries)
-        return send
-
     # -- receiving ---------------------------------------------------------
 
     def start(self) -> None:
@@ -131,8 +126,8 @@ class Consumer:
                 break
             self.polling += 1
             try:
-                raw = await self.sqs.call("receive", queue.url, wanted, queue.wait_time_s,
-                                          queue.visibility_timeout_s)
+                raw = await self.sqs.receive(queue.url, wanted, queue.wait_time_s,
+                                             queue.visibility_timeout_s)
             except TRANSPORT_ERRORS as exc:
                 self.unreserve(queue, wanted)
                 errors += 1
@@ -459,16 +454,16 @@ class Consumer:
                 **item.log_fields(), "send_error_code": None,
                 "detail": f"no reason attribute fits beside the body in the DLQ's "
                           f"{limit} bytes"})
-            await self.sqs.call("send", dlq, item.body, None, group, dedup)
+            await self.sqs.send(dlq, item.body, None, group, dedup)
             return
         try:
-            await self.sqs.call("send", dlq, item.body, attributes, group, dedup)
+            await self.sqs.send(dlq, item.body, attributes, group, dedup)
         except ClientError as exc:
             if error_code(exc) not in TOO_LARGE_CODES:
                 raise
             log.warning("message.dead_letter_attributes_dropped", extra={
                 **item.log_fields(), "send_error_code": error_code(exc)})
-            await self.sqs.call("send", dlq, item.body, None, group, dedup)
+            await self.sqs.send(dlq, item.body, None, group, dedup)
 
     async def release_many(self, items: list[InFlight], reason: str) -> None:
         """Hand messages back (visibility 0) so another poller can take them now."""

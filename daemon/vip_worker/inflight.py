@@ -16,8 +16,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from vip_worker.config import MAX_VISIBILITY_S, QueueSettings
+from vip_worker.config import QueueSettings
 from vip_worker.message import Envelope
+from vip_worker.sqs.limits import MAX_VISIBILITY_S
 
 # Stop extending this long before SQS's 12-hour visibility cap.
 CAP_MARGIN_S = 60.0

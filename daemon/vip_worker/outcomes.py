@@ -15,11 +15,9 @@ from typing import Any
 
 from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
 from vip_worker.inflight import InFlight
+from vip_worker.sqs.limits import MAX_ATTRIBUTES, MAX_MESSAGE_BYTES
 
 MAX_EXPONENT = 30
-MAX_ATTRIBUTES = 10  # SQS's limit per message
-# SQS's size limit: the body plus every attribute's name, data type and value, in bytes.
-MAX_MESSAGE_BYTES = 1024 * 1024
 REASON_SHORT = 100
 REASON_MAX = 1000
 # The attributes vip-worker adds to a dead-lettered message; `dlq peek` reads them.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -29,12 +28,13 @@ from vip_worker import exitcodes
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.liveness import COUNTERS, HANDLED, INFLIGHT, READY, TICK
-from vip_worker.outcomes import MAX_MESSAGE_BYTES
 from vip_worker.plugins import LoadedPlugins, describe_exception, load_plugins
 from vip_worker.plugins.context import PollerContext
 from vip_worker.plugins.hooks import call_hook
 from vip_worker.services import metrics
-from vip_worker.sqs.boto import TRANSPORT_ERRORS, AsyncSqs, error_code
+from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
+from vip_worker.sqs.boto import AsyncSqs
+from vip_worker.sqs.queues import DlqLookupFailed, dlq_size_limit, resolve_dlq
 from vip_worker.sqs.wire import WireSqs, open_sqs
 
 log = logging.getLogger("vip_worker.poller")
@@ -68,7 +68,7 @@ class Poller:
     - ``drain``: the consumer's drain (see ``StopMode``), then the other tasks stop;
     - ``close``: the stop hooks, then the context's resources and the SQS client.
 
-    :param sqs_client: a boto3-style client to use instead of opening one (tests).
+    :param sqs_client: a blocking ``SqsClient`` to use instead of opening one (tests).
     :param providers: ``provide(context)`` callables run in ``open`` before the start
         hooks; they register named resources on the context (the daemon's job store:
         ``vip_worker.store.factory.provide_store``). The poller opens none itself.
@@ -238,7 +238,7 @@ class Poller:
         for name, value in consumer.stats.items():
             self.shm[COUNTERS[name]] = value
 
-    async def report_metrics(self, consumer: Consumer, sqs: AsyncSqs) -> None:
+    async def report_metrics(self, consumer: Consumer, sqs: SqsApi) -> None:
         """Every metrics_interval_s: one EMF line per queue (see vip_worker.services.metrics)."""
         interval = self.settings.metrics_interval_s
         if not interval:
@@ -249,8 +249,8 @@ class Poller:
             if self.index == 0:  # one depth reading per host is enough
                 for queue in self.settings.queues:
                     try:
-                        attrs = await sqs.call("queue_attributes", queue.url,
-                                               ["ApproximateNumberOfMessages"])
+                        attrs = await sqs.queue_attributes(queue.url,
+                                                           ["ApproximateNumberOfMessages"])
                         depths[queue.name] = int(attrs.get("ApproximateNumberOfMessages", 0))
                     except TRANSPORT_ERRORS as exc:
                         log.warning("metrics.depth_failed", extra={
@@ -299,49 +299,6 @@ class Poller:
             log.info("poller.recycling", extra={"reason": reason, "handled": consumer.handled,
                                                 "rss_mb": round(rss_mb(), 1)})
             self.request_stop(StopMode.RECYCLE)
-
-
-async def resolve_dlq(sqs: AsyncSqs, queue) -> str | None:
-    """The queue's DLQ: its setting, else its RedrivePolicy's target; None if it has none."""
-    if queue.dlq_url:
-        return queue.dlq_url
-    try:
-        attrs = await sqs.call("queue_attributes", queue.url, ["RedrivePolicy"])
-        policy = json.loads(attrs.get("RedrivePolicy", "{}") or "{}")
-        arn = policy.get("deadLetterTargetArn", "")
-        if arn:
-            # arn:aws:sqs:<region>:<account>:<name>; the DLQ may be in another account.
-            parts = arn.split(":")
-            return await sqs.call("queue_url", parts[-1], parts[-2] if len(parts) >= 6 else "")
-    except (*TRANSPORT_ERRORS, ValueError) as exc:
-        # Fatal for this poller: serving without knowing the DLQ could strand
-        # poison messages. The arbiter replaces the poller with backoff.
-        raise DlqLookupFailed(f"queue {queue.name}: {error_code(exc)}: {str(exc)[:300]}") from exc
-    log.warning("queue.no_dlq", extra={
-        "queue": queue.name, "detail": "malformed and failed messages are left to the "
-                                       "queue's redrive policy; set dlq_url"})
-    return None
-
-
-async def dlq_size_limit(sqs: AsyncSqs, queue_name: str, dlq_url: str) -> int:
-    """The DLQ's ``MaximumMessageSize``, which dead-letter copies are budgeted to.
-
-    Not fatal when it cannot be read (a role may send to a DLQ without the right to
-    read its attributes): then SQS's 1 MiB, and a copy the DLQ refuses as too large
-    goes again as the body alone.
-    """
-    try:
-        attrs = await sqs.call("queue_attributes", dlq_url, ["MaximumMessageSize"])
-        return int(attrs.get("MaximumMessageSize", MAX_MESSAGE_BYTES))
-    except (*TRANSPORT_ERRORS, ValueError) as exc:
-        log.warning("queue.dlq_size_unknown", extra={
-            "queue": queue_name, "dlq_url": dlq_url, "error_code": error_code(exc),
-            "assumed_bytes": MAX_MESSAGE_BYTES})
-        return MAX_MESSAGE_BYTES
-
-
-class DlqLookupFailed(Exception):
-    pass
 
 
 def rss_mb() -> float:

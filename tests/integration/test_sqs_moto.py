@@ -15,8 +15,8 @@ from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.plugins.context import PollerContext
 from vip_worker.plugins.registry import HandlerRegistry
-from vip_worker.poller import resolve_dlq
 from vip_worker.sqs.boto import AsyncSqs, SqsClient, make_client
+from vip_worker.sqs.queues import dlq_size_limit, resolve_dlq
 
 pytestmark = pytest.mark.integration
 
@@ -154,8 +154,6 @@ def test_fifo_group_keeps_its_order_across_a_retry(client, sqs, make_queue):
 
 def test_the_dlq_size_limit_is_read_and_defaults_when_it_cannot_be(client, sqs, sqs_endpoint,
                                                                    make_queue, caplog):
-    from vip_worker.poller import dlq_size_limit
-
     urls = make_queue("limit")
     sqs.set_queue_attributes(QueueUrl=urls["dlq"], Attributes={"MaximumMessageSize": "2048"})
 

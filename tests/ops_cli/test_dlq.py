@@ -14,6 +14,8 @@ from tests.support.sqs import queue_counts
 from tests.support.wait import wait_until
 from vip_worker.ops import dlq
 from vip_worker.sqs import boto as sqs
+from vip_worker.sqs.boto import SqsClient
+from vip_worker.sqs.queues import queue_name
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +98,7 @@ def test_redrive_without_the_move_api_moves_each_message_once(sqs, setup, capsys
         assert not set(attrs) & set(dlq.REASON_ATTRIBUTES)
         assert attrs["trace"]["StringValue"] == "t-" + json.loads(message["Body"])["jobId"]
         assert attrs[dlq.REDRIVEN_FROM]["StringValue"]
-    journal = tmp_path / "state" / "redrive" / f"{dlq.queue_name(setup['dlq'])}.journal"
+    journal = tmp_path / "state" / "redrive" / f"{queue_name(setup['dlq'])}.journal"
     assert not journal.exists()  # nothing pending: removed
 
 
@@ -155,7 +157,7 @@ def test_a_redrive_that_stops_after_sending_deletes_but_never_resends(sqs, setup
     use_client(monkeypatch, lambda client: Wrapper(client, delete_message_batch=crash))
     with pytest.raises(RuntimeError, match="crashed"):
         run(capsys, "dlq", "redrive", "work", "--config", setup["config"], "--max", "10")
-    journal = tmp_path / "state" / "redrive" / f"{dlq.queue_name(setup['dlq'])}.journal"
+    journal = tmp_path / "state" / "redrive" / f"{queue_name(setup['dlq'])}.journal"
     states = Counter(json.loads(line)["state"] for line in journal.read_text().splitlines())
     assert states == {"sent": 4}
     assert queue_counts(sqs, setup["dlq"]) == (4, 0)  # released when the run failed
@@ -214,8 +216,8 @@ def test_a_killed_redrive_of_a_fifo_dlq_resumes_exactly_once(sqs, make_queue, tm
         raise Killed()
 
     path = str(tmp_path / "fifo.journal")
-    crashing = Wrapper(sqs, send_message_batch=send_then_die,
-                       change_message_visibility_batch=no_release)
+    crashing = SqsClient(Wrapper(sqs, send_message_batch=send_then_die,
+                                 change_message_visibility_batch=no_release))
     with dlq.Journal(path) as journal, pytest.raises(Killed):
         dlq.move_messages(crashing, urls["dlq"], lambda m: urls["url"], journal,
                           dlq.RedriveResult(), visibility_s=1)
@@ -224,7 +226,7 @@ def test_a_killed_redrive_of_a_fifo_dlq_resumes_exactly_once(sqs, make_queue, tm
         assert set(journal.pending().values()) == {"sending"}
         wait_until(lambda: queue_counts(sqs, urls["dlq"])[0] == 3, 10,  # the 1 s visibility
                    message="the 3 dead letters visible again")
-        dlq.move_messages(sqs, urls["dlq"], lambda m: urls["url"], journal, result)
+        dlq.move_messages(SqsClient(sqs), urls["dlq"], lambda m: urls["url"], journal, result)
     assert (result.moved, result.resent, result.failed) == (3, 3, 0)
     moved = receive_all(sqs, urls["url"])
     assert [json.loads(m["Body"])["jobId"] for m in moved] == ids  # once each, in order

@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+from vip_worker.sqs.local import LOCAL_AWS_ENV
+
+FAKE_AWS = LOCAL_AWS_ENV  # the package's own, declared once
 
 
 def envelope(job_id=None, type_="articles", payload=None, user_id="u1"):

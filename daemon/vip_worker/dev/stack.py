@@ -44,14 +44,15 @@ def start_sqs(port: int):
 
 
 def create_queues(client) -> dict[str, str]:
+    """The demo's queues, each with its DLQ, through a blocking ``SqsClient``."""
+    from vip_worker.sqs.queues import queue_arn
+
     urls = {}
     for name in QUEUES:
-        dlq = client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-        arn = client.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
-            "Attributes"]["QueueArn"]
-        policy = {"deadLetterTargetArn": arn, "maxReceiveCount": str(REDRIVE_MAX_RECEIVES)}
-        urls[name] = client.create_queue(
-            QueueName=name, Attributes={"RedrivePolicy": json.dumps(policy)})["QueueUrl"]
+        dlq = client.create_queue(f"{name}-dlq")
+        policy = {"deadLetterTargetArn": queue_arn(client, dlq),
+                  "maxReceiveCount": str(REDRIVE_MAX_RECEIVES)}
+        urls[name] = client.create_queue(name, {"RedrivePolicy": json.dumps(policy)})
         urls[f"{name}-dlq"] = dlq
     return urls
 
@@ -89,12 +90,12 @@ def state_directory(given: str | None) -> Iterator[str]:
 
 def main(args) -> int:
     from vip_worker.dev.stubservice import StubGenerationService
+    from vip_worker.sqs.local import LOCAL_AWS_ENV
 
     env = dict(os.environ)
-    env.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    for name, value in LOCAL_AWS_ENV.items():
+        env.setdefault(name, value)  # credentials of the user's own are kept: moto takes any
     env["AWS_EC2_METADATA_DISABLED"] = "true"
-    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     for name in ("MONGODB_URI", "VIP_WORKER_MONGODB_URI", "AWS_PROFILE"):
         env.pop(name, None)  # the embedded stack never uses a real database or account
     port = args.port or int(env.get("VIP_DEV_SQS_PORT", "0"))
@@ -113,14 +114,12 @@ def main(args) -> int:
 def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_dir: str,
           kept: bool) -> int:
     """Start the daemon against the local services, run the demo batch, stop the daemon."""
-    import boto3
-
     from vip_worker import config
     from vip_worker.pipeline.producer import Producer
+    from vip_worker.sqs.boto import connect
 
-    client = boto3.client("sqs", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    client = connect(env["AWS_DEFAULT_REGION"], endpoint,
+                     credentials=(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
     urls = create_queues(client)
     env.update({"AWS_ENDPOINT_URL_SQS": endpoint, "ARTICLES_QUEUE_URL": urls["articles"],
                 "IMAGES_QUEUE_URL": urls["images"], "FASTAPI_URL": generation_url,

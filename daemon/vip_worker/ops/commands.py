@@ -2,8 +2,9 @@
 
 Neither needs the daemon: ``status`` asks SQS for the counts and reads the local
 daemon's ``<runtime_dir>/status.json`` for its pollers and rate. The SQS work is in
-``vip_worker.ops.dlq``. boto3 is imported inside the commands only: ``cli``, and so
-the master, imports this module. Manual: docs/status-and-dlq.md.
+``vip_worker.ops.dlq`` and ``vip_worker.sqs.queues``, through the blocking
+``vip_worker.sqs.boto.SqsClient``. The sqs package is imported inside the commands
+only: ``cli``, and so the master, imports this module. Manual: docs/status-and-dlq.md.
 """
 
 from __future__ import annotations
@@ -71,15 +72,15 @@ def fail(text: str) -> None:
 
 
 def describe_error(exc: BaseException) -> str:
-    from vip_worker.sqs.boto import error_code
+    from vip_worker.sqs.api import error_code
 
     return f"{error_code(exc)}: {str(exc)[:300]}"
 
 
 def client_for(settings):
-    from vip_worker.sqs import boto as sqs
+    from vip_worker.sqs.boto import connect
 
-    return sqs.make_client(settings.region, settings.sqs_endpoint_url, max_pool=4)
+    return connect(settings.region, settings.sqs_endpoint_url, max_pool=4)
 
 
 # -- status ------------------------------------------------------------------------------
@@ -118,8 +119,8 @@ def cmd_status(args, settings) -> int:
 
 def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
     """The document ``status --json`` prints (keys in docs/status-and-dlq.md)."""
-    from vip_worker.ops import dlq
-    from vip_worker.sqs.boto import TRANSPORT_ERRORS
+    from vip_worker.sqs import queues as sqs_queues
+    from vip_worker.sqs.api import TRANSPORT_ERRORS
 
     queues, errors, warnings = [], [], []
     for queue in settings.queues:
@@ -127,11 +128,11 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
                                "visible": None, "in_flight": None, "delayed": None,
                                "depth": None, "dlq": None}
         try:
-            row.update(dlq.counts(client, queue.url))
-            dlq_url = dlq.resolve_dlq_url(client, queue.url, queue.dlq_url)
+            row.update(sqs_queues.counts(client, queue.url))
+            dlq_url = sqs_queues.resolve_dlq_url(client, queue.url, queue.dlq_url)
             if dlq_url:
-                row["dlq"] = {"name": dlq.queue_name(dlq_url), "url": dlq_url,
-                              **dlq.counts(client, dlq_url)}
+                row["dlq"] = {"name": sqs_queues.queue_name(dlq_url), "url": dlq_url,
+                              **sqs_queues.counts(client, dlq_url)}
             else:
                 warnings.append(NO_DLQ_WARNING.format(queue=queue.name))
         except (*TRANSPORT_ERRORS, ValueError) as exc:
@@ -254,8 +255,8 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def cmd_dlq(args, settings) -> int:
-    from vip_worker.ops import dlq
-    from vip_worker.sqs.boto import TRANSPORT_ERRORS
+    from vip_worker.sqs.api import TRANSPORT_ERRORS
+    from vip_worker.sqs.queues import queue_name, resolve_dlq_url
 
     try:
         queue = settings.queue(args.queue)
@@ -265,7 +266,7 @@ def cmd_dlq(args, settings) -> int:
         return exitcodes.USAGE
     client = client_for(settings)
     try:
-        dlq_url = dlq.resolve_dlq_url(client, queue.url, queue.dlq_url)
+        dlq_url = resolve_dlq_url(client, queue.url, queue.dlq_url)
     except (*TRANSPORT_ERRORS, ValueError) as exc:
         fail(f"queue {queue.name} ({queue.url}): {describe_error(exc)}")
         return exitcodes.UNAVAILABLE
@@ -278,7 +279,7 @@ def cmd_dlq(args, settings) -> int:
             return cmd_peek(args, client, dlq_url)
         return cmd_redrive(args, settings, client, queue, dlq_url)
     except TRANSPORT_ERRORS as exc:
-        fail(f"DLQ {dlq.queue_name(dlq_url)} of queue {queue.name}: {describe_error(exc)}")
+        fail(f"DLQ {queue_name(dlq_url)} of queue {queue.name}: {describe_error(exc)}")
         return exitcodes.UNAVAILABLE
     except KeyboardInterrupt:
         return INTERRUPTED  # a peek released its messages on the way out
@@ -286,6 +287,7 @@ def cmd_dlq(args, settings) -> int:
 
 def cmd_peek(args, client, dlq_url: str) -> int:
     from vip_worker.ops import dlq
+    from vip_worker.sqs.queues import queue_name
 
     messages, problems = dlq.peek(client, dlq_url, args.n)
     for problem in problems:
@@ -294,7 +296,7 @@ def cmd_peek(args, client, dlq_url: str) -> int:
     if args.json:
         print(json.dumps({"dlq_url": dlq_url, "messages": messages}, indent=2))
         return exitcodes.OK
-    print(f"DLQ {dlq.queue_name(dlq_url)}: {len(messages)} message(s) shown, left in place")
+    print(f"DLQ {queue_name(dlq_url)}: {len(messages)} message(s) shown, left in place")
     for m in messages:
         what = f"job {m['job_id']} type {m['type']}" if m["body_is_json"] else "body not JSON"
         print(f"{m['message_id']}  {what}  received {m['receive_count']}x  "
@@ -315,7 +317,7 @@ def target_url(client, name_or_url: str, settings) -> str:
     for queue in settings.queues:
         if queue.name == name_or_url:
             return queue.url
-    return client.get_queue_url(QueueName=name_or_url)["QueueUrl"]
+    return client.queue_url(name_or_url)
 
 
 def refusal(exc) -> str:
@@ -329,7 +331,8 @@ def refusal(exc) -> str:
 
 def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
     from vip_worker.ops import dlq
-    from vip_worker.sqs.boto import TRANSPORT_ERRORS, error_code
+    from vip_worker.sqs.api import TRANSPORT_ERRORS, error_code
+    from vip_worker.sqs.queues import queue_name
 
     to_url = None
     if args.to:
@@ -341,7 +344,7 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
             fail(f"--to {args.to}: {'no such queue: ' if missing else ''}{describe_error(exc)}")
             return exitcodes.USAGE if missing else exitcodes.UNAVAILABLE
     path = args.journal or os.path.join(os.path.abspath(state_dir(settings)), "redrive",
-                                        f"{dlq.queue_name(dlq_url)}.journal")
+                                        f"{queue_name(dlq_url)}.journal")
     try:
         journal = dlq.Journal(path)
     except (dlq.JournalBusy, OSError) as exc:
@@ -367,7 +370,7 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
                  "exactly-once)")
             code = INTERRUPTED
         except TRANSPORT_ERRORS as exc:
-            fail(f"DLQ {dlq.queue_name(dlq_url)}: {describe_error(exc)}; run again to finish")
+            fail(f"DLQ {queue_name(dlq_url)}: {describe_error(exc)}; run again to finish")
             code = exitcodes.UNAVAILABLE
         left = len(journal.pending())
     report(result, left, path)
@@ -376,8 +379,8 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
 
 def started_move_task(args, client, journal, dlq_url: str, to_url: str | None) -> bool:
     """Try StartMessageMoveTask unless the manual move must run; say which way it goes."""
-    from vip_worker.ops import dlq
-    from vip_worker.sqs.boto import ClientError
+    from vip_worker.sqs.api import ClientError
+    from vip_worker.sqs.queues import queue_arn, queue_name
 
     pending = journal.pending()
     if pending:
@@ -387,15 +390,15 @@ def started_move_task(args, client, journal, dlq_url: str, to_url: str | None) -
     if args.max is not None:
         print("--max: using the manual move (a move task cannot stop after N messages)")
         return False
-    dlq_arn = dlq.queue_arn(client, dlq_url)
-    destination = dlq.queue_arn(client, to_url) if to_url else None
+    dlq_arn = queue_arn(client, dlq_url)
+    destination = queue_arn(client, to_url) if to_url else None
     try:
-        handle = dlq.start_move_task(client, dlq_arn, destination)
+        handle = client.start_message_move_task(dlq_arn, destination)
     except ClientError as exc:
         print(f"StartMessageMoveTask unavailable ({refusal(exc)}): using the manual move")
         return False
-    target = dlq.queue_name(to_url) if to_url else "each message's source queue"
-    print(f"started an SQS message move task from {dlq.queue_name(dlq_url)} to {target}\n"
+    target = queue_name(to_url) if to_url else "each message's source queue"
+    print(f"started an SQS message move task from {queue_name(dlq_url)} to {target}\n"
           f"task handle: {handle}\n(follow it with ListMessageMoveTasks --source-arn {dlq_arn})")
     return True
 

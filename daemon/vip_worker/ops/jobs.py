@@ -78,7 +78,7 @@ def cmd_enqueue(args, settings) -> int:
         return exitcodes.USAGE
     except Exception as exc:  # noqa: BLE001 - reported in one line, classified below
         if not inline:
-            from vip_worker.sqs.boto import TRANSPORT_ERRORS, error_code
+            from vip_worker.sqs.api import TRANSPORT_ERRORS, error_code
 
             if not isinstance(exc, TRANSPORT_ERRORS):
                 raise

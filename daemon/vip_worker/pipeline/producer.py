@@ -44,7 +44,9 @@ class Producer:
     """Creates jobs and queues their messages; runs them inline when SQS is absent.
 
     :param settings: from ``config.load(require_queues=False)``.
-    :param sqs_client: a boto3 SQS client (default: one made from the settings).
+    :param sqs_client: a blocking ``vip_worker.sqs.boto.SqsClient``, or an AWS SDK client
+        (``vip_worker.sqs.boto.make_client``'s) to wrap in one; default: one made from the
+        settings.
     """
 
     def __init__(self, settings, sqs_client=None) -> None:
@@ -88,19 +90,20 @@ class Producer:
                           f"handler in this process"})
             self.run_inline(envelope)
             return job_id
-        kwargs = {"QueueUrl": queue.url, "MessageBody": envelope.to_body()}
-        if queue.fifo:
-            kwargs.update(MessageGroupId=user_id, MessageDeduplicationId=job_id)
-        message_id = self.client().send_message(**kwargs)["MessageId"]
+        group, dedup = (user_id, job_id) if queue.fifo else (None, None)
+        message_id = self.client().send(queue.url, envelope.to_body(), group_id=group,
+                                        dedup_id=dedup)
         log.info("producer.queued", extra={"job_id": job_id, "type": message_type,
                                            "queue": queue.name, "message_id": message_id})
         return job_id
 
     def client(self):
-        if self.sqs_client is None:
-            from vip_worker.sqs.boto import make_client
+        from vip_worker.sqs.boto import SqsClient, connect
 
-            self.sqs_client = make_client(self.settings.region, self.settings.sqs_endpoint_url)
+        if self.sqs_client is None:
+            self.sqs_client = connect(self.settings.region, self.settings.sqs_endpoint_url)
+        elif not isinstance(self.sqs_client, SqsClient):
+            self.sqs_client = SqsClient(self.sqs_client)  # an SDK client, as callers gave
         return self.sqs_client
 
     def inline_handler(self, message_type: str):

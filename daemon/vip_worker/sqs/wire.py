@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -29,16 +30,15 @@ import random
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
+from vip_worker.sqs.api import ClientError, EntryFailure, SqsApi
 from vip_worker.sqs.boto import (
     RECEIVE_SYSTEM_ATTRIBUTES,
     RECEIVE_SYSTEM_ATTRIBUTES_FIFO,
     AsyncSqs,
-    ClientError,
-    EntryFailure,
     SqsClient,
     ca_bundle,
     credentials_reader,
@@ -91,13 +91,13 @@ CREDENTIAL_CODES = frozenset(("ExpiredToken", "ExpiredTokenException", "InvalidC
 # SQS refused the request's signature or authentication: hand the poller to boto3.
 SIGNATURE_CODES = frozenset(("SignatureDoesNotMatch", "IncompleteSignature",
                              "InvalidSignatureException", "MissingAuthenticationToken"))
-# Calls made here; any other method goes to the boto3 client in a thread.
-WIRE_METHODS = frozenset(("receive", "delete_batch", "change_visibility_batch", "send"))
 log = logging.getLogger("vip_worker.sqs.wire")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str
-             ) -> tuple[AsyncSqs | WireSqs, str]:
+             ) -> tuple[SqsApi, str]:
     """The poller's SQS client, after fork; also says which transport it got and why.
 
     ``wire`` needs a direct connection to an endpoint at ``/``: with a proxy
@@ -132,8 +132,28 @@ def proxy_for(url: str) -> str:
     return proxy
 
 
+def falls_back(to: Callable[[AsyncSqs], Callable[P, Awaitable[T]]]):
+    """A ``WireSqs`` call made on the wire, and through ``to(self.fallback)`` (boto3) once
+    SQS has refused the wire client's signature: that call and every later one."""
+    def decorate(wire_call: Callable[Concatenate[WireSqs, P], Awaitable[T]]
+                 ) -> Callable[Concatenate[WireSqs, P], Awaitable[T]]:
+        @functools.wraps(wire_call)
+        async def call(self: WireSqs, *args: P.args, **kwargs: P.kwargs) -> T:
+            if not self.refused:
+                try:
+                    return await wire_call(self, *args, **kwargs)
+                except ClientError as exc:
+                    if not self.signature_refused(exc):
+                        raise
+            return await to(self.fallback)(*args, **kwargs)
+        return call
+    return decorate
+
+
 class WireSqs:
-    """``AsyncSqs``'s ``call`` interface, with the hot-path calls made on the loop.
+    """``SqsApi`` with the hot-path calls made on the loop: ReceiveMessage,
+    DeleteMessageBatch, ChangeMessageVisibilityBatch and SendMessage. Queue
+    attributes and URLs are the fallback's calls.
 
     Raises only what the boto3 transport raises: ``ClientError`` for an error
     answer, ``OSError`` (``ConnectionError``, ``TimeoutError``) for everything
@@ -169,24 +189,28 @@ class WireSqs:
         self.rand = rand
         self.path_head = f"POST / HTTP/1.1\r\nHost: {self.origin.authority}\r\n"
 
-    async def call(self, method: str, *args: Any) -> Any:
-        if method in WIRE_METHODS and not self.refused:
-            try:
-                return await getattr(self, method)(*args)
-            except ClientError as exc:
-                code = exc.response["Error"]["Code"]
-                if code not in SIGNATURE_CODES:
-                    raise
-                # A safety net for what no test here can reach (a real AWS endpoint):
-                # boto3 signs its own way; if it is refused too, the cause is the
-                # credentials and boto3's error says so. Logged once: calls in flight
-                # when the first refusal came are refused too.
-                if not self.refused:
-                    self.refused = True
-                    log.warning("sqs.transport_fallback", extra={
-                        "configured": "wire", "used": "boto3",
-                        "reason": f"SQS refused the wire client's request: {code}"})
-        return await self.fallback.call(method, *args)
+    def signature_refused(self, exc: ClientError) -> bool:
+        """True when SQS refused the wire client's signature: the call then goes through
+        the fallback, and so does every later one."""
+        code = exc.response["Error"]["Code"]
+        if code not in SIGNATURE_CODES:
+            return False
+        # A safety net for what no test here can reach (a real AWS endpoint):
+        # boto3 signs its own way; if it is refused too, the cause is the
+        # credentials and boto3's error says so. Logged once: calls in flight
+        # when the first refusal came are refused too.
+        if not self.refused:
+            self.refused = True
+            log.warning("sqs.transport_fallback", extra={
+                "configured": "wire", "used": "boto3",
+                "reason": f"SQS refused the wire client's request: {code}"})
+        return True
+
+    async def queue_attributes(self, queue_url: str, names: Sequence[str]) -> dict[str, str]:
+        return await self.fallback.queue_attributes(queue_url, names)
+
+    async def queue_url(self, name: str, owner_account: str = "") -> str:
+        return await self.fallback.queue_url(name, owner_account)
 
     def close(self) -> None:
         self.origin.close()
@@ -194,6 +218,7 @@ class WireSqs:
 
     # -- the calls --------------------------------------------------------------
 
+    @falls_back(lambda fallback: fallback.receive)
     async def receive(self, queue_url: str, max_messages: int, wait_s: int,
                       visibility_s: int) -> list[dict[str, Any]]:
         response = await self.request("ReceiveMessage", {
@@ -217,6 +242,7 @@ class WireSqs:
                         value["BinaryValue"] = base64.b64decode(value["BinaryValue"])
             return messages
 
+    @falls_back(lambda fallback: fallback.delete_batch)
     async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
                            ) -> list[EntryFailure]:
         response = await self.request("DeleteMessageBatch", {
@@ -226,6 +252,7 @@ class WireSqs:
         with unusable("DeleteMessageBatch"):
             return failures(response)
 
+    @falls_back(lambda fallback: fallback.change_visibility_batch)
     async def change_visibility_batch(self, queue_url: str,
                                       entries: Sequence[tuple[str, str, int]]
                                       ) -> list[EntryFailure]:
@@ -237,6 +264,7 @@ class WireSqs:
         with unusable("ChangeMessageVisibilityBatch"):
             return failures(response)
 
+    @falls_back(lambda fallback: fallback.send)
     async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
                    group_id: str | None = None, dedup_id: str | None = None,
                    delay_s: int = 0) -> str:

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+from vip_worker.sqs.local import LOCAL_AWS_ENV
+
 OUTCOMES = ("message.retried", "message.dead_lettered")  # one record per message
 
 
@@ -49,8 +49,8 @@ def vip_worker_sqs_endpoint():
         from moto.server import ThreadedMotoServer
     except ImportError:
         pytest.skip("moto[server] is not installed")
-    saved = {k: os.environ.get(k) for k in FAKE_AWS}
-    os.environ.update(FAKE_AWS)
+    saved = {k: os.environ.get(k) for k in LOCAL_AWS_ENV}
+    os.environ.update(LOCAL_AWS_ENV)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -87,17 +87,17 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
     from vip_worker.plugins.manager import LoadedPlugins, make_plugin_manager
     from vip_worker.plugins.registry import HandlerRegistry
     from vip_worker.poller import Poller, StopMode
-    from vip_worker.sqs.boto import SqsClient, make_client
+    from vip_worker.sqs.boto import connect
+    from vip_worker.sqs.local import LOCAL_REGION
+    from vip_worker.sqs.queues import queue_arn
     from vip_worker.store.factory import provide_store
     from vip_worker.testing import capture_logs
 
-    client = make_client("us-east-1", endpoint)
+    client = connect(LOCAL_REGION, endpoint)
     name = f"test-{uuid.uuid4().hex[:10]}"
-    dlq = client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-    arn = client.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    url = client.create_queue(QueueName=name, Attributes={"RedrivePolicy": json.dumps(
-        {"deadLetterTargetArn": arn, "maxReceiveCount": "1000"})})["QueueUrl"]
+    dlq = client.create_queue(f"{name}-dlq")
+    url = client.create_queue(name, {"RedrivePolicy": json.dumps(
+        {"deadLetterTargetArn": queue_arn(client, dlq), "maxReceiveCount": "1000"})})
     env = {"VIP_WORKER_QUEUE_WORK_URL": url, "VIP_WORKER_QUEUE_WORK_WAIT_TIME_S": "1",
            "VIP_WORKER_QUEUE_WORK_RETRY_BACKOFF_BASE_S": "0",
            "VIP_WORKER_QUEUE_WORK_RETRY_BACKOFF_MAX_S": "0", "VIP_WORKER_METRICS_INTERVAL_S": "0",
@@ -112,7 +112,7 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
     # No plugin is loaded: the handlers are the test's, and no poller hook runs.
     loaded = LoadedPlugins(manager=make_plugin_manager(), registry=registry, infos=[])
     for message in messages:
-        client.send_message(QueueUrl=url, MessageBody=message.to_body())
+        client.send(url, message.to_body())
     result = PollerRun(job_ids=[m.job_id for m in messages])
 
     def settled() -> bool:
@@ -122,7 +122,7 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
 
     async def main():
         # The daemon's own poller, its four steps without the signal handlers.
-        poller = Poller(settings, 0, [0.0] * liveness.SIZE, sqs_client=SqsClient(client),
+        poller = Poller(settings, 0, [0.0] * liveness.SIZE, sqs_client=client,
                         providers=[provide_store], loaded=loaded)
         if not await poller.open():
             raise AssertionError("the poller could not start: see run.records")
