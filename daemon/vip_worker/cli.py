@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -30,11 +31,33 @@ import time
 
 from vip_worker import __version__, config, exitcodes, logconfig
 from vip_worker.errors import ConfigError, PluginError
-from vip_worker.ops import commands as ops_cli
-from vip_worker.ops import jobs as jobs_cli
-from vip_worker.ops.jobs import PAYLOAD_FLAGS, camel
 
 log = logging.getLogger("vip_worker.cli")
+# Each command's code, imported only when that command runs: ``--help`` stays fast and
+# the master (``run``) never imports the ops commands, the dev stack or boto3.
+COMMANDS = {
+    "run": "vip_worker.cli:cmd_run",
+    "config": "vip_worker.cli:cmd_config",
+    "plugins": "vip_worker.cli:cmd_plugins",
+    "enqueue": "vip_worker.ops.jobs:cmd_enqueue",
+    "jobs": "vip_worker.ops.jobs:cmd_jobs",
+    "status": "vip_worker.ops.commands:cmd_status",
+    "dlq": "vip_worker.ops.commands:cmd_dlq",
+}
+# Commands that need no settings: called with the parsed arguments only.
+STANDALONE_COMMANDS = {
+    "dev": "vip_worker.dev.stack:main",
+    "new-plugin": "vip_worker.dev.scaffold:main",
+}
+# --flag -> payload field (camelCase, as the app sends it) and its type.
+PAYLOAD_FLAGS = {
+    "mode": str, "topic": str, "word-count": int, "tone": str, "keywords": config.str_list,
+    "target-audience": str, "language": str, "prompt": str, "size": str, "style": str,
+    "seo-optimization": config.boolean, "include-images": config.boolean,
+}
+JOB_STATUSES = ("queued", "processing", "completed", "failed")
+DEFAULT_WATCH_S = 2.0
+MIN_WATCH_S = 1.0
 PREFLIGHT_TIMEOUT_S = 60.0
 # The boot's MongoDB check waits this long (pymongo's own default is 30 s; ours 5 s, but
 # a URI may set more): a reload runs it while the master's loop waits.
@@ -76,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     show_job.add_argument("--json", action="store_true", help="one JSON document")
     list_jobs = jobs_commands.add_parser("list", help="recent jobs, newest first")
     add_config_arg(list_jobs)
-    list_jobs.add_argument("--status", choices=("queued", "processing", "completed", "failed"))
+    list_jobs.add_argument("--status", type=job_status, metavar="STATUS",
+                           help=f"only jobs in this status: {', '.join(JOB_STATUSES)}")
     list_jobs.add_argument("--limit", type=int, default=50)
     list_jobs.add_argument("--json", action="store_true", help="one JSON document")
 
@@ -96,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--state-dir", metavar="DIR",
                      help="keep the job store here (default: a temporary directory, removed "
                           "on exit)")
-    ops_cli.add_commands(commands, add_config_arg)  # status, dlq peek, dlq redrive
+    add_ops_commands(commands)
 
     new_plugin = commands.add_parser("new-plugin", help="scaffold a handler plugin package")
     new_plugin.add_argument("name", help="plugin name, also its message type ([a-z0-9_])")
@@ -110,26 +134,84 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
                         help="TOML config file (default: $VIP_WORKER_CONFIG)")
 
 
+def add_ops_commands(commands) -> None:
+    """``status``, ``dlq peek`` and ``dlq redrive`` (their code: ``vip_worker.ops.commands``)."""
+    status = commands.add_parser("status", help="queue depths, DLQs, rate, ETA, local daemon")
+    add_config_arg(status)
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument("--watch", nargs="?", type=watch_interval, const=DEFAULT_WATCH_S,
+                        metavar="SECONDS",
+                        help=f"refresh every SECONDS (default {DEFAULT_WATCH_S:g}, at least "
+                             f"{MIN_WATCH_S:g}) until Ctrl-C")
+
+    dlq = commands.add_parser("dlq", help="look at or move back a queue's dead letters")
+    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    peek = actions.add_parser("peek", help="show dead letters and leave them in place")
+    add_config_arg(peek)
+    peek.add_argument("queue", metavar="QUEUE", help="a configured queue's name; its DLQ is read")
+    peek.add_argument("-n", type=positive_int, default=10, metavar="N",
+                      help="messages to show (default 10)")
+    peek.add_argument("--json", action="store_true", help="one JSON document")
+    redrive = actions.add_parser("redrive", help="move dead letters back to their queue")
+    add_config_arg(redrive)
+    redrive.add_argument("queue", metavar="QUEUE", help="a configured queue; its DLQ is emptied")
+    redrive.add_argument("--to", metavar="QUEUE_OR_URL",
+                         help="target: a configured queue, a queue name or a URL")
+    redrive.add_argument("--max", type=positive_int, metavar="N",
+                         help="move at most N messages (always the manual move)")
+    redrive.add_argument("--journal", metavar="FILE",
+                         help="journal of the manual move (default: "
+                              "<state_dir>/redrive/<dlq name>.journal)")
+
+
+def camel(flag: str) -> str:
+    first, *rest = flag.split("-")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)  # argparse reports a ValueError as "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def watch_interval(text: str) -> float:
+    """``status --watch``: seconds, at least MIN_WATCH_S (0 would refresh in a tight loop)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= MIN_WATCH_S:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_WATCH_S:g} s, got {text}")
+    return value
+
+
+def job_status(text: str) -> str:
+    """``jobs list --status``: argparse's ``choices`` error omits them when a metavar is set."""
+    if text not in JOB_STATUSES:
+        raise argparse.ArgumentTypeError(
+            f"invalid status {text!r} (choose from {', '.join(JOB_STATUSES)})")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "dev":
-        from vip_worker.dev import stack as devstack
-
-        return devstack.main(args)
-    if args.command == "new-plugin":
-        from vip_worker.dev import scaffold
-
-        return scaffold.main(args)
+    if args.command in STANDALONE_COMMANDS:
+        return resolve(STANDALONE_COMMANDS[args.command])(args)
     try:
         settings = config.load(args.config, overrides=overrides(args),
                                require_queues=args.command in ("run", "status", "dlq"))
     except ConfigError as exc:
         print(f"vip-worker: configuration error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
-    handler = {"run": cmd_run, "config": cmd_config, "plugins": cmd_plugins,
-               "enqueue": jobs_cli.cmd_enqueue, "jobs": jobs_cli.cmd_jobs,
-               "status": ops_cli.cmd_status, "dlq": ops_cli.cmd_dlq}[args.command]
-    return handler(args, settings)
+    return resolve(COMMANDS[args.command])(args, settings)
+
+
+def resolve(target: str):
+    """``"package.module:function"`` -> the function, importing its module now."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def overrides(args: argparse.Namespace) -> dict:
