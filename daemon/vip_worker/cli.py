@@ -325,8 +325,9 @@ def start_services(arbiter) -> list:
     settings = arbiter.settings
     services = []
     if settings.health_port:
+        # The health thread reads only what the master's loop published (one attribute).
         server = health.HealthServer(settings.health_host, settings.health_port,
-                                     arbiter.snapshot)
+                                     lambda: arbiter.published)
         try:
             server.start()
         except OSError as exc:

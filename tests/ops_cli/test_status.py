@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import envelope
 from tests.ops_cli.conftest import make_config, run
+from vip_worker import statusfile
 
 pytestmark = pytest.mark.integration
 
@@ -25,16 +26,14 @@ def send(sqs, url, count, type_="sleep", **payload):
 
 
 def write_status(run_dir, **fields):
-    """A status.json as the master writes it."""
+    """A status.json as the master writes it (the schema's own writer)."""
     doc = {"pid": os.getpid(), "written_at": time.time(), "uptime_s": 75.0, "target": 1,
-           "generation": 1, "stopping": False, "ready": True, "rate_per_min": None,
+           "generation": 1, "stopping": None, "ready": True, "rate_per_min": None,
            "rate_window_s": 60, "queues": ["work"], "totals": {"handled": 4.0},
            "pollers": [{"index": 0, "pid": os.getpid(), "ready": True, "stopping": False,
                         "in_flight": 2, "uptime_s": 70.0, "handled": 4.0}]}
     doc.update(fields)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "status.json"), "w") as fh:
-        json.dump(doc, fh)
+    statusfile.write(str(run_dir), statusfile.DaemonStatus.build(**doc))
 
 
 def test_status_json_shows_the_queues_and_the_running_daemon(sqs, make_queue, start_daemon,

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from vip_worker import exitcodes
+from vip_worker import exitcodes, statusfile
 from vip_worker.outcomes import ERROR_TEXT, SOURCE_QUEUE
 from vip_worker.store.factory import runtime_dir, state_dir
 
@@ -24,8 +24,6 @@ CLEAR_SCREEN = "\x1b[H\x1b[2J"
 NO_DLQ_WARNING = ("queue {queue} has no DLQ (no dlq_url, no RedrivePolicy): a message that "
                   "keeps failing comes back again and again, forever; give the queue a "
                   "RedrivePolicy (docs/configuration.md)")
-DAEMON_KEYS = ("pid", "uptime_s", "target", "generation", "stopping", "ready", "pollers",
-               "totals", "rate_per_min", "rate_window_s", "queues")
 
 
 def fail(text: str) -> None:
@@ -118,16 +116,15 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
 
 def daemon_state(run_dir: str, now: float) -> dict[str, Any]:
     """The local daemon, from status.json: running only if fresh and its pid is alive."""
-    path = os.path.join(run_dir, "status.json")
+    path = statusfile.path(run_dir)
     state: dict[str, Any] = {"running": False, "status_file": path, "age_s": None}
     try:
-        with open(path, encoding="utf-8") as fh:
-            snap = json.load(fh)
-        written_at = float(snap["written_at"])
+        snap = statusfile.read(run_dir)
+        written_at = snap["written_at"]
     except FileNotFoundError:
         state["note"] = f"not running on this host (no {path})"
         return state
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         state["note"] = f"unknown: cannot read {path}: {exc}"
         return state
     state["age_s"] = round(now - written_at, 1)
@@ -139,7 +136,7 @@ def daemon_state(run_dir: str, now: float) -> dict[str, Any]:
     if not pid_alive(snap.get("pid")):
         state["note"] = f"not running on this host (pid {snap.get('pid')} has exited)"
         return state
-    state.update({key: snap.get(key) for key in DAEMON_KEYS})
+    state.update({key: snap.get(key) for key in statusfile.KEYS})
     state.update(running=True, note=None)
     return state
 
