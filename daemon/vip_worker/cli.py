@@ -205,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vip-worker: configuration error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
-    return resolve(COMMANDS[args.command])(args, settings)
+    command = resolve(COMMANDS[args.command])
+    if args.command == "run":
+        return command(args, settings)  # it installs the JSON log
+    with logconfig.console():  # a warning (producer.inline) shows its fields on stderr
+        return command(args, settings)
 
 
 def resolve(target: str):

@@ -104,6 +104,10 @@ def test_enqueue_inline_with_a_failing_handler_is_one_line_and_exit_1(tmp_path, 
     code, out, err = run(capsys, "enqueue", "boom", "--job-id", "job-1", "--payload", "{}")
     assert code == exitcodes.FAILED == 1
     assert out == ""
+    # The inline-run warning keeps its fields (it was a bare "producer.inline"), then the error.
+    warning, err = err.split("\n", 1)
+    assert warning == ("vip-worker: warning: producer.inline: no SQS queue configured for "
+                       "'boom': running the handler in this process (job_id=job-1 type=boom)")
     assert one_line(err).startswith("vip-worker: job job-1 failed in the inline run")
     assert "PermanentError: no way" in err
 
