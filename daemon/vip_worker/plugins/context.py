@@ -96,5 +96,10 @@ class HandlerContext:
         return self.poller.store
 
     def progress(self, percent: int, message: str) -> None:
-        """Record the job's progress (0-100) and a human message, as the app shows it."""
+        """Record the job's progress (0-100) and a human message, as the app shows it.
+
+        Also logged (``job.progress``): the store keeps only the latest step, and a step
+        followed at once by the next one (80 "Saving content...") is otherwise never seen.
+        """
         self.store.progress(self.job_id, percent, message, datetime.now(UTC))
+        self.log.info("job.progress", extra={"progress": int(percent), "step": message})
