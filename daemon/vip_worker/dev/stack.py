@@ -45,15 +45,16 @@ HOLD_COMPLETED_S = 2.0
 TERMINAL = ("completed", "failed")
 
 
-def vip_worker_command(executable: str = sys.executable, cwd: str | None = None) -> str:
-    """How to type the ``vip-worker`` installed beside this Python: in a checkout set up by
-    ``make``, ``.venv/bin/vip-worker`` (it is not on the PATH unless the virtualenv is
-    active); ``vip-worker`` when the PATH finds that same program."""
-    beside = os.path.join(os.path.dirname(executable), "vip-worker")
+def vip_worker_command(executable: str = sys.executable, cwd: str | None = None,
+                       program: str = "vip-worker") -> str:
+    """How to type ``program`` (default ``vip-worker``), installed beside this Python: in a
+    checkout set up by ``make``, ``.venv/bin/vip-worker`` (it is not on the PATH unless the
+    virtualenv is active); ``vip-worker`` when the PATH finds that same program."""
+    beside = os.path.join(os.path.dirname(executable), program)
     if not os.path.exists(beside):
         return f"{executable} -m vip_worker"
-    if shutil.which("vip-worker") == beside:
-        return "vip-worker"
+    if shutil.which(program) == beside:
+        return program
     relative = os.path.relpath(beside, cwd or os.getcwd())
     return beside if relative.startswith("..") else relative
 

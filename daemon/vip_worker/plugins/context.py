@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+log = logging.getLogger("vip_worker.plugins.context")
 
 @dataclass
 class PollerContext:
@@ -102,4 +103,6 @@ class HandlerContext:
         followed at once by the next one (80 "Saving content...") is otherwise never seen.
         """
         self.store.progress(self.job_id, percent, message, datetime.now(UTC))
-        self.log.info("job.progress", extra={"progress": int(percent), "step": message})
+        # vip-worker's line, not the plugin's: with the message's fields, on our logger.
+        fields = dict(getattr(self.log, "extra", None) or {})
+        log.info("job.progress", extra={**fields, "progress": int(percent), "step": message})
