@@ -81,6 +81,16 @@ def test_peek_shows_the_reason_and_leaves_the_messages(sqs, setup, capsys):
     assert queue_counts(sqs, setup["dlq"]) == (4, 0)
 
 
+def test_peek_says_what_a_json_body_lacks_instead_of_none(sqs, setup, capsys):
+    sqs.send_message(QueueUrl=setup["dlq"], MessageBody=json.dumps({"type": "images"}))
+    sqs.send_message(QueueUrl=setup["dlq"], MessageBody=json.dumps({"hello": 1}))
+    code, out, _ = run(capsys, "dlq", "peek", "work", "--config", setup["config"])
+    assert code == 0
+    assert "None" not in out
+    assert "  no jobId  type images  received 1x" in out
+    assert "  no jobId  no type  received 1x" in out
+
+
 def test_redrive_without_the_move_api_moves_each_message_once(sqs, setup, capsys, tmp_path):
     ids = [uuid.uuid4().hex[:24] for _ in range(13)]  # more than one batch
     for job in ids:

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "daemon" / "vip_worker"
 README = ROOT / "README.md"
 MAX_LINES = 400
-# The composition root: it wires the parts together, so it may name any of them.
-COMPOSITION_ROOT = {"cli.py", "__main__.py"}
+# The composition root (the command table, and `run` booting the daemon): it wires the
+# parts together, so it may name any of them.
+COMPOSITION_ROOT = {"cli.py", "boot.py", "__main__.py"}
 
 
 def module_name(path: Path) -> str:

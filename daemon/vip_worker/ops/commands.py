@@ -3,13 +3,12 @@
 Neither needs the daemon: ``status`` asks SQS for the counts and reads the local
 daemon's ``<runtime_dir>/status.json`` for its pollers and rate. The SQS work is in
 ``vip_worker.ops.dlq`` and ``vip_worker.sqs.queues``, through the blocking
-``vip_worker.sqs.boto.SqsClient``. The sqs package is imported inside the commands
-only: ``cli``, and so the master, imports this module. Manual: docs/status-and-dlq.md.
+``vip_worker.sqs.boto.SqsClient``. The flags are declared in ``vip_worker.cli``, which
+imports this module only when one of these commands runs. Manual: docs/status-and-dlq.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -17,54 +16,15 @@ import sys
 import time
 from typing import Any
 
-from vip_worker import exitcodes
+from vip_worker import exitcodes, statusfile
 from vip_worker.outcomes import ERROR_TEXT, SOURCE_QUEUE
 from vip_worker.store.factory import runtime_dir, state_dir
 
 STALE_AFTER_S = 10.0  # the master writes status.json every 2 s
-DEFAULT_WATCH_S = 2.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 NO_DLQ_WARNING = ("queue {queue} has no DLQ (no dlq_url, no RedrivePolicy): a message that "
                   "keeps failing comes back again and again, forever; give the queue a "
                   "RedrivePolicy (docs/configuration.md)")
-DAEMON_KEYS = ("pid", "uptime_s", "target", "generation", "stopping", "ready", "pollers",
-               "totals", "rate_per_min", "rate_window_s", "queues")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)  # argparse reports a ValueError as "invalid positive_int value"
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def add_commands(commands, add_config_arg) -> None:
-    """Add ``status`` and ``dlq`` to ``cli``'s subparsers."""
-    status = commands.add_parser("status", help="queue depths, DLQs, rate, ETA, local daemon")
-    add_config_arg(status)
-    status.add_argument("--json", action="store_true", help="one JSON document")
-    status.add_argument("--watch", nargs="?", type=float, const=DEFAULT_WATCH_S,
-                        metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
-
-    dlq = commands.add_parser("dlq", help="look at or move back a queue's dead letters")
-    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    peek = actions.add_parser("peek", help="show dead letters and leave them in place")
-    add_config_arg(peek)
-    peek.add_argument("queue", metavar="QUEUE", help="a configured queue's name; its DLQ is read")
-    peek.add_argument("-n", type=positive_int, default=10, metavar="N",
-                      help="messages to show (default 10)")
-    peek.add_argument("--json", action="store_true", help="one JSON document")
-    redrive = actions.add_parser("redrive", help="move dead letters back to their queue")
-    add_config_arg(redrive)
-    redrive.add_argument("queue", metavar="QUEUE", help="a configured queue; its DLQ is emptied")
-    redrive.add_argument("--to", metavar="QUEUE_OR_URL",
-                         help="target: a configured queue, a queue name or a URL")
-    redrive.add_argument("--max", type=positive_int, metavar="N",
-                         help="move at most N messages (always the manual move)")
-    redrive.add_argument("--journal", metavar="FILE",
-                         help="journal of the manual move (default: "
-                              "<state_dir>/redrive/<dlq name>.journal)")
 
 
 def fail(text: str) -> None:
@@ -112,7 +72,7 @@ def cmd_status(args, settings) -> int:
     try:
         while True:
             code = refresh(True)
-            time.sleep(max(args.watch, 0.1))
+            time.sleep(args.watch)
     except KeyboardInterrupt:
         return code
 
@@ -140,9 +100,13 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
             errors.append(f"queue {queue.name} ({queue.url}): {row['error']}")
         queues.append(row)
     daemon = daemon_state(run_dir, now)
-    depth = sum(q["depth"] or 0 for q in queues)
+    unread = [q["name"] for q in queues if q["error"]]
+    # A queue SQS did not answer for has no count: the sum would understate the depth.
+    depth = None if unread else sum(q["depth"] or 0 for q in queues)
     rate = daemon.get("rate_per_min") if daemon["running"] else None
-    if depth == 0:
+    if depth is None:
+        eta = None
+    elif depth == 0:
         eta = 0.0
     else:
         eta = round(depth / rate, 1) if rate else None
@@ -153,16 +117,15 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
 
 def daemon_state(run_dir: str, now: float) -> dict[str, Any]:
     """The local daemon, from status.json: running only if fresh and its pid is alive."""
-    path = os.path.join(run_dir, "status.json")
+    path = statusfile.path(run_dir)
     state: dict[str, Any] = {"running": False, "status_file": path, "age_s": None}
     try:
-        with open(path, encoding="utf-8") as fh:
-            snap = json.load(fh)
-        written_at = float(snap["written_at"])
+        snap = statusfile.read(run_dir)
+        written_at = snap["written_at"]
     except FileNotFoundError:
         state["note"] = f"not running on this host (no {path})"
         return state
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         state["note"] = f"unknown: cannot read {path}: {exc}"
         return state
     state["age_s"] = round(now - written_at, 1)
@@ -174,7 +137,7 @@ def daemon_state(run_dir: str, now: float) -> dict[str, Any]:
     if not pid_alive(snap.get("pid")):
         state["note"] = f"not running on this host (pid {snap.get('pid')} has exited)"
         return state
-    state.update({key: snap.get(key) for key in DAEMON_KEYS})
+    state.update({key: snap.get(key) for key in statusfile.KEYS})
     state.update(running=True, note=None)
     return state
 
@@ -226,8 +189,13 @@ def render(doc: dict[str, Any]) -> str:
         rate_text = "N/A (measuring)"
     else:
         rate_text = "N/A (no daemon on this host)"
-    lines.append(f"Queue Depth: {doc['depth']}, Rate: {rate_text}, "
-                 f"ETA: {eta_text(doc['eta_min'])}")
+    if doc["depth"] is None:
+        unread = [q["name"] for q in doc["queues"] if q["error"]]
+        depth_text = f"unknown (cannot read {', '.join(unread)}: see above)"
+        eta = "unknown"
+    else:
+        depth_text, eta = str(doc["depth"]), eta_text(doc["eta_min"])
+    lines.append(f"Queue Depth: {depth_text}, Rate: {rate_text}, ETA: {eta}")
     lines.append("")
     if not daemon["running"]:
         lines.append(f"Daemon: {daemon['note']}")
@@ -282,7 +250,7 @@ def cmd_dlq(args, settings) -> int:
         fail(f"DLQ {queue_name(dlq_url)} of queue {queue.name}: {describe_error(exc)}")
         return exitcodes.UNAVAILABLE
     except KeyboardInterrupt:
-        return INTERRUPTED  # a peek released its messages on the way out
+        return exitcodes.INTERRUPTED  # a peek released its messages on the way out
 
 
 def cmd_peek(args, client, dlq_url: str) -> int:
@@ -298,7 +266,7 @@ def cmd_peek(args, client, dlq_url: str) -> int:
         return exitcodes.OK
     print(f"DLQ {queue_name(dlq_url)}: {len(messages)} message(s) shown, left in place")
     for m in messages:
-        what = f"job {m['job_id']} type {m['type']}" if m["body_is_json"] else "body not JSON"
+        what = describe_body(m)
         print(f"{m['message_id']}  {what}  received {m['receive_count']}x  "
               f"sent {m['sent_at']}" + (f"  group {m['group_id']}" if m["group_id"] else ""))
         reason = m["reason"]
@@ -308,6 +276,17 @@ def cmd_peek(args, client, dlq_url: str) -> int:
         if ERROR_TEXT in reason:
             print(f"    {ERROR_TEXT}: {reason[ERROR_TEXT]}")
     return exitcodes.OK
+
+
+def describe_body(message: dict) -> str:
+    """``job ID type T`` for a body in the app's message format; what is missing, else."""
+    if not message["body_is_json"]:
+        return "body not JSON"
+    job, kind = message["job_id"], message["type"]
+    if job is not None and kind is not None:
+        return f"job {job} type {kind}"
+    return "  ".join([f"job {job}" if job is not None else "no jobId",
+                      f"type {kind}" if kind is not None else "no type"])
 
 
 def target_url(client, name_or_url: str, settings) -> str:
@@ -368,7 +347,7 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
         except KeyboardInterrupt:
             fail("interrupted: run the same command again to finish (the journal keeps it "
                  "exactly-once)")
-            code = INTERRUPTED
+            code = exitcodes.INTERRUPTED
         except TRANSPORT_ERRORS as exc:
             fail(f"DLQ {queue_name(dlq_url)}: {describe_error(exc)}; run again to finish")
             code = exitcodes.UNAVAILABLE

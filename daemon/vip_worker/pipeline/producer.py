@@ -1,10 +1,10 @@
 """The producer: what the web app does, for Python apps (and ``vip-worker enqueue``).
 
 It creates the job (``queued``) in the job store, then sends the message in the
-seed's exact format (``jobId``, ``userId``, ``type``, ``timestamp``, ``payload``)
+app's exact message format (``jobId``, ``userId``, ``type``, ``timestamp``, ``payload``)
 to the queue named after the type (``articles`` -> the ``articles`` queue).
 
-The seed's fallback: when SQS is not configured for the type, the handler runs
+The app's own fallback: when SQS is not configured for the type, the handler runs
 inline in the caller's process and the log says so ("the system still works").
 
     from vip_worker.pipeline.producer import queue_article_generation, is_sqs_configured
@@ -176,10 +176,10 @@ def enqueue(message_type: str, payload: dict[str, Any], *, user_id: str,
 
 
 def queue_article_generation(job_id: str | None, user_id: str, params: dict[str, Any]) -> str:
-    """The seed's ``queueArticleGeneration(jobId, userId, params)``; returns the jobId."""
+    """The app's ``queueArticleGeneration(jobId, userId, params)``; returns the jobId."""
     return enqueue("articles", params, user_id=user_id, job_id=job_id)
 
 
 def queue_image_generation(job_id: str | None, user_id: str, params: dict[str, Any]) -> str:
-    """The seed's ``queueImageGeneration(jobId, userId, params)``; returns the jobId."""
+    """The app's ``queueImageGeneration(jobId, userId, params)``; returns the jobId."""
     return enqueue("images", params, user_id=user_id, job_id=job_id)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+log = logging.getLogger("vip_worker.plugins.context")
+
 # The name the job store is provided under.
 STORE = "store"
 
@@ -175,5 +177,12 @@ class HandlerContext:
                    resources=poller.resources, plugin_settings=plugin_settings, poller=poller)
 
     def progress(self, percent: int, message: str) -> None:
-        """Record the job's progress (0-100) and a human message, as the app shows it."""
+        """Record the job's progress (0-100) and a human message, as the app shows it.
+
+        Also logged (``job.progress``): the store keeps only the latest step, and a step
+        followed at once by the next one (80 "Saving content...") is otherwise never seen.
+        """
         self.store.progress(self.job_id, percent, message, datetime.now(UTC))
+        # vip-worker's line, not the plugin's: with the message's fields, on our logger.
+        fields = dict(getattr(self.log, "extra", None) or {})
+        log.info("job.progress", extra={**fields, "progress": int(percent), "step": message})

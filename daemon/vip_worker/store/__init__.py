@@ -7,7 +7,7 @@ One interface (``JobStore``), two backends:
 - ``SqliteStore`` (``store/sqlite.py``): the embedded default, one file under
   ``state_dir`` in WAL mode, safe with several poller processes.
 
-Documents look the same in both (the seed's fields, camelCase):
+Documents look the same in both (the app's fields, camelCase):
 
 jobs (``jobs_collection``), keyed by the message's ``jobId``::
 

@@ -39,7 +39,7 @@ __all__ = ["LogRecords", "MemoryStore", "Outcome", "capture_logs", "make_message
 
 def make_message(type: str, payload: dict[str, Any] | None = None, *,
                  job_id: str | None = None, user_id: str = "test-user") -> Envelope:
-    """A message in the seed's envelope, as a handler receives it."""
+    """A message in the app's message format, as a handler receives it."""
     return Envelope(job_id=job_id or uuid.uuid4().hex[:24], user_id=user_id, type=type,
                     timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
                     payload=payload if payload is not None else {})
