@@ -1,0 +1,1 @@
+"""Test support kept by the suite: loopback servers that misbehave as real networks do."""
