@@ -273,3 +273,23 @@ class Authority:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         return context
+
+
+def answer_all(reply: bytes) -> Callable[[Peer], None]:
+    """A capture server: every request, on any connection, is recorded and answered
+    ``reply``."""
+    def handler(peer: Peer) -> None:
+        while peer.read_request() is not None:
+            peer.send(reply)
+    return handler
+
+
+def split_request(raw: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    """A captured request as (request line, [(name, value)...] in order, body)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = []
+    for header in header_lines:
+        name, _, value = header.partition(":")
+        headers.append((name.strip(), value.strip()))
+    return line, headers, body
