@@ -1,13 +1,17 @@
-"""The wire transport against moto's server over HTTP: the same answers as boto3's.
+"""The wire transport against moto's server and LocalStack over HTTP: the same
+answers as boto3's.
 
 Each call is made through both transports on the same queues; the consumer must
-not be able to tell them apart (shapes, per-entry failures, error codes).
+not be able to tell them apart (shapes, per-entry failures, error codes). Every
+test runs against each endpoint (LocalStack is skipped, saying why, where it
+cannot be built or started).
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import boto3
 import pytest
 
 from tests.conftest import queue_counts
@@ -15,6 +19,19 @@ from vip_worker.sqs.boto import AsyncSqs, SqsClient, error_code, make_client
 from vip_worker.sqs.wire import WireSqs, open_sqs
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", params=["moto", "localstack"])
+def sqs_endpoint(request, vip_worker_sqs_endpoint):
+    """This module's endpoint: moto's server, then LocalStack."""
+    if request.param == "moto":
+        return vip_worker_sqs_endpoint
+    return request.getfixturevalue("localstack_endpoint")
+
+
+@pytest.fixture(scope="module")
+def sqs(sqs_endpoint):
+    return boto3.client("sqs", endpoint_url=sqs_endpoint, region_name="us-east-1")
 
 
 @pytest.fixture(params=["wire", "boto3"])
