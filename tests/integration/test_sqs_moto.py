@@ -1,4 +1,5 @@
-"""The SQS client and the consumer against moto's server over HTTP on 127.0.0.1."""
+"""The SQS client and the consumer against moto's server and LocalStack over HTTP on
+127.0.0.1 (LocalStack is skipped, saying why, where it cannot be built or started)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from tests.conftest import envelope, queue_counts
+from tests.integration.conftest import boto3_client
 from vip_worker import PermanentError, config
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
@@ -18,6 +20,17 @@ from vip_worker.poller import resolve_dlq
 from vip_worker.sqs.boto import AsyncSqs, SqsClient, make_client
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def sqs_endpoint(each_endpoint):
+    """This module's endpoint: moto's server, then LocalStack."""
+    return each_endpoint
+
+
+@pytest.fixture(scope="module")
+def sqs(sqs_endpoint):
+    return boto3_client(sqs_endpoint)
 
 
 @pytest.fixture

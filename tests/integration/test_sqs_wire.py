@@ -11,32 +11,25 @@ from __future__ import annotations
 
 import asyncio
 
-import boto3
 import pytest
 
 from tests.conftest import queue_counts
+from tests.integration.conftest import boto3_client
 from vip_worker.sqs.boto import AsyncSqs, SqsClient, error_code, make_client
 from vip_worker.sqs.wire import WireSqs, open_sqs
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", params=["moto", "localstack"])
-def sqs_endpoint(request, vip_worker_sqs_endpoint):
+@pytest.fixture(scope="module")
+def sqs_endpoint(each_endpoint):
     """This module's endpoint: moto's server, then LocalStack."""
-    if request.param == "moto":
-        return vip_worker_sqs_endpoint
-    return request.getfixturevalue("localstack_endpoint")
-
-
-@pytest.fixture
-def endpoint_kind(request) -> str:
-    return request.node.callspec.params["sqs_endpoint"]
+    return each_endpoint
 
 
 @pytest.fixture(scope="module")
 def sqs(sqs_endpoint):
-    return boto3.client("sqs", endpoint_url=sqs_endpoint, region_name="us-east-1")
+    return boto3_client(sqs_endpoint)
 
 
 @pytest.fixture(params=["wire", "boto3"])
