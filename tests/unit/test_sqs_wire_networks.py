@@ -27,7 +27,7 @@ from tests.support.misbehaving_http import (
 )
 from vip_worker.sqs import wire as wire_module
 from vip_worker.sqs.boto import MAX_ATTEMPTS, make_client
-from vip_worker.sqs.http11 import Origin
+from vip_worker.sqs.http11 import Origin, TlsHandshakeError
 from vip_worker.sqs.wire import WireSqs, proxy_for, tls_context
 from vip_worker.testing import capture_logs
 
@@ -164,6 +164,18 @@ def test_a_ca_without_key_identifiers_is_accepted(run, tmp_path):
         async def go():
             return await wire(server.url, ssl_context=context).send(QUEUE, "b")
         assert run(go()) == "m"
+
+
+def test_that_ca_is_one_python_313s_default_context_refuses(run, tmp_path):
+    # What the old context did on 3.13 (this venv may be older): VERIFY_X509_STRICT.
+    authority = Authority(key_ids=False)
+    strict = ssl.create_default_context(cafile=authority.write_bundle(tmp_path / "ca.pem"))
+    strict.verify_flags |= ssl.VERIFY_X509_STRICT
+    with LoopbackServer(reply_with(), tls=authority.server_context(tmp_path)) as server:
+        async def go():
+            with pytest.raises(TlsHandshakeError):
+                await Origin(server.url, ssl_context=strict).request(POST, 5)
+        run(go())
 
 
 def test_a_refused_handshake_hands_the_poller_to_boto3_and_logs_once(run, tmp_path):
