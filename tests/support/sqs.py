@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
+import boto3
+
 from vip_worker.sqs.local import LOCAL_AWS_ENV
 
 FAKE_AWS = LOCAL_AWS_ENV  # the package's own, declared once
@@ -27,3 +29,8 @@ def queue_counts(sqs, url):
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
     return (int(attrs["ApproximateNumberOfMessages"]),
             int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+
+def boto3_client(endpoint_url: str):
+    """A plain boto3 SQS client on a local endpoint, for a test's own set-up and checks."""
+    return boto3.client("sqs", endpoint_url=endpoint_url, region_name="us-east-1")

@@ -22,6 +22,9 @@ import botocore.session
 
 from vip_worker.sqs.api import EntryFailure, SendEntry
 
+# Requests per call, the first included (botocore's total_max_attempts; its
+# Config(retries={"max_attempts": n}) counts retries, n + 1 requests). Both transports.
+MAX_ATTEMPTS = 3
 RECEIVE_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount"]
 # FIFO queues also need each message's group (standard queues have none).
 RECEIVE_SYSTEM_ATTRIBUTES_FIFO = [*RECEIVE_SYSTEM_ATTRIBUTES, "MessageGroupId"]
@@ -38,7 +41,7 @@ def make_client(region: str, endpoint_url: str = "", max_pool: int = 32,
         read_timeout=40,
         connect_timeout=5,
         max_pool_connections=max_pool,
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
         # The requests are built here from typed values; SQS validates them anyway.
         # Client-side validation costs ~50 us a call (5 us a message).
         parameter_validation=False,
