@@ -14,6 +14,10 @@ TTIN   one poller more
 TTOU   one poller fewer (never below one)
 CHLD   a poller exited: reap it, replace it (with backoff if it died young)
 ====== ===============================================================
+
+Over 400 lines because the master's whole lifecycle (spawn, reap, murder, manage,
+reload, stop) reads best in one place, as gunicorn keeps its arbiter; status.json's
+schema is in ``statusfile.py``, sd_notify in ``systemd.py``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ setting ``name`` is overridden by ``VIP_WORKER_<NAME>``; a queue setting by
 
 This is the only module that reads the environment; ``load()`` takes it as an
 argument so tests pass their own.
+
+Over 400 lines because every setting is declared here, once, with its default,
+environment name, help text and validation; the rest of the module is loading them.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ loop that reserves free slots first and asks SQS for no more messages than can
 start now. Every received message is held (and heartbeated) until its fate is
 settled exactly once: deleted, made visible again later (retry), sent to the
 dead-letter queue, or handed back (visibility 0).
+
+Over 400 lines because receiving, dispatching and settling share one poller's
+bookkeeping of held messages (slots, the held list, counters); the rule that picks an
+outcome is in ``outcomes.py``, the DLQ lookups in ``sqs/queues.py``.
 """
 
 from __future__ import annotations

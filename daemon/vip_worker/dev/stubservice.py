@@ -16,6 +16,9 @@ Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
 - ``garbage``: 200 with a non-JSON body.
 
 Standalone: ``python -m vip_worker.dev.stubservice --port 8000 --latency 0.5 --failure-rate 0.1``.
+
+Over 400 lines because it is a standalone service (``python -m``), its fault modes
+and its command line in one file that tests and the dev stack start as a process.
 """
 
 from __future__ import annotations

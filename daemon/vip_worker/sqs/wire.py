@@ -16,6 +16,10 @@ reads them from ``x-amzn-query-error``), so the consumer cannot tell the two
 transports apart. Retries follow botocore's ``standard`` mode with the boto3
 client's own limit (``MAX_ATTEMPTS`` requests in all), jittered exponential
 backoff, on throttling, 5xx and transport errors.
+
+Over 400 lines because the four calls share their retries, retry quota, credentials
+refresh and boto3 fallback; signing is in ``sigv4.py``, the HTTP/1.1 exchange in
+``http11.py``.
 """
 
 from __future__ import annotations
