@@ -314,18 +314,16 @@ class MongoStore:
             self._jobs.update_one(query, {"$set": update})
 
     def release(self, job_id: str, delivery: str, now: datetime, reason: str) -> bool:
-        changes = ledger.release_changes({}, reason, utc(now))
-        refund = {k: v for k, v in changes.items() if k != "attempts"}
+        refund = ledger.release_changes({}, reason, utc(now))  # its attempts: 0
         query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}
         with self._errors():
-            # processing -> queued, attempts - 1 in the same write (no read-modify-write)
-            done = self._jobs.update_one({**query, "attempts": {"$gte": 1}},
-                                         {"$set": refund, "$inc": {"attempts": -1}})
-            if done.matched_count:
-                return True
-            # No attempt to refund (none recorded): never below 0.
-            done = self._jobs.update_one(query, {"$set": {**refund, "attempts": 0}})
-            return done.matched_count == 1
+            # processing -> queued, attempts - 1 in the same write (no read-modify-write),
+            # else (no attempt recorded) attempts 0: never below 0.
+            return bool(self._jobs.update_one(
+                {**query, "attempts": {"$gte": 1}},
+                {"$set": {k: v for k, v in refund.items() if k != "attempts"},
+                 "$inc": {"attempts": -1}}).matched_count
+                or self._jobs.update_one(query, {"$set": refund}).matched_count)
 
     def renew_leases(self, held: Sequence[tuple[str, str]], lease_until: datetime,
                      now: datetime) -> set[str]:
