@@ -460,3 +460,11 @@ def test_mongo_stale_queued_finds_the_apps_jobs_without_queued_at(mongo_backend)
     assert store.rescue(app_job, at(101), resend=True, reason="message lost",
                         max_attempts=3) is RescueOutcome.RESEND
     assert store.get_job("app-old")["queuedAt"] == at(101)
+
+
+def test_mongo_release_never_takes_attempts_below_zero(mongo_backend):
+    store = mongo_backend.new_store()
+    mongo_backend.db["jobs"].insert_one({"_id": "odd", "status": "processing",
+                                         "delivery": "d1", "createdAt": T0})  # no attempts
+    assert store.release("odd", "d1", at(1), "Waiting for quota") is True
+    assert fields(store.get_job("odd"), "status", "attempts") == ("queued", 0)
