@@ -167,7 +167,7 @@ def test_renew_leases_extends_only_held_claims_in_one_write(backend, store, monk
     writes = count_writes(backend, store, monkeypatch)
     still = store.renew_leases(held + [("missing", "dx")], at(300), now=at(70))
     assert still == {f"job-{i}" for i in range(3, 500)}
-    # One write per call (SQLite: one UPDATE per 400 pairs, in one transaction).
+    # One write per call (SQLite: one UPDATE per 300 pairs, in one transaction).
     assert writes == (["update_many"] if backend.is_mongo else ["UPDATE", "UPDATE"])
     assert fields(store.get_job("job-499"), "leaseUntil", "updatedAt") == (at(300), at(70))
     assert store.get_job("job-0")["leaseUntil"] == at(2 * LEASE_S + 1)  # the other's, kept
@@ -435,6 +435,17 @@ def test_sqlite_columns_follow_a_document_written_the_old_way(tmp_path):
     finally:
         conn.close()
     assert store.expired_leases(at(100), 10) == []
+    store.close()
+
+
+def test_sqlite_renews_in_chunks_under_the_oldest_host_parameter_limit(tmp_path):
+    store = SqliteStore(tmp_path / "jobs.sqlite3")
+    # SQLite before 3.32 allowed 999 host parameters per statement.
+    store._connection().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    held = [(f"job-{i}", f"d{i}") for i in range(700)]
+    for job_id, delivery in held:
+        claim(store, job_id, delivery=delivery, message_id=job_id)
+    assert len(store.renew_leases(held, at(300), now=at(10))) == 700
     store.close()
 
 

@@ -181,7 +181,7 @@ class JobStore(Protocol):
         """Extend to ``lease_until`` (``updatedAt`` = now) the lease of every job of the
         (job_id, delivery) pairs that is still ``processing`` under that delivery, an
         expired lease included (nobody took it), in one write per call (SQLite: per
-        400 pairs, in one transaction). Returns the job ids still held: a missing one
+        300 pairs, in one transaction). Returns the job ids still held: a missing one
         was lost (settled, taken over by another delivery, or rescued)."""
 
     def expired_leases(self, now: datetime, limit: int) -> list[dict[str, Any]]:

@@ -54,9 +54,9 @@ from vip_worker.store.sqlite_schema import (
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_BUSY_TIMEOUT_S = 10.0
-# renew_leases' pairs per UPDATE: 2 variables each, plus 2, under SQLite's oldest
-# default limit of 999 host parameters (SQLITE_MAX_VARIABLE_NUMBER before 3.32).
-RENEW_CHUNK = 400
+# renew_leases' pairs per UPDATE: 3 host parameters each (the id twice, the delivery),
+# plus 2, under SQLite's oldest default limit of 999 (SQLITE_MAX_VARIABLE_NUMBER < 3.32).
+RENEW_CHUNK = 300
 
 
 def check_name(name: str) -> str:
