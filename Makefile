@@ -40,7 +40,7 @@ systemd-analyze:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Benchmarks (docs/benchmarks.md): ARGS=--quick for about two minutes.
+# Benchmarks (docs/benchmarks.md): ARGS=--quick for two to four minutes (the full run: 11-14).
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
 

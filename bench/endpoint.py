@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import procs
+from vip_worker.sqs.local import LOCAL_AWS_ENV
 
 BENCH = Path(__file__).resolve().parent
 VENVS = BENCH / ".venvs"
@@ -47,9 +48,8 @@ def base_env() -> dict[str, str]:
            if not k.startswith(("AWS_", "VIP_WORKER_", "ARTICLES_", "IMAGES_"))
            and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update({
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true", "NO_PROXY": "127.0.0.1,localhost",
+        **LOCAL_AWS_ENV, "AWS_REGION": LOCAL_AWS_ENV["AWS_DEFAULT_REGION"],
+        "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
     })
     return env

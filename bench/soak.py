@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos.scenario import FAKE_AWS, ChaosConfig, run_scenario  # noqa: E402
+from tests.chaos.scenario import ChaosConfig, run_scenario  # noqa: E402
+from vip_worker.sqs.local import LOCAL_AWS_ENV  # noqa: E402
 
 
 def machine() -> dict:
@@ -92,7 +93,7 @@ def print_figures(summary: dict, chaos_log: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.update(FAKE_AWS)
+    os.environ.update(LOCAL_AWS_ENV)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"):
         os.environ.pop(name, None)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)

@@ -45,13 +45,13 @@ async def drain_wire(endpoint_url: str, url: str, count: int) -> float:
     sqs, _ = open_sqs("us-east-1", endpoint_url, 1, "wire")
     assert isinstance(sqs, WireSqs)
     try:
-        await sqs.call("receive", url, 1, 0, 0)  # credentials read, connection open
+        await sqs.receive(url, 1, 0, 0)  # credentials read, connection open
         started, handled = time.process_time(), 0
         while handled < count:
-            messages = await sqs.call("receive", url, 10, 1, 30)
+            messages = await sqs.receive(url, 10, 1, 30)
             if messages:
-                await sqs.call("delete_batch", url, [(str(i), m["ReceiptHandle"])
-                                                     for i, m in enumerate(messages)])
+                await sqs.delete_batch(url, [(str(i), m["ReceiptHandle"])
+                                             for i, m in enumerate(messages)])
             handled += len(messages)
         return (time.process_time() - started) / handled
     finally:

@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.daemon",
     "tests.fixtures.services",
     "tests.fixtures.store",
+    "tests.fixtures.localstack",
 ]

@@ -11,7 +11,7 @@ limits (a call that breaks them raises ``ClientError`` as SQS would).
 Failures are injected per entry (``fail_entries``) or per call (``fail_next``),
 and every call is logged in ``calls`` as ``(method, args)``.
 
-``AsyncFakeSqs`` offers ``async call(method, *args)`` like ``AsyncSqs`` but runs
+``AsyncFakeSqs`` implements ``vip_worker.sqs.api.SqsApi`` like ``AsyncSqs`` but runs
 the fake on the event loop (no threads), so tests are deterministic. An empty
 receive parks until the fake changes (a send, a visibility change, ``wake()``),
 like a long poll that never times out: receive loops never spin.
@@ -27,20 +27,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from tests.support.wait import wait_until_async
 from vip_worker import config
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.plugins.context import PollerContext
 from vip_worker.plugins.registry import HandlerRegistry
-from vip_worker.sqs.boto import EntryFailure
+from vip_worker.sqs.api import ClientError, EntryFailure
+from vip_worker.sqs.limits import (
+    BATCH_MAX,
+    MAX_ATTRIBUTES,
+    MAX_MESSAGE_BYTES,
+    MAX_VISIBILITY_S,
+    MAX_WAIT_S,
+)
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-MAX_VISIBILITY_S = 43200
-MAX_BODY_BYTES = 262144
 ENTRY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 NO_QUEUE = "AWS.SimpleQueueService.NonExistentQueue"
 DEDUP_WINDOW_S = 300
@@ -165,7 +168,7 @@ class FakeSqs:
     def receive(self, queue_url: str, max_messages: int, wait_s: int,
                 visibility_s: int) -> list[dict[str, Any]]:
         self.begin("receive", (queue_url, max_messages, wait_s, visibility_s))
-        if not (1 <= max_messages <= 10 and 0 <= wait_s <= 20):
+        if not (1 <= max_messages <= BATCH_MAX and 0 <= wait_s <= MAX_WAIT_S):
             raise client_error("InvalidParameterValue", f"{max_messages=} {wait_s=}")
         return self.take(queue_url, max_messages, visibility_s)
 
@@ -237,7 +240,7 @@ class FakeSqs:
         self.begin("send", (queue_url, body, attributes, group_id, dedup_id, delay_s))
         queue = self.queue(queue_url)
         self.check_attributes(attributes or {})
-        if len(body.encode()) > MAX_BODY_BYTES or not body:
+        if len(body.encode()) > MAX_MESSAGE_BYTES or not body:
             raise client_error("InvalidParameterValue", "body size")
         if queue.fifo != (group_id is not None):
             raise client_error("MissingParameter" if queue.fifo else "InvalidParameterValue",
@@ -306,7 +309,7 @@ class FakeSqs:
     def check_batch(entries: Sequence[tuple]) -> None:
         if not entries:
             raise client_error("AWS.SimpleQueueService.EmptyBatchRequest")
-        if len(entries) > 10:
+        if len(entries) > BATCH_MAX:
             raise client_error("AWS.SimpleQueueService.TooManyEntriesInBatchRequest")
         ids = [e[0] for e in entries]
         if len(set(ids)) != len(ids):
@@ -316,7 +319,7 @@ class FakeSqs:
 
     @staticmethod
     def check_attributes(attributes: dict[str, dict]) -> None:
-        if len(attributes) > 10:
+        if len(attributes) > MAX_ATTRIBUTES:
             raise client_error("InvalidParameterValue",
                                f"Number of message attributes [{len(attributes)}] exceeds "
                                f"the allowed maximum [10]")
@@ -333,7 +336,7 @@ class FakeSqs:
 
 
 class AsyncFakeSqs:
-    """``AsyncSqs``'s interface over a ``FakeSqs``, on the event loop (no threads).
+    """``SqsApi`` over a ``FakeSqs``, on the event loop (no threads).
 
     :param park: an empty receive waits for a change (True) or returns [] at once.
     """
@@ -345,13 +348,42 @@ class AsyncFakeSqs:
         self.event_loop: asyncio.AbstractEventLoop | None = None
         fake.listeners.append(self.wake)
 
-    async def call(self, method: str, *args: Any) -> Any:
+    async def receive(self, queue_url: str, max_messages: int, wait_s: int,
+                      visibility_s: int) -> list[dict[str, Any]]:
         await asyncio.sleep(0)  # a real call yields to the loop
-        result = getattr(self.fake, method)(*args)
-        while method == "receive" and self.park and not result:
+        result = self.fake.receive(queue_url, max_messages, wait_s, visibility_s)
+        while self.park and not result:
             await self.changed().wait()
-            result = self.fake.take(args[0], args[1], args[3])
+            result = self.fake.take(queue_url, max_messages, visibility_s)
         return result
+
+    async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
+                           ) -> list[EntryFailure]:
+        await asyncio.sleep(0)
+        return self.fake.delete_batch(queue_url, entries)
+
+    async def change_visibility_batch(self, queue_url: str,
+                                      entries: Sequence[tuple[str, str, int]]
+                                      ) -> list[EntryFailure]:
+        await asyncio.sleep(0)
+        return self.fake.change_visibility_batch(queue_url, entries)
+
+    async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
+                   group_id: str | None = None, dedup_id: str | None = None,
+                   delay_s: int = 0) -> str:
+        await asyncio.sleep(0)
+        return self.fake.send(queue_url, body, attributes, group_id, dedup_id, delay_s)
+
+    async def queue_attributes(self, queue_url: str, names: Sequence[str]) -> dict[str, str]:
+        await asyncio.sleep(0)
+        return self.fake.queue_attributes(queue_url, names)
+
+    async def queue_url(self, name: str, owner_account: str = "") -> str:
+        await asyncio.sleep(0)
+        return self.fake.queue_url(name, owner_account)
+
+    def close(self) -> None:
+        pass  # no threads, no connections
 
     def changed(self) -> asyncio.Event:
         loop = asyncio.get_running_loop()

@@ -18,8 +18,8 @@ CHLD   a poller exited: reap it, replace it (with backoff if it died young)
 
 from __future__ import annotations
 
+import enum
 import errno
-import json
 import logging
 import multiprocessing
 import os
@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vip_worker import exitcodes, liveness
+from vip_worker import exitcodes, liveness, statusfile
 from vip_worker.systemd import Notifier
 
 log = logging.getLogger("vip_worker.arbiter")
@@ -44,6 +44,14 @@ FAST_STOP_TIMEOUT_S = 10.0
 STATUS_EVERY_S = 2.0
 RATE_SAMPLE_EVERY_S = 10.0
 RATE_SAMPLES_KEPT = 90  # 15 minutes of samples for the processing rate
+
+
+class StopMode(enum.Enum):
+    """How the master stops. Transitions (in ``Arbiter.stop``): none -> GRACEFUL (TERM),
+    none -> FAST (INT, QUIT), GRACEFUL -> FAST (INT during a graceful stop); FAST is final."""
+
+    GRACEFUL = "graceful"  # pollers finish running work within the grace period
+    FAST = "fast"  # running work is handed back at once
 
 
 @dataclass(eq=False)
@@ -69,6 +77,9 @@ class Arbiter:
     :param poller_main: ``poller_main(settings, index, shm) -> exit code``, run in the child.
     :param reload: returns fresh, validated settings or raises (then the old ones stay).
     :param after_fork: called first thing in each child with the poller index.
+    :param clock: monotonic seconds, for every deadline (tests pass a fake one).
+    :param fork: ``fork(index, shm) -> pid`` starts a poller process (tests pass a fake).
+    :param kill: ``kill(pid, signum)``, as ``os.kill``.
     """
 
     settings: object
@@ -83,7 +94,7 @@ class Arbiter:
     failed_at: float = 0.0  # monotonic time of the last failure counted in ``failures``
     next_spawn_at: float = 0.0
     crash_loop_reported: bool = False
-    stopping: str | None = None
+    stopping: StopMode | None = None
     stop_deadline: float = 0.0
     hand_back_by: float | None = None  # monotonic; a spot notice's deadline
     stop_reason: str = "signal"
@@ -97,12 +108,18 @@ class Arbiter:
     rate_samples: list[tuple[float, float]] = field(default_factory=list)
     services: list = field(default_factory=list)  # threads started by start_services
     start_services: Callable[[Arbiter], list] = lambda arbiter: []
+    clock: Callable[[], float] = time.monotonic
+    fork: Callable[[int, object], int] | None = None  # None: fork_poller
+    kill: Callable[[int, int], None] = os.kill
+    # The last state built by ``report``, swapped in one assignment: other threads (the
+    # health endpoint) read this, never the pollers dict the loop mutates.
+    published: statusfile.DaemonStatus | None = None
 
     # -- main loop ---------------------------------------------------------
 
     def run(self) -> int:
         self.target = self.settings.processes
-        self.started_at = time.monotonic()
+        self.started_at = self.clock()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -113,6 +130,7 @@ class Arbiter:
         if self.notifier is None:
             self.notifier = Notifier()
         log.info("arbiter.started", extra={"processes": self.target, "pid": os.getpid()})
+        self.published = self.snapshot()  # /live answers 200 from the start
         self.services = self.start_services(self)
         try:
             while True:
@@ -127,7 +145,7 @@ class Arbiter:
                 self.report()
                 if self.stopping and not self.pollers:
                     break
-                now = time.monotonic()
+                now = self.clock()
                 if self.hand_back_by is not None and now > self.hand_back_by:
                     # A spot notice's deadline nears: hand back what still runs, now.
                     log.warning("arbiter.handing_back", extra={"pollers": len(self.pollers)})
@@ -140,8 +158,8 @@ class Arbiter:
             for service in self.services:
                 service.stop()
             self.write_status()
-        log.info("arbiter.stopped", extra={"mode": self.stopping,
-                                           "uptime_s": round(time.monotonic() - self.started_at)})
+        log.info("arbiter.stopped", extra={"mode": self.stopping and self.stopping.value,
+                                           "uptime_s": round(self.clock() - self.started_at)})
         return exitcodes.OK
 
     def request_stop(self, reason: str, hand_back_by: float | None = None) -> None:
@@ -167,7 +185,7 @@ class Arbiter:
             return
         timeout = LOOP_TIMEOUT_S
         if self.notifier.watchdog_interval_s:
-            due = self.notifier.last_fed + self.notifier.watchdog_interval_s - time.monotonic()
+            due = self.notifier.last_fed + self.notifier.watchdog_interval_s - self.clock()
             timeout = max(0.0, min(timeout, due))
         try:
             ready, _, _ = select.select([self.wake_fds[0]], [], [], timeout)
@@ -180,10 +198,10 @@ class Arbiter:
     # -- signal handlers (run from the main loop, not in signal context) ----------
 
     def handle_term(self) -> None:
-        self.stop("graceful", signal.SIGTERM)
+        self.stop(StopMode.GRACEFUL, signal.SIGTERM)
 
     def handle_int(self) -> None:
-        self.stop("fast", signal.SIGINT)
+        self.stop(StopMode.FAST, signal.SIGINT)
 
     handle_quit = handle_int
 
@@ -217,16 +235,17 @@ class Arbiter:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def stop(self, mode: str, signum: int) -> None:
-        if self.stopping == "fast" or (self.stopping and mode == "graceful"):
-            return
+    def stop(self, mode: StopMode, signum: int) -> None:
+        if self.stopping is StopMode.FAST or (self.stopping and mode is StopMode.GRACEFUL):
+            return  # FAST is final; a second TERM changes nothing
+        # None -> GRACEFUL, None -> FAST, or GRACEFUL -> FAST (INT while stopping gracefully)
         self.stopping = mode
         self.notifier.stopping()
         longest_poll = max(q.wait_time_s for q in self.settings.queues)
         timeout = (self.settings.grace_period_s + longest_poll + 15
-                   if mode == "graceful" else FAST_STOP_TIMEOUT_S)
-        self.stop_deadline = time.monotonic() + timeout
-        log.info("arbiter.stopping", extra={"mode": mode, "pollers": len(self.pollers),
+                   if mode is StopMode.GRACEFUL else FAST_STOP_TIMEOUT_S)
+        self.stop_deadline = self.clock() + timeout
+        log.info("arbiter.stopping", extra={"mode": mode.value, "pollers": len(self.pollers),
                                             "timeout_s": timeout, "reason": self.stop_reason})
         self.kill_all(signum)
 
@@ -238,12 +257,22 @@ class Arbiter:
         if signum != signal.SIGKILL:
             poller.stopping = True
         try:
-            os.kill(poller.pid, signum)
+            self.kill(poller.pid, signum)
         except ProcessLookupError:
             pass
 
     def spawn_poller(self, index: int) -> PollerHandle:
         shm = multiprocessing.RawArray("d", liveness.SIZE)
+        pid = (self.fork or self.fork_poller)(index, shm)
+        poller = PollerHandle(index=index, pid=pid, generation=self.generation, shm=shm,
+                              spawned_at=self.clock())
+        self.pollers[pid] = poller
+        log.info("poller.spawned", extra={"poller_pid": pid, "index": index,
+                                          "generation": self.generation})
+        return poller
+
+    def fork_poller(self, index: int, shm) -> int:
+        """Fork; the child runs ``poller_main`` and exits with its code. The child's pid."""
         # Signals are blocked around fork so the child cannot run the master's
         # handlers before it has installed its own.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
@@ -265,12 +294,7 @@ class Arbiter:
                 flush_logs()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        poller = PollerHandle(index=index, pid=pid, generation=self.generation, shm=shm,
-                              spawned_at=time.monotonic())
-        self.pollers[pid] = poller
-        log.info("poller.spawned", extra={"poller_pid": pid, "index": index,
-                                          "generation": self.generation})
-        return poller
+        return pid
 
     def reap_pollers(self) -> None:
         while True:
@@ -284,16 +308,20 @@ class Arbiter:
                 raise
             if pid == 0:
                 return
-            poller = self.pollers.pop(pid, None)
-            if poller is None:
-                continue
-            for name, slot in liveness.COUNTERS.items():
-                self.retired[name] = self.retired.get(name, 0.0) + poller.shm[slot]
-            self.poller_exited(poller, status)
+            self.reaped(pid, status)
+
+    def reaped(self, pid: int, status: int) -> None:
+        """Child ``pid`` exited with wait status ``status``: keep its counters, react."""
+        poller = self.pollers.pop(pid, None)
+        if poller is None:
+            return
+        for name, slot in liveness.COUNTERS.items():
+            self.retired[name] = self.retired.get(name, 0.0) + poller.shm[slot]
+        self.poller_exited(poller, status)
 
     def poller_exited(self, poller: PollerHandle, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        uptime = time.monotonic() - poller.spawned_at
+        uptime = self.clock() - poller.spawned_at
         expected = poller.stopping and code in (exitcodes.OK, exitcodes.POLLER_RECYCLED)
         fields = {"poller_pid": poller.pid, "index": poller.index, "exit_code": code,
                   "uptime_s": round(uptime, 2)}
@@ -313,9 +341,9 @@ class Arbiter:
         if uptime < MIN_UPTIME_S or code in (exitcodes.POLLER_BOOT_FAILED,
                                              exitcodes.POLLER_TASK_FAILED):
             self.failures += 1
-            self.failed_at = time.monotonic()
+            self.failed_at = self.clock()
             delay = min(self.settings.respawn_backoff_max_s, 0.5 * 2 ** (self.failures - 1))
-            self.next_spawn_at = time.monotonic() + delay
+            self.next_spawn_at = self.clock() + delay
             if self.failures >= self.settings.crash_loop_threshold:
                 if not self.crash_loop_reported:
                     log.critical("arbiter.crash_loop", extra={
@@ -329,7 +357,7 @@ class Arbiter:
 
     def murder_pollers(self) -> None:
         """Replace pollers whose event loop stopped ticking (blocked by a handler)."""
-        now = time.monotonic()
+        now = self.clock()
         for poller in list(self.pollers.values()):
             if poller.aborted_at is not None:
                 if now - poller.aborted_at > KILL_AFTER_ABORT_S:
@@ -364,7 +392,7 @@ class Arbiter:
         # The failures are over once a poller started after the last one is still up
         # MIN_UPTIME_S later (an older healthy poller proves nothing about new ones).
         if self.failures and any(p.spawned_at > self.failed_at
-                                 and time.monotonic() - p.spawned_at > MIN_UPTIME_S
+                                 and self.clock() - p.spawned_at > MIN_UPTIME_S
                                  for p in ready_current):
             self.failures = 0
             self.crash_loop_reported = False
@@ -375,7 +403,7 @@ class Arbiter:
                                                "index": retiring.index})
             self.kill_poller(retiring, signal.SIGTERM)
         starting = [p for p in current if not p.ready]
-        if len(current) < self.target and time.monotonic() >= self.next_spawn_at:
+        if len(current) < self.target and self.clock() >= self.next_spawn_at:
             if not old:
                 for _ in range(self.target - len(current) if not self.failures else 1):
                     self.spawn_poller(self.free_index())
@@ -388,12 +416,16 @@ class Arbiter:
                 self.kill_poller(extra, signal.SIGTERM)
 
     def free_index(self) -> int:
-        used = {p.index for p in self.pollers.values()}
+        """The lowest slot no serving poller of this generation holds: indexes stay
+        0 .. target - 1 (plugins see them as ``context.index``). During HUP's rolling
+        replacement a new poller shares its index with the old one it replaces until
+        that one exits (each has its own shared memory)."""
+        used = {p.index for p in self.pollers.values()
+                if p.generation == self.generation and not p.stopping}
         index = 0
         while index in used:
             index += 1
         return index
-
 
     # -- reporting: systemd, status.json -------------------------------------------
 
@@ -406,7 +438,7 @@ class Arbiter:
         return totals
 
     def report(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.notifier.feed_watchdog(now)
         current = [p for p in self.pollers.values()
                    if p.generation == self.generation and not p.stopping]
@@ -429,12 +461,13 @@ class Arbiter:
         if not self.rate_samples or now - self.rate_samples[-1][0] >= RATE_SAMPLE_EVERY_S:
             self.rate_samples.append((now, totals.get("handled", 0.0)))
             del self.rate_samples[:-RATE_SAMPLES_KEPT]
+        self.published = self.snapshot()  # one assignment: readers see old or new, whole
         if now - self.status_written_at >= STATUS_EVERY_S:
             self.write_status()
 
-    def snapshot(self) -> dict:
-        """The daemon's state, as status.json and the health endpoint show it."""
-        now = time.monotonic()
+    def snapshot(self) -> statusfile.DaemonStatus:
+        """The daemon's state now (keys: ``statusfile``). Main loop only."""
+        now = self.clock()
         pollers = []
         for p in sorted(self.pollers.values(), key=lambda p: p.index):
             pollers.append({
@@ -448,30 +481,25 @@ class Arbiter:
         if len(self.rate_samples) >= 2:
             (t0, h0), (t1, h1) = self.rate_samples[0], self.rate_samples[-1]
             rate = round((h1 - h0) / (t1 - t0) * 60, 2) if t1 > t0 else None
-        return {
-            "pid": os.getpid(), "written_at": time.time(),
-            "uptime_s": round(now - self.started_at, 1), "target": self.target,
-            "generation": self.generation, "stopping": self.stopping,
-            "ready": self.announced_ready, "pollers": pollers,
-            "totals": self.counters(), "rate_per_min": rate,
-            "rate_window_s": round(self.rate_samples[-1][0] - self.rate_samples[0][0])
+        return statusfile.DaemonStatus.build(
+            pid=os.getpid(), written_at=time.time(),
+            uptime_s=round(now - self.started_at, 1), target=self.target,
+            generation=self.generation, stopping=self.stopping and self.stopping.value,
+            ready=self.announced_ready, pollers=pollers,
+            totals=self.counters(), rate_per_min=rate,
+            rate_window_s=round(self.rate_samples[-1][0] - self.rate_samples[0][0])
             if self.rate_samples else 0,
-            "queues": [q.name for q in self.settings.queues],
-        }
+            queues=[q.name for q in self.settings.queues])
 
     def write_status(self) -> None:
-        self.status_written_at = time.monotonic()
+        self.status_written_at = self.clock()
         if not self.runtime_dir:
             return
-        path = os.path.join(self.runtime_dir, "status.json")
         try:
-            os.makedirs(self.runtime_dir, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump(self.snapshot(), fh)
-            os.replace(tmp, path)  # readers never see a half-written file
+            statusfile.write(self.runtime_dir, self.snapshot())
         except OSError as exc:
-            log.error("arbiter.status_write_failed", extra={"path": path, "error": str(exc)})
+            log.error("arbiter.status_write_failed", extra={
+                "path": statusfile.path(self.runtime_dir), "error": str(exc)})
             self.runtime_dir = ""  # say it once
 
 

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from vip_worker.sqs.boto import TRANSPORT_ERRORS, EntryFailure, error_code
+from vip_worker.sqs.api import TRANSPORT_ERRORS, EntryFailure, error_code
+from vip_worker.sqs.limits import BATCH_MAX
 
-BATCH_MAX = 10
 log = logging.getLogger("vip_worker.batching")
 
 

@@ -23,14 +23,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from vip_worker.errors import ConfigError
+from vip_worker.sqs.limits import MAX_VISIBILITY_S, MAX_WAIT_S
 
 ENV_PREFIX = "VIP_WORKER_"
 QUEUE_ENV_PREFIX = "VIP_WORKER_QUEUE_"
 PLUGINS_ENV_PREFIX = "VIP_WORKER_PLUGINS_"
 CONFIG_ENV = "VIP_WORKER_CONFIG"
-# SQS's own limits (see the SQS API reference).
-MAX_VISIBILITY_S = 43200
-MAX_WAIT_S = 20
 # Queues the existing app names through <NAME>_QUEUE_URL without any config file.
 APP_QUEUES = ("articles", "images")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

@@ -12,29 +12,32 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from vip_worker.batching import BATCH_MAX, Batcher
-from vip_worker.errors import (
-    DependencyUnavailable,
-    JobTimedOut,
-    PermanentError,
-    RetryLater,
-    UnknownMessageType,
-)
+from vip_worker.batching import Batcher
+from vip_worker.errors import JobTimedOut, PermanentError, RetryLater, UnknownMessageType
 from vip_worker.heartbeat import Heartbeat
-from vip_worker.inflight import InFlight
+from vip_worker.inflight import InFlight, State
 from vip_worker.message import parse_envelope
-from vip_worker.outcomes import MAX_MESSAGE_BYTES, dead_letter_attributes, reason_of, retry_delay
+from vip_worker.outcomes import (
+    Action,
+    Decision,
+    dead_letter_attributes,
+    decide,
+    reason_of,
+    retry_delay,
+)
 from vip_worker.plugins.context import HandlerContext, PollerContext
 from vip_worker.plugins.registry import Handler, HandlerRegistry
 from vip_worker.services.metrics import QueueMetrics
 from vip_worker.slots import Slots
-from vip_worker.sqs.boto import TRANSPORT_ERRORS, ClientError, error_code
+from vip_worker.sqs.api import TRANSPORT_ERRORS, ClientError, SqsApi, error_code
+from vip_worker.sqs.limits import BATCH_MAX, MAX_MESSAGE_BYTES
 
 log = logging.getLogger("vip_worker.consumer")
 RECEIVE_ERROR_BACKOFF_MAX_S = 30.0
@@ -52,16 +55,19 @@ def traceback_of(error: BaseException) -> BaseException | None:
     return error if error.__traceback__ is not None else None
 
 
-class MessageLogger(logging.LoggerAdapter):
-    """A plugin's logger whose lines carry the message's fields, merged with the call's."""
-
-    def process(self, msg, kwargs):
-        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
-        return msg, kwargs
-
-
 class Consumer:
-    def __init__(self, settings, registry: HandlerRegistry, sqs, heartbeat: Heartbeat,
+    """Receives, dispatches and settles one poller's messages, for all of its queues.
+
+    Each received message becomes an :class:`InFlight`, held (and heartbeated) from
+    its receive until its fate is settled once: acked, retried or dead-lettered as
+    ``vip_worker.outcomes.decide`` says, or handed back (visibility 0) when the
+    poller stops or its FIFO group is blocked. ``start`` starts one receive loop
+    per queue; ``drain`` stops them and settles what is held; ``close`` frees
+    the handler threads. Counters (``stats``, ``queue_metrics``, ``handled``) are
+    read by the poller.
+    """
+
+    def __init__(self, settings, registry: HandlerRegistry, sqs: SqsApi, heartbeat: Heartbeat,
                  context: PollerContext, dlq_urls: dict[str, str | None],
                  clock: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random,
@@ -81,9 +87,9 @@ class Consumer:
         self.type_limits = {t: asyncio.Semaphore(n) for t, n in settings.type_limits.items()}
         self.handler_pool = ThreadPoolExecutor(max_workers=settings.concurrency,
                                                thread_name_prefix="handler")
-        self.deleters = {q.name: Batcher(self.sender("delete_batch", q.url))
+        self.deleters = {q.name: Batcher(partial(self.sqs.delete_batch, q.url))
                          for q in settings.queues}
-        self.visibility = {q.name: Batcher(self.sender("change_visibility_batch", q.url))
+        self.visibility = {q.name: Batcher(partial(self.sqs.change_visibility_batch, q.url))
                            for q in settings.queues}
         self.held: dict[int, InFlight] = {}
         self.tasks: dict[asyncio.Task, list[InFlight]] = {}
@@ -105,11 +111,6 @@ class Consumer:
         # Settled messages waiting for this loop iteration's messages.succeeded lines.
         self.succeeded: dict[str, list[dict]] = {}
 
-    def sender(self, method: str, url: str):
-        async def send(entries):
-            return await self.sqs.call(method, url, entries)
-        return send
-
     # -- receiving ---------------------------------------------------------
 
     def start(self) -> None:
@@ -125,8 +126,8 @@ class Consumer:
                 break
             self.polling += 1
             try:
-                raw = await self.sqs.call("receive", queue.url, wanted, queue.wait_time_s,
-                                          queue.visibility_timeout_s)
+                raw = await self.sqs.receive(queue.url, wanted, queue.wait_time_s,
+                                             queue.visibility_timeout_s)
             except TRANSPORT_ERRORS as exc:
                 self.unreserve(queue, wanted)
                 errors += 1
@@ -194,6 +195,8 @@ class Consumer:
         self.heartbeat.untrack(item)
         if self.held.pop(id(item), None) is not None:
             self.unreserve(item.queue, 1)
+        # SETTLING or HANDED_BACK -> DONE (RECEIVED or RUNNING only when its task crashed)
+        item.state = State.DONE
 
     def dispatch(self, items: list[InFlight]) -> None:
         loop = asyncio.get_running_loop()
@@ -248,7 +251,7 @@ class Consumer:
                 if handler is None:
                     raise UnknownMessageType(f"no plugin handles type {item.envelope.type!r}")
             except PermanentError as exc:
-                return await self.dead_letter(item, exc)
+                return await self.settle(item, self.decide(item, exc), None, item.log_fields())
             limit = self.type_limits.get(handler.message_type)
             if limit is None:
                 return await self.run(handler, item)
@@ -263,7 +266,9 @@ class Consumer:
             self.on_handled()
 
     async def run(self, handler: Handler, item: InFlight) -> bool:
-        item.started = True
+        """Run the handler under ``max_job_time_s``, then settle the message as
+        ``decide`` says. True when it is consumed (deleted or dead-lettered)."""
+        item.start()  # RECEIVED -> RUNNING
         queue = item.queue
         fields = item.log_fields()
         started = self.clock()
@@ -271,18 +276,16 @@ class Consumer:
         if plugin_log is None:
             plugin_log = logging.getLogger(f"vip_worker_plugins.{handler.plugin}")
             self.plugin_loggers[handler.plugin] = plugin_log
-        ctx = HandlerContext(
-            message_id=item.message_id, job_id=item.envelope.job_id, queue=queue.name,
-            receive_count=item.receive_count, max_attempts=queue.max_attempts,
-            deadline=started + queue.max_job_time_s,
-            log=MessageLogger(plugin_log, fields),
-            resources=self.context.resources,
+        ctx = HandlerContext.for_message(
+            self.context, plugin=handler.plugin, message_id=item.message_id,
+            job_id=item.envelope.job_id, queue=queue.name, receive_count=item.receive_count,
+            max_attempts=queue.max_attempts, max_job_time_s=queue.max_job_time_s,
+            log_fields=fields, started=started,
             plugin_settings=self.registry.plugin_settings.get(handler.plugin, {}),
-            poller=self.context,
-        )
+            logger=plugin_log)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("message.started", extra=fields)
-        error: BaseException
+        error: BaseException | None = None
         try:
             async with asyncio.timeout(queue.max_job_time_s) as timer:
                 if handler.is_async:
@@ -306,22 +309,28 @@ class Consumer:
                     self.abandoned_threads += 1
         except Exception as exc:  # noqa: BLE001 - any handler error is classified below
             error = exc
-        else:
-            self.ack(item, self.clock() - started, fields)
-            return True
-        duration = self.clock() - started
-        # An outage of the worker's own dependency is never the job's last attempt.
-        exhausted = (item.receive_count >= queue.max_attempts
-                     and not isinstance(error, DependencyUnavailable))
-        if isinstance(error, PermanentError) or exhausted:
-            return await self.dead_letter(item, error, duration)
-        await self.retry(item, error, duration)
-        return False
+        return await self.settle(item, self.decide(item, error), self.clock() - started, fields)
 
     # -- outcomes ------------------------------------------------------------------
 
+    def decide(self, item: InFlight, error: BaseException | None) -> Decision:
+        queue = item.queue
+        return decide(error, item.receive_count, queue.max_attempts, queue.retry_backoff_base_s,
+                      queue.retry_backoff_max_s, self.rand)
+
+    async def settle(self, item: InFlight, decision: Decision, duration_s: float | None,
+                     fields: dict) -> bool:
+        """Act on the decision; True when the message is consumed (deleted or dead-lettered)."""
+        if decision.action is Action.ACK:
+            self.ack(item, duration_s, fields)
+            return True
+        if decision.action is Action.DEAD_LETTER:
+            return await self.dead_letter(item, decision.error, duration_s)
+        await self.retry(item, decision, duration_s)
+        return False
+
     def ack(self, item: InFlight, duration_s: float, fields: dict) -> None:
-        if not item.settle():
+        if not item.settle():  # RUNNING -> SETTLING, unless already handed back
             return
         future = self.deleters[item.queue.name].add((item.receipt,))
         future.add_done_callback(partial(self.deleted, item, duration_s, fields))
@@ -372,17 +381,13 @@ class Consumer:
             log.info("messages.succeeded", extra={"queue": queue, "count": len(messages),
                                                   "messages": messages})
 
-    async def retry(self, item: InFlight, error: BaseException, duration_s: float) -> None:
-        if not item.settle():
+    async def retry(self, item: InFlight, decision: Decision, duration_s: float) -> None:
+        if not item.settle():  # RUNNING -> SETTLING, unless already handed back
             return
         self.heartbeat.untrack(item)  # a heartbeat now would undo the retry delay
         queue = item.queue
-        if isinstance(error, RetryLater) and error.delay_s is not None:
-            delay = error.delay_s
-        else:
-            delay = retry_delay(item.receive_count, queue.retry_backoff_base_s,
-                                queue.retry_backoff_max_s, self.rand)
-        delay_s = self.clip(item, delay)
+        error = decision.error
+        delay_s = self.clip(item, decision.delay_s)
         failure = await self.visibility[queue.name].add((item.receipt, delay_s))
         self.stats["retried"] += 1
         self.stats["busy_s"] += duration_s
@@ -393,18 +398,20 @@ class Consumer:
             "visibility_failed": failure.code if failure else None})
 
     def clip(self, item: InFlight, delay_s: float) -> int:
-        """A visibility delay SQS accepts: whole seconds, within the 12-hour cap."""
-        return int(max(0, min(delay_s, item.cap_at - self.clock())))
+        """A visibility delay SQS accepts: whole seconds, rounded up (a backoff of 0.5-1 s
+        waits 1 s, never 0), within the 12-hour cap."""
+        return max(0, min(math.ceil(delay_s), int(item.cap_at - self.clock())))
 
     async def dead_letter(self, item: InFlight, error: BaseException,
                           duration_s: float | None = None) -> bool:
         """Send to the DLQ with the reason, then delete. True when the message is consumed."""
-        if not item.settle():
+        if not item.settle():  # RECEIVED (malformed) or RUNNING -> SETTLING
             return False
         self.heartbeat.untrack(item)
         queue = item.queue
         fields = {**item.log_fields(), "error_class": type(error).__name__,
-                  "error": reason_of(error), "duration_s": duration_s}
+                  "error": reason_of(error),
+                  "duration_s": None if duration_s is None else round(duration_s, 4)}
         dlq = self.dlq_urls.get(queue.name)
         if not dlq:
             # No DLQ to send to: leave the message to the queue's own redrive policy.
@@ -447,22 +454,22 @@ class Consumer:
                 **item.log_fields(), "send_error_code": None,
                 "detail": f"no reason attribute fits beside the body in the DLQ's "
                           f"{limit} bytes"})
-            await self.sqs.call("send", dlq, item.body, None, group, dedup)
+            await self.sqs.send(dlq, item.body, None, group, dedup)
             return
         try:
-            await self.sqs.call("send", dlq, item.body, attributes, group, dedup)
+            await self.sqs.send(dlq, item.body, attributes, group, dedup)
         except ClientError as exc:
             if error_code(exc) not in TOO_LARGE_CODES:
                 raise
             log.warning("message.dead_letter_attributes_dropped", extra={
                 **item.log_fields(), "send_error_code": error_code(exc)})
-            await self.sqs.call("send", dlq, item.body, None, group, dedup)
+            await self.sqs.send(dlq, item.body, None, group, dedup)
 
     async def release_many(self, items: list[InFlight], reason: str) -> None:
         """Hand messages back (visibility 0) so another poller can take them now."""
         futures = []
         for item in items:
-            if item.settle():
+            if item.settle(State.HANDED_BACK):  # RECEIVED or RUNNING -> HANDED_BACK
                 self.heartbeat.untrack(item)
                 futures.append((item, self.visibility[item.queue.name].add((item.receipt, 0))))
         for item, future in futures:

@@ -58,7 +58,7 @@ class PluginError(Exception):
 
 
 class MalformedMessage(PermanentError):
-    """The body is not the seed's envelope: dead-lettered at once, never retried."""
+    """The body is not in the app's message format: dead-lettered at once, never retried."""
 
 
 class UnknownMessageType(PermanentError):

@@ -23,3 +23,4 @@ FAILED = 1  # the command's work failed: enqueue's inline handler (or start hook
 USAGE = 64  # bad arguments or input file
 NOT_FOUND = 66  # EX_NOINPUT: no such job
 UNAVAILABLE = 69  # EX_UNAVAILABLE: the job store cannot be reached
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C

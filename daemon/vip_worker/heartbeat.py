@@ -19,9 +19,9 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
-from vip_worker.batching import BATCH_MAX
 from vip_worker.inflight import InFlight
-from vip_worker.sqs.boto import TRANSPORT_ERRORS, error_code
+from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
+from vip_worker.sqs.limits import BATCH_MAX
 
 EXTEND_AT = 0.5  # extend when this share of the timeout is left
 COALESCE = 0.25  # ...and take along messages due within this share of the timeout
@@ -70,7 +70,7 @@ def next_wake(items: list[InFlight], now: float) -> float | None:
 class Heartbeat:
     """Tracks held messages and extends their visibility until they are untracked."""
 
-    def __init__(self, sqs, clock: Callable[[], float]) -> None:
+    def __init__(self, sqs: SqsApi, clock: Callable[[], float]) -> None:
         self.sqs = sqs
         self.clock = clock
         self.items: dict[int, InFlight] = {}
@@ -123,7 +123,7 @@ class Heartbeat:
         entries = [(str(n), item.receipt, extension(item, now)) for n, item in enumerate(batch)]
         self.calls += 1
         try:
-            failed = await self.sqs.call("change_visibility_batch", queue.url, entries)
+            failed = await self.sqs.change_visibility_batch(queue.url, entries)
         except TRANSPORT_ERRORS as exc:
             log.error("heartbeat.failed", extra={
                 "queue": queue.name, "count": len(batch), "error_code": error_code(exc),

@@ -1,19 +1,49 @@
-"""A received message while this poller holds it (received, maybe running, not yet settled)."""
+"""A received message while this poller holds it, and its states.
+
+::
+
+    RECEIVED --start--> RUNNING --settle--> SETTLING ----finish--> DONE
+        |                  |                                  ^
+        +------------------+--settle(HANDED_BACK)--> HANDED_BACK
+
+A message may also go RECEIVED -> SETTLING (a malformed message, dead-lettered
+without running). The consumer writes each transition beside its code.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from vip_worker.config import MAX_VISIBILITY_S, QueueSettings
+from vip_worker.config import QueueSettings
 from vip_worker.message import Envelope
+from vip_worker.sqs.limits import MAX_VISIBILITY_S
 
 # Stop extending this long before SQS's 12-hour visibility cap.
 CAP_MARGIN_S = 60.0
 
 
+class State(enum.Enum):
+    RECEIVED = "received"  # held (and heartbeated); its handler has not started
+    RUNNING = "running"  # its handler runs
+    SETTLING = "settling"  # its outcome is decided: the delete, retry or DLQ call is under way
+    HANDED_BACK = "handed_back"  # given back with visibility 0 (stop, blocked FIFO group)
+    DONE = "done"  # let go: its slot is free, the heartbeat no longer extends it
+
+
+SETTLED = frozenset({State.SETTLING, State.HANDED_BACK, State.DONE})
+
+
 @dataclass(slots=True, eq=False)
 class InFlight:
+    """One received message, from its receive until the consumer lets it go.
+
+    Its fate is settled exactly once (``settle``): whoever decides first (the
+    handler's outcome, or a hand-back at shutdown) wins, later deciders do nothing.
+    The heartbeat extends ``visible_until`` while it is not settled.
+    """
+
     queue: QueueSettings
     message_id: str
     receipt: str
@@ -24,12 +54,10 @@ class InFlight:
     group_id: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     envelope: Envelope | None = None
-    started: bool = False
+    state: State = State.RECEIVED
+    started: bool = False  # its handler was called (stays True once handed back)
     lost: bool = False  # SQS refused our receipt handle: stop extending it
     capped: bool = False  # the 12-hour cap left nothing to extend
-    # Set once, by whoever decides the message's fate first (the handler's
-    # outcome, or the shutdown's hand-back). Later deciders do nothing.
-    settled: bool = False
 
     @classmethod
     def from_sqs(cls, queue: QueueSettings, raw: dict[str, Any], now: float) -> InFlight:
@@ -51,11 +79,24 @@ class InFlight:
         """When SQS's 12-hour limit, counted from this receive, nears."""
         return self.received_at + MAX_VISIBILITY_S - CAP_MARGIN_S
 
-    def settle(self) -> bool:
-        """Claim the right to decide this message's fate; False if already decided."""
-        if self.settled:
+    @property
+    def settled(self) -> bool:
+        """Its fate is decided (settling, handed back or done)."""
+        return self.state in SETTLED
+
+    def start(self) -> None:
+        """Its handler starts (RECEIVED -> RUNNING)."""
+        self.state = State.RUNNING
+        self.started = True
+
+    def settle(self, to: State = State.SETTLING) -> bool:
+        """Claim the right to decide this message's fate; False if already decided.
+
+        :param to: ``SETTLING`` (an outcome) or ``HANDED_BACK``.
+        """
+        if self.state in SETTLED:
             return False
-        self.settled = True
+        self.state = to
         return True
 
     def log_fields(self) -> dict[str, Any]:

@@ -12,10 +12,12 @@ the log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -130,3 +132,59 @@ RESERVED = [
     "module", "msecs", "msg", "name", "pathname", "process", "processName",
     "relativeCreated", "stack_info", "thread", "threadName", "taskName",
 ]
+
+
+# -- the commands' stderr: a person reads it -------------------------------------------------
+
+# Attributes every LogRecord has: what is left on a record are the event's fields.
+STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``vip-worker: warning: producer.inline: <detail> (job_id=... type=...)``: the event,
+    its ``detail`` and its other fields on one line (a bare event name says nothing)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {k: v for k, v in record.__dict__.items()
+                  if k not in STANDARD_ATTRS and not k.startswith("_")}
+        detail = fields.pop("detail", None)
+        text = f"vip-worker: {record.levelname.lower()}: {record.getMessage()}"
+        if detail:
+            text += f": {detail}"
+        if fields:
+            text += " (" + " ".join(f"{k}={v}" for k, v in fields.items()) + ")"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return URL_PASSWORD.sub(r"\1****@", text) if "://" in text else text
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def console(level: int = logging.WARNING) -> Iterator[None]:
+    """For a command other than ``run``: records of ``level`` and above from vip_worker and
+    the plugins go to stderr as ``ConsoleFormatter`` lines, until the block ends."""
+    handler = StderrHandler()
+    handler.setLevel(level)
+    handler.setFormatter(ConsoleFormatter())
+    loggers = [logging.getLogger(ROOT), logging.getLogger("vip_worker_plugins")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

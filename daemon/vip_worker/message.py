@@ -1,6 +1,6 @@
 """The message envelope the existing app sends, and its parser.
 
-The app (see the seed's architecture) sends one JSON object per message::
+The app sends one JSON object per message::
 
     {"jobId": "...", "userId": "...", "type": "articles",
      "timestamp": "2025-01-15T10:30:00Z", "payload": {...}}
@@ -38,7 +38,7 @@ class Envelope:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_body(self) -> str:
-        """The body in the seed's exact format (camelCase keys)."""
+        """The body in the app's exact message format (camelCase keys)."""
         doc = {
             "jobId": self.job_id,
             "userId": self.user_id,

@@ -1,17 +1,23 @@
-"""Pure decisions about failed messages: backoff delays and dead-letter attributes."""
+"""Pure decisions about a handled message: ack, retry or dead-letter (``decide``),
+backoff delays and dead-letter attributes.
+
+``decide`` is the one rule: the consumer acts on it and ``vip_worker.testing.run_handler``
+reports it, so a plugin's tests see what the daemon would do.
+"""
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
 from vip_worker.inflight import InFlight
+from vip_worker.sqs.limits import MAX_ATTRIBUTES, MAX_MESSAGE_BYTES
 
 MAX_EXPONENT = 30
-MAX_ATTRIBUTES = 10  # SQS's limit per message
-# SQS's size limit: the body plus every attribute's name, data type and value, in bytes.
-MAX_MESSAGE_BYTES = 1024 * 1024
 REASON_SHORT = 100
 REASON_MAX = 1000
 # The attributes vip-worker adds to a dead-lettered message; `dlq peek` reads them.
@@ -20,6 +26,59 @@ ERROR_TEXT = "vip_error"
 ATTEMPTS = "vip_attempts"
 SOURCE_QUEUE = "vip_source_queue"
 SOURCE_MESSAGE_ID = "vip_source_message_id"
+
+
+class Action(enum.Enum):
+    """What becomes of a handled message."""
+
+    ACK = "ack"  # delete it: the handler succeeded
+    RETRY = "retry"  # hide it for a delay; SQS delivers it again
+    DEAD_LETTER = "dead_letter"  # copy it to the DLQ with the reason, then delete it
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``decide``'s answer.
+
+    :ivar action: ack, retry or dead-letter.
+    :ivar delay_s: for a retry, seconds before the message is visible again (before the
+        consumer clips it to SQS's limits); None otherwise.
+    :ivar error: the handler's exception, None for an ack.
+    """
+
+    action: Action
+    delay_s: float | None = None
+    error: BaseException | None = None
+
+    @property
+    def reason(self) -> str:
+        """What a dead letter records (``ErrorClass: text``); '' for an ack."""
+        return reason_of(self.error) if self.error is not None else ""
+
+
+def decide(error: BaseException | None, receive_count: int, max_attempts: int,
+           backoff_base_s: float, backoff_max_s: float,
+           rand: Callable[[], float] = random.random) -> Decision:
+    """The outcome of one delivery from the handler's exception (None: it returned).
+
+    - no error: ack;
+    - ``PermanentError`` (a malformed message, an unknown type too): dead-letter;
+    - any other error on the last delivery (``receive_count >= max_attempts``):
+      dead-letter, except ``DependencyUnavailable``: an outage of the worker's own
+      dependency is never the job's last attempt;
+    - else retry after ``RetryLater.delay_s`` when given, else the backoff
+      (``retry_delay``).
+    """
+    if error is None:
+        return Decision(Action.ACK)
+    exhausted = receive_count >= max_attempts and not isinstance(error, DependencyUnavailable)
+    if isinstance(error, PermanentError) or exhausted:
+        return Decision(Action.DEAD_LETTER, error=error)
+    if isinstance(error, RetryLater) and error.delay_s is not None:
+        delay = error.delay_s
+    else:
+        delay = retry_delay(receive_count, backoff_base_s, backoff_max_s, rand)
+    return Decision(Action.RETRY, delay_s=delay, error=error)
 
 
 def retry_delay(receive_count: int, base_s: float, max_s: float,

@@ -1,4 +1,4 @@
-"""One poller process: a uvloop event loop that runs start -> serve -> drain -> close.
+"""One poller process: a uvloop event loop that runs open -> serve -> drain -> close.
 
 Forked by the arbiter. Everything with a connection (the boto3 client, the
 plugins' clients) is made here, after fork. Signals only set the stop mode:
@@ -16,22 +16,25 @@ arbiter reads; a loop blocked by a handler stops writing and is replaced.
 from __future__ import annotations
 
 import asyncio
+import enum
 import faulthandler
-import json
 import logging
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 
 from vip_worker import exitcodes
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.liveness import COUNTERS, HANDLED, INFLIGHT, READY, TICK
-from vip_worker.outcomes import MAX_MESSAGE_BYTES
-from vip_worker.plugins import describe_exception, load_plugins
+from vip_worker.plugins import LoadedPlugins, describe_exception, load_plugins
 from vip_worker.plugins.context import PollerContext
+from vip_worker.plugins.hooks import call_hook
 from vip_worker.services import metrics
-from vip_worker.sqs.boto import TRANSPORT_ERRORS, AsyncSqs, error_code
+from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
+from vip_worker.sqs.boto import AsyncSqs
+from vip_worker.sqs.queues import DlqLookupFailed, dlq_size_limit, resolve_dlq
 from vip_worker.sqs.wire import WireSqs, open_sqs
 
 log = logging.getLogger("vip_worker.poller")
@@ -39,37 +42,79 @@ TICK_S = 1.0
 RSS_CHECK_EVERY = 5  # ticks
 
 
-# How a poller's stop mode becomes its exit code ("graceful" and "fast": OK).
-EXIT_CODES = {"recycle": exitcodes.POLLER_RECYCLED, "task_failed": exitcodes.POLLER_TASK_FAILED}
+class StopMode(enum.StrEnum):
+    """Why a poller stops. Set once by ``request_stop``, except that ``FAST`` overrides."""
+
+    GRACEFUL = "graceful"  # SIGTERM, or the master is gone
+    FAST = "fast"  # SIGINT / SIGQUIT: no grace period, no waiting for long polls
+    RECYCLE = "recycle"  # max_messages_per_poller, max_rss_mb or an abandoned thread
+    TASK_FAILED = "task_failed"  # a task that must run as long as the poller died
+
+
+# How a poller's stop mode becomes its exit code (GRACEFUL and FAST: OK).
+EXIT_CODES = {StopMode.RECYCLE: exitcodes.POLLER_RECYCLED,
+              StopMode.TASK_FAILED: exitcodes.POLLER_TASK_FAILED}
+SIGNALS = ((signal.SIGTERM, StopMode.GRACEFUL), (signal.SIGINT, StopMode.FAST),
+           (signal.SIGQUIT, StopMode.FAST))
 
 
 class Poller:
-    def __init__(self, settings, index: int, shm, sqs_client=None) -> None:
+    """One poller process's life, in four steps that ``run`` takes in order:
+
+    - ``open``: load the plugins, open the SQS client, look up the DLQs, register the
+      providers' resources, run the start hooks, build the consumer and heartbeat;
+    - ``serve``: start the receive loops, the heartbeat, the tick and the metrics
+      reporter, and wait for a stop (``request_stop``);
+    - ``drain``: the consumer's drain (see ``StopMode``), then the other tasks stop;
+    - ``close``: the stop hooks, then the context's resources and the SQS client.
+
+    :param sqs_client: a blocking ``SqsClient`` to use instead of opening one (tests).
+    :param providers: ``provide(context)`` callables run in ``open`` before the start
+        hooks; they register named resources on the context (the daemon's job store:
+        ``vip_worker.store.factory.provide_store``). The poller opens none itself.
+    :param loaded: plugins already loaded (the testing fixture); default: ``load_plugins``.
+    """
+
+    def __init__(self, settings, index: int, shm, sqs_client=None,
+                 providers: Sequence[Callable[[PollerContext], None]] = (),
+                 loaded: LoadedPlugins | None = None) -> None:
         self.settings = settings
         self.index = index
         self.shm = shm
         self.sqs_client = sqs_client
-        self.stop_mode: str | None = None
-        self.stop_event: asyncio.Event | None = None
+        self.providers = tuple(providers)
+        self.loaded = loaded
+        self.stop_mode: StopMode | None = None
+        self.stop_event = asyncio.Event()
+        self.sqs = None
+        self.transport = ""
+        self.context: PollerContext | None = None
         self.consumer: Consumer | None = None
+        self.tasks: list[asyncio.Task] = []  # heartbeat, tick, metrics
+        self.stopping_at = 0.0  # monotonic, when the drain began
         self.exit_code = exitcodes.OK
 
-    def request_stop(self, mode: str) -> None:
+    def request_stop(self, mode: StopMode | str) -> None:
         """Signal-handler safe: record the mode and wake the loop."""
-        if self.stop_mode is None or mode == "fast":
+        mode = StopMode(mode)
+        if self.stop_mode is None or mode is StopMode.FAST:
             self.stop_mode = mode
-        if mode == "fast" and self.consumer is not None:
+        if mode is StopMode.FAST and self.consumer is not None:
             self.consumer.hurry.set()  # a graceful drain under way: cut it short
         self.stop_event.set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self.stop_event = asyncio.Event()
-        for signum, mode in ((signal.SIGTERM, "graceful"), (signal.SIGINT, "fast"),
-                             (signal.SIGQUIT, "fast")):
+        for signum, mode in SIGNALS:
             loop.add_signal_handler(signum, self.request_stop, mode)
-        self.shm[TICK] = time.monotonic()
-        loaded = load_plugins(self.settings)
+        if not await self.open():
+            return exitcodes.POLLER_BOOT_FAILED
+        await self.serve()
+        await self.drain()
+        return await self.close()
+
+    def open_sqs(self):
+        """The SQS client and the name of its transport ("wire" or "boto3")."""
         receivers = len(self.settings.queues)
         if self.sqs_client is not None:
             sqs, transport = AsyncSqs(self.sqs_client, max_workers=8, receivers=receivers), "boto3"
@@ -80,6 +125,14 @@ class Poller:
             if transport != self.settings.sqs_transport:
                 log.warning("sqs.transport_fallback", extra={
                     "configured": self.settings.sqs_transport, "used": transport, "reason": why})
+        return sqs, transport
+
+    async def open(self) -> bool:
+        """Everything ``serve`` needs. False when the poller cannot serve: the reason is
+        logged, what was opened is closed, and the caller exits with POLLER_BOOT_FAILED."""
+        self.shm[TICK] = time.monotonic()
+        loaded = self.loaded = self.loaded or load_plugins(self.settings)
+        sqs, self.transport = self.open_sqs()
         try:
             dlq_urls = {q.name: await resolve_dlq(sqs, q) for q in self.settings.queues}
             dlq_limits = {name: await dlq_size_limit(sqs, name, url)
@@ -87,9 +140,11 @@ class Poller:
         except DlqLookupFailed as exc:
             log.error("queue.dlq_lookup_failed", extra={"error": str(exc)})
             sqs.close()
-            return exitcodes.POLLER_BOOT_FAILED
+            return False
         context = PollerContext(index=self.index, settings=self.settings,
                                 plugin_values=loaded.registry.plugin_settings)
+        for provide in self.providers:
+            provide(context)
         started_plugins: list[str] = []
         try:
             await call_hook(loaded.manager.hook.vip_worker_poller_start, context=context,
@@ -104,51 +159,61 @@ class Poller:
                 log.error("poller.stop_hook_failed", extra={"error": str(stop_exc)})
             context.close()
             sqs.close()
-            return exitcodes.POLLER_BOOT_FAILED
-        heartbeat = Heartbeat(sqs, time.monotonic)
-        consumer = Consumer(self.settings, loaded.registry, sqs, heartbeat, context, dlq_urls,
-                            dlq_limits=dlq_limits)
+            return False
+        self.sqs, self.context = sqs, context
+        consumer = Consumer(self.settings, loaded.registry, sqs, Heartbeat(sqs, time.monotonic),
+                            context, dlq_urls, dlq_limits=dlq_limits)
         # Per message: only the count (the tick checks memory every few seconds).
         consumer.on_handled = lambda: self.check_recycle(consumer, memory=False)
         self.consumer = consumer
-        if self.stop_mode == "fast":
+        if self.stop_mode is StopMode.FAST:
             consumer.hurry.set()
-        heartbeat_task = loop.create_task(heartbeat.run(), name="heartbeat")
-        ticker = loop.create_task(self.tick(consumer), name="tick")
-        reporter = loop.create_task(self.report_metrics(consumer, sqs), name="metrics")
+        return True
+
+    async def serve(self) -> None:
+        """Receive and handle messages until a stop is requested."""
+        loop = asyncio.get_running_loop()
+        consumer = self.consumer
+        self.tasks = [loop.create_task(consumer.heartbeat.run(), name="heartbeat"),
+                      loop.create_task(self.tick(consumer), name="tick"),
+                      loop.create_task(self.report_metrics(consumer, self.sqs), name="metrics")]
         consumer.start()
-        for task in (heartbeat_task, ticker, reporter, *consumer.receivers):
+        for task in (*self.tasks, *consumer.receivers):
             task.add_done_callback(self.task_ended)
         self.shm[READY] = 1.0
         log.info("poller.ready", extra={
             "queues": [q.name for q in self.settings.queues],
-            "types": sorted(loaded.registry.handlers), "concurrency": self.settings.concurrency,
-            "sqs_transport": transport})
-
+            "types": sorted(self.loaded.registry.handlers),
+            "concurrency": self.settings.concurrency, "sqs_transport": self.transport})
         await self.stop_event.wait()
-        mode = self.stop_mode
-        started = time.monotonic()
-        log.info("poller.stopping", extra={"mode": mode, "in_flight": len(consumer.held)})
-        fast = mode == "fast"
+
+    async def drain(self) -> None:
+        """Settle what is held as the stop mode says, then stop the other tasks."""
+        consumer = self.consumer
+        self.stopping_at = time.monotonic()
+        log.info("poller.stopping", extra={"mode": self.stop_mode, "in_flight": len(consumer.held)})
+        fast = self.stop_mode is StopMode.FAST
         await consumer.drain(grace_s=0 if fast else self.settings.grace_period_s,
                              wait_for_polls=not fast)
-        heartbeat_task.cancel()
-        ticker.cancel()
-        reporter.cancel()
-        await asyncio.gather(heartbeat_task, ticker, reporter, return_exceptions=True)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         self.publish(consumer)  # what the drain settled: the tick has stopped
         self.emit_metrics(consumer, depths={})  # the last interval's counts
+
+    async def close(self) -> int:
+        """Run the stop hooks, close the resources and the SQS client; the exit code."""
         try:
-            await call_hook(loaded.manager.hook.vip_worker_poller_stop, context=context)
+            await call_hook(self.loaded.manager.hook.vip_worker_poller_stop, context=self.context)
         except Exception as exc:  # noqa: BLE001 - a stop hook must not block the exit
             log.error("poller.stop_hook_failed", extra={"error": str(exc)})
-        consumer.close()
-        context.close()
-        sqs.close()
+        self.consumer.close()
+        self.context.close()
+        self.sqs.close()
         log.info("poller.stopped", extra={
-            "mode": mode, "handled": consumer.handled,
-            "drain_s": round(time.monotonic() - started, 3)})
-        return EXIT_CODES.get(mode, exitcodes.OK)
+            "mode": self.stop_mode, "handled": self.consumer.handled,
+            "drain_s": round(time.monotonic() - self.stopping_at, 3)})
+        return EXIT_CODES.get(self.stop_mode, exitcodes.OK)
 
     async def tick(self, consumer: Consumer) -> None:
         ticks = 0
@@ -157,7 +222,7 @@ class Poller:
             if os.getppid() != parent and self.stop_mode is None:
                 # The master is gone (killed -9): finish gracefully rather than run unmanaged.
                 log.error("poller.orphaned", extra={"master_pid": parent})
-                self.request_stop("graceful")
+                self.request_stop(StopMode.GRACEFUL)
             self.shm[TICK] = time.monotonic()
             self.publish(consumer)
             ticks += 1
@@ -173,7 +238,7 @@ class Poller:
         for name, value in consumer.stats.items():
             self.shm[COUNTERS[name]] = value
 
-    async def report_metrics(self, consumer: Consumer, sqs: AsyncSqs) -> None:
+    async def report_metrics(self, consumer: Consumer, sqs: SqsApi) -> None:
         """Every metrics_interval_s: one EMF line per queue (see vip_worker.services.metrics)."""
         interval = self.settings.metrics_interval_s
         if not interval:
@@ -184,8 +249,8 @@ class Poller:
             if self.index == 0:  # one depth reading per host is enough
                 for queue in self.settings.queues:
                     try:
-                        attrs = await sqs.call("queue_attributes", queue.url,
-                                               ["ApproximateNumberOfMessages"])
+                        attrs = await sqs.queue_attributes(queue.url,
+                                                           ["ApproximateNumberOfMessages"])
                         depths[queue.name] = int(attrs.get("ApproximateNumberOfMessages", 0))
                     except TRANSPORT_ERRORS as exc:
                         log.warning("metrics.depth_failed", extra={
@@ -216,7 +281,7 @@ class Poller:
             "task": task.get_name(), "error": f"{type(exc).__name__}: {exc}"[:500],
             "stopping": self.stop_mode})
         if self.stop_mode is None:
-            self.request_stop("task_failed")
+            self.request_stop(StopMode.TASK_FAILED)
 
     def check_recycle(self, consumer: Consumer, memory: bool = True) -> None:
         if self.stop_mode is not None:
@@ -233,92 +298,7 @@ class Poller:
         if reason:
             log.info("poller.recycling", extra={"reason": reason, "handled": consumer.handled,
                                                 "rss_mb": round(rss_mb(), 1)})
-            self.request_stop("recycle")
-
-
-async def call_hook(hook, *, only: set[str] | None = None, done: list[str] | None = None,
-                    **kwargs) -> None:
-    """Call every implementation of a pluggy hook; await ``async def`` ones.
-
-    A start hook runs in pluggy's order, a stop hook (its name ends in ``_stop``) in
-    the reverse: the plugin that started last stops first, so one that uses another's
-    resources closes before them. Each implementation is called on its own: pluggy's
-    own caller stops at the first that raises, and would leave the ``async def`` ones
-    after it un-awaited. A stop hook runs every plugin's implementation whatever the others do, then
-    raises one ``HookFailed`` naming each plugin that failed. Any other hook (the start
-    hook) stops at the first failure, raised as ``HookFailed`` naming that plugin: the
-    poller will not serve, so the plugins after it need not open their clients.
-    ``CancelledError`` and other ``BaseException`` pass through at once.
-
-    :param only: call only these plugins' implementations (None: all).
-    :param done: appended with each plugin whose implementation returned.
-    """
-    from vip_worker.errors import HookFailed
-
-    run_all = hook.name.endswith("_stop")
-    failures: list[tuple[str, Exception]] = []
-    # get_hookimpls() lists the implementations in reverse call order (tryfirst last).
-    impls = hook.get_hookimpls()
-    for impl in (impls if run_all else reversed(impls)):
-        if only is not None and impl.plugin_name not in only:
-            continue
-        try:
-            result = impl.function(*(kwargs[name] for name in impl.argnames))
-            if asyncio.iscoroutine(result):
-                await result
-            if done is not None:
-                done.append(impl.plugin_name)
-        except Exception as exc:  # noqa: BLE001 - collected, raised below naming the plugin
-            failures.append((impl.plugin_name, exc))
-            if not run_all:
-                break
-    if failures:
-        detail = "; ".join(f"plugin {plugin!r}: {describe_exception(exc)}"
-                           for plugin, exc in failures)
-        raise HookFailed(hook.name, failures, detail) from failures[0][1]
-
-
-async def resolve_dlq(sqs: AsyncSqs, queue) -> str | None:
-    """The queue's DLQ: its setting, else its RedrivePolicy's target; None if it has none."""
-    if queue.dlq_url:
-        return queue.dlq_url
-    try:
-        attrs = await sqs.call("queue_attributes", queue.url, ["RedrivePolicy"])
-        policy = json.loads(attrs.get("RedrivePolicy", "{}") or "{}")
-        arn = policy.get("deadLetterTargetArn", "")
-        if arn:
-            # arn:aws:sqs:<region>:<account>:<name>; the DLQ may be in another account.
-            parts = arn.split(":")
-            return await sqs.call("queue_url", parts[-1], parts[-2] if len(parts) >= 6 else "")
-    except (*TRANSPORT_ERRORS, ValueError) as exc:
-        # Fatal for this poller: serving without knowing the DLQ could strand
-        # poison messages. The arbiter replaces the poller with backoff.
-        raise DlqLookupFailed(f"queue {queue.name}: {error_code(exc)}: {str(exc)[:300]}") from exc
-    log.warning("queue.no_dlq", extra={
-        "queue": queue.name, "detail": "malformed and failed messages are left to the "
-                                       "queue's redrive policy; set dlq_url"})
-    return None
-
-
-async def dlq_size_limit(sqs: AsyncSqs, queue_name: str, dlq_url: str) -> int:
-    """The DLQ's ``MaximumMessageSize``, which dead-letter copies are budgeted to.
-
-    Not fatal when it cannot be read (a role may send to a DLQ without the right to
-    read its attributes): then SQS's 1 MiB, and a copy the DLQ refuses as too large
-    goes again as the body alone.
-    """
-    try:
-        attrs = await sqs.call("queue_attributes", dlq_url, ["MaximumMessageSize"])
-        return int(attrs.get("MaximumMessageSize", MAX_MESSAGE_BYTES))
-    except (*TRANSPORT_ERRORS, ValueError) as exc:
-        log.warning("queue.dlq_size_unknown", extra={
-            "queue": queue_name, "dlq_url": dlq_url, "error_code": error_code(exc),
-            "assumed_bytes": MAX_MESSAGE_BYTES})
-        return MAX_MESSAGE_BYTES
-
-
-class DlqLookupFailed(Exception):
-    pass
+            self.request_stop(StopMode.RECYCLE)
 
 
 def rss_mb() -> float:
@@ -330,13 +310,17 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def main(settings, index: int, shm) -> int:
-    """The poller's entry point after fork; returns its exit code."""
+def main(settings, index: int, shm,
+         providers: Sequence[Callable[[PollerContext], None]] = ()) -> int:
+    """The poller's entry point after fork; returns its exit code.
+
+    :param providers: see ``Poller``; the CLI passes the job store's.
+    """
     faulthandler.enable()  # SIGABRT from the arbiter dumps every thread's stack to stderr
     import uvloop
 
     try:
-        return uvloop.run(Poller(settings, index, shm).run())
+        return uvloop.run(Poller(settings, index, shm, providers=providers).run())
     except Exception as exc:  # noqa: BLE001 - the arbiter reports the exit code
         log.critical("poller.crashed", extra={"error": describe_exception(exc)}, exc_info=True)
         return exitcodes.POLLER_BOOT_FAILED

@@ -35,9 +35,9 @@ import boto3
 from tests.chaos.ledger import COLLECTIONS, JobSpec, JobState, Report, build_report, dlq_entry
 from tests.chaos.sqs_proxy import FaultPlan, SqsFaultProxy
 from tests.support.daemon import Daemon, write_config
-from tests.support.sqs import FAKE_AWS
 from tests.support.wait import wait_until
 from vip_worker.dev.stubservice import PREFIX, StubGenerationService
+from vip_worker.sqs.local import LOCAL_AWS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_PLUGINS = ROOT / "plugins"
@@ -326,7 +326,7 @@ def depth(run: Run) -> int:
 def feed(run: Run, producer) -> None:
     """Send every job, paced over ``feed_s``; a failed send is sent again (same jobId):
     a send whose answer was lost may then arrive twice, as from a real app."""
-    from vip_worker.sqs.boto import TRANSPORT_ERRORS
+    from vip_worker.sqs.api import TRANSPORT_ERRORS
     from vip_worker.store import StoreUnavailable
 
     pause = run.config.feed_s / max(1, len(run.specs))
@@ -522,7 +522,7 @@ def run_scenario(config: ChaosConfig, workdir: Path, moto_endpoint: str) -> tupl
     """Run the whole scenario; every process and thread it starts is stopped on return."""
     from vip_worker import config as vip_config
     from vip_worker.pipeline.producer import Producer
-    from vip_worker.sqs.boto import make_client
+    from vip_worker.sqs.boto import connect
 
     seed = config.seed if config.seed is not None else random.randrange(2**31)
     run = Run(config, workdir, boto3.client("sqs", endpoint_url=moto_endpoint,
@@ -540,8 +540,8 @@ def run_scenario(config: ChaosConfig, workdir: Path, moto_endpoint: str) -> tupl
         run.specs = make_specs(run)
         start_daemon(run)
         settings = vip_config.load(str(run.config_path), environ={
-            **FAKE_AWS, "AWS_ENDPOINT_URL_SQS": run.proxy.url})
-        producer = Producer(settings, make_client(settings.region, run.proxy.url))
+            **LOCAL_AWS_ENV, "AWS_ENDPOINT_URL_SQS": run.proxy.url})
+        producer = Producer(settings, connect(settings.region, run.proxy.url))
         store = producer.store
         until = time.monotonic() + config.feed_s + config.calm_after_s
         errors: list[BaseException] = []

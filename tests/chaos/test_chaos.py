@@ -121,7 +121,8 @@ def test_a_concurrent_twin_delivery_cannot_requeue_a_dead_lettered_job(tmp_path)
     store = SqliteStore(tmp_path / "jobs.sqlite3")
     job = "0123456789abcdef01234567"
     store.create_job(job, "u1", "articles", {}, datetime.now(UTC))
-    poller = PollerContext(index=0, settings=None, _store=store)
+    poller = PollerContext(index=0, settings=None)
+    poller.provide("store", lambda: store)
     message = Envelope(job, "u1", "articles", "2025-01-15T10:30:00Z", {"topic": "t"})
     x_generating, y_claimed, x_done = threading.Event(), threading.Event(), threading.Event()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -12,6 +14,7 @@ import pytest
 
 from tests.support.daemon import TEST_PLUGINS
 from tests.support.sqs import envelope
+from vip_worker.dev.stack import vip_worker_command
 
 pytestmark = pytest.mark.e2e
 
@@ -147,12 +150,39 @@ def test_readme_run_command_completes_its_demo_batch():
     assert "dev: demo batch done" in result.stdout
     lines = result.stdout.splitlines()
     assert len([line for line in lines if " completed  100%" in line]) == 4
+    # Every step each job records is shown, the 80 % one too (the store keeps only the last).
+    assert len([line for line in lines if " processing  80%  Saving content..." in line]) == 4
+    # The banner names a vip-worker a user can run (.venv/bin/ is not on the PATH).
+    [banner] = [line for line in lines if line.startswith("dev: job store ")]
+    command = vip_worker_command()  # this Python's: .venv/bin/vip-worker under make test
+    assert command != "vip-worker" or shutil.which("vip-worker")
+    assert f" {command} jobs list;" in banner
     assert [line for line in lines if " failed " in line and "no-such-mode" in line]
     assert "dead-lettered: PermanentError: unknown generation mode" in result.stdout
     # Its temporary state directory (job store, status.json) is gone with it.
     [store] = [line.split()[3] for line in lines if line.startswith("dev: job store ")]
     assert os.path.basename(os.path.dirname(store)).startswith("vip-worker-dev-")
     assert not os.path.exists(os.path.dirname(store))
+
+
+def test_ctrl_c_in_dev_says_it_stops_and_exits_130():
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VIP_WORKER_", "ARTICLES_", "IMAGES_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "vip_worker", "dev", "--jobs", "1",
+                             "--processes", "1", "--latency", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("dev: demo batch done; serving until Ctrl-C"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, out + err
+    assert "dev: Ctrl-C: stopping the daemon, the stub service and the local SQS\n" in out
+    assert out.endswith("dev: stopped\n")
 
 
 def test_help_lists_every_command():

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from vip_worker.dev.stack import vip_worker_command
+
 pytestmark = pytest.mark.e2e
 
 
@@ -22,6 +24,10 @@ def vip(*args, env=None, cwd=None):
 def test_scaffolded_plugin_loads_and_its_test_passes(tmp_path):
     created = vip("new-plugin", "shop", "--dir", str(tmp_path))
     assert created.returncode == 0, created.stderr
+    # The next steps name programs a user can run (make's .venv/bin is not on the PATH).
+    python, vip_worker = vip_worker_command(program="python"), vip_worker_command()
+    assert created.stdout.splitlines()[-1] == (
+        f"next: {python} -m pytest {tmp_path / 'shop'}/tests   then   {vip_worker} plugins")
     assert (tmp_path / "shop" / "settings.example.toml").read_text().count("[plugins.shop]") == 1
     listed = vip("plugins", "--json", env={"VIP_WORKER_PLUGIN_DIRS": str(tmp_path),
                                            "ARTICLES_QUEUE_URL": "http://127.0.0.1:1/1/a"})

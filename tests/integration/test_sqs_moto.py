@@ -1,4 +1,5 @@
-"""The SQS client and the consumer against moto's server over HTTP on 127.0.0.1."""
+"""The SQS client and the consumer against moto's server and LocalStack over HTTP on
+127.0.0.1 (LocalStack is skipped, saying why, where it cannot be built or started)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,28 @@ import time
 
 import pytest
 
-from tests.support.sqs import envelope, queue_counts
+from tests.support.sqs import boto3_client, envelope, queue_counts
 from tests.support.wait import wait_until_async
 from vip_worker import PermanentError, config
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.plugins.context import PollerContext
 from vip_worker.plugins.registry import HandlerRegistry
-from vip_worker.poller import resolve_dlq
 from vip_worker.sqs.boto import AsyncSqs, SqsClient, make_client
+from vip_worker.sqs.queues import dlq_size_limit, resolve_dlq
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def sqs_endpoint(each_endpoint):
+    """This module's endpoint: moto's server, then LocalStack."""
+    return each_endpoint
+
+
+@pytest.fixture(scope="module")
+def sqs(sqs_endpoint):
+    return boto3_client(sqs_endpoint)
 
 
 @pytest.fixture
@@ -131,7 +143,14 @@ def test_consumer_acks_retries_and_dead_letters(client, sqs, make_queue):
     assert reasons["permanent"]["vip_error_class"]["StringValue"] == "PermanentError"
 
 
-def test_fifo_group_keeps_its_order_across_a_retry(client, sqs, make_queue):
+def test_fifo_group_keeps_its_order_across_a_retry(client, sqs, make_queue, endpoint_kind):
+    if endpoint_kind == "localstack":
+        # Seen with LocalStack 2026-12: after the rest of a received group is handed back
+        # (visibility 0) while its head waits out a retry delay, LocalStack delivers the
+        # rest of the group at once; SQS does not deliver a group's later messages while
+        # an earlier one is in flight. The order can only be checked on moto here.
+        pytest.skip("LocalStack delivers a FIFO group's later messages while its head is "
+                    "in flight (SQS does not)")
     # moto's FIFO long polls are broken (see sqs-local-endpoints.md): short polls here.
     urls = make_queue("fifo", fifo=True)
     settings = settings_for(urls, fifo_wait=0, retry_backoff_base_s=1, retry_backoff_max_s=1)
@@ -154,8 +173,6 @@ def test_fifo_group_keeps_its_order_across_a_retry(client, sqs, make_queue):
 
 def test_the_dlq_size_limit_is_read_and_defaults_when_it_cannot_be(client, sqs, sqs_endpoint,
                                                                    make_queue, caplog):
-    from vip_worker.poller import dlq_size_limit
-
     urls = make_queue("limit")
     sqs.set_queue_attributes(QueueUrl=urls["dlq"], Attributes={"MaximumMessageSize": "2048"})
 

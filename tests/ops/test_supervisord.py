@@ -216,3 +216,43 @@ def test_the_example_env_file_survives_the_shell(tmp_path):
     settings = config.load(None, environ=environ)
     assert settings.mongodb_uri == expected["MONGODB_URI"]
     assert "&w=majority" in settings.mongodb_uri
+
+
+def documented_local_render() -> str:
+    """The first shell block of docs/deploy.md's "Try it locally first"."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text.split("### Try it locally first", 1)[1]
+    return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_documented_local_try_renders_a_config_supervisord_runs(sqs, make_queue,
+                                                                    sqs_endpoint):
+    if not (BIN / "supervisord").exists():
+        pytest.fail(f"{BIN / 'supervisord'} is missing: pip install 'supervisor>=4.2'")
+    urls = make_queue("local-try")
+    env = {**os.environ, "ARTICLES_QUEUE_URL": urls["url"], "IMAGES_QUEUE_URL": urls["url"]}
+    script = documented_local_render()
+    result = subprocess.run(["bash", "-euc", script], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    root = Path(result.stdout.strip().splitlines()[-1])
+    tag = uuid.uuid4().hex
+    running = None
+    try:
+        conf = root / "etc" / "supervisord.conf"
+        rendered = conf.read_text()
+        outside = rendered.replace(str(root), "").replace(str(ROOT), "")
+        assert "vip-worker/" not in outside, "a placeholder path is left"
+        assert f"exec {ROOT}/.venv/bin/vip-worker run --config {root}/etc/" in rendered
+        assert rendered.count(f"user={getpass.getuser()}\n") == 2
+        with open(root / "etc" / "vip-worker.env", "a") as env_file:  # the local SQS, a tag
+            env_file.write(f"AWS_ENDPOINT_URL_SQS='{sqs_endpoint}'\nVW_TEST_TAG='{tag}'\n")
+        running = Supervisor(root, conf, tag)
+        running.wait_until(lambda: running.events("arbiter.ready"), "the daemon to serve")
+        assert re.search(r"vip-worker\s+(RUNNING|STARTING)", running.ctl("status", "vip-worker"))
+        assert "running without any HTTP authentication checking" in (
+            running.own_log.read_text())  # the line the docs explain
+    finally:
+        if running is not None:
+            running.kill()
+        shutil.rmtree(root, ignore_errors=True)

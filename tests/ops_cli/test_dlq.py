@@ -14,6 +14,8 @@ from tests.support.sqs import queue_counts
 from tests.support.wait import wait_until
 from vip_worker.ops import dlq
 from vip_worker.sqs import boto as sqs
+from vip_worker.sqs.boto import SqsClient
+from vip_worker.sqs.queues import queue_name
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +81,16 @@ def test_peek_shows_the_reason_and_leaves_the_messages(sqs, setup, capsys):
     assert queue_counts(sqs, setup["dlq"]) == (4, 0)
 
 
+def test_peek_says_what_a_json_body_lacks_instead_of_none(sqs, setup, capsys):
+    sqs.send_message(QueueUrl=setup["dlq"], MessageBody=json.dumps({"type": "images"}))
+    sqs.send_message(QueueUrl=setup["dlq"], MessageBody=json.dumps({"hello": 1}))
+    code, out, _ = run(capsys, "dlq", "peek", "work", "--config", setup["config"])
+    assert code == 0
+    assert "None" not in out
+    assert "  no jobId  type images  received 1x" in out
+    assert "  no jobId  no type  received 1x" in out
+
+
 def test_redrive_without_the_move_api_moves_each_message_once(sqs, setup, capsys, tmp_path):
     ids = [uuid.uuid4().hex[:24] for _ in range(13)]  # more than one batch
     for job in ids:
@@ -96,7 +108,7 @@ def test_redrive_without_the_move_api_moves_each_message_once(sqs, setup, capsys
         assert not set(attrs) & set(dlq.REASON_ATTRIBUTES)
         assert attrs["trace"]["StringValue"] == "t-" + json.loads(message["Body"])["jobId"]
         assert attrs[dlq.REDRIVEN_FROM]["StringValue"]
-    journal = tmp_path / "state" / "redrive" / f"{dlq.queue_name(setup['dlq'])}.journal"
+    journal = tmp_path / "state" / "redrive" / f"{queue_name(setup['dlq'])}.journal"
     assert not journal.exists()  # nothing pending: removed
 
 
@@ -155,7 +167,7 @@ def test_a_redrive_that_stops_after_sending_deletes_but_never_resends(sqs, setup
     use_client(monkeypatch, lambda client: Wrapper(client, delete_message_batch=crash))
     with pytest.raises(RuntimeError, match="crashed"):
         run(capsys, "dlq", "redrive", "work", "--config", setup["config"], "--max", "10")
-    journal = tmp_path / "state" / "redrive" / f"{dlq.queue_name(setup['dlq'])}.journal"
+    journal = tmp_path / "state" / "redrive" / f"{queue_name(setup['dlq'])}.journal"
     states = Counter(json.loads(line)["state"] for line in journal.read_text().splitlines())
     assert states == {"sent": 4}
     assert queue_counts(sqs, setup["dlq"]) == (4, 0)  # released when the run failed
@@ -214,8 +226,8 @@ def test_a_killed_redrive_of_a_fifo_dlq_resumes_exactly_once(sqs, make_queue, tm
         raise Killed()
 
     path = str(tmp_path / "fifo.journal")
-    crashing = Wrapper(sqs, send_message_batch=send_then_die,
-                       change_message_visibility_batch=no_release)
+    crashing = SqsClient(Wrapper(sqs, send_message_batch=send_then_die,
+                                 change_message_visibility_batch=no_release))
     with dlq.Journal(path) as journal, pytest.raises(Killed):
         dlq.move_messages(crashing, urls["dlq"], lambda m: urls["url"], journal,
                           dlq.RedriveResult(), visibility_s=1)
@@ -224,7 +236,7 @@ def test_a_killed_redrive_of_a_fifo_dlq_resumes_exactly_once(sqs, make_queue, tm
         assert set(journal.pending().values()) == {"sending"}
         wait_until(lambda: queue_counts(sqs, urls["dlq"])[0] == 3, 10,  # the 1 s visibility
                    message="the 3 dead letters visible again")
-        dlq.move_messages(sqs, urls["dlq"], lambda m: urls["url"], journal, result)
+        dlq.move_messages(SqsClient(sqs), urls["dlq"], lambda m: urls["url"], journal, result)
     assert (result.moved, result.resent, result.failed) == (3, 3, 0)
     moved = receive_all(sqs, urls["url"])
     assert [json.loads(m["Body"])["jobId"] for m in moved] == ids  # once each, in order

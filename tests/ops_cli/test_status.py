@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.ops_cli import make_config, run
 from tests.support.sqs import envelope
+from vip_worker import statusfile
 
 pytestmark = pytest.mark.integration
 
@@ -25,16 +26,14 @@ def send(sqs, url, count, type_="sleep", **payload):
 
 
 def write_status(run_dir, **fields):
-    """A status.json as the master writes it."""
+    """A status.json as the master writes it (the schema's own writer)."""
     doc = {"pid": os.getpid(), "written_at": time.time(), "uptime_s": 75.0, "target": 1,
-           "generation": 1, "stopping": False, "ready": True, "rate_per_min": None,
+           "generation": 1, "stopping": None, "ready": True, "rate_per_min": None,
            "rate_window_s": 60, "queues": ["work"], "totals": {"handled": 4.0},
            "pollers": [{"index": 0, "pid": os.getpid(), "ready": True, "stopping": False,
                         "in_flight": 2, "uptime_s": 70.0, "handled": 4.0}]}
     doc.update(fields)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "status.json"), "w") as fh:
-        json.dump(doc, fh)
+    statusfile.write(str(run_dir), statusfile.DaemonStatus.build(**doc))
 
 
 def test_status_json_shows_the_queues_and_the_running_daemon(sqs, make_queue, start_daemon,
@@ -125,6 +124,24 @@ def test_status_names_the_queue_sqs_cannot_reach(tmp_path, capsys):
     assert code == 69
     assert "queue work (http://127.0.0.1:1/123456789012/work)" in err
     assert "EndpointConnectionError" in err
+    # The depth of a queue nobody could read is not 0: unknown, the reason said once.
+    assert "Queue Depth: unknown (cannot read work: see above), " in out
+    assert out.endswith("ETA: unknown\n\nDaemon: not running on this host (no "
+                        f"{tmp_path / 'run' / 'status.json'})\n")
+    assert out.count("EndpointConnectionError") == 1
+    code, out, _ = run(capsys, "status", "--config", config, "--json")
+    doc = json.loads(out)
+    assert doc["depth"] is None and doc["eta_min"] is None
+
+
+def test_status_refuses_a_watch_interval_below_one_second(tmp_path, capsys):
+    config = make_config(tmp_path, "http://127.0.0.1:1",
+                         {"work": {"url": "http://127.0.0.1:1/123456789012/work"}})
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, "status", "--config", config, "--watch", "0")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "argument --watch: must be at least 1 s, got 0" in err
 
 
 def test_status_watch_refreshes_until_ctrl_c(make_queue, sqs_endpoint, tmp_path):
@@ -133,7 +150,7 @@ def test_status_watch_refreshes_until_ctrl_c(make_queue, sqs_endpoint, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIP_WORKER_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vip_worker", "status", "--config", config, "--json",
-         "--watch", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+         "--watch", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = [proc.stdout.readline(), proc.stdout.readline()]
         proc.send_signal(signal.SIGINT)

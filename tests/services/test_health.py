@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
@@ -13,9 +14,13 @@ import uuid
 
 import pytest
 
+from tests.fakes import FakeClock, make_settings
 from tests.support.sqs import envelope
-from vip_worker import exitcodes
+from vip_worker import exitcodes, liveness
+from vip_worker.arbiter import Arbiter, PollerHandle
 from vip_worker.services.health import HealthServer, ready, render_metrics
+from vip_worker.statusfile import DaemonStatus
+from vip_worker.systemd import Notifier
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="[a-z_]+"\})? -?[0-9.e+]+$')
@@ -75,28 +80,64 @@ def test_ready_answers(changes, status, reason):
     assert code == status and body.get("reason") == reason
 
 
-def test_server_paths_and_a_failing_snapshot():
-    state = {"fail": False}
+def published(**changes) -> DaemonStatus:
+    """``fake_snapshot`` as the master publishes it (frozen)."""
+    doc = {"written_at": 0.0, "rate_per_min": None, "rate_window_s": 0, "queues": ["work"],
+           **fake_snapshot(**changes)}
+    return DaemonStatus.build(**doc)
 
-    def snapshot():
-        if state["fail"]:
-            raise RuntimeError("dictionary changed size during iteration")
-        return fake_snapshot()
 
-    server = HealthServer("127.0.0.1", 0, snapshot)
+def test_server_paths_and_the_time_before_the_first_publication():
+    state = {"status": None}
+    server = HealthServer("127.0.0.1", 0, lambda: state["status"])
     server.start()
     try:
+        for path in ("/live", "/ready", "/metrics"):
+            code, body = get(server.port, path)
+            assert code == 503 and json.loads(body)["reason"] == (
+                "starting: no status published yet")
+        state["status"] = published()
         assert get(server.port, "/live") == (200, json.dumps(
             {"ok": True, "pid": 42, "uptime_s": 12.5}))
         assert get(server.port, "/ready")[0] == 200
         assert "vip_worker_pollers 2" in get(server.port, "/metrics")[1]
         assert get(server.port, "/nope")[0] == 404
-        state["fail"] = True
-        for path in ("/live", "/ready", "/metrics"):
-            code, body = get(server.port, path)
-            assert code == 503 and "dictionary changed size" in body
-        state["fail"] = False
-        assert get(server.port, "/live")[0] == 200  # the next request simply asks again
+    finally:
+        server.stop()
+
+
+class Untouchable(dict):
+    """The master's pollers dict, mid-change: any read from another thread fails."""
+
+    def values(self):
+        raise RuntimeError("dictionary changed size during iteration")
+
+    __iter__ = items = values
+
+
+def test_health_answers_from_the_published_status_not_the_masters_state():
+    # Before, the endpoint called the arbiter's snapshot() from its own thread and
+    # answered 503 whenever it raced the loop changing the pollers dict.
+    master = Arbiter(make_settings(), poller_main=lambda *a: 0, reload=lambda: None,
+                     clock=FakeClock(), notifier=Notifier(environ={}))
+    master.target = 1
+    shm = [0.0] * liveness.SIZE
+    shm[liveness.READY] = 1.0
+    master.pollers = {7: PollerHandle(index=0, pid=7, generation=0, shm=shm,
+                                      spawned_at=master.clock())}
+    master.report()  # one loop pass publishes
+    status = master.published
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        status.target = 5
+    with pytest.raises(TypeError):
+        status.pollers[0]["ready"] = False  # read-only views, too
+    master.pollers = Untouchable(master.pollers)
+    server = HealthServer("127.0.0.1", 0, lambda: master.published)
+    server.start()
+    try:
+        code, body = get(server.port, "/ready")
+        assert (code, json.loads(body)["pollers_ready"]) == (200, 1)
+        assert "vip_worker_pollers 1" in get(server.port, "/metrics")[1]
     finally:
         server.stop()
 

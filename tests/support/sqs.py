@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import uuid
 
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+import boto3
+
+from vip_worker.sqs.local import LOCAL_AWS_ENV
+
+FAKE_AWS = LOCAL_AWS_ENV  # the package's own, declared once
 
 
 def envelope(job_id=None, type_="articles", payload=None, user_id="u1"):
@@ -31,3 +29,8 @@ def queue_counts(sqs, url):
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
     return (int(attrs["ApproximateNumberOfMessages"]),
             int(attrs["ApproximateNumberOfMessagesNotVisible"]))
+
+
+def boto3_client(endpoint_url: str):
+    """A plain boto3 SQS client on a local endpoint, for a test's own set-up and checks."""
+    return boto3.client("sqs", endpoint_url=endpoint_url, region_name="us-east-1")

@@ -26,7 +26,7 @@ def arbiter(**settings) -> Arbiter:
 
 def old_poller(pid: int = 4242) -> PollerHandle:
     """A poller that has been up long past MIN_UPTIME_S."""
-    return PollerHandle(index=0, pid=pid, generation=0, shm=[0.0] * 8,
+    return PollerHandle(index=0, pid=pid, generation=0, shm=[0.0] * liveness.SIZE,
                         spawned_at=time.monotonic() - MIN_UPTIME_S - 60)
 
 
@@ -59,7 +59,7 @@ def test_a_recycled_poller_is_replaced_at_once():
 
 
 def ready_poller(pid: int, spawned_at: float) -> PollerHandle:
-    shm = [0.0] * 9
+    shm = [0.0] * liveness.SIZE
     shm[liveness.READY] = 1.0
     return PollerHandle(index=0, pid=pid, generation=0, shm=shm, spawned_at=spawned_at)
 

@@ -6,7 +6,7 @@ import asyncio
 
 from tests.fakes import client_error
 from vip_worker.batching import Batcher
-from vip_worker.sqs.boto import EntryFailure
+from vip_worker.sqs.api import EntryFailure
 
 
 class Recorder:

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from tests.unit.test_plugin_settings_env_and_secrets import shop_settings
-from vip_worker import cli
+from vip_worker import boot
 from vip_worker.errors import ConfigError
 from vip_worker.testing import capture_logs
 
@@ -23,8 +23,8 @@ def closed_port() -> int:
 def test_an_unreachable_mongodb_is_reported_at_boot_and_does_not_stop_it(tmp_path):
     uri = f"mongodb://127.0.0.1:{closed_port()}/jobs?serverSelectionTimeoutMS=200"
     settings = shop_settings(tmp_path, VIP_WORKER_MONGODB_URI=uri)
-    with capture_logs("vip_worker.cli") as records:
-        problem, secrets = cli.preflight(settings)
+    with capture_logs("vip_worker.boot") as records:
+        problem, secrets = boot.preflight(settings)
     assert problem is None and secrets  # the boot goes on
     (line,) = records.events("store.unreachable")
     assert line.backend == "mongodb" and "ServerSelectionTimeoutError" in line.error
@@ -33,15 +33,15 @@ def test_an_unreachable_mongodb_is_reported_at_boot_and_does_not_stop_it(tmp_pat
 
 def test_a_mongodb_uri_that_cannot_be_used_fails_the_boot_naming_the_setting(tmp_path):
     settings = shop_settings(tmp_path, VIP_WORKER_MONGODB_URI="mongodb://db:notaport/jobs")
-    problem, _ = cli.preflight(settings)
+    problem, _ = boot.preflight(settings)
     assert problem is not None and "mongodb_uri" in problem
 
 
 def test_the_embedded_store_is_not_opened_by_the_check(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = shop_settings(tmp_path)
-    with capture_logs("vip_worker.cli") as records:
-        assert cli.preflight(settings)[0] is None
+    with capture_logs("vip_worker.boot") as records:
+        assert boot.preflight(settings)[0] is None
     assert not records.events("store.unreachable")
     assert not (tmp_path / "var").exists()  # no jobs.sqlite3 made by a check
 
@@ -68,10 +68,10 @@ def test_a_failed_dns_lookup_of_an_srv_uri_is_an_outage_not_a_bad_setting(tmp_pa
 
 def test_a_check_that_does_not_answer_in_time_is_reported_as_such():
     release = threading.Event()
-    late = cli.bounded(lambda: release.wait(30), 0.1, "no answer")
+    late = boot.bounded(lambda: release.wait(30), 0.1, "no answer")
     release.set()
     assert late == "no answer"
-    assert cli.bounded(lambda: "refused", 5, "no answer") == "refused"
+    assert boot.bounded(lambda: "refused", 5, "no answer") == "refused"
     with pytest.raises(ConfigError):
-        cli.bounded(lambda: (_ for _ in ()).throw(ConfigError("mongodb_uri", "x")),
+        boot.bounded(lambda: (_ for _ in ()).throw(ConfigError("mongodb_uri", "x")),
                     5, "no answer")

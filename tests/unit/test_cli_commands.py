@@ -104,6 +104,10 @@ def test_enqueue_inline_with_a_failing_handler_is_one_line_and_exit_1(tmp_path, 
     code, out, err = run(capsys, "enqueue", "boom", "--job-id", "job-1", "--payload", "{}")
     assert code == exitcodes.FAILED == 1
     assert out == ""
+    # The inline-run warning keeps its fields (it was a bare "producer.inline"), then the error.
+    warning, err = err.split("\n", 1)
+    assert warning == ("vip-worker: warning: producer.inline: no SQS queue configured for "
+                       "'boom': running the handler in this process (job_id=job-1 type=boom)")
     assert one_line(err).startswith("vip-worker: job job-1 failed in the inline run")
     assert "PermanentError: no way" in err
 
@@ -158,3 +162,56 @@ def test_a_keywords_article_enqueued_inline_is_generated(tmp_path, monkeypatch, 
     [content] = store.get_content("generated_content", job_id)
     assert content["seo"]["keywords"] == ["fantasy", "draft"]  # the stub echoes the list
     store.close()
+
+
+# -- bad input names the flag (and the file) ----------------------------------------------------
+
+
+def test_enqueue_payload_that_is_not_json_names_the_flag(capsys):
+    code, out, err = run(capsys, "enqueue", "articles", "--payload", "not json")
+    assert code == exitcodes.USAGE and out == ""
+    assert one_line(err) == ("vip-worker: --payload: not JSON: Expecting value: line 1 "
+                             "column 1 (char 0)\n")
+
+
+def test_enqueue_file_that_cannot_be_read_names_the_flag_and_the_file(tmp_path, capsys):
+    missing = tmp_path / "nope.jsonl"
+    code, _, err = run(capsys, "enqueue", "articles", "--file", str(missing))
+    assert code == exitcodes.USAGE
+    assert one_line(err) == (f"vip-worker: --file {missing}: cannot read it: "
+                             "No such file or directory\n")
+
+
+def test_enqueue_file_with_a_bad_line_names_the_line(tmp_path, capsys):
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"topic": "a"}\n\n[1]\n')
+    code, _, err = run(capsys, "enqueue", "articles", "--file", str(path))
+    assert code == exitcodes.USAGE
+    assert one_line(err) == f"vip-worker: --file {path}, line 3: not a JSON object\n"
+
+
+def test_jobs_list_with_an_unknown_status_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, "jobs", "list", "--status", "done")
+    assert exit_.value.code == 2
+    assert ("argument --status: invalid status 'done' (choose from queued, processing, "
+            "completed, failed)") in capsys.readouterr().err
+
+
+# -- the command table -------------------------------------------------------------------------
+
+
+def test_every_command_resolves_and_the_cli_imports_no_command_module():
+    import subprocess
+
+    for target in [*cli.COMMANDS.values(), *cli.STANDALONE_COMMANDS.values()]:
+        assert callable(cli.resolve(target)), target
+    # A fresh interpreter: what importing the CLI and building its parser loads.
+    code = ("import sys, vip_worker.cli as c; c.build_parser(); "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert not [m for m in loaded if m.startswith(("vip_worker.ops", "vip_worker.dev",
+                                                   "vip_worker.arbiter", "boto3"))]
+    assert set(cli.COMMANDS) | set(cli.STANDALONE_COMMANDS) == set(
+        cli.build_parser()._subparsers._group_actions[0].choices)

@@ -15,7 +15,7 @@ from tests.fakes import ConsumerHarness, wait_until
 from tests.support.sqs import envelope
 from vip_worker import outcomes as retry
 from vip_worker.errors import PermanentError, PluginError, RetryLater
-from vip_worker.poller import resolve_dlq
+from vip_worker.sqs.queues import resolve_dlq
 
 pytestmark = pytest.mark.timeout(30)
 

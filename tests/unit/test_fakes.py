@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from botocore.exceptions import ClientError
 
 from tests.fakes import AsyncFakeSqs, FakeClock, FakeSqs
+from vip_worker.sqs.api import ClientError
 
 
 @pytest.fixture
@@ -96,11 +96,11 @@ def test_an_empty_async_receive_parks_until_a_send(fake):
     sqs = AsyncFakeSqs(fake)
 
     async def main():
-        poll = asyncio.create_task(sqs.call("receive", url, 10, 20, 30))
+        poll = asyncio.create_task(sqs.receive(url, 10, 20, 30))
         for _ in range(5):
             await asyncio.sleep(0)
         assert not poll.done()
-        await sqs.call("send", url, "late")
+        await sqs.send(url, "late")
         return await asyncio.wait_for(poll, 5)
 
     assert [m["Body"] for m in asyncio.run(main())] == ["late"]
@@ -109,4 +109,4 @@ def test_an_empty_async_receive_parks_until_a_send(fake):
 
 def test_an_async_receive_that_does_not_park_returns_at_once(fake):
     url = fake.create_queue("q")
-    assert asyncio.run(AsyncFakeSqs(fake, park=False).call("receive", url, 10, 20, 30)) == []
+    assert asyncio.run(AsyncFakeSqs(fake, park=False).receive(url, 10, 20, 30)) == []

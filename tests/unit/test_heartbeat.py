@@ -9,8 +9,8 @@ import pytest
 
 from tests.fakes import AsyncFakeSqs, FakeClock, FakeSqs, make_queue_settings
 from vip_worker import heartbeat as hb
-from vip_worker.config import MAX_VISIBILITY_S
 from vip_worker.inflight import CAP_MARGIN_S, InFlight
+from vip_worker.sqs.limits import MAX_VISIBILITY_S
 
 NOW = 1000.0
 A = make_queue_settings("https://sqs.example/q/a", name="a", visibility_timeout_s=60)
@@ -193,7 +193,7 @@ def test_a_ten_minute_job_under_a_60s_timeout_never_becomes_visible():
             assert fake.take(url, 10, 60) == []
             clock.advance(1)
         beat.untrack(item)
-        return await AsyncFakeSqs(fake).call("delete_batch", url, [("0", item.receipt)])
+        return await AsyncFakeSqs(fake).delete_batch(url, [("0", item.receipt)])
 
     assert asyncio.run(job()) == []
     assert fake.messages(url) == []

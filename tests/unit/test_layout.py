@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "daemon" / "vip_worker"
 README = ROOT / "README.md"
 MAX_LINES = 400
-# The composition root: it wires the parts together, so it may name any of them.
-COMPOSITION_ROOT = {"cli.py", "__main__.py"}
+# The composition root (the command table, and `run` booting the daemon): it wires the
+# parts together, so it may name any of them.
+COMPOSITION_ROOT = {"cli.py", "boot.py", "__main__.py"}
 
 
 def module_name(path: Path) -> str:
@@ -80,8 +81,10 @@ def test_the_arbiter_imports_neither_asyncio_nor_the_plugin_system():
 
 def test_importing_the_arbiter_loads_neither_asyncio_nor_plugins_nor_boto3():
     # The master is a small process: what its module pulls in transitively counts too.
-    code = ("import sys, vip_worker.arbiter; print(' '.join(m for m in ('asyncio', 'uvloop',"
-            " 'pluggy', 'boto3', 'vip_worker.plugins', 'vip_worker.pipeline') if m in sys.modules))")
+    watched = ("('asyncio', 'uvloop', 'pluggy', 'boto3', 'vip_worker.plugins', "
+               "'vip_worker.pipeline')")
+    code = (f"import sys, vip_worker.arbiter; "
+            f"print(' '.join(m for m in {watched} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.split()
     assert loaded == []

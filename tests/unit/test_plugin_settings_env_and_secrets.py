@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import make_settings
-from vip_worker import cli, config, exitcodes
+from vip_worker import boot, cli, config, exitcodes
 from vip_worker.errors import PluginError
 from vip_worker.plugins import settings as plugin_settings
 from vip_worker.plugins.manager import NAMESPACE, load_plugins
@@ -132,9 +132,9 @@ def restore_logging():
 @pytest.mark.usefixtures("restore_logging")
 def test_the_daemon_masks_secret_plugin_settings_in_its_log(tmp_path):
     settings = shop_settings(tmp_path, VIP_WORKER_PLUGINS_SHOP_DSN=DSN)
-    problem, secrets = cli.preflight(settings)  # the check run at boot and on each reload
+    problem, secrets = boot.preflight(settings)  # the check run at boot and on each reload
     assert problem is None and TOKEN in secrets and DSN in secrets
-    cli.install_logging(settings, set(config.secrets(settings)) | set(secrets))
+    boot.install_logging(settings, set(config.secrets(settings)) | set(secrets))
     stream = io.StringIO()
     logging.getLogger("vip_worker").handlers[0].setStream(stream)
     logging.getLogger("vip_worker_plugins.shop").warning(f"calling with {TOKEN} and {DSN}")

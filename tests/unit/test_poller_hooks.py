@@ -1,4 +1,4 @@
-"""The poller start and stop hooks as ``poller.call_hook`` runs them for several plugins."""
+"""The poller start and stop hooks as ``call_hook`` runs them for several plugins."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from vip_worker import hookimpl
 from vip_worker.errors import HookFailed, PluginError
 from vip_worker.pipeline.producer import Producer
 from vip_worker.plugins.context import PollerContext
+from vip_worker.plugins.hooks import call_hook
 from vip_worker.plugins.manager import load_plugins, make_plugin_manager
-from vip_worker.poller import call_hook
 from vip_worker.testing import capture_logs
 
 

@@ -8,6 +8,7 @@ from tests.fakes import make_queue_settings
 from vip_worker import outcomes as retry
 from vip_worker.errors import PermanentError
 from vip_worker.inflight import InFlight
+from vip_worker.sqs.limits import MAX_ATTRIBUTES, MAX_MESSAGE_BYTES
 
 
 def zero():
@@ -74,7 +75,7 @@ def test_never_more_than_ten_attributes_and_ours_win():
     original = {f"a{n:02d}": string(str(n)) for n in range(10)}
     original[retry.ERROR_CLASS] = string("forged")
     attrs = retry.dead_letter_attributes(item(original), ValueError("boom"))
-    assert len(attrs) == retry.MAX_ATTRIBUTES
+    assert len(attrs) == MAX_ATTRIBUTES
     assert attrs[retry.ERROR_CLASS] == string("ValueError")
     assert [k for k in attrs if k.startswith("a")] == ["a00", "a01", "a02", "a03", "a04"]
 
@@ -90,21 +91,21 @@ def test_an_empty_or_huge_reason_still_fits():
 def test_a_body_near_the_size_limit_keeps_what_fits_source_id_first():
     original = {"trace": string("t-1")}
     near = item(original)
-    near.body = "x" * (retry.MAX_MESSAGE_BYTES - 100)
+    near.body = "x" * (MAX_MESSAGE_BYTES - 100)
     attrs = retry.dead_letter_attributes(near, ValueError("y" * 900))
     assert "trace" not in attrs
     assert attrs[retry.SOURCE_MESSAGE_ID] == string("mid-1")
-    assert len(near.body) + retry.attributes_size(attrs) <= retry.MAX_MESSAGE_BYTES
+    assert len(near.body) + retry.attributes_size(attrs) <= MAX_MESSAGE_BYTES
 
 
 def test_a_long_reason_is_shortened_before_anything_is_dropped():
     near = item()
-    near.body = "x" * (retry.MAX_MESSAGE_BYTES - 400)
+    near.body = "x" * (MAX_MESSAGE_BYTES - 400)
     attrs = retry.dead_letter_attributes(near, ValueError("y" * 900))
     assert set(attrs) == {retry.SOURCE_MESSAGE_ID, retry.ERROR_CLASS, retry.ATTEMPTS,
                           retry.SOURCE_QUEUE, retry.ERROR_TEXT}
     assert attrs[retry.ERROR_TEXT]["StringValue"].endswith("...")
-    assert len(near.body) + retry.attributes_size(attrs) <= retry.MAX_MESSAGE_BYTES
+    assert len(near.body) + retry.attributes_size(attrs) <= MAX_MESSAGE_BYTES
 
 
 def test_the_budget_is_the_dlqs_own_limit_when_it_is_smaller():

@@ -13,7 +13,7 @@ import pytest
 import uvloop
 
 from tests.support.wait import wait_until_async
-from vip_worker.sqs.boto import error_code
+from vip_worker.sqs.api import error_code
 from vip_worker.sqs.http11 import Origin
 from vip_worker.sqs.wire import WireSqs
 from vip_worker.testing import capture_logs
@@ -232,7 +232,7 @@ def test_request_is_signed_json_with_the_sqs_target(run):
     async def go():
         async with Scripted([ok({"Successful": [{"Id": "0"}]})]) as server:
             sqs = wire(server.url)
-            failed = await sqs.call("delete_batch", "http://q/1/work", [("0", "rh")])
+            failed = await sqs.delete_batch("http://q/1/work", [("0", "rh")])
             sqs.close()
             return failed, server.requests[0]
     failed, request = run(go())
@@ -257,7 +257,7 @@ def test_throttling_and_5xx_are_retried_then_succeed(run):
             ok({"Messages": [{"Body": "b", "ReceiptHandle": "r", "MessageId": "m"}]}),
         ]) as server:
             sqs = wire(server.url, rand=lambda: 0.5)
-            got = await sqs.call("receive", "http://q/1/work", 10, 0, 30)
+            got = await sqs.receive("http://q/1/work", 10, 0, 30)
             sqs.close()
             return got, sqs.sleeps
     got, sleeps = run(go())
@@ -272,7 +272,7 @@ def test_transport_errors_are_retried_three_times_then_raised(run):
         async with Scripted(["close", "close", "close"]) as server:
             sqs = wire(server.url)
             with pytest.raises(ConnectionError):
-                await sqs.call("send", "http://q/1/work", "body")
+                await sqs.send("http://q/1/work", "body")
             sqs.close()
             return len(server.requests), sqs.sleeps
     attempts, sleeps = run(go())
@@ -299,10 +299,10 @@ def test_retries_draw_on_botocores_quota_and_successes_refill_it(run):
             sqs.quota = 100
             after = []
             for body in "abc":
-                await sqs.call("send", "http://q/1/work", body)
+                await sqs.send("http://q/1/work", body)
                 after.append(sqs.quota)
             sqs.quota = sqs_wire.RETRY_QUOTA
-            await sqs.call("send", "http://q/1/work", "d")
+            await sqs.send("http://q/1/work", "d")
             full = sqs.quota
             sqs.close()
             return during, after, full
@@ -314,11 +314,16 @@ def test_retries_draw_on_botocores_quota_and_successes_refill_it(run):
     assert full == sqs_wire.RETRY_QUOTA == 500
 
 
-@pytest.mark.parametrize("method,args,waits", [
-    ("send", ("http://q/1/work", "body"), False),
-    ("receive", ("http://q/1/work", 10, 0, 30), True),
-])
-def test_a_spent_quota_answers_the_first_error_without_retrying(run, method, args, waits):
+def send_body(sqs):
+    return sqs.send("http://q/1/work", "body")
+
+
+def receive_ten(sqs):
+    return sqs.receive("http://q/1/work", 10, 0, 30)
+
+
+@pytest.mark.parametrize("make_call,waits", [(send_body, False), (receive_ten, True)])
+def test_a_spent_quota_answers_the_first_error_without_retrying(run, make_call, waits):
     # A sustained outage: the quota is spent, so each call makes one request instead of
     # three; a long poll still waits its backoff first, so a receive loop cannot spin.
     async def go():
@@ -326,7 +331,7 @@ def test_a_spent_quota_answers_the_first_error_without_retrying(run, method, arg
             sqs = wire(server.url, rand=lambda: 0.5)
             sqs.quota = 20  # one retry left (14), not two
             with pytest.raises(Exception) as first:
-                await sqs.call(method, *args)
+                await make_call(sqs)
             requests_first = len(server.requests)
             sleeps_first = list(sqs.sleeps)
             sqs.close()
@@ -344,7 +349,7 @@ def test_a_client_error_is_not_retried_and_has_botocores_code(run):
                                    "AWS.SimpleQueueService.NonExistentQueue;Sender")]) as server:
             sqs = wire(server.url)
             with pytest.raises(Exception) as caught:
-                await sqs.call("receive", "http://q/1/gone", 1, 0, 30)
+                await sqs.receive("http://q/1/gone", 1, 0, 30)
             sqs.close()
             return caught.value, len(server.requests)
     exc, attempts = run(go())
@@ -363,7 +368,7 @@ def test_an_error_without_a_query_code_uses_the_json_type(run):
                                          "message": "too big"})]) as server:
             sqs = wire(server.url)
             with pytest.raises(Exception) as caught:
-                await sqs.call("send", "http://q/1/work", "x" * 10)
+                await sqs.send("http://q/1/work", "x" * 10)
             sqs.close()
             return caught.value
     assert error_code(run(go())) == "InvalidParameterValue"
@@ -376,7 +381,7 @@ def test_a_non_json_error_page_names_the_status(run):
         async with Scripted([page]) as server:
             sqs = wire(server.url)
             with pytest.raises(Exception) as caught:
-                await sqs.call("receive", "http://q/1/work", 1, 0, 30)
+                await sqs.receive("http://q/1/work", 1, 0, 30)
             sqs.close()
             return caught.value
     exc = run(go())
@@ -396,11 +401,11 @@ def test_credentials_are_read_again_after_a_minute(run):
                              ok({"MessageId": "3"})]) as server:
             sqs = WireSqs(NoThreads(), server.url, "us-east-1", credentials,
                           clock=lambda: now[0])
-            await sqs.call("send", "http://q/1/work", "a")
+            await sqs.send("http://q/1/work", "a")
             now[0] += 30
-            await sqs.call("send", "http://q/1/work", "b")
+            await sqs.send("http://q/1/work", "b")
             now[0] += 31
-            await sqs.call("send", "http://q/1/work", "c")
+            await sqs.send("http://q/1/work", "c")
             sqs.close()
             return server.requests
     requests = run(go())
@@ -423,10 +428,10 @@ def test_an_idle_connection_the_server_dropped_costs_no_attempt(run, reset_after
         async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})],
                             keep=False, reset_after=reset_after) as server:
             sqs = wire(server.url)
-            await sqs.call("send", "http://q/1/work", "a")
+            await sqs.send("http://q/1/work", "a")
             await wait_until_async(lambda: not sqs.origin.idle[-1].usable(), 5,
                                    message="the close or reset to reach the kept connection")
-            second = await sqs.call("send", "http://q/1/work", "b")
+            second = await sqs.send("http://q/1/work", "b")
             sqs.close()
             return second, sqs.sleeps, server.connections
     assert run(go()) == ("2", [], 2)
@@ -469,29 +474,26 @@ def test_a_200_that_is_not_json_is_a_transport_error_and_retried(run):
         async with Scripted([page, page, page]) as server:
             sqs = wire(server.url)
             with pytest.raises(ConnectionError, match="without a JSON object"):
-                await sqs.call("receive", "http://q/1/work", 10, 0, 30)
+                await sqs.receive("http://q/1/work", 10, 0, 30)
             sqs.close()
             return len(server.requests)
     assert run(go()) == 3
 
 
-@pytest.mark.parametrize("method,args,payload", [
-    ("send", ("http://q/1/work", "body"), {}),
-    ("receive", ("http://q/1/work", 10, 0, 30), {"Messages": ["not-a-message"]}),
-    ("receive", ("http://q/1/work", 10, 0, 30),
-     {"Messages": [{"MessageId": "1", "ReceiptHandle": "rh", "Body": "b",
-                    "MessageAttributes": {"a": {"BinaryValue": 5}}}]}),
-    ("receive", ("http://q/1/work", 10, 0, 30),
-     {"Messages": [{"MessageId": "1", "Body": "no receipt handle"}]}),
-    ("receive", ("http://q/1/work", 10, 0, 30),
-     {"Messages": [{"MessageId": "1", "ReceiptHandle": "rh", "Body": None}]}),
+@pytest.mark.parametrize("make_call,payload", [
+    (send_body, {}),
+    (receive_ten, {"Messages": ["not-a-message"]}),
+    (receive_ten, {"Messages": [{"MessageId": "1", "ReceiptHandle": "rh", "Body": "b",
+                                 "MessageAttributes": {"a": {"BinaryValue": 5}}}]}),
+    (receive_ten, {"Messages": [{"MessageId": "1", "Body": "no receipt handle"}]}),
+    (receive_ten, {"Messages": [{"MessageId": "1", "ReceiptHandle": "rh", "Body": None}]}),
 ])
-def test_an_answer_of_the_wrong_shape_is_a_transport_error(run, method, args, payload):
+def test_an_answer_of_the_wrong_shape_is_a_transport_error(run, make_call, payload):
     async def go():
         async with Scripted([ok(payload)]) as server:
             sqs = wire(server.url)
             with pytest.raises(ConnectionError, match="unusable response"):
-                await sqs.call(method, *args)
+                await make_call(sqs)
             sqs.close()
     run(go())
 
@@ -524,7 +526,7 @@ def test_429_and_retry_after_are_honoured(run):
     async def go():
         async with Scripted([throttled, ok({"MessageId": "1"})]) as server:
             sqs = wire(server.url, rand=lambda: 0.5)
-            await sqs.call("send", "http://q/1/work", "a")
+            await sqs.send("http://q/1/work", "a")
             sqs.close()
             return sqs.sleeps
     # throttling: 0.5 x 1 s, raised to the server's 3 s (at most 5 s more than ours)
@@ -544,9 +546,9 @@ def test_rejected_credentials_are_read_again_and_the_call_repeated_once(run):
     async def go():
         async with Scripted([expired, ok({"MessageId": "1"}), expired, expired]) as server:
             sqs = wire(server.url, credentials=credentials)
-            first = await sqs.call("send", "http://q/1/work", "a")
+            first = await sqs.send("http://q/1/work", "a")
             with pytest.raises(Exception) as caught:
-                await sqs.call("send", "http://q/1/work", "b")
+                await sqs.send("http://q/1/work", "b")
             sqs.close()
             return first, error_code(caught.value), sqs.sleeps, server.requests
     first, code, sleeps, requests = run(go())
@@ -567,9 +569,9 @@ def test_a_failed_credentials_read_keeps_the_last_good_ones(run):
     async def go():
         async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})]) as server:
             sqs = wire(server.url, credentials=credentials, clock=lambda: now[0])
-            await sqs.call("send", "http://q/1/work", "a")
+            await sqs.send("http://q/1/work", "a")
             now[0] += 61
-            second = await sqs.call("send", "http://q/1/work", "b")
+            second = await sqs.send("http://q/1/work", "b")
             sqs.close()
             return second, server.requests[1]
     second, request = run(go())
@@ -601,9 +603,9 @@ def test_a_slow_credentials_read_does_not_hold_calls_that_have_credentials(run):
     async def go():
         async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})]) as server:
             sqs = wire(server.url, credentials=credentials, clock=lambda: now[0])
-            await sqs.call("send", "http://q/1/work", "a")
+            await sqs.send("http://q/1/work", "a")
             now[0] += 61
-            second = await sqs.call("send", "http://q/1/work", "b")
+            second = await sqs.send("http://q/1/work", "b")
             still_reading = sqs.reading is not None and not sqs.reading.done()
             release.set()
             sqs.close()
@@ -625,14 +627,14 @@ def test_a_call_waiting_on_a_slow_read_keeps_its_credentials_when_another_drops_
     async def go():
         async with Scripted([ok({"MessageId": "1"}), ok({"MessageId": "2"})]) as server:
             sqs = wire(server.url, credentials=credentials, clock=lambda: now[0])
-            await sqs.call("send", "http://q/1/work", "a")
+            await sqs.send("http://q/1/work", "a")
             now[0] += 61
 
             async def expired_elsewhere():
                 await asyncio.sleep(0.2)  # the stimulus: drop the snapshot mid-wait
                 sqs.snapshot = None
 
-            second, _ = await asyncio.gather(sqs.call("send", "http://q/1/work", "b"),
+            second, _ = await asyncio.gather(sqs.send("http://q/1/work", "b"),
                                              expired_elsewhere())
             release.set()
             sqs.close()
@@ -654,7 +656,7 @@ def test_concurrent_calls_share_one_credentials_read(run):
     async def go():
         async with Scripted([ok({"MessageId": str(n)}) for n in range(4)]) as server:
             sqs = wire(server.url, credentials=credentials)
-            await asyncio.gather(*(sqs.call("send", "http://q/1/work", "x") for _ in range(4)))
+            await asyncio.gather(*(sqs.send("http://q/1/work", "x") for _ in range(4)))
             sqs.close()
     run(go())
     assert len(reads) == 1
@@ -672,7 +674,7 @@ def test_error_codes_are_parsed_as_botocore_does(run, payload, header, code):
         async with Scripted([error(400, payload, header)]) as server:
             sqs = wire(server.url)
             with pytest.raises(Exception) as caught:
-                await sqs.call("send", "http://q/1/work", "a")
+                await sqs.send("http://q/1/work", "a")
             sqs.close()
             return caught.value
     assert error_code(run(go())) == code
@@ -682,7 +684,7 @@ def test_binary_values_of_every_kind_go_as_base64(run):
     async def go():
         async with Scripted([ok({"MessageId": "1"})]) as server:
             sqs = wire(server.url)
-            await sqs.call("send", "http://q/1/work", "a", {
+            await sqs.send("http://q/1/work", "a", {
                 "b": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
                 "ba": {"DataType": "Binary", "BinaryValue": bytearray(b"\x00\x01")},
                 "s": {"DataType": "Binary", "BinaryValue": "\x00\x01"}})
@@ -703,8 +705,12 @@ class RecordingFallback(NoThreads):
     def __init__(self):
         self.calls = []
 
-    async def call(self, method, *args):
-        self.calls.append((method, *args))
+    async def send(self, *args):
+        self.calls.append(("send", *args))
+        return "from-boto3"
+
+    async def delete_batch(self, *args):
+        self.calls.append(("delete_batch", *args))
         return "from-boto3"
 
 
@@ -720,8 +726,8 @@ def test_a_refused_signature_hands_the_poller_to_boto3(run):
             fallback = RecordingFallback()
             sqs = WireSqs(fallback, server.url, "us-east-1", lambda: ("AKID", "s", None))
             with capture_logs("vip_worker.sqs.wire") as records:
-                first = await sqs.call("send", "http://q/1/work", "a")
-                second = await sqs.call("delete_batch", "http://q/1/work", [("0", "rh")])
+                first = await sqs.send("http://q/1/work", "a")
+                second = await sqs.delete_batch("http://q/1/work", [("0", "rh")])
             return first, second, fallback.calls, len(server.requests), records
     first, second, calls, wire_requests, records = run(go())
     assert (first, second, wire_requests) == ("from-boto3", "from-boto3", 1)
@@ -739,8 +745,8 @@ def test_the_fallback_is_logged_once_when_calls_in_flight_are_refused_too(run):
             sqs = WireSqs(RecordingFallback(), server.url, "us-east-1",
                           lambda: ("AKID", "s", None))
             with capture_logs("vip_worker.sqs.wire") as records:
-                answers = await asyncio.gather(sqs.call("send", "http://q/1/work", "a"),
-                                               sqs.call("send", "http://q/1/work", "b"))
+                answers = await asyncio.gather(sqs.send("http://q/1/work", "a"),
+                                               sqs.send("http://q/1/work", "b"))
             return answers, len(server.requests), records
     answers, wire_requests, records = run(go())
     assert (answers, wire_requests) == (["from-boto3", "from-boto3"], 2)

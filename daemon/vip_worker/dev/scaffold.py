@@ -18,7 +18,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 PLUGIN = '''"""The {name} plugin: handles messages of type ``{name}``.
 
-Messages arrive in the seed's envelope (jobId, userId, type, timestamp, payload).
+Messages arrive in the app's message format (jobId, userId, type, timestamp, payload).
 Delivery is at least once: the handler must be idempotent (doing it twice must
 leave the same result as doing it once).
 """
@@ -113,6 +113,8 @@ def create(name: str, directory: str) -> Path:
 
 
 def main(args) -> int:
+    from vip_worker.dev.stack import vip_worker_command
+
     try:
         root = create(args.name, args.dir)
     except (ValueError, OSError) as exc:
@@ -120,5 +122,6 @@ def main(args) -> int:
         return exitcodes.USAGE
     print(f"created {root}/__init__.py, {root}/settings.example.toml and "
           f"{root}/tests/test_{args.name}.py\n"
-          f"next: python -m pytest {root}/tests   then   vip-worker plugins")
+          f"next: {vip_worker_command(program='python')} -m pytest {root}/tests   then   "
+          f"{vip_worker_command()} plugins")
     return exitcodes.OK

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from vip_worker import exitcodes
+
 QUEUES = ("articles", "images")
 # Above the daemon's max_attempts (5), so vip-worker dead-letters with the reason first.
 REDRIVE_MAX_RECEIVES = 10
@@ -31,6 +34,29 @@ SHOWN_EVENTS = {
     "message.retried": "{type:<8} job {job_id} retried in {delay_s}s: {error}",
     "message.dead_lettered": "{type:<8} job {job_id} dead-lettered: {error}",
 }
+# The store keeps only a job's latest step; the daemon logs each one (job.progress), then
+# job.completed once the result is saved.
+PROGRESS_EVENT = "job.progress"
+COMPLETED_EVENT = "job.completed"
+WATCH_EVERY_S = 0.1
+# The store can show "completed" before its log lines reach us: hold that line until
+# job.completed arrives (so every step before it was shown), at most this long.
+HOLD_COMPLETED_S = 2.0
+TERMINAL = ("completed", "failed")
+
+
+def vip_worker_command(executable: str = sys.executable, cwd: str | None = None,
+                       program: str = "vip-worker") -> str:
+    """How to type ``program`` (default ``vip-worker``), installed beside this Python: in a
+    checkout set up by ``make``, ``.venv/bin/vip-worker`` (it is not on the PATH unless the
+    virtualenv is active); ``vip-worker`` when the PATH finds that same program."""
+    beside = os.path.join(os.path.dirname(executable), program)
+    if not os.path.exists(beside):
+        return f"{executable} -m vip_worker"
+    if shutil.which(program) == beside:
+        return program
+    relative = os.path.relpath(beside, cwd or os.getcwd())
+    return beside if relative.startswith("..") else relative
 
 
 def start_sqs(port: int):
@@ -44,14 +70,15 @@ def start_sqs(port: int):
 
 
 def create_queues(client) -> dict[str, str]:
+    """The demo's queues, each with its DLQ, through a blocking ``SqsClient``."""
+    from vip_worker.sqs.queues import queue_arn
+
     urls = {}
     for name in QUEUES:
-        dlq = client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-        arn = client.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
-            "Attributes"]["QueueArn"]
-        policy = {"deadLetterTargetArn": arn, "maxReceiveCount": str(REDRIVE_MAX_RECEIVES)}
-        urls[name] = client.create_queue(
-            QueueName=name, Attributes={"RedrivePolicy": json.dumps(policy)})["QueueUrl"]
+        dlq = client.create_queue(f"{name}-dlq")
+        policy = {"deadLetterTargetArn": queue_arn(client, dlq),
+                  "maxReceiveCount": str(REDRIVE_MAX_RECEIVES)}
+        urls[name] = client.create_queue(name, {"RedrivePolicy": json.dumps(policy)})
         urls[f"{name}-dlq"] = dlq
     return urls
 
@@ -89,12 +116,12 @@ def state_directory(given: str | None) -> Iterator[str]:
 
 def main(args) -> int:
     from vip_worker.dev.stubservice import StubGenerationService
+    from vip_worker.sqs.local import LOCAL_AWS_ENV
 
     env = dict(os.environ)
-    env.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    for name, value in LOCAL_AWS_ENV.items():
+        env.setdefault(name, value)  # credentials of the user's own are kept: moto takes any
     env["AWS_EC2_METADATA_DISABLED"] = "true"
-    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     for name in ("MONGODB_URI", "VIP_WORKER_MONGODB_URI", "AWS_PROFILE"):
         env.pop(name, None)  # the embedded stack never uses a real database or account
     port = args.port or int(env.get("VIP_DEV_SQS_PORT", "0"))
@@ -113,14 +140,12 @@ def main(args) -> int:
 def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_dir: str,
           kept: bool) -> int:
     """Start the daemon against the local services, run the demo batch, stop the daemon."""
-    import boto3
-
     from vip_worker import config
     from vip_worker.pipeline.producer import Producer
+    from vip_worker.sqs.boto import connect
 
-    client = boto3.client("sqs", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    client = connect(env["AWS_DEFAULT_REGION"], endpoint,
+                     credentials=(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
     urls = create_queues(client)
     env.update({"AWS_ENDPOINT_URL_SQS": endpoint, "ARTICLES_QUEUE_URL": urls["articles"],
                 "IMAGES_QUEUE_URL": urls["images"], "FASTAPI_URL": generation_url,
@@ -129,16 +154,23 @@ def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_d
           f"dev: stub generation service on {generation_url} "
           f"(latency {args.latency}s, failure rate {args.failure_rate})\n"
           f"dev: job store {state_dir}/jobs.sqlite3 "
-          f"(see it: VIP_WORKER_STATE_DIR={state_dir} vip-worker jobs list"
+          f"(see it: VIP_WORKER_STATE_DIR={state_dir} {vip_worker_command()} jobs list"
           f"{'' if kept else '; removed on exit, keep it with --state-dir DIR'})", flush=True)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "vip_worker", "run", "--processes", str(args.processes)],
         env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
-    reader = threading.Thread(target=follow, args=(daemon,), daemon=True)
+    progress: queue.SimpleQueue = queue.SimpleQueue()
+    reader = threading.Thread(target=follow, args=(daemon, progress), daemon=True)
     reader.start()
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stopped_by: list[int] = []
+
+    def on_signal(signum, frame) -> None:  # only record: the main thread says it
+        stopped_by.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     producer = Producer(config.load(environ=env, require_queues=False), sqs_client=client)
     code = 0
     try:
@@ -146,8 +178,13 @@ def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_d
                 for kind, payload in demo_payloads(args.jobs)}
         print(f"dev: enqueued {len(jobs)} demo jobs (the last is a bad request, to show the "
               f"failed/dead-letter path)", flush=True)
-        code = watch(producer.store, jobs, daemon, stop, args)
+        code = watch(producer.store, jobs, daemon, stop, args, progress)
     finally:
+        if stopped_by:
+            name = "Ctrl-C" if stopped_by[0] == signal.SIGINT else signal.Signals(
+                stopped_by[0]).name
+            print(f"dev: {name}: stopping the daemon, the stub service and the local SQS",
+                  flush=True)
         if daemon.poll() is None:
             # Fast stop (as Ctrl-C): nothing of the demo is in flight any more, and a
             # graceful stop would wait for the pollers' 20 s long polls to return.
@@ -162,47 +199,81 @@ def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_d
     if daemon.returncode not in (0, None) and code == 0:
         print(f"dev: daemon exited with {daemon.returncode}", flush=True)
         code = daemon.returncode
+    if stopped_by:
+        print("dev: stopped", flush=True)
+        if stopped_by[0] == signal.SIGINT and code == exitcodes.OK:
+            code = exitcodes.INTERRUPTED  # as a shell reports Ctrl-C
     return code
 
 
-def watch(store, jobs: dict[str, str], daemon, stop: threading.Event, args) -> int:
-    """Print each job's status changes; return once all are done (or keep serving)."""
+def watch(store, jobs: dict[str, str], daemon, stop: threading.Event, args,
+          progress: queue.SimpleQueue | None = None) -> int:
+    """Print each job's status changes and every progress step the daemon logs; return
+    once all are done (or keep serving)."""
     shown: dict[str, tuple] = {}
+    logged_done: set[str] = set()
+    held: dict[str, float] = {}  # job -> when the store first showed it completed
     deadline = time.monotonic() + args.timeout
     announced = False
+
+    def show(job_id: str, state: tuple, detail: str) -> None:
+        shown[job_id] = state
+        print(f"job {job_id} {jobs[job_id]:<8} {state[0]:<10} {state[1] or 0:>3}%  {detail}",
+              flush=True)
+
+    def show_steps() -> None:
+        # Steps logged while the job runs, before the store shows the state after them.
+        while progress is not None and not progress.empty():
+            job_id, percent, step = progress.get()
+            if percent is None:
+                logged_done.add(job_id)
+                continue
+            before = shown.get(job_id, (None, 0, None))
+            if job_id in jobs and before[0] not in TERMINAL and percent > (before[1] or 0):
+                show(job_id, ("processing", percent, step), step)
+
     while not stop.is_set() and daemon.poll() is None:
         finished = 0
-        for job_id, kind in jobs.items():
+        for job_id in jobs:
+            show_steps()
             job = store.get_job(job_id) or {}
             state = (job.get("status"), job.get("progress"), job.get("message"))
+            if state[0] == "completed" and job_id not in logged_done and progress is not None:
+                since = held.setdefault(job_id, time.monotonic())
+                if time.monotonic() - since < HOLD_COMPLETED_S:
+                    continue
             if state != shown.get(job_id):
-                shown[job_id] = state
-                detail = job.get("error") or job.get("message") or ""
-                print(f"job {job_id} {kind:<8} {state[0]:<10} {state[1] or 0:>3}%  {detail}",
-                      flush=True)
-            finished += job.get("status") in ("completed", "failed")
+                show(job_id, state, job.get("error") or job.get("message") or "")
+            finished += shown[job_id][0] in TERMINAL
         if finished == len(jobs) and not announced:
             announced = True
             if args.exit_when_done:
                 print("dev: demo batch done", flush=True)
-                return 0
+                return exitcodes.OK
             print("dev: demo batch done; serving until Ctrl-C", flush=True)
         if args.exit_when_done and time.monotonic() > deadline:
             print(f"dev: demo batch not done after {args.timeout}s", flush=True)
-            return 1
-        stop.wait(0.25)
-    return 0
+            return exitcodes.FAILED
+        stop.wait(WATCH_EVERY_S)
+    return exitcodes.OK
 
 
-def follow(daemon) -> None:
-    """Echo the daemon's notable log lines, compactly."""
+def follow(daemon, progress: queue.SimpleQueue | None = None) -> None:
+    """Echo the daemon's notable log lines, compactly; hand its progress steps to ``watch``."""
     for line in daemon.stdout:
         try:
             record = json.loads(line)
         except ValueError:
             print(line, end="")
             continue
-        template = SHOWN_EVENTS.get(record.get("event"))
+        event = record.get("event")
+        if event in (PROGRESS_EVENT, COMPLETED_EVENT) and progress is not None:
+            # (job, percent, step); percent None: the job's result is saved.
+            progress.put((record.get("job_id"), record.get("progress") or 0,
+                          record.get("step") or "") if event == PROGRESS_EVENT
+                         else (record.get("job_id"), None, None))
+            continue
+        template = SHOWN_EVENTS.get(event)
         if template:
             print("daemon: " + template.format_map(Missing(record)), flush=True)
 

@@ -2,13 +2,13 @@
 
 Neither needs the daemon: ``status`` asks SQS for the counts and reads the local
 daemon's ``<runtime_dir>/status.json`` for its pollers and rate. The SQS work is in
-``vip_worker.ops.dlq``. boto3 is imported inside the commands only: ``cli``, and so
-the master, imports this module. Manual: docs/status-and-dlq.md.
+``vip_worker.ops.dlq`` and ``vip_worker.sqs.queues``, through the blocking
+``vip_worker.sqs.boto.SqsClient``. The flags are declared in ``vip_worker.cli``, which
+imports this module only when one of these commands runs. Manual: docs/status-and-dlq.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -16,54 +16,15 @@ import sys
 import time
 from typing import Any
 
-from vip_worker import exitcodes
+from vip_worker import exitcodes, statusfile
 from vip_worker.outcomes import ERROR_TEXT, SOURCE_QUEUE
 from vip_worker.store.factory import runtime_dir, state_dir
 
 STALE_AFTER_S = 10.0  # the master writes status.json every 2 s
-DEFAULT_WATCH_S = 2.0
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
-INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 NO_DLQ_WARNING = ("queue {queue} has no DLQ (no dlq_url, no RedrivePolicy): a message that "
                   "keeps failing comes back again and again, forever; give the queue a "
                   "RedrivePolicy (docs/configuration.md)")
-DAEMON_KEYS = ("pid", "uptime_s", "target", "generation", "stopping", "ready", "pollers",
-               "totals", "rate_per_min", "rate_window_s", "queues")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)  # argparse reports a ValueError as "invalid positive_int value"
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def add_commands(commands, add_config_arg) -> None:
-    """Add ``status`` and ``dlq`` to ``cli``'s subparsers."""
-    status = commands.add_parser("status", help="queue depths, DLQs, rate, ETA, local daemon")
-    add_config_arg(status)
-    status.add_argument("--json", action="store_true", help="one JSON document")
-    status.add_argument("--watch", nargs="?", type=float, const=DEFAULT_WATCH_S,
-                        metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
-
-    dlq = commands.add_parser("dlq", help="look at or move back a queue's dead letters")
-    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    peek = actions.add_parser("peek", help="show dead letters and leave them in place")
-    add_config_arg(peek)
-    peek.add_argument("queue", metavar="QUEUE", help="a configured queue's name; its DLQ is read")
-    peek.add_argument("-n", type=positive_int, default=10, metavar="N",
-                      help="messages to show (default 10)")
-    peek.add_argument("--json", action="store_true", help="one JSON document")
-    redrive = actions.add_parser("redrive", help="move dead letters back to their queue")
-    add_config_arg(redrive)
-    redrive.add_argument("queue", metavar="QUEUE", help="a configured queue; its DLQ is emptied")
-    redrive.add_argument("--to", metavar="QUEUE_OR_URL",
-                         help="target: a configured queue, a queue name or a URL")
-    redrive.add_argument("--max", type=positive_int, metavar="N",
-                         help="move at most N messages (always the manual move)")
-    redrive.add_argument("--journal", metavar="FILE",
-                         help="journal of the manual move (default: "
-                              "<state_dir>/redrive/<dlq name>.journal)")
 
 
 def fail(text: str) -> None:
@@ -71,15 +32,15 @@ def fail(text: str) -> None:
 
 
 def describe_error(exc: BaseException) -> str:
-    from vip_worker.sqs.boto import error_code
+    from vip_worker.sqs.api import error_code
 
     return f"{error_code(exc)}: {str(exc)[:300]}"
 
 
 def client_for(settings):
-    from vip_worker.sqs import boto as sqs
+    from vip_worker.sqs.boto import connect
 
-    return sqs.make_client(settings.region, settings.sqs_endpoint_url, max_pool=4)
+    return connect(settings.region, settings.sqs_endpoint_url, max_pool=4)
 
 
 # -- status ------------------------------------------------------------------------------
@@ -111,15 +72,15 @@ def cmd_status(args, settings) -> int:
     try:
         while True:
             code = refresh(True)
-            time.sleep(max(args.watch, 0.1))
+            time.sleep(args.watch)
     except KeyboardInterrupt:
         return code
 
 
 def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
     """The document ``status --json`` prints (keys in docs/status-and-dlq.md)."""
-    from vip_worker.ops import dlq
-    from vip_worker.sqs.boto import TRANSPORT_ERRORS
+    from vip_worker.sqs import queues as sqs_queues
+    from vip_worker.sqs.api import TRANSPORT_ERRORS
 
     queues, errors, warnings = [], [], []
     for queue in settings.queues:
@@ -127,11 +88,11 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
                                "visible": None, "in_flight": None, "delayed": None,
                                "depth": None, "dlq": None}
         try:
-            row.update(dlq.counts(client, queue.url))
-            dlq_url = dlq.resolve_dlq_url(client, queue.url, queue.dlq_url)
+            row.update(sqs_queues.counts(client, queue.url))
+            dlq_url = sqs_queues.resolve_dlq_url(client, queue.url, queue.dlq_url)
             if dlq_url:
-                row["dlq"] = {"name": dlq.queue_name(dlq_url), "url": dlq_url,
-                              **dlq.counts(client, dlq_url)}
+                row["dlq"] = {"name": sqs_queues.queue_name(dlq_url), "url": dlq_url,
+                              **sqs_queues.counts(client, dlq_url)}
             else:
                 warnings.append(NO_DLQ_WARNING.format(queue=queue.name))
         except (*TRANSPORT_ERRORS, ValueError) as exc:
@@ -139,9 +100,13 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
             errors.append(f"queue {queue.name} ({queue.url}): {row['error']}")
         queues.append(row)
     daemon = daemon_state(run_dir, now)
-    depth = sum(q["depth"] or 0 for q in queues)
+    unread = [q["name"] for q in queues if q["error"]]
+    # A queue SQS did not answer for has no count: the sum would understate the depth.
+    depth = None if unread else sum(q["depth"] or 0 for q in queues)
     rate = daemon.get("rate_per_min") if daemon["running"] else None
-    if depth == 0:
+    if depth is None:
+        eta = None
+    elif depth == 0:
         eta = 0.0
     else:
         eta = round(depth / rate, 1) if rate else None
@@ -152,16 +117,15 @@ def collect(client, settings, run_dir: str, now: float) -> dict[str, Any]:
 
 def daemon_state(run_dir: str, now: float) -> dict[str, Any]:
     """The local daemon, from status.json: running only if fresh and its pid is alive."""
-    path = os.path.join(run_dir, "status.json")
+    path = statusfile.path(run_dir)
     state: dict[str, Any] = {"running": False, "status_file": path, "age_s": None}
     try:
-        with open(path, encoding="utf-8") as fh:
-            snap = json.load(fh)
-        written_at = float(snap["written_at"])
+        snap = statusfile.read(run_dir)
+        written_at = snap["written_at"]
     except FileNotFoundError:
         state["note"] = f"not running on this host (no {path})"
         return state
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         state["note"] = f"unknown: cannot read {path}: {exc}"
         return state
     state["age_s"] = round(now - written_at, 1)
@@ -173,7 +137,7 @@ def daemon_state(run_dir: str, now: float) -> dict[str, Any]:
     if not pid_alive(snap.get("pid")):
         state["note"] = f"not running on this host (pid {snap.get('pid')} has exited)"
         return state
-    state.update({key: snap.get(key) for key in DAEMON_KEYS})
+    state.update({key: snap.get(key) for key in statusfile.KEYS})
     state.update(running=True, note=None)
     return state
 
@@ -225,8 +189,13 @@ def render(doc: dict[str, Any]) -> str:
         rate_text = "N/A (measuring)"
     else:
         rate_text = "N/A (no daemon on this host)"
-    lines.append(f"Queue Depth: {doc['depth']}, Rate: {rate_text}, "
-                 f"ETA: {eta_text(doc['eta_min'])}")
+    if doc["depth"] is None:
+        unread = [q["name"] for q in doc["queues"] if q["error"]]
+        depth_text = f"unknown (cannot read {', '.join(unread)}: see above)"
+        eta = "unknown"
+    else:
+        depth_text, eta = str(doc["depth"]), eta_text(doc["eta_min"])
+    lines.append(f"Queue Depth: {depth_text}, Rate: {rate_text}, ETA: {eta}")
     lines.append("")
     if not daemon["running"]:
         lines.append(f"Daemon: {daemon['note']}")
@@ -254,8 +223,8 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def cmd_dlq(args, settings) -> int:
-    from vip_worker.ops import dlq
-    from vip_worker.sqs.boto import TRANSPORT_ERRORS
+    from vip_worker.sqs.api import TRANSPORT_ERRORS
+    from vip_worker.sqs.queues import queue_name, resolve_dlq_url
 
     try:
         queue = settings.queue(args.queue)
@@ -265,7 +234,7 @@ def cmd_dlq(args, settings) -> int:
         return exitcodes.USAGE
     client = client_for(settings)
     try:
-        dlq_url = dlq.resolve_dlq_url(client, queue.url, queue.dlq_url)
+        dlq_url = resolve_dlq_url(client, queue.url, queue.dlq_url)
     except (*TRANSPORT_ERRORS, ValueError) as exc:
         fail(f"queue {queue.name} ({queue.url}): {describe_error(exc)}")
         return exitcodes.UNAVAILABLE
@@ -278,14 +247,15 @@ def cmd_dlq(args, settings) -> int:
             return cmd_peek(args, client, dlq_url)
         return cmd_redrive(args, settings, client, queue, dlq_url)
     except TRANSPORT_ERRORS as exc:
-        fail(f"DLQ {dlq.queue_name(dlq_url)} of queue {queue.name}: {describe_error(exc)}")
+        fail(f"DLQ {queue_name(dlq_url)} of queue {queue.name}: {describe_error(exc)}")
         return exitcodes.UNAVAILABLE
     except KeyboardInterrupt:
-        return INTERRUPTED  # a peek released its messages on the way out
+        return exitcodes.INTERRUPTED  # a peek released its messages on the way out
 
 
 def cmd_peek(args, client, dlq_url: str) -> int:
     from vip_worker.ops import dlq
+    from vip_worker.sqs.queues import queue_name
 
     messages, problems = dlq.peek(client, dlq_url, args.n)
     for problem in problems:
@@ -294,9 +264,9 @@ def cmd_peek(args, client, dlq_url: str) -> int:
     if args.json:
         print(json.dumps({"dlq_url": dlq_url, "messages": messages}, indent=2))
         return exitcodes.OK
-    print(f"DLQ {dlq.queue_name(dlq_url)}: {len(messages)} message(s) shown, left in place")
+    print(f"DLQ {queue_name(dlq_url)}: {len(messages)} message(s) shown, left in place")
     for m in messages:
-        what = f"job {m['job_id']} type {m['type']}" if m["body_is_json"] else "body not JSON"
+        what = describe_body(m)
         print(f"{m['message_id']}  {what}  received {m['receive_count']}x  "
               f"sent {m['sent_at']}" + (f"  group {m['group_id']}" if m["group_id"] else ""))
         reason = m["reason"]
@@ -308,6 +278,17 @@ def cmd_peek(args, client, dlq_url: str) -> int:
     return exitcodes.OK
 
 
+def describe_body(message: dict) -> str:
+    """``job ID type T`` for a body in the app's message format; what is missing, else."""
+    if not message["body_is_json"]:
+        return "body not JSON"
+    job, kind = message["job_id"], message["type"]
+    if job is not None and kind is not None:
+        return f"job {job} type {kind}"
+    return "  ".join([f"job {job}" if job is not None else "no jobId",
+                      f"type {kind}" if kind is not None else "no type"])
+
+
 def target_url(client, name_or_url: str, settings) -> str:
     """``--to``: a URL as is, a configured queue's URL, else GetQueueUrl of the name."""
     if name_or_url.startswith(("http://", "https://")):
@@ -315,7 +296,7 @@ def target_url(client, name_or_url: str, settings) -> str:
     for queue in settings.queues:
         if queue.name == name_or_url:
             return queue.url
-    return client.get_queue_url(QueueName=name_or_url)["QueueUrl"]
+    return client.queue_url(name_or_url)
 
 
 def refusal(exc) -> str:
@@ -329,7 +310,8 @@ def refusal(exc) -> str:
 
 def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
     from vip_worker.ops import dlq
-    from vip_worker.sqs.boto import TRANSPORT_ERRORS, error_code
+    from vip_worker.sqs.api import TRANSPORT_ERRORS, error_code
+    from vip_worker.sqs.queues import queue_name
 
     to_url = None
     if args.to:
@@ -341,7 +323,7 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
             fail(f"--to {args.to}: {'no such queue: ' if missing else ''}{describe_error(exc)}")
             return exitcodes.USAGE if missing else exitcodes.UNAVAILABLE
     path = args.journal or os.path.join(os.path.abspath(state_dir(settings)), "redrive",
-                                        f"{dlq.queue_name(dlq_url)}.journal")
+                                        f"{queue_name(dlq_url)}.journal")
     try:
         journal = dlq.Journal(path)
     except (dlq.JournalBusy, OSError) as exc:
@@ -365,9 +347,9 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
         except KeyboardInterrupt:
             fail("interrupted: run the same command again to finish (the journal keeps it "
                  "exactly-once)")
-            code = INTERRUPTED
+            code = exitcodes.INTERRUPTED
         except TRANSPORT_ERRORS as exc:
-            fail(f"DLQ {dlq.queue_name(dlq_url)}: {describe_error(exc)}; run again to finish")
+            fail(f"DLQ {queue_name(dlq_url)}: {describe_error(exc)}; run again to finish")
             code = exitcodes.UNAVAILABLE
         left = len(journal.pending())
     report(result, left, path)
@@ -376,8 +358,8 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
 
 def started_move_task(args, client, journal, dlq_url: str, to_url: str | None) -> bool:
     """Try StartMessageMoveTask unless the manual move must run; say which way it goes."""
-    from vip_worker.ops import dlq
-    from vip_worker.sqs.boto import ClientError
+    from vip_worker.sqs.api import ClientError
+    from vip_worker.sqs.queues import queue_arn, queue_name
 
     pending = journal.pending()
     if pending:
@@ -387,15 +369,15 @@ def started_move_task(args, client, journal, dlq_url: str, to_url: str | None) -
     if args.max is not None:
         print("--max: using the manual move (a move task cannot stop after N messages)")
         return False
-    dlq_arn = dlq.queue_arn(client, dlq_url)
-    destination = dlq.queue_arn(client, to_url) if to_url else None
+    dlq_arn = queue_arn(client, dlq_url)
+    destination = queue_arn(client, to_url) if to_url else None
     try:
-        handle = dlq.start_move_task(client, dlq_arn, destination)
+        handle = client.start_message_move_task(dlq_arn, destination)
     except ClientError as exc:
         print(f"StartMessageMoveTask unavailable ({refusal(exc)}): using the manual move")
         return False
-    target = dlq.queue_name(to_url) if to_url else "each message's source queue"
-    print(f"started an SQS message move task from {dlq.queue_name(dlq_url)} to {target}\n"
+    target = queue_name(to_url) if to_url else "each message's source queue"
+    print(f"started an SQS message move task from {queue_name(dlq_url)} to {target}\n"
           f"task handle: {handle}\n(follow it with ListMessageMoveTasks --source-arn {dlq_arn})")
     return True
 

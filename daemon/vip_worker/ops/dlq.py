@@ -1,8 +1,8 @@
-"""Dead-letter queues: find a queue's DLQ, peek at it, and move its messages back.
+"""Dead-letter queues: peek at one, and move its messages back.
 
-Every function takes an SQS client made by ``vip_worker.sqs.boto.make_client`` (or any
-object with the same methods); this module never imports boto3, and SQS errors
-(``vip_worker.sqs.boto.TRANSPORT_ERRORS``) reach the caller unchanged.
+Every function takes a blocking ``vip_worker.sqs.boto.SqsClient`` (or any object
+with the same methods); SQS errors (``vip_worker.sqs.api.TRANSPORT_ERRORS``) reach
+the caller unchanged. Finding a queue's DLQ is ``vip_worker.sqs.queues``'s.
 
 The manual move is made safe against a crash by a ``Journal``: one line per
 state change of a DLQ message, fsynced before the next SQS call relies on it::
@@ -26,96 +26,54 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vip_worker import outcomes as retry
+from vip_worker.sqs.api import SendEntry
+from vip_worker.sqs.limits import BATCH_MAX, MAX_ATTRIBUTES
+from vip_worker.sqs.queues import queue_name
 
-BATCH = 10  # SQS's limit for receive and batch calls
+if TYPE_CHECKING:
+    from vip_worker.sqs.boto import SqsClient
+
 PEEK_VISIBILITY_S = 30
 MOVE_VISIBILITY_S = 60
 REASON_ATTRIBUTES = (retry.ERROR_CLASS, retry.ERROR_TEXT, retry.ATTEMPTS,
                      retry.SOURCE_QUEUE, retry.SOURCE_MESSAGE_ID)
 REDRIVEN_FROM = "vip_redriven_from"
 SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"]
-COUNT_ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-                    "ApproximateNumberOfMessagesDelayed"]
 
 SENDING, SENT, UNSENT, DELETED = "sending", "sent", "unsent", "deleted"
 PENDING = (SENDING, SENT)
 
 
-# -- looking up queues -----------------------------------------------------------------
-
-
-def queue_name(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def counts(client, url: str) -> dict[str, int]:
-    """``visible``, ``in_flight``, ``delayed`` and their sum ``depth`` (approximate on SQS)."""
-    attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=COUNT_ATTRIBUTES)
-    values = [int(attrs.get("Attributes", {}).get(name, 0)) for name in COUNT_ATTRIBUTES]
-    visible, in_flight, delayed = values
-    return {"visible": visible, "in_flight": in_flight, "delayed": delayed,
-            "depth": visible + in_flight + delayed}
-
-
-def resolve_dlq_url(client, queue_url: str, dlq_url: str = "") -> str | None:
-    """The DLQ: ``dlq_url`` if set, else the target of the queue's RedrivePolicy, else None.
-
-    Like ``poller.resolve_dlq``, but blocking, and it keeps the account of the
-    policy's ARN (a DLQ may belong to another account).
-    """
-    if dlq_url:
-        return dlq_url
-    attrs = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
-    policy = json.loads(attrs.get("Attributes", {}).get("RedrivePolicy") or "{}")
-    arn = policy.get("deadLetterTargetArn", "")
-    if not arn:
-        return None
-    parts = arn.split(":")  # arn:aws:sqs:<region>:<account>:<name>
-    kwargs = {"QueueName": parts[-1]}
-    if len(parts) == 6 and parts[4]:
-        kwargs["QueueOwnerAWSAccountId"] = parts[4]
-    return client.get_queue_url(**kwargs)["QueueUrl"]
-
-
-def queue_arn(client, url: str) -> str:
-    attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-    return attrs["Attributes"]["QueueArn"]
-
-
 # -- peek --------------------------------------------------------------------------------
 
 
-def receive(client, url: str, count: int, visibility_s: int, wait_s: int | None = None
-            ) -> list[dict[str, Any]]:
+def receive(client: SqsClient, url: str, count: int, visibility_s: int,
+            wait_s: int | None = None) -> list[dict[str, Any]]:
     if wait_s is None:
         # A short poll of a standard queue asks only some SQS servers and can come back
         # empty while messages wait; a 1 s long poll asks all. FIFO: short polls (moto's
         # FIFO long polls are broken, and SQS's FIFO short polls are complete).
         wait_s = 0 if url.endswith(".fifo") else 1
-    response = client.receive_message(
-        QueueUrl=url, MaxNumberOfMessages=min(count, BATCH), WaitTimeSeconds=wait_s,
-        VisibilityTimeout=visibility_s, MessageSystemAttributeNames=SYSTEM_ATTRIBUTES,
-        MessageAttributeNames=["All"])
-    return response.get("Messages", [])
+    return client.receive_messages(url, min(count, BATCH_MAX), wait_s, visibility_s,
+                                   SYSTEM_ATTRIBUTES)
 
 
-def release(client, url: str, messages: list[dict[str, Any]]) -> list[str]:
+def release(client: SqsClient, url: str, messages: list[dict[str, Any]]) -> list[str]:
     """Make ``messages`` visible again at once; return "id: code" of those SQS refused."""
     problems = []
-    for start in range(0, len(messages), BATCH):
-        chunk = messages[start:start + BATCH]
-        response = client.change_message_visibility_batch(QueueUrl=url, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-            for i, m in enumerate(chunk)])
-        for failure in response.get("Failed", []):
-            problems.append(f"{chunk[int(failure['Id'])]['MessageId']}: {failure.get('Code')}")
+    for start in range(0, len(messages), BATCH_MAX):
+        chunk = messages[start:start + BATCH_MAX]
+        failed = client.change_visibility_batch(url, [
+            (str(i), m["ReceiptHandle"], 0) for i, m in enumerate(chunk)])
+        for failure in failed:
+            problems.append(f"{chunk[int(failure.id)]['MessageId']}: {failure.code}")
     return problems
 
 
-def peek(client, url: str, count: int, visibility_s: int = PEEK_VISIBILITY_S
+def peek(client: SqsClient, url: str, count: int, visibility_s: int = PEEK_VISIBILITY_S
          ) -> tuple[list[dict[str, Any]], list[str]]:
     """Up to ``count`` messages of ``url``, left in the queue and visible again at once.
 
@@ -265,19 +223,6 @@ def sync_dir(directory: str) -> None:
 # -- redrive ----------------------------------------------------------------------------------
 
 
-def start_move_task(client, dlq_arn: str, destination_arn: str | None = None) -> str:
-    """SQS's own redrive (StartMessageMoveTask); returns the task handle.
-
-    Without ``destination_arn`` SQS returns each message to the queue it was
-    dead-lettered from. Raises ``ClientError`` where the endpoint lacks the API
-    (moto: HTTP 500) or refuses this DLQ (e.g. UnsupportedOperation).
-    """
-    kwargs = {"SourceArn": dlq_arn}
-    if destination_arn:
-        kwargs["DestinationArn"] = destination_arn
-    return client.start_message_move_task(**kwargs)["TaskHandle"]
-
-
 @dataclass
 class RedriveResult:
     moved: int = 0  # sent and deleted from the DLQ in this run
@@ -287,8 +232,8 @@ class RedriveResult:
     errors: list[str] = field(default_factory=list)
 
 
-def move_messages(client, dlq_url: str, target_of: Callable[[dict], str], journal: Journal,
-                  result: RedriveResult, max_messages: int | None = None,
+def move_messages(client: SqsClient, dlq_url: str, target_of: Callable[[dict], str],
+                  journal: Journal, result: RedriveResult, max_messages: int | None = None,
                   visibility_s: int = MOVE_VISIBILITY_S, wait_s: int | None = None) -> None:
     """Move messages from ``dlq_url`` to ``target_of(message)`` until the DLQ is empty.
 
@@ -302,7 +247,7 @@ def move_messages(client, dlq_url: str, target_of: Callable[[dict], str], journa
         handled = result.moved + result.skipped + result.failed
         if max_messages is not None and handled >= max_messages:
             return
-        room = BATCH if max_messages is None else max_messages - handled
+        room = BATCH_MAX if max_messages is None else max_messages - handled
         messages = receive(client, dlq_url, room, visibility_s, wait_s)
         batch = [m for m in messages if m["MessageId"] not in given_up]
         if not batch:
@@ -318,7 +263,7 @@ def move_messages(client, dlq_url: str, target_of: Callable[[dict], str], journa
         given_up.update(failed)
 
 
-def move_batch(client, dlq_url: str, batch: list[dict], target_of: Callable[[dict], str],
+def move_batch(client: SqsClient, dlq_url: str, batch: list[dict], target_of: Callable[[dict], str],
                journal: Journal, result: RedriveResult) -> set[str]:
     """Send, journal, delete one received batch; return the ids that failed."""
     by_id: dict[str, list[dict]] = {}
@@ -346,60 +291,57 @@ def move_batch(client, dlq_url: str, batch: list[dict], target_of: Callable[[dic
     return failed | not_deleted
 
 
-def send(client, messages: dict[str, dict], targets: dict[str, str], journal: Journal,
+def send(client: SqsClient, messages: dict[str, dict], targets: dict[str, str], journal: Journal,
          result: RedriveResult) -> tuple[list[str], set[str]]:
     """SendMessageBatch per target; journal ``sent`` / ``unsent`` per entry."""
     sent: list[str] = []
     failed: set[str] = set()
     for target in sorted(set(targets.values())):
         ids = [i for i in messages if targets[i] == target]
-        for start in range(0, len(ids), BATCH):
-            chunk = ids[start:start + BATCH]
-            response = client.send_message_batch(QueueUrl=target, Entries=[
+        for start in range(0, len(ids), BATCH_MAX):
+            chunk = ids[start:start + BATCH_MAX]
+            accepted, refused = client.send_batch(target, [
                 send_entry(str(n), messages[i], target) for n, i in enumerate(chunk)])
             rows = []
-            for ok in response.get("Successful", []):
-                i = chunk[int(ok["Id"])]
+            for entry_id, new_id in accepted.items():
+                i = chunk[int(entry_id)]
                 sent.append(i)
-                rows.append({"id": i, "state": SENT, "new_id": ok["MessageId"]})  # sending -> sent
-            for bad in response.get("Failed", []):
-                i = chunk[int(bad["Id"])]
+                rows.append({"id": i, "state": SENT, "new_id": new_id})  # sending -> sent
+            for bad in refused:
+                i = chunk[int(bad.id)]
                 failed.add(i)
                 rows.append({"id": i, "state": UNSENT})  # sending -> unsent
                 result.errors.append(f"{i}: send to {queue_name(target)} failed: "
-                                     f"{bad.get('Code')}: {bad.get('Message', '')}")
+                                     f"{bad.code}: {bad.message}")
             journal.record(rows)
     return sent, failed
 
 
-def send_entry(entry_id: str, message: dict[str, Any], target_url: str) -> dict[str, Any]:
+def send_entry(entry_id: str, message: dict[str, Any], target_url: str) -> SendEntry:
     """The same body and attributes, minus the dead-letter reason, plus vip_redriven_from."""
     attributes = {
         name: {k: value[k] for k in ("DataType", "StringValue", "BinaryValue") if k in value}
         for name, value in message.get("MessageAttributes", {}).items()
         if name not in REASON_ATTRIBUTES and name != REDRIVEN_FROM}
-    if len(attributes) < retry.MAX_ATTRIBUTES:
+    if len(attributes) < MAX_ATTRIBUTES:
         attributes[REDRIVEN_FROM] = retry.string_attr(message["MessageId"])
-    entry: dict[str, Any] = {"Id": entry_id, "MessageBody": message["Body"]}
-    if attributes:
-        entry["MessageAttributes"] = attributes
-    if target_url.endswith(".fifo"):
-        group = message.get("Attributes", {}).get("MessageGroupId") or "vip-redrive"
-        entry["MessageGroupId"] = group
-        entry["MessageDeduplicationId"] = message["MessageId"]
-    return entry
+    if not target_url.endswith(".fifo"):
+        return SendEntry(entry_id, message["Body"], attributes or None)
+    group = message.get("Attributes", {}).get("MessageGroupId") or "vip-redrive"
+    return SendEntry(entry_id, message["Body"], attributes or None, group, message["MessageId"])
 
 
-def delete(client, dlq_url: str, messages: list[dict], result: RedriveResult) -> set[str]:
+def delete(client: SqsClient, dlq_url: str, messages: list[dict], result: RedriveResult
+           ) -> set[str]:
     """DeleteMessageBatch; return the MessageIds whose every copy was deleted."""
     refused: set[str] = set()
-    for start in range(0, len(messages), BATCH):
-        chunk = messages[start:start + BATCH]
-        response = client.delete_message_batch(QueueUrl=dlq_url, Entries=[
-            {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(chunk)])
-        for bad in response.get("Failed", []):
-            i = chunk[int(bad["Id"])]["MessageId"]
+    for start in range(0, len(messages), BATCH_MAX):
+        chunk = messages[start:start + BATCH_MAX]
+        failed = client.delete_batch(dlq_url, [
+            (str(n), m["ReceiptHandle"]) for n, m in enumerate(chunk)])
+        for bad in failed:
+            i = chunk[int(bad.id)]["MessageId"]
             refused.add(i)
             result.errors.append(f"{i}: sent, but the delete from the DLQ failed: "
-                                 f"{bad.get('Code')} (the next run deletes it, not resends)")
+                                 f"{bad.code} (the next run deletes it, not resends)")
     return {m["MessageId"] for m in messages} - refused

@@ -7,33 +7,22 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from vip_worker import config, exitcodes
+from vip_worker import exitcodes
+from vip_worker.cli import PAYLOAD_FLAGS, camel
 from vip_worker.errors import ConfigError, HookFailed, PluginError
 from vip_worker.store import StoreUnavailable
 
-# --flag -> payload field (camelCase, as the app sends it) and its type.
-PAYLOAD_FLAGS = {
-    "mode": str, "topic": str, "word-count": int, "tone": str, "keywords": config.str_list,
-    "target-audience": str, "language": str, "prompt": str, "size": str, "style": str,
-    "seo-optimization": config.boolean, "include-images": config.boolean,
-}
-
-
-def camel(flag: str) -> str:
-    first, *rest = flag.split("-")
-    return first + "".join(part.capitalize() for part in rest)
-
 
 def payloads_from(args) -> list[dict[str, Any]]:
+    """The payloads the flags describe; ``ValueError`` naming the flag (and file) if bad."""
     if args.file:
-        with open(args.file, encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-        if not all(isinstance(r, dict) for r in rows):
-            raise ValueError(f"{args.file}: every line must be a JSON object")
-        return rows
+        return payloads_from_file(args.file)
     payload: dict[str, Any] = {}
     if args.payload:
-        payload = json.loads(args.payload)
+        try:
+            payload = json.loads(args.payload)
+        except ValueError as exc:
+            raise ValueError(f"--payload: not JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise ValueError("--payload must be a JSON object")
     for flag in PAYLOAD_FLAGS:
@@ -43,13 +32,33 @@ def payloads_from(args) -> list[dict[str, Any]]:
     return [payload]
 
 
+def payloads_from_file(path: str) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.readlines()
+    except OSError as exc:
+        raise ValueError(f"--file {path}: cannot read it: {exc.strerror or exc}") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"--file {path}, line {number}: not JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"--file {path}, line {number}: not a JSON object")
+        rows.append(row)
+    return rows
+
+
 def cmd_enqueue(args, settings) -> int:
     from vip_worker.pipeline.producer import NoHandler, Producer, new_job_id
     from vip_worker.plugins import describe_exception
 
     try:
         payloads = payloads_from(args)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         print(f"vip-worker: {exc}", file=sys.stderr)
         return exitcodes.USAGE
     if args.job_id and len(payloads) > 1:
@@ -78,7 +87,7 @@ def cmd_enqueue(args, settings) -> int:
         return exitcodes.USAGE
     except Exception as exc:  # noqa: BLE001 - reported in one line, classified below
         if not inline:
-            from vip_worker.sqs.boto import TRANSPORT_ERRORS, error_code
+            from vip_worker.sqs.api import TRANSPORT_ERRORS, error_code
 
             if not isinstance(exc, TRANSPORT_ERRORS):
                 raise

@@ -101,7 +101,7 @@ def long_strings(value: Any, where: str) -> Iterator[tuple[str, int]]:
 
 
 def encode_body(payload: dict[str, Any], body: dict[str, Any]) -> bytes:
-    """The JSON request body, after the size checks (field paths name the seed's keys).
+    """The JSON request body, after the size checks (field paths name the app's keys).
 
     :raises PermanentError: a string field or the whole body is too large, or a
         value is not JSON (NaN, an object).
@@ -255,7 +255,7 @@ class GenerationClient:
             self.session.close()
 
     def article(self, payload: dict[str, Any], read_timeout_s: float | None = None) -> dict:
-        """Generate an article from the seed's camelCase payload; the service's JSON object.
+        """Generate an article from the app's camelCase payload; the service's JSON object.
 
         :param payload: the message's payload (``mode``, ``topic``, ``wordCount``...).
         :param read_timeout_s: this call's read timeout if shorter than the client's.

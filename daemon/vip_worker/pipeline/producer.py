@@ -1,10 +1,10 @@
 """The producer: what the web app does, for Python apps (and ``vip-worker enqueue``).
 
 It creates the job (``queued``) in the job store, then sends the message in the
-seed's exact format (``jobId``, ``userId``, ``type``, ``timestamp``, ``payload``)
+app's exact message format (``jobId``, ``userId``, ``type``, ``timestamp``, ``payload``)
 to the queue named after the type (``articles`` -> the ``articles`` queue).
 
-The seed's fallback: when SQS is not configured for the type, the handler runs
+The app's own fallback: when SQS is not configured for the type, the handler runs
 inline in the caller's process and the log says so ("the system still works").
 
     from vip_worker.pipeline.producer import queue_article_generation, is_sqs_configured
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,8 +24,11 @@ from bson import ObjectId
 from vip_worker import config
 from vip_worker.message import Envelope
 from vip_worker.plugins.context import HandlerContext, PollerContext
+from vip_worker.plugins.hooks import call_hook
+from vip_worker.store.factory import provide_store
 
 log = logging.getLogger("vip_worker.pipeline.producer")
+INLINE_TIME_S = 3600.0  # ctx.time_left_s of an inline run (nothing interrupts it)
 
 
 def new_job_id() -> str:
@@ -42,13 +44,16 @@ class Producer:
     """Creates jobs and queues their messages; runs them inline when SQS is absent.
 
     :param settings: from ``config.load(require_queues=False)``.
-    :param sqs_client: a boto3 SQS client (default: one made from the settings).
+    :param sqs_client: a blocking ``vip_worker.sqs.boto.SqsClient``, or an AWS SDK client
+        (``vip_worker.sqs.boto.make_client``'s) to wrap in one; default: one made from the
+        settings.
     """
 
     def __init__(self, settings, sqs_client=None) -> None:
         self.settings = settings
         self.sqs_client = sqs_client
         self.context = PollerContext(index=-1, settings=settings)
+        provide_store(self.context)
         self.inline = None  # plugins loaded on the first inline run
 
     @property
@@ -85,19 +90,20 @@ class Producer:
                           f"handler in this process"})
             self.run_inline(envelope)
             return job_id
-        kwargs = {"QueueUrl": queue.url, "MessageBody": envelope.to_body()}
-        if queue.fifo:
-            kwargs.update(MessageGroupId=user_id, MessageDeduplicationId=job_id)
-        message_id = self.client().send_message(**kwargs)["MessageId"]
+        group, dedup = (user_id, job_id) if queue.fifo else (None, None)
+        message_id = self.client().send(queue.url, envelope.to_body(), group_id=group,
+                                        dedup_id=dedup)
         log.info("producer.queued", extra={"job_id": job_id, "type": message_type,
                                            "queue": queue.name, "message_id": message_id})
         return job_id
 
     def client(self):
-        if self.sqs_client is None:
-            from vip_worker.sqs.boto import make_client
+        from vip_worker.sqs.boto import SqsClient, connect
 
-            self.sqs_client = make_client(self.settings.region, self.settings.sqs_endpoint_url)
+        if self.sqs_client is None:
+            self.sqs_client = connect(self.settings.region, self.settings.sqs_endpoint_url)
+        elif not isinstance(self.sqs_client, SqsClient):
+            self.sqs_client = SqsClient(self.sqs_client)  # an SDK client, as callers gave
         return self.sqs_client
 
     def inline_handler(self, message_type: str):
@@ -109,7 +115,6 @@ class Producer:
         """
         if self.inline is None:
             from vip_worker.plugins import load_plugins
-            from vip_worker.poller import call_hook
 
             loaded = load_plugins(self.settings)
             self.context.plugin_values = loaded.registry.plugin_settings
@@ -127,15 +132,11 @@ class Producer:
         handler = self.inline_handler(envelope.type)
         fields = {"message_id": None, "job_id": envelope.job_id, "type": envelope.type,
                   "queue": None, "receive_count": 1}
-        from vip_worker.consumer import MessageLogger
-
-        ctx = HandlerContext(
-            message_id=f"inline-{envelope.job_id}", job_id=envelope.job_id, queue="",
-            receive_count=1, max_attempts=1, deadline=time.monotonic() + 3600,
-            log=MessageLogger(logging.getLogger(f"vip_worker_plugins.{handler.plugin}"), fields),
-            resources=self.context.resources,
-            plugin_settings=self.inline.registry.plugin_settings.get(handler.plugin, {}),
-            poller=self.context)
+        ctx = HandlerContext.for_message(
+            self.context, plugin=handler.plugin, message_id=f"inline-{envelope.job_id}",
+            job_id=envelope.job_id, queue="", receive_count=1, max_attempts=1,
+            max_job_time_s=INLINE_TIME_S, log_fields=fields,
+            plugin_settings=self.inline.registry.plugin_settings.get(handler.plugin, {}))
         if handler.is_async:
             asyncio.run(handler.fn(envelope, ctx))
         else:
@@ -150,8 +151,6 @@ class Producer:
 
         try:
             if self.inline is not None:
-                from vip_worker.poller import call_hook
-
                 asyncio.run(call_hook(self.inline.manager.hook.vip_worker_poller_stop,
                                       context=self.context))
         except HookFailed as exc:
@@ -177,10 +176,10 @@ def enqueue(message_type: str, payload: dict[str, Any], *, user_id: str,
 
 
 def queue_article_generation(job_id: str | None, user_id: str, params: dict[str, Any]) -> str:
-    """The seed's ``queueArticleGeneration(jobId, userId, params)``; returns the jobId."""
+    """The app's ``queueArticleGeneration(jobId, userId, params)``; returns the jobId."""
     return enqueue("articles", params, user_id=user_id, job_id=job_id)
 
 
 def queue_image_generation(job_id: str | None, user_id: str, params: dict[str, Any]) -> str:
-    """The seed's ``queueImageGeneration(jobId, userId, params)``; returns the jobId."""
+    """The app's ``queueImageGeneration(jobId, userId, params)``; returns the jobId."""
     return enqueue("images", params, user_id=user_id, job_id=job_id)

@@ -1,13 +1,42 @@
-"""What a plugin is handed: the poller's context and each message's context."""
+"""What a plugin is handed: the poller's context and each message's context.
+
+The poller's context holds the resources shared by a poller's handlers: a plain
+dict (``resources``) that start hooks fill, and named resources opened on first
+use (``provide`` / ``resource``). The job store is one of those: the spine never
+opens it itself, the store package provides it (``vip_worker.store.factory.provide_store``)
+and ``ctx.store`` reads it.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+log = logging.getLogger("vip_worker.plugins.context")
+
+# The name the job store is provided under.
+STORE = "store"
+
+
+class MessageLogger(logging.LoggerAdapter):
+    """A plugin's logger whose lines carry the message's fields, merged with the call's."""
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """How to open a named resource on first use, and how to close it."""
+
+    open: Callable[[], Any]
+    close: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -24,28 +53,52 @@ class PollerContext:
     settings: Any
     resources: dict[str, Any] = field(default_factory=dict)
     plugin_values: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _store: Any = None
-    _store_lock: threading.Lock = field(default_factory=threading.Lock)
+    _providers: dict[str, Provider] = field(default_factory=dict)
+    _opened: dict[str, Any] = field(default_factory=dict)  # in the order they were opened
+    # Handlers in threads may ask for a resource at once: it is opened once.
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def plugin_settings(self, plugin: str) -> dict[str, Any]:
         """A plugin's resolved settings (its declared defaults, the config file's
         ``[plugins.<plugin>]`` table, the environment)."""
         return self.plugin_values.get(plugin, {})
 
+    def provide(self, name: str, open: Callable[[], Any],
+                close: Callable[[Any], None] | None = None) -> None:
+        """Register a resource opened on first use in this process by ``open()`` and
+        closed by ``close(resource)`` when the poller stops (after the stop hooks).
+
+        A second registration of a name replaces the first (until it is opened).
+        """
+        with self._lock:
+            self._providers[name] = Provider(open, close)
+
+    def resource(self, name: str) -> Any:
+        """The named resource, opened on first use.
+
+        :raises LookupError: nothing provides ``name``.
+        """
+        with self._lock:
+            if name not in self._opened:
+                provider = self._providers.get(name)
+                if provider is None:
+                    raise LookupError(f"no resource {name!r} is provided in this process")
+                self._opened[name] = provider.open()
+            return self._opened[name]
+
     @property
     def store(self):
         """The job store (MongoDB or the embedded SQLite), opened on first use in this process."""
-        with self._store_lock:
-            if self._store is None:
-                from vip_worker.store.factory import open_store
-
-                self._store = open_store(self.settings)
-            return self._store
+        return self.resource(STORE)
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        """Close the opened resources, the last opened first."""
+        with self._lock:
+            opened, self._opened = self._opened, {}
+        for name in reversed(list(opened)):
+            provider = self._providers.get(name)
+            if provider is not None and provider.close is not None:
+                provider.close(opened[name])
 
 
 @dataclass
@@ -95,6 +148,41 @@ class HandlerContext:
         """The job store of this poller (see ``vip_worker.store``)."""
         return self.poller.store
 
+    @classmethod
+    def for_message(cls, poller: PollerContext, *, plugin: str, message_id: str, job_id: str,
+                    queue: str, receive_count: int, max_attempts: int, max_job_time_s: float,
+                    log_fields: dict[str, Any], started: float | None = None,
+                    plugin_settings: dict[str, Any] | None = None,
+                    logger: logging.Logger | None = None) -> HandlerContext:
+        """The context of one handler call (the consumer, ``run_handler`` and the
+        producer's inline run all build it here).
+
+        :param plugin: the handler's plugin: its settings and its logger
+            (``vip_worker_plugins.<plugin>``) by default.
+        :param log_fields: the message's fields, on every line of ``ctx.log``.
+        :param started: monotonic time the handler starts (default: now);
+            ``deadline`` is ``max_job_time_s`` after it.
+        :param plugin_settings: default ``poller.plugin_settings(plugin)``.
+        :param logger: the plugin's logger, when the caller keeps it.
+        """
+        if started is None:
+            started = time.monotonic()
+        if plugin_settings is None:
+            plugin_settings = poller.plugin_settings(plugin)
+        if logger is None:
+            logger = logging.getLogger(f"vip_worker_plugins.{plugin}")
+        return cls(message_id=message_id, job_id=job_id, queue=queue,
+                   receive_count=receive_count, max_attempts=max_attempts,
+                   deadline=started + max_job_time_s, log=MessageLogger(logger, log_fields),
+                   resources=poller.resources, plugin_settings=plugin_settings, poller=poller)
+
     def progress(self, percent: int, message: str) -> None:
-        """Record the job's progress (0-100) and a human message, as the app shows it."""
+        """Record the job's progress (0-100) and a human message, as the app shows it.
+
+        Also logged (``job.progress``): the store keeps only the latest step, and a step
+        followed at once by the next one (80 "Saving content...") is otherwise never seen.
+        """
         self.store.progress(self.job_id, percent, message, datetime.now(UTC))
+        # vip-worker's line, not the plugin's: with the message's fields, on our logger.
+        fields = dict(getattr(self.log, "extra", None) or {})
+        log.info("job.progress", extra={**fields, "progress": int(percent), "step": message})

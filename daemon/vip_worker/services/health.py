@@ -1,9 +1,9 @@
 """The health endpoint: ``/live``, ``/ready`` and ``/metrics`` over HTTP, from the master.
 
 A ``ThreadingHTTPServer`` in a daemon thread, bound to ``health_host`` (loopback by
-default). It reads the arbiter's ``snapshot()``, which the master loop mutates meanwhile:
-a snapshot that fails (a dict changed size mid-read) answers 503 and the next request
-simply asks again.
+default). It answers from the last ``DaemonStatus`` the master's loop published (frozen,
+swapped in one assignment each pass, ``vip_worker.statusfile``): it never reads the
+master's own state, which the loop mutates meanwhile. Before the first pass it answers 503.
 
 - ``GET /live``: 200 ``{"ok": true, ...}`` while the master answers at all.
 - ``GET /ready``: 200 once every poller served and none is stopping; else 503 and a reason.
@@ -18,12 +18,16 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from vip_worker.statusfile import DaemonStatus
+
 log = logging.getLogger("vip_worker.services.health")
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OUTCOMES = ("succeeded", "retried", "dead_lettered", "released")
 
-Snapshot = Callable[[], dict]
+# Returns the last published status, or None before the master's first loop pass.
+Published = Callable[[], DaemonStatus | None]
+NOT_PUBLISHED = {"ok": False, "ready": False, "reason": "starting: no status published yet"}
 
 
 # -- what each path answers (pure functions of a snapshot) -----------------------------
@@ -99,12 +103,11 @@ class HealthHandler(BaseHTTPRequestHandler):
         if path not in ("/live", "/ready", "/metrics"):
             self.answer(404, "application/json", json.dumps({"error": "not found"}))
             return
-        try:
-            snap = self.server.snapshot()
-        except Exception as exc:  # noqa: BLE001 - a racy read of the master's state: ask again
-            self.answer(503, "application/json",
-                        json.dumps({"ok": False, "error": f"snapshot failed: {exc!r}"}))
+        status = self.server.published()
+        if status is None:
+            self.answer(503, "application/json", json.dumps(NOT_PUBLISHED))
             return
+        snap = status.as_dict()  # a copy of frozen data: nothing changes under it
         if path == "/metrics":
             self.answer(200, PROMETHEUS_TYPE, render_metrics(snap))
             return
@@ -127,8 +130,8 @@ class HealthHandler(BaseHTTPRequestHandler):
 class HealthHttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
+    def __init__(self, address: tuple[str, int], published: Published) -> None:
+        self.published = published
         super().__init__(address, HealthHandler)
 
 
@@ -137,18 +140,18 @@ class HealthServer:
 
     :param host: address to bind, e.g. ``127.0.0.1``.
     :param port: TCP port; 0 picks a free one (``port`` then holds it).
-    :param snapshot: returns the daemon's state (``Arbiter.snapshot``).
+    :param published: returns the master's last published status (``Arbiter.published``).
     """
 
-    def __init__(self, host: str, port: int, snapshot: Snapshot) -> None:
+    def __init__(self, host: str, port: int, published: Published) -> None:
         self.host = host
         self.port = port
-        self.snapshot = snapshot
+        self.published = published
         self.httpd: HealthHttpServer | None = None
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.httpd = HealthHttpServer((self.host, self.port), self.snapshot)
+        self.httpd = HealthHttpServer((self.host, self.port), self.published)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={
             "poll_interval": 0.5}, name="health-server", daemon=True)

@@ -1,8 +1,10 @@
-"""The only module that imports boto3: a narrow, blocking SQS client.
+"""boto3's side of the sqs package: the clients, the credential chain, the blocking calls.
 
-The poller calls these methods from a thread pool (``AsyncSqs``) so the event
-loop never blocks on HTTP. Clients are made after fork, one per poller.
-Tests substitute any object with the same methods (see ``tests/fakes.py``).
+``SqsClient`` is the blocking client: the typed calls the poller makes (which
+``AsyncSqs`` runs in threads, one client per poller, made after fork) and the ones
+the ``status`` and ``dlq`` commands, the producer and the dev stack make. Nothing
+outside ``vip_worker.sqs`` calls boto3 itself. Errors are ``vip_worker.sqs.api``'s
+``TRANSPORT_ERRORS``, unchanged.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import botocore.config
@@ -19,40 +20,42 @@ import botocore.exceptions
 import botocore.httpsession
 import botocore.session
 
+from vip_worker.sqs.api import EntryFailure, SendEntry
+
+# Requests per call, the first included (botocore's total_max_attempts; its
+# Config(retries={"max_attempts": n}) counts retries, n + 1 requests). Both transports.
+MAX_ATTEMPTS = 3
 RECEIVE_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount"]
 # FIFO queues also need each message's group (standard queues have none).
 RECEIVE_SYSTEM_ATTRIBUTES_FIFO = [*RECEIVE_SYSTEM_ATTRIBUTES, "MessageGroupId"]
-
-ClientError = botocore.exceptions.ClientError
-TRANSPORT_ERRORS = (botocore.exceptions.BotoCoreError, ClientError, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class EntryFailure:
-    """One failed entry of a batch call, as SQS reported it."""
-
-    id: str
-    code: str
-    message: str
-    sender_fault: bool
+T = TypeVar("T")
 
 
 def make_client(region: str, endpoint_url: str = "", max_pool: int = 32,
-                botocore_session=None):
-    """A boto3 SQS client for one process. ``endpoint_url`` empty: AWS's default."""
+                botocore_session=None, credentials: tuple[str, str] | None = None):
+    """A boto3 SQS client for one process. ``endpoint_url`` empty: AWS's default.
+    ``credentials`` (access key, secret key): these instead of the provider chain's."""
     config = botocore.config.Config(
         region_name=region,
         # A long poll holds its connection for WaitTimeSeconds (at most 20 s).
         read_timeout=40,
         connect_timeout=5,
         max_pool_connections=max_pool,
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
         # The requests are built here from typed values; SQS validates them anyway.
         # Client-side validation costs ~50 us a call (5 us a message).
         parameter_validation=False,
     )
     session = boto3.session.Session(botocore_session=botocore_session)
-    return session.client("sqs", endpoint_url=endpoint_url or None, config=config)
+    keys = ({"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]}
+            if credentials else {})
+    return session.client("sqs", endpoint_url=endpoint_url or None, config=config, **keys)
+
+
+def connect(region: str, endpoint_url: str = "", max_pool: int = 32,
+            credentials: tuple[str, str] | None = None) -> SqsClient:
+    """A blocking ``SqsClient`` on a new boto3 client (``make_client``'s arguments)."""
+    return SqsClient(make_client(region, endpoint_url, max_pool, credentials=credentials))
 
 
 def make_session():
@@ -79,24 +82,21 @@ def ca_bundle(session) -> str:
 
 
 class SqsClient:
-    """Blocking calls, shaped for the consumer: plain lists in, plain lists out."""
+    """Blocking calls on a boto3 client: plain lists in, plain lists out.
+
+    The first six are ``SqsApi``'s calls (``AsyncSqs`` runs them in threads); the
+    rest serve the commands, the producer and the dev stack.
+    """
 
     def __init__(self, client) -> None:
         self.client = client
 
     def receive(self, queue_url: str, max_messages: int, wait_s: int,
                 visibility_s: int) -> list[dict[str, Any]]:
-        response = self.client.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=max_messages,
-            WaitTimeSeconds=wait_s,
-            VisibilityTimeout=visibility_s,
-            MessageSystemAttributeNames=(RECEIVE_SYSTEM_ATTRIBUTES_FIFO
-                                         if queue_url.endswith(".fifo")
-                                         else RECEIVE_SYSTEM_ATTRIBUTES),
-            MessageAttributeNames=["All"],
-        )
-        return response.get("Messages", [])
+        return self.receive_messages(queue_url, max_messages, wait_s, visibility_s,
+                                     RECEIVE_SYSTEM_ATTRIBUTES_FIFO
+                                     if queue_url.endswith(".fifo")
+                                     else RECEIVE_SYSTEM_ATTRIBUTES)
 
     def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
                      ) -> list[EntryFailure]:
@@ -140,6 +140,63 @@ class SqsClient:
             kwargs["QueueOwnerAWSAccountId"] = owner_account
         return self.client.get_queue_url(**kwargs)["QueueUrl"]
 
+    # -- beyond the poller's calls -----------------------------------------------------
+
+    def receive_messages(self, queue_url: str, max_messages: int, wait_s: int,
+                         visibility_s: int, system_attributes: Sequence[str]
+                         ) -> list[dict[str, Any]]:
+        """ReceiveMessage with every message attribute and these system attributes."""
+        response = self.client.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=wait_s,
+            VisibilityTimeout=visibility_s,
+            MessageSystemAttributeNames=list(system_attributes),
+            MessageAttributeNames=["All"],
+        )
+        return response.get("Messages", [])
+
+    def send_batch(self, queue_url: str, entries: Sequence[SendEntry]
+                   ) -> tuple[dict[str, str], list[EntryFailure]]:
+        """SendMessageBatch of up to 10; returns {entry id: new MessageId} of those sent
+        (in SQS's order) and the entries that failed."""
+        response = self.client.send_message_batch(QueueUrl=queue_url, Entries=[
+            batch_entry(entry) for entry in entries])
+        sent = {ok["Id"]: ok["MessageId"] for ok in response.get("Successful", [])}
+        return sent, failures(response)
+
+    def create_queue(self, name: str, attributes: dict[str, str] | None = None) -> str:
+        """CreateQueue (or the existing queue of that name and attributes); returns its URL."""
+        kwargs: dict[str, Any] = {"QueueName": name}
+        if attributes:
+            kwargs["Attributes"] = attributes
+        return self.client.create_queue(**kwargs)["QueueUrl"]
+
+    def start_message_move_task(self, source_arn: str, destination_arn: str | None = None
+                                ) -> str:
+        """SQS's own redrive (StartMessageMoveTask); returns the task handle.
+
+        Without ``destination_arn`` SQS returns each message to the queue it was
+        dead-lettered from. Raises ``ClientError`` where the endpoint lacks the API
+        (moto: HTTP 500) or refuses this DLQ (e.g. UnsupportedOperation).
+        """
+        kwargs = {"SourceArn": source_arn}
+        if destination_arn:
+            kwargs["DestinationArn"] = destination_arn
+        return self.client.start_message_move_task(**kwargs)["TaskHandle"]
+
+
+def batch_entry(entry: SendEntry) -> dict[str, Any]:
+    """A ``SendEntry`` as boto3's SendMessageBatch entry."""
+    row: dict[str, Any] = {"Id": entry.id, "MessageBody": entry.body}
+    if entry.attributes:
+        row["MessageAttributes"] = entry.attributes
+    if entry.group_id is not None:
+        row["MessageGroupId"] = entry.group_id
+    if entry.dedup_id is not None:
+        row["MessageDeduplicationId"] = entry.dedup_id
+    return row
+
 
 def failures(response: dict) -> list[EntryFailure]:
     return [
@@ -148,14 +205,8 @@ def failures(response: dict) -> list[EntryFailure]:
     ]
 
 
-def error_code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return exc.response.get("Error", {}).get("Code", "ClientError")
-    return type(exc).__name__
-
-
 class AsyncSqs:
-    """Runs a blocking client's calls in thread pools of their own.
+    """``SqsApi`` over a blocking client, its calls run in thread pools of their own.
 
     Never the handlers' pool, so a poller full of blocking handlers still
     heartbeats and acknowledges. With ``receivers``, long polls get a pool of that
@@ -164,17 +215,43 @@ class AsyncSqs:
     connection, instead of all calls rotating over every thread.
     """
 
-    def __init__(self, client: Any, max_workers: int, receivers: int = 0) -> None:
+    def __init__(self, client: SqsClient, max_workers: int, receivers: int = 0) -> None:
         self.client = client
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sqs")
         self.receive_executor = (ThreadPoolExecutor(max_workers=receivers,
                                                     thread_name_prefix="sqs-receive")
                                  if receivers else self.executor)
 
-    async def call(self, method: str, *args: Any) -> Any:
+    async def receive(self, queue_url: str, max_messages: int, wait_s: int,
+                      visibility_s: int) -> list[dict[str, Any]]:
+        return await self.run(self.client.receive, queue_url, max_messages, wait_s,
+                              visibility_s, executor=self.receive_executor)
+
+    async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
+                           ) -> list[EntryFailure]:
+        return await self.run(self.client.delete_batch, queue_url, entries)
+
+    async def change_visibility_batch(self, queue_url: str,
+                                      entries: Sequence[tuple[str, str, int]]
+                                      ) -> list[EntryFailure]:
+        return await self.run(self.client.change_visibility_batch, queue_url, entries)
+
+    async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
+                   group_id: str | None = None, dedup_id: str | None = None,
+                   delay_s: int = 0) -> str:
+        return await self.run(self.client.send, queue_url, body, attributes, group_id,
+                              dedup_id, delay_s)
+
+    async def queue_attributes(self, queue_url: str, names: Sequence[str]) -> dict[str, str]:
+        return await self.run(self.client.queue_attributes, queue_url, names)
+
+    async def queue_url(self, name: str, owner_account: str = "") -> str:
+        return await self.run(self.client.queue_url, name, owner_account)
+
+    async def run(self, method: Callable[..., T], *args: Any,
+                  executor: ThreadPoolExecutor | None = None) -> T:
         loop = asyncio.get_running_loop()
-        executor = self.receive_executor if method == "receive" else self.executor
-        return await loop.run_in_executor(executor, getattr(self.client, method), *args)
+        return await loop.run_in_executor(executor or self.executor, method, *args)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

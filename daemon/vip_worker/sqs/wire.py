@@ -13,8 +13,9 @@ everything about finding the endpoint and the credentials stays with botocore.
 The results have the shapes boto3 returns, and errors are botocore's
 ``ClientError`` with the same codes (SQS's query-compatible codes, as botocore
 reads them from ``x-amzn-query-error``), so the consumer cannot tell the two
-transports apart. Retries follow botocore's ``standard`` mode: 3 attempts,
-jittered exponential backoff, on throttling, 5xx and transport errors.
+transports apart. Retries follow botocore's ``standard`` mode with the boto3
+client's own limit (``MAX_ATTEMPTS`` requests in all), jittered exponential
+backoff, on throttling, 5xx and transport errors.
 """
 
 from __future__ import annotations
@@ -22,23 +23,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
 import random
 import ssl
 import time
-import urllib.request
-from collections.abc import Callable, Sequence
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
+import botocore.httpsession
+import botocore.utils
+
+from vip_worker.sqs.api import ClientError, EntryFailure, SqsApi
 from vip_worker.sqs.boto import (
+    MAX_ATTEMPTS,
     RECEIVE_SYSTEM_ATTRIBUTES,
     RECEIVE_SYSTEM_ATTRIBUTES_FIFO,
     AsyncSqs,
-    ClientError,
-    EntryFailure,
     SqsClient,
     ca_bundle,
     credentials_reader,
@@ -46,17 +51,19 @@ from vip_worker.sqs.boto import (
     make_client,
     make_session,
 )
-from vip_worker.sqs.http11 import Origin
+from vip_worker.sqs.http11 import Origin, TlsHandshakeError
 from vip_worker.sqs.sigv4 import Credentials, Signer
 
 USER_AGENT = "vip-worker-wire/1"
-MAX_ATTEMPTS = 3
 MAX_BACKOFF_S = 20.0
 CALL_TIMEOUT_S = 40.0  # a whole call but a long poll (which adds its wait)
 CREDENTIALS_CHECK_S = 60.0
 # How long a call waits for a credentials read when it already has credentials that
 # worked: a provider chain stuck on a slow metadata service must not stall the hot path.
 CREDENTIALS_WAIT_S = 1.0
+# How long a call waits for the first credentials read (nothing to fall back on): a
+# provider chain that hangs is then a transport error, retried, not a stuck poller.
+CREDENTIALS_FIRST_WAIT_S = 10.0
 # Connections beyond one per long poll: batch calls, heartbeats, hand-backs, dead letters.
 EXTRA_CONNECTIONS = 16
 # botocore's standard retry mode (botocore/retries/standard.py): throttling backs off
@@ -86,18 +93,24 @@ RETRY_COST = 14
 THROTTLING_RETRY_COST = 5
 NO_RETRY_INCREMENT = 1
 # The credentials were rejected: read them again (a rotated role) and try once more.
+# Query-protocol codes and their JSON-protocol names (no x-amzn-query-error header).
 CREDENTIAL_CODES = frozenset(("ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",
-                              "RequestExpired"))
+                              "UnrecognizedClientException", "RequestExpired"))
+# The wire client could not complete a TLS handshake (a CA bundle botocore's TLS
+# settings accept and these refuse...): not SQS's answer, but handled as a refusal.
+TLS_REFUSED = "WireTlsHandshakeFailed"
 # SQS refused the request's signature or authentication: hand the poller to boto3.
 SIGNATURE_CODES = frozenset(("SignatureDoesNotMatch", "IncompleteSignature",
-                             "InvalidSignatureException", "MissingAuthenticationToken"))
-# Calls made here; any other method goes to the boto3 client in a thread.
-WIRE_METHODS = frozenset(("receive", "delete_batch", "change_visibility_batch", "send"))
+                             "IncompleteSignatureException", "InvalidSignatureException",
+                             "MissingAuthenticationToken", "MissingAuthenticationTokenException",
+                             TLS_REFUSED))
 log = logging.getLogger("vip_worker.sqs.wire")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str
-             ) -> tuple[AsyncSqs | WireSqs, str]:
+             ) -> tuple[SqsApi, str]:
     """The poller's SQS client, after fork; also says which transport it got and why.
 
     ``wire`` needs a direct connection to an endpoint at ``/``: with a proxy
@@ -115,25 +128,56 @@ def open_sqs(region: str, endpoint_url: str, receivers: int, transport: str
         return threaded, "a proxy is configured for the endpoint"
     if urlsplit(resolved).path not in ("", "/"):
         return threaded, "the endpoint URL has a path"
-    bundle = ca_bundle(session)
-    context = (ssl.create_default_context(capath=bundle) if os.path.isdir(bundle)
-               else ssl.create_default_context(cafile=bundle))
     wire = WireSqs(threaded, resolved, client.meta.region_name, credentials_reader(session),
-                   ssl_context=context, max_connections=receivers + EXTRA_CONNECTIONS)
+                   ssl_context=tls_context(ca_bundle(session)),
+                   max_connections=receivers + EXTRA_CONNECTIONS)
     return wire, "configured"
 
 
 def proxy_for(url: str) -> str:
-    """The proxy urllib (and so botocore) would use for ``url``; empty: none."""
-    parts = urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme, "")
-    if proxy and urllib.request.proxy_bypass(parts.hostname or ""):
-        return ""
-    return proxy
+    """The proxy botocore would use for ``url``; empty: none. Its own functions, so
+    both transports take the same route (``NO_PROXY`` matched against ``host:port``,
+    IPv6 literals in brackets)."""
+    proxies = botocore.utils.get_environ_proxies(url)
+    return botocore.httpsession.ProxyConfiguration(proxies=proxies).proxy_url_for(url) or ""
+
+
+def tls_context(bundle: str) -> ssl.SSLContext:
+    """A TLS context as botocore builds it (``create_urllib3_context``: no
+    ``VERIFY_X509_STRICT``, which Python 3.13's default context adds and which
+    refuses CA certificates without an Authority Key Identifier), verifying the
+    host name and the CA bundle (a file or a directory) botocore would use."""
+    context = botocore.httpsession.create_urllib3_context()
+    context.check_hostname = True  # urllib3 checks it itself; here, OpenSSL does
+    if os.path.isdir(bundle):
+        context.load_verify_locations(capath=bundle)
+    else:
+        context.load_verify_locations(cafile=bundle)
+    return context
+
+
+def falls_back(to: Callable[[AsyncSqs], Callable[P, Awaitable[T]]]):
+    """A ``WireSqs`` call made on the wire, and through ``to(self.fallback)`` (boto3) once
+    SQS has refused the wire client's signature: that call and every later one."""
+    def decorate(wire_call: Callable[Concatenate[WireSqs, P], Awaitable[T]]
+                 ) -> Callable[Concatenate[WireSqs, P], Awaitable[T]]:
+        @functools.wraps(wire_call)
+        async def call(self: WireSqs, *args: P.args, **kwargs: P.kwargs) -> T:
+            if not self.refused:
+                try:
+                    return await wire_call(self, *args, **kwargs)
+                except ClientError as exc:
+                    if not self.signature_refused(exc):
+                        raise
+            return await to(self.fallback)(*args, **kwargs)
+        return call
+    return decorate
 
 
 class WireSqs:
-    """``AsyncSqs``'s ``call`` interface, with the hot-path calls made on the loop.
+    """``SqsApi`` with the hot-path calls made on the loop: ReceiveMessage,
+    DeleteMessageBatch, ChangeMessageVisibilityBatch and SendMessage. Queue
+    attributes and URLs are the fallback's calls.
 
     Raises only what the boto3 transport raises: ``ClientError`` for an error
     answer, ``OSError`` (``ConnectionError``, ``TimeoutError``) for everything
@@ -169,24 +213,28 @@ class WireSqs:
         self.rand = rand
         self.path_head = f"POST / HTTP/1.1\r\nHost: {self.origin.authority}\r\n"
 
-    async def call(self, method: str, *args: Any) -> Any:
-        if method in WIRE_METHODS and not self.refused:
-            try:
-                return await getattr(self, method)(*args)
-            except ClientError as exc:
-                code = exc.response["Error"]["Code"]
-                if code not in SIGNATURE_CODES:
-                    raise
-                # A safety net for what no test here can reach (a real AWS endpoint):
-                # boto3 signs its own way; if it is refused too, the cause is the
-                # credentials and boto3's error says so. Logged once: calls in flight
-                # when the first refusal came are refused too.
-                if not self.refused:
-                    self.refused = True
-                    log.warning("sqs.transport_fallback", extra={
-                        "configured": "wire", "used": "boto3",
-                        "reason": f"SQS refused the wire client's request: {code}"})
-        return await self.fallback.call(method, *args)
+    def signature_refused(self, exc: ClientError) -> bool:
+        """True when SQS refused the wire client's signature: the call then goes through
+        the fallback, and so does every later one."""
+        code = exc.response["Error"]["Code"]
+        if code not in SIGNATURE_CODES:
+            return False
+        # A safety net for what no test here can reach (a real AWS endpoint):
+        # boto3 signs its own way; if it is refused too, the cause is the
+        # credentials and boto3's error says so. Logged once: calls in flight
+        # when the first refusal came are refused too.
+        if not self.refused:
+            self.refused = True
+            log.warning("sqs.transport_fallback", extra={
+                "configured": "wire", "used": "boto3",
+                "reason": f"SQS refused the wire client's request: {code}"})
+        return True
+
+    async def queue_attributes(self, queue_url: str, names: Sequence[str]) -> dict[str, str]:
+        return await self.fallback.queue_attributes(queue_url, names)
+
+    async def queue_url(self, name: str, owner_account: str = "") -> str:
+        return await self.fallback.queue_url(name, owner_account)
 
     def close(self) -> None:
         self.origin.close()
@@ -194,9 +242,10 @@ class WireSqs:
 
     # -- the calls --------------------------------------------------------------
 
+    @falls_back(lambda fallback: fallback.receive)
     async def receive(self, queue_url: str, max_messages: int, wait_s: int,
                       visibility_s: int) -> list[dict[str, Any]]:
-        response = await self.request("ReceiveMessage", {
+        params: dict[str, Any] = {
             "QueueUrl": queue_url,
             "MaxNumberOfMessages": max_messages,
             "WaitTimeSeconds": wait_s,
@@ -205,18 +254,29 @@ class WireSqs:
                                             if queue_url.endswith(".fifo")
                                             else RECEIVE_SYSTEM_ATTRIBUTES),
             "MessageAttributeNames": ["All"],
-        }, timeout_s=CALL_TIMEOUT_S + wait_s)
+        }
+        if queue_url.endswith(".fifo"):
+            # The same id on every retry of this receive: if an answer was lost, SQS
+            # hands the same messages back instead of hiding them for the timeout.
+            params["ReceiveRequestAttemptId"] = uuid.uuid4().hex
+        response = await self.request("ReceiveMessage", params,
+                                      timeout_s=CALL_TIMEOUT_S + wait_s)
         with unusable("ReceiveMessage"):
-            messages = response.get("Messages", [])
+            messages = response.get("Messages") or []  # null, as absent: none
             for message in messages:
                 if not (message["MessageId"] and message["ReceiptHandle"]
                         and isinstance(message["Body"], str)):
                     raise ValueError("a message without its id, receipt handle or body")
-                for value in message.get("MessageAttributes", {}).values():
-                    if "BinaryValue" in value:  # base64 on the wire; bytes from boto3
+                for value in (message.get("MessageAttributes") or {}).values():
+                    # base64 on the wire; bytes from boto3
+                    if "BinaryValue" in value:
                         value["BinaryValue"] = base64.b64decode(value["BinaryValue"])
+                    if value.get("BinaryListValues"):
+                        value["BinaryListValues"] = [base64.b64decode(item) for item
+                                                     in value["BinaryListValues"]]
             return messages
 
+    @falls_back(lambda fallback: fallback.delete_batch)
     async def delete_batch(self, queue_url: str, entries: Sequence[tuple[str, str]]
                            ) -> list[EntryFailure]:
         response = await self.request("DeleteMessageBatch", {
@@ -226,6 +286,7 @@ class WireSqs:
         with unusable("DeleteMessageBatch"):
             return failures(response)
 
+    @falls_back(lambda fallback: fallback.change_visibility_batch)
     async def change_visibility_batch(self, queue_url: str,
                                       entries: Sequence[tuple[str, str, int]]
                                       ) -> list[EntryFailure]:
@@ -237,6 +298,7 @@ class WireSqs:
         with unusable("ChangeMessageVisibilityBatch"):
             return failures(response)
 
+    @falls_back(lambda fallback: fallback.send)
     async def send(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
                    group_id: str | None = None, dedup_id: str | None = None,
                    delay_s: int = 0) -> str:
@@ -318,9 +380,15 @@ class WireSqs:
         }, body, await self.current_credentials())
         del headers["host"]  # written first, by path_head
         head = self.path_head + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        data = (f"{head}User-Agent: {USER_AGENT}\r\nContent-Length: {len(body)}\r\n\r\n"
-                .encode() + body)
-        response = await self.origin.request(data, timeout_s)
+        # Accept-Encoding unsigned, as http.client adds it to botocore's requests.
+        data = (f"{head}User-Agent: {USER_AGENT}\r\nAccept-Encoding: identity\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        try:
+            response = await self.origin.request(data, timeout_s)
+        except TlsHandshakeError as exc:
+            raise ClientError({"Error": {"Code": TLS_REFUSED, "Message": str(exc)},
+                               "ResponseMetadata": {"HTTPStatusCode": 0, "HTTPHeaders": {}}},
+                              operation) from None
         if response.status != 200:
             raise client_error(operation, response)
         try:
@@ -351,7 +419,12 @@ class WireSqs:
                 await asyncio.wait({reading}, timeout=wait_s)
             if not reading.done() or reading.cancelled() or reading.exception() is not None:
                 return snapshot
-        return Credentials(*await asyncio.shield(reading))
+        try:
+            async with asyncio.timeout(CREDENTIALS_FIRST_WAIT_S):
+                return Credentials(*await asyncio.shield(reading))
+        except TimeoutError:
+            raise TimeoutError(f"reading the credentials took over {CREDENTIALS_FIRST_WAIT_S} s"
+                               ) from None
 
     def read_done(self, future: asyncio.Future) -> None:
         self.reading = None

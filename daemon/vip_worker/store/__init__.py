@@ -10,7 +10,7 @@ One interface (``JobStore``), two backends:
 The rules both apply (what a claim, a settle, a release or a rescue does to a job) are
 written once, in ``store/ledger.py``.
 
-Documents look the same in both (the seed's fields, camelCase):
+Documents look the same in both (the app's fields, camelCase):
 
 jobs (``jobs_collection``), keyed by the message's ``jobId``::
 

@@ -91,3 +91,14 @@ def open_store(settings: Any, environ: Mapping[str, str] | None = None) -> JobSt
         except ValueError as exc:
             raise ConfigError(key, str(exc)) from None
     return SqliteStore(sqlite_path(settings, environ), **names)
+
+
+def provide_store(context: Any) -> None:
+    """Register the configured job store as the context's ``store`` resource: opened on
+    first use (``ctx.store``) in the process that uses it, closed when the poller stops.
+
+    :param context: a :class:`vip_worker.plugins.context.PollerContext`.
+    """
+    from vip_worker.plugins.context import STORE
+
+    context.provide(STORE, lambda: open_store(context.settings), close=lambda store: store.close())

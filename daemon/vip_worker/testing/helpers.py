@@ -23,16 +23,14 @@ import contextlib
 import inspect
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
 from vip_worker.message import Envelope
-from vip_worker.outcomes import reason_of, retry_delay
-from vip_worker.plugins.context import HandlerContext, PollerContext
+from vip_worker.outcomes import Action, decide, reason_of
+from vip_worker.plugins.context import STORE, HandlerContext, PollerContext
 from vip_worker.testing.store import MemoryStore
 
 __all__ = ["LogRecords", "MemoryStore", "Outcome", "capture_logs", "make_message", "run_handler",
@@ -41,7 +39,7 @@ __all__ = ["LogRecords", "MemoryStore", "Outcome", "capture_logs", "make_message
 
 def make_message(type: str, payload: dict[str, Any] | None = None, *,
                  job_id: str | None = None, user_id: str = "test-user") -> Envelope:
-    """A message in the seed's envelope, as a handler receives it."""
+    """A message in the app's message format, as a handler receives it."""
     return Envelope(job_id=job_id or uuid.uuid4().hex[:24], user_id=user_id, type=type,
                     timestamp=datetime.now(UTC).isoformat(timespec="milliseconds"),
                     payload=payload if payload is not None else {})
@@ -51,7 +49,7 @@ def make_message(type: str, payload: dict[str, Any] | None = None, *,
 class Outcome:
     """What the daemon would do with the message after this run of the handler."""
 
-    kind: str  # "succeeded" | "retried" | "dead_lettered"
+    kind: str  # "succeeded" | "retried" | "dead_lettered" (KINDS)
     error: BaseException | None = None
     delay_s: float | None = None  # when retried: the visibility delay before the next try
     progress: list[tuple[int, str]] = field(default_factory=list)
@@ -73,6 +71,10 @@ class Outcome:
     def reason(self) -> str:
         """The reason the daemon would record (``ErrorClass: text``), or ''."""
         return reason_of(self.error) if self.error is not None else ""
+
+
+# How the daemon's decision reads in an Outcome.
+KINDS = {Action.ACK: "succeeded", Action.RETRY: "retried", Action.DEAD_LETTER: "dead_lettered"}
 
 
 class _RecordingStore:
@@ -111,33 +113,26 @@ def run_handler(handler, message: Envelope, *, plugin_settings: dict | None = No
     # The same dict both ways, as in a poller (registry.plugin_settings[plugin]).
     poller = PollerContext(index=0, settings=settings, resources=resources or {},
                            plugin_values={plugin: values})
-    poller._store = _RecordingStore(store, progress)
+    recording = _RecordingStore(store, progress)
+    poller.provide(STORE, lambda: recording)
     fields = {"message_id": message_id, "job_id": message.job_id, "type": message.type,
               "queue": "test", "receive_count": receive_count}
-    from vip_worker.consumer import MessageLogger
-
-    ctx = HandlerContext(
-        message_id=message_id, job_id=message.job_id, queue="test",
-        receive_count=receive_count, max_attempts=max_attempts,
-        deadline=time.monotonic() + max_job_time_s,
-        log=MessageLogger(logging.getLogger(f"vip_worker_plugins.{plugin}"), fields),
-        resources=poller.resources, plugin_settings=values, poller=poller)
+    ctx = HandlerContext.for_message(
+        poller, plugin=plugin, message_id=message_id, job_id=message.job_id, queue="test",
+        receive_count=receive_count, max_attempts=max_attempts, max_job_time_s=max_job_time_s,
+        log_fields=fields, plugin_settings=values)
+    error = None
     try:
         result = handler(message, ctx)
         if inspect.isawaitable(result):
             asyncio.run(_await(result))
-    except PermanentError as exc:
-        return Outcome("dead_lettered", exc, progress=progress, store=store)
     except Exception as exc:  # noqa: BLE001 - classified as the consumer does
-        if receive_count >= max_attempts and not isinstance(exc, DependencyUnavailable):
-            return Outcome("dead_lettered", exc, progress=progress, store=store)
-        if isinstance(exc, RetryLater) and exc.delay_s is not None:
-            delay = exc.delay_s
-        else:
-            delay = retry_delay(receive_count, retry_backoff_base_s, retry_backoff_max_s,
-                                rand=lambda: 1.0)
-        return Outcome("retried", exc, delay_s=delay, progress=progress, store=store)
-    return Outcome("succeeded", progress=progress, store=store)
+        error = exc
+    # The backoff's upper bound: the jitter is the daemon's, not the plugin's concern.
+    decision = decide(error, receive_count, max_attempts, retry_backoff_base_s,
+                      retry_backoff_max_s, rand=lambda: 1.0)
+    return Outcome(KINDS[decision.action], decision.error, delay_s=decision.delay_s,
+                   progress=progress, store=store)
 
 
 async def _await(awaitable):

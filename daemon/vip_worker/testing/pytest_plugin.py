@@ -6,8 +6,9 @@ Installed with vip-worker (entry point ``pytest11``), it gives two fixtures:
   with fake credentials and the EC2 metadata lookup disabled;
 - ``vip_worker_poller``: ``run(handlers, messages, **queue_settings) -> PollerRun``
   sends the messages (``vip_worker.testing.make_message``) to a fresh queue with
-  a dead-letter queue, runs the daemon's own consumer, heartbeat and batching
-  over HTTP until every message has settled, and reports each outcome::
+  a dead-letter queue, runs the daemon's own poller (``Poller.open``, ``serve``,
+  ``drain``, ``close``) over HTTP until every message has settled, and reports
+  each outcome::
 
       def test_orders_flow(vip_worker_poller):
           run = vip_worker_poller({"orders": handle_order},
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+from vip_worker.sqs.local import LOCAL_AWS_ENV
+
 OUTCOMES = ("message.retried", "message.dead_lettered")  # one record per message
 
 
@@ -48,8 +49,8 @@ def vip_worker_sqs_endpoint():
         from moto.server import ThreadedMotoServer
     except ImportError:
         pytest.skip("moto[server] is not installed")
-    saved = {k: os.environ.get(k) for k in FAKE_AWS}
-    os.environ.update(FAKE_AWS)
+    saved = {k: os.environ.get(k) for k in LOCAL_AWS_ENV}
+    os.environ.update(LOCAL_AWS_ENV)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -81,23 +82,22 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
                        queue_settings, state_dir: str) -> PollerRun:
     import json
 
-    from vip_worker import config
-    from vip_worker.consumer import Consumer
-    from vip_worker.heartbeat import Heartbeat
+    from vip_worker import config, liveness
     from vip_worker.logconfig import SUCCEEDED
-    from vip_worker.plugins.context import PollerContext
+    from vip_worker.plugins.manager import LoadedPlugins, make_plugin_manager
     from vip_worker.plugins.registry import HandlerRegistry
-    from vip_worker.poller import resolve_dlq
-    from vip_worker.sqs.boto import AsyncSqs, SqsClient, make_client
+    from vip_worker.poller import Poller, StopMode
+    from vip_worker.sqs.boto import connect
+    from vip_worker.sqs.local import LOCAL_REGION
+    from vip_worker.sqs.queues import queue_arn
+    from vip_worker.store.factory import provide_store
     from vip_worker.testing import capture_logs
 
-    client = make_client("us-east-1", endpoint)
+    client = connect(LOCAL_REGION, endpoint)
     name = f"test-{uuid.uuid4().hex[:10]}"
-    dlq = client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-    arn = client.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
-    url = client.create_queue(QueueName=name, Attributes={"RedrivePolicy": json.dumps(
-        {"deadLetterTargetArn": arn, "maxReceiveCount": "1000"})})["QueueUrl"]
+    dlq = client.create_queue(f"{name}-dlq")
+    url = client.create_queue(name, {"RedrivePolicy": json.dumps(
+        {"deadLetterTargetArn": queue_arn(client, dlq), "maxReceiveCount": "1000"})})
     env = {"VIP_WORKER_QUEUE_WORK_URL": url, "VIP_WORKER_QUEUE_WORK_WAIT_TIME_S": "1",
            "VIP_WORKER_QUEUE_WORK_RETRY_BACKOFF_BASE_S": "0",
            "VIP_WORKER_QUEUE_WORK_RETRY_BACKOFF_MAX_S": "0", "VIP_WORKER_METRICS_INTERVAL_S": "0",
@@ -109,8 +109,10 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
     for message_type, fn in handlers.items():
         registry.add("test", message_type, fn)
     registry.plugin_settings = {"test": plugin_settings}
+    # No plugin is loaded: the handlers are the test's, and no poller hook runs.
+    loaded = LoadedPlugins(manager=make_plugin_manager(), registry=registry, infos=[])
     for message in messages:
-        client.send_message(QueueUrl=url, MessageBody=message.to_body())
+        client.send(url, message.to_body())
     result = PollerRun(job_ids=[m.job_id for m in messages])
 
     def settled() -> bool:
@@ -119,24 +121,27 @@ def run_through_poller(endpoint, handlers, messages, plugin_settings, timeout_s,
         return set(result.job_ids) <= done
 
     async def main():
-        sqs = AsyncSqs(SqsClient(client), 4)
-        context = PollerContext(0, settings, plugin_values=registry.plugin_settings)
-        consumer = Consumer(settings, registry, sqs, Heartbeat(sqs, time.monotonic), context,
-                            {"work": await resolve_dlq(sqs, settings.queue("work"))})
-        beat = asyncio.get_running_loop().create_task(consumer.heartbeat.run())
-        consumer.start()
+        # The daemon's own poller, its four steps without the signal handlers.
+        poller = Poller(settings, 0, [0.0] * liveness.SIZE, sqs_client=client,
+                        providers=[provide_store], loaded=loaded)
+        if not await poller.open():
+            raise AssertionError("the poller could not start: see run.records")
+        serving = asyncio.get_running_loop().create_task(poller.serve())
         deadline = time.monotonic() + timeout_s
         try:
             while not settled():
                 if time.monotonic() > deadline:
                     raise AssertionError(f"messages not settled after {timeout_s}s")
+                if serving.done():
+                    raise AssertionError(f"the poller stopped ({poller.stop_mode}) before "
+                                         f"every message settled")
                 await asyncio.sleep(0.02)
         finally:
-            await consumer.drain(grace_s=5, wait_for_polls=False)
-            beat.cancel()
-            consumer.close()
-            context.close()
-            sqs.close()
+            # Everything asked for has settled: no grace period, no wait for the long poll.
+            poller.request_stop(StopMode.FAST)
+            await serving
+            await poller.drain()
+            await poller.close()
 
     with capture_logs("vip_worker") as collector:
         asyncio.run(main())
