@@ -425,6 +425,12 @@ STORE_CALLS = {
     "requeue": lambda s: s.requeue("j", "e", T0),
     "fail": lambda s: s.fail("j", "e", T0),
     "get_content": lambda s: s.get_content(CONTENT, "j"),
+    "release": lambda s: s.release("j", "d", T0, "r"),
+    "renew_leases": lambda s: s.renew_leases([("j", "d")], T0, T0),
+    "expired_leases": lambda s: s.expired_leases(T0, 10),
+    "stale_queued": lambda s: s.stale_queued(T0, 10),
+    "rescue": lambda s: s.rescue({"_id": "j", "status": "queued"}, T0, resend=True,
+                                 reason="r", max_attempts=3),
 }
 
 
@@ -439,7 +445,7 @@ def broken_mongo(monkeypatch):
             raise error
 
         for method in ("find", "find_one", "find_one_and_update", "insert_one",
-                       "update_one", "create_index"):
+                       "update_one", "update_many", "create_index"):
             monkeypatch.setattr(mongomock.collection.Collection, method, fail)
         return store
 

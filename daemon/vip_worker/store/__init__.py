@@ -1,4 +1,4 @@
-"""The job store: where jobs, their progress and their results live.
+"""The job store: where jobs, their progress and their results live; the daemon's ledger.
 
 One interface (``JobStore``), two backends:
 
@@ -6,6 +6,9 @@ One interface (``JobStore``), two backends:
   ``MONGODB_URI``) is set; this is what the existing app reads.
 - ``SqliteStore`` (``store/sqlite.py``): the embedded default, one file under
   ``state_dir`` in WAL mode, safe with several poller processes.
+
+The rules both apply (what a claim, a settle, a release or a rescue does to a job) are
+written once, in ``store/ledger.py``.
 
 Documents look the same in both (the app's fields, camelCase):
 
@@ -15,7 +18,21 @@ jobs (``jobs_collection``), keyed by the message's ``jobId``::
      "progress": 0..100, "message": "Generating content...", "attempts": int,
      "error": str|None, "createdAt", "updatedAt", "startedAt", "completedAt",
      "params": {...the request payload...}, "messageId": SQS MessageId of the claim,
-     "leaseUntil": datetime of the claim's lease}
+     "leaseUntil": datetime of the claim's lease,
+     "delivery": the claim's delivery token, "queue": the queue it came from,
+     "lostClaims": int, "rescues": int, "rescuedAt", "queuedAt"}
+
+- ``delivery``: an opaque token per receive of a message (the caller's, e.g. a hash of
+  the receipt handle), set by each claim; it tells two deliveries of one message apart.
+  It stays after the claim settles, like ``messageId``.
+- ``queue``: the queue the claiming message came from (kept when a claim names none),
+  so a rescue knows where to send the message again.
+- ``lostClaims``: claims that never settled: their lease ran out with the job still
+  ``processing`` (the poller died or froze), counted by the claim or the rescue that
+  finds it so. Reset by a claim from ``failed`` (a redriven dead letter starts afresh).
+- ``rescues``, ``rescuedAt``: how many times, and when last, a sweeper re-sent the job.
+- ``queuedAt``: when the job last became ``queued``: its creation, a ``requeue``, a
+  ``release`` or a rescue. The app's own documents lack it; their ``createdAt`` stands in.
 
 content (``content_collection`` for articles, ``media_collection`` for images),
 exactly one document per ``jobId`` (a unique key), with ``jobId``, ``userId``,
@@ -25,12 +42,35 @@ Delivery is at least once, so every write is idempotent:
 
 - ``claim`` is a conditional update. It succeeds from ``queued`` or ``failed``
   (a redriven message runs its job again), from ``processing`` whose lease has
-  expired, or from ``processing`` claimed by an earlier delivery of the same SQS
-  message (SQS redelivers only after the earlier holder stopped heartbeating).
-  A missing job is created (another app produced the message). A ``completed``
-  job returns ``ClaimOutcome.COMPLETED``: the redelivered message is a no-op.
+  expired or is absent, or from ``processing`` claimed by an earlier delivery of the
+  same SQS message. With a ``delivery`` token on both the claim and the job, the
+  deliveries are compared instead of the message ids: another delivery of the same
+  message under a live lease is ``BUSY``; the same delivery claiming again is
+  idempotent (``CLAIMED``, the lease renewed, no attempt counted). A missing job is
+  created (another app produced the message). A ``completed`` job returns
+  ``ClaimOutcome.COMPLETED``: the redelivered message is a no-op.
+- ``max_attempts`` on a claim bounds lost claims only: a claim that would take the
+  job once ``lostClaims`` (counting the expired lease it finds) reaches it fails the
+  job ("its poller died N times while running it") and returns ``EXHAUSTED``, so a
+  message that kills its poller every time still ends. Attempts that settled (a
+  requeue after a transient error) are the caller's to bound, as before.
+- ``requeue``, ``fail`` and ``progress`` guarded by ``message_id`` and/or ``delivery``
+  act only for the claim's holder: a delivery whose lease ran out must not settle a
+  job another delivery (or a rescue) took since. ``save_result`` is not guarded: a
+  result is the job's result whoever computed it.
 - ``save_result`` upserts the content keyed by jobId, then marks the job
   completed: a redelivery can never leave two content documents.
+
+Leases and orphans (the daemon decides attempts from the store, not from SQS's
+receive count):
+
+- ``renew_leases`` extends, in one write per call, the leases a poller still holds
+  and tells it which ones it lost.
+- ``release`` hands a claim back without spending an attempt.
+- ``expired_leases`` and ``stale_queued`` find orphans (each one indexed query);
+  ``rescue`` is a compare-and-set on the state the sweeper saw, so of several
+  sweepers exactly one acts on an orphan: it re-sends the job's message, or the job
+  is failed once its attempts are spent.
 
 Times are timezone-aware UTC datetimes in and out.
 """
@@ -38,6 +78,7 @@ Times are timezone-aware UTC datetimes in and out.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -51,6 +92,16 @@ class ClaimOutcome(enum.Enum):
     CLAIMED = "claimed"  # this delivery now owns the job: run it
     COMPLETED = "completed"  # already done: delete the message, do nothing
     BUSY = "busy"  # another delivery holds a live lease: retry later
+    # Only with max_attempts: lost claims reached it, the job is now failed. Do not run
+    # it; the message is done with (delete it).
+    EXHAUSTED = "exhausted"
+
+
+class RescueOutcome(enum.StrEnum):
+    """What the sweeper that won a ``rescue`` must do (a ``StrEnum``: ``== "resend"`` holds)."""
+
+    RESEND = "resend"  # the job is queued again: send its message again
+    FAILED = "failed"  # the job is failed for good: nothing to send
 
 
 @dataclass(frozen=True)
@@ -70,8 +121,9 @@ class StoreUnavailable(DependencyUnavailable):
 
 class JobStore(Protocol):
     def create_job(self, job_id: str, user_id: str, type: str, params: dict[str, Any],
-                   now: datetime) -> bool:
-        """Insert a ``queued`` job; False (and no change) if it exists already."""
+                   now: datetime, *, queue: str | None = None) -> bool:
+        """Insert a ``queued`` job (``queuedAt`` = ``now``); False (and no change) if it
+        exists already. ``queue``: where its message is sent, for a later rescue."""
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         """The job document, or None."""
@@ -80,29 +132,83 @@ class JobStore(Protocol):
         """Jobs newest first (by ``createdAt``), optionally only those in ``status``."""
 
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
-              message_id: str, lease_s: float, now: datetime) -> Claim:
+              message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
+              queue: str | None = None, max_attempts: int | None = None) -> Claim:
         """Take the job for this delivery (see the module docstring); sets ``processing``,
-        ``startedAt`` (first claim only), ``attempts`` += 1, ``error`` = None, ``progress`` 0."""
+        ``startedAt`` (first claim only), ``attempts`` += 1, ``error`` = None, ``progress``
+        0, ``messageId``, ``delivery``, ``queue`` (when given), ``leaseUntil`` = now +
+        ``lease_s``; ``lostClaims`` += 1 when it takes over an expired lease.
 
-    def progress(self, job_id: str, percent: int, message: str, now: datetime) -> None:
-        """Record progress of a ``processing`` job (no-op for any other status)."""
+        :param delivery: this receive's token; the same token again is idempotent.
+        :param max_attempts: lost claims allowed; reached: ``EXHAUSTED``, job failed.
+        """
+
+    def progress(self, job_id: str, percent: int, message: str, now: datetime, *,
+                 delivery: str | None = None) -> None:
+        """Record progress of a ``processing`` job (no-op for any other status, and with
+        ``delivery``, while another delivery holds the claim)."""
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
-                    now: datetime) -> None:
+                    now: datetime, *, delivery: str | None = None) -> None:
         """Upsert ``content`` (plus jobId, userId, createdAt) keyed by jobId into
-        ``collection``, then mark the job ``completed``, progress 100."""
+        ``collection``, then mark the job ``completed``, progress 100, lease cleared.
+        ``delivery`` does not guard it: a stale delivery's result is saved (into the one
+        content document) and completes the job, idempotently."""
 
     def requeue(self, job_id: str, error: str, now: datetime, *,
-                message_id: str | None = None) -> None:
+                message_id: str | None = None, delivery: str | None = None) -> None:
         """A transient failure: ``processing`` back to ``queued`` with the error as its
-        message. With ``message_id``, only while that message holds the claim: a
-        delivery whose lease ran out must not settle a job another message claimed since."""
+        message, ``queuedAt`` = now. With ``message_id``, only while that message holds
+        the claim: a delivery whose lease ran out must not settle a job another message
+        claimed since. With ``delivery``, only while that delivery holds it (a job
+        never claimed under a delivery: the ``message_id`` guard alone)."""
 
     def fail(self, job_id: str, error: str, now: datetime, *,
-             message_id: str | None = None) -> None:
+             message_id: str | None = None, delivery: str | None = None) -> None:
         """A permanent failure or the last attempt: ``failed`` with ``error`` (never
-        from ``completed``). ``message_id``: as for ``requeue``; a job no message ever
-        claimed (a payload refused before the claim) is failed by any message."""
+        from ``completed``). ``message_id``, ``delivery``: as for ``requeue``; a job no
+        message ever claimed (a payload refused before the claim) is failed by any
+        message."""
+
+    def release(self, job_id: str, delivery: str, now: datetime, reason: str) -> bool:
+        """The holder hands the job back unrun (a quota deferral, shutdown before any
+        work): ``processing`` -> ``queued``, ``attempts`` -= 1 (never below 0), lease
+        cleared, progress 0, ``message`` = ``reason``, ``queuedAt`` = now. Only while
+        ``delivery`` holds the claim; True when it did."""
+
+    def renew_leases(self, held: Sequence[tuple[str, str]], lease_until: datetime,
+                     now: datetime) -> set[str]:
+        """Extend to ``lease_until`` (``updatedAt`` = now) the lease of every job of the
+        (job_id, delivery) pairs that is still ``processing`` under that delivery, an
+        expired lease included (nobody took it), in one write per call (SQLite: per
+        300 pairs, in one transaction). Returns the job ids still held: a missing one
+        was lost (settled, taken over by another delivery, or rescued)."""
+
+    def expired_leases(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` ``processing`` jobs whose ``leaseUntil`` < ``now``, the oldest
+        lease first (a processing job without a lease is not ours and never listed)."""
+
+    def stale_queued(self, created_before: datetime, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` ``queued`` jobs queued (``queuedAt``, else ``createdAt``)
+        before ``created_before``, oldest first: created, requeued, released or rescued
+        that long ago and not claimed since (their message may be lost)."""
+
+    def rescue(self, job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,
+               max_attempts: int) -> RescueOutcome | None:
+        """Act on an orphan as a sweeper saw it (``job``, from ``expired_leases`` or
+        ``stale_queued``): a compare-and-set on its ``status``, ``leaseUntil``,
+        ``queuedAt``, ``delivery`` and ``attempts``, so of sweepers racing on the same
+        state exactly one wins; the losers (and a state no longer an orphan) get None.
+
+        The winner's job: lease cleared, ``lostClaims`` += 1 if it was ``processing``;
+        then ``attempts >= max_attempts`` or not ``resend`` (nowhere to send it):
+        ``failed`` with ``"<reason>; gave up after N attempts"`` -> ``FAILED``; else
+        ``queued``, ``rescues`` += 1, ``rescuedAt`` = ``queuedAt`` = now, ``message`` =
+        ``error`` = ``reason``, progress 0 -> ``RESEND``: the caller sends the message
+        again from the job's ``type``, ``userId``, ``params`` and ``queue``.
+
+        :raises ValueError: ``job`` is neither ``processing`` nor ``queued``.
+        """
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         """Every content document of the job in ``collection`` (tests check it is one)."""

@@ -7,11 +7,16 @@ stored as given. Documents handed back have ``_id``, ``jobId`` and ``userId``
 as strings and timezone-aware datetimes, like the SQLite store's.
 
 Concurrency: every conditional write is one atomic server-side operation.
-``claim`` is a ``find_one_and_update`` whose filter is the claim condition, so
-of two deliveries racing for a job exactly one matches; a missing job is
-inserted, and losing that insert to another delivery (``DuplicateKeyError`` on
-``_id``) re-reads and re-evaluates. Content collections carry a unique index
-on ``jobId``, so a redelivered ``save_result`` updates the one document.
+``claim`` reads the job, decides with ``ledger.decide_claim`` and writes the
+decision with a ``find_one_and_update`` whose filter pins every field the
+decision read (a compare-and-set), so of two deliveries racing for a job exactly
+one matches and the other reads and decides again; a missing job is inserted,
+and losing that insert to another delivery (``DuplicateKeyError`` on ``_id``)
+re-reads and re-evaluates. ``rescue`` is one such compare-and-set on the state a
+sweeper saw; ``renew_leases`` one ``update_many``; ``release`` refunds the
+attempt with ``$inc``. Content collections carry a unique index on ``jobId``, so
+a redelivered ``save_result`` updates the one document. The jobs collection gets
+``(status, leaseUntil)`` and ``(status, queuedAt)`` for the orphan queries.
 
 pymongo's client is thread-safe and pools connections: one ``MongoStore`` per
 poller process, created after fork, serves all of its handler threads.
@@ -20,7 +25,7 @@ poller process, created after fork, serves all of its handler threads.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,14 +42,15 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from vip_worker.store import STATUSES, Claim, ClaimOutcome, StoreUnavailable
-from vip_worker.store.sqlite import (
-    COMPLETED_MESSAGE,
-    PROCESSING_MESSAGE,
-    claimable,
-    new_job,
-    utc,
+from vip_worker.store import (
+    STATUSES,
+    Claim,
+    ClaimOutcome,
+    RescueOutcome,
+    StoreUnavailable,
+    ledger,
 )
+from vip_worker.store.ledger import COMPLETED_MESSAGE, new_job, utc
 
 DEFAULT_DATABASE = "vipcontent"
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -56,6 +62,8 @@ TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
 # Rounds of claim's read-and-retry loop; each extra round means a concurrent writer
 # changed the job between our two reads, so a handful is plenty.
 CLAIM_ROUNDS = 5
+# Indexes of the jobs collection, each (status, <field>): the orphan queries'.
+JOB_INDEXES = ("leaseUntil", "queuedAt")
 
 
 def to_key(job_id: str) -> ObjectId | str:
@@ -133,6 +141,7 @@ class MongoStore:
             self._jobs = self._db[jobs_collection]
             for name in (content_collection, media_collection):
                 self._content(name)
+            self._index_jobs()
         except BaseException:
             self.close()
             raise
@@ -165,11 +174,25 @@ class MongoStore:
             self._indexed.add(name)
         return collection
 
+    def _index_jobs(self) -> None:
+        """The sweep's indexes: ``expired_leases`` and ``stale_queued`` each read one."""
+        with self._errors():
+            try:
+                for field in JOB_INDEXES:
+                    self._jobs.create_index([("status", pymongo.ASCENDING),
+                                             (field, pymongo.ASCENDING)])
+            except OperationFailure as exc:
+                if is_transient(exc):
+                    raise
+                raise RuntimeError(
+                    f"mongodb: cannot create the jobs collection's indexes ({exc}); grant "
+                    "the user createIndex on it") from exc
+
     # -- JobStore ---------------------------------------------------------------
 
     def create_job(self, job_id: str, user_id: str, type: str, params: dict[str, Any],
-                   now: datetime) -> bool:
-        job = new_job(job_id, user_id, type, params, utc(now))
+                   now: datetime, *, queue: str | None = None) -> bool:
+        job = new_job(job_id, user_id, type, params, utc(now), queue)
         job["_id"] = to_key(job_id)
         with self._errors():
             try:
@@ -186,69 +209,62 @@ class MongoStore:
         if limit < 1 or (status is not None and status not in STATUSES):
             return []
         query = {"status": status} if status else {}
+        return self._find(query, [("createdAt", pymongo.DESCENDING)], limit)
+
+    def _find(self, query: dict[str, Any], order: list[tuple[str, int]],
+              limit: int) -> list[dict[str, Any]]:
+        if limit < 1:
+            return []  # MongoDB reads limit(0) as "no limit"
         with self._errors():
-            cursor = self._jobs.find(query).sort("createdAt", pymongo.DESCENDING).limit(limit)
-            return [shown(doc) for doc in cursor]
+            return [shown(doc) for doc in self._jobs.find(query).sort(order).limit(limit)]
 
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
-              message_id: str, lease_s: float, now: datetime) -> Claim:
+              message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
+              queue: str | None = None, max_attempts: int | None = None) -> Claim:
         now = utc(now)
         key = to_key(job_id)
-        # The claim condition of ``claimable``, evaluated by the server.
-        condition = {"_id": key, "$or": [
-            {"status": {"$in": ["queued", "failed"]}},
-            {"status": "processing", "leaseUntil": {"$lt": now}},
-            {"status": "processing", "leaseUntil": None},  # missing or null: no live lease
-            {"status": "processing", "messageId": message_id},
-        ]}
-        taken = {
-            "status": "processing", "progress": 0, "message": PROCESSING_MESSAGE, "error": None,
-            "messageId": message_id, "leaseUntil": utc(now + timedelta(seconds=lease_s)),
-            "updatedAt": now,
-        }
+        lease_until = utc(now + timedelta(seconds=lease_s))
         current = None
         with self._errors():
             for _ in range(CLAIM_ROUNDS):
-                # queued | failed | processing (lease expired or ours) -> processing
-                job = self._jobs.find_one_and_update(
-                    condition, {"$set": taken, "$inc": {"attempts": 1}},
-                    return_document=pymongo.ReturnDocument.AFTER)
-                if job is not None:
-                    if job.get("startedAt") is None:
-                        # First claim only. Only this claim's holder gets here, so a
-                        # second conditional write is race-free.
-                        self._jobs.update_one({"_id": key, "startedAt": None},
-                                              {"$set": {"startedAt": now}})
-                        job["startedAt"] = now
-                    return Claim(ClaimOutcome.CLAIMED, shown(job))
-                current = self._jobs.find_one({"_id": key})
-                if current is None:
-                    # Another app produced the message without creating the job. -> processing
-                    job = {**new_job(job_id, user_id, type, params, now), **taken,
-                           "_id": key, "attempts": 1, "startedAt": now}
+                found = self._jobs.find_one({"_id": key})
+                # Another app may have produced the message without creating the job.
+                current = shown(found) or new_job(job_id, user_id, type, params, now)
+                decision = ledger.decide_claim(
+                    current, message_id=message_id, delivery=delivery, queue=queue,
+                    lease_until=lease_until, max_attempts=max_attempts, now=now)
+                if decision.changes is None:
+                    busy = decision.outcome is ClaimOutcome.BUSY
+                    return Claim(decision.outcome, current,
+                                 lease_until=current.get("leaseUntil") if busy else None)
+                if found is None:
+                    job = {**current, **decision.changes, "_id": key}
                     try:
                         self._jobs.insert_one(job)
                     except DuplicateKeyError:
-                        continue  # another delivery created it meanwhile: re-evaluate
-                    return Claim(ClaimOutcome.CLAIMED, shown(job))
-                current = shown(current)
-                if current.get("status") == "completed":
-                    return Claim(ClaimOutcome.COMPLETED, current)
-                if not claimable(current, message_id, now):
-                    break
-                # Claimable now: it changed between our two reads. Try again.
+                        continue  # another delivery created it meanwhile: decide again
+                    return Claim(decision.outcome, shown(job))
+                # The decision holds only while what it read is unchanged: compare-and-set.
+                job = self._jobs.find_one_and_update(
+                    pinned(key, current, ledger.CLAIM_PINNED), {"$set": decision.changes},
+                    return_document=pymongo.ReturnDocument.AFTER)
+                if job is not None:
+                    return Claim(decision.outcome, shown(job))
+                # It changed between our read and our write: decide again.
         return Claim(ClaimOutcome.BUSY, current,
                      lease_until=current.get("leaseUntil") if current else None)
 
-    def progress(self, job_id: str, percent: int, message: str, now: datetime) -> None:
+    def progress(self, job_id: str, percent: int, message: str, now: datetime, *,
+                 delivery: str | None = None) -> None:
         update = {"progress": max(0, min(100, int(percent))), "message": message,
                   "updatedAt": utc(now)}
         with self._errors():
-            self._jobs.update_one({"_id": to_key(job_id), "status": "processing"},
-                                  {"$set": update})
+            self._jobs.update_one({"_id": to_key(job_id), "status": "processing",
+                                   **guard(None, delivery)}, {"$set": update})
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
-                    now: datetime) -> None:
+                    now: datetime, *, delivery: str | None = None) -> None:
+        # ``delivery`` does not guard a result (the JobStore contract): accepted, unused.
         now = utc(now)
         key = to_key(job_id)
         with self._errors():
@@ -270,33 +286,89 @@ class MongoStore:
                 "error": None, "completedAt": now, "updatedAt": now, "leaseUntil": None}})
 
     def requeue(self, job_id: str, error: str, now: datetime, *,
-                message_id: str | None = None) -> None:
-        self._settle(job_id, "queued", error, utc(now), message_id)
+                message_id: str | None = None, delivery: str | None = None) -> None:
+        self._settle(job_id, "queued", error, utc(now), message_id, delivery)
 
     def fail(self, job_id: str, error: str, now: datetime, *,
-             message_id: str | None = None) -> None:
-        self._settle(job_id, "failed", error, utc(now), message_id)
+             message_id: str | None = None, delivery: str | None = None) -> None:
+        self._settle(job_id, "failed", error, utc(now), message_id, delivery)
 
     def _settle(self, job_id: str, status: str, error: str, now: datetime,
-                message_id: str | None) -> None:
+                message_id: str | None, delivery: str | None) -> None:
         """processing -> queued, or anything but completed -> failed.
 
         Only a job still ``processing`` goes back to ``queued``: a twin delivery that
         fails transiently must not undo the ``failed`` its twin wrote (nor a completion).
-        With ``message_id``, only the message holding the claim settles the job, or any
-        message when none ever claimed it (a message refused before its claim: a bad
-        payload, too many receives).
+        With ``message_id`` / ``delivery``, only the claim's holder settles the job
+        (``guard``), or any message when none ever claimed it (a message refused before
+        its claim: a bad payload, too many receives).
         """
         allowed = "processing" if status == "queued" else {"$ne": "completed"}
-        query: dict[str, Any] = {"_id": to_key(job_id), "status": allowed}
-        if message_id is not None:
-            # Another message may have claimed it since; None also matches a missing field.
-            query["messageId"] = {"$in": [message_id, None]}
+        query: dict[str, Any] = {"_id": to_key(job_id), "status": allowed,
+                                 **guard(message_id, delivery)}
+        update = {"status": status, "error": error, "message": error, "leaseUntil": None,
+                  "updatedAt": now}
+        if status == "queued":
+            update["queuedAt"] = now
         with self._errors():
-            self._jobs.update_one(
-                query,
-                {"$set": {"status": status, "error": error, "message": error,
-                          "leaseUntil": None, "updatedAt": now}})
+            self._jobs.update_one(query, {"$set": update})
+
+    def release(self, job_id: str, delivery: str, now: datetime, reason: str) -> bool:
+        refund = ledger.release_changes({}, reason, utc(now))  # its attempts: 0
+        query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}
+        with self._errors():
+            # processing -> queued, attempts - 1 in the same write (no read-modify-write),
+            # else (no attempt recorded) attempts 0: never below 0.
+            return bool(self._jobs.update_one(
+                {**query, "attempts": {"$gte": 1}},
+                {"$set": {k: v for k, v in refund.items() if k != "attempts"},
+                 "$inc": {"attempts": -1}}).matched_count
+                or self._jobs.update_one(query, {"$set": refund}).matched_count)
+
+    def renew_leases(self, held: Sequence[tuple[str, str]], lease_until: datetime,
+                     now: datetime) -> set[str]:
+        if not held:
+            return set()
+        pairs = [(to_key(job_id), delivery) for job_id, delivery in held]
+        # `_id: $in` lets the server walk the _id index; the $or pairs each id with its
+        # delivery. One update_many: no read-modify-write per job.
+        query = {"status": "processing", "_id": {"$in": [key for key, _ in pairs]},
+                 "$or": [{"_id": key, "delivery": delivery} for key, delivery in pairs]}
+        with self._errors():
+            self._jobs.update_many(query, {"$set": {"leaseUntil": utc(lease_until),
+                                                    "updatedAt": utc(now)}})
+            return {str(doc["_id"]) for doc in self._jobs.find(query, {"_id": 1})}
+
+    def expired_leases(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        # {$lt: now} never matches a null or missing lease: a lease-less job is not ours.
+        return self._find({"status": "processing", "leaseUntil": {"$lt": utc(now)}},
+                          [("leaseUntil", pymongo.ASCENDING)], limit)
+
+    def stale_queued(self, created_before: datetime, limit: int) -> list[dict[str, Any]]:
+        before = utc(created_before)
+        # The app's own documents have no queuedAt: their createdAt stands in. They come
+        # first (a missing field sorts before any date); ordering by queuedAt alone lets
+        # the server merge both clauses' index scans instead of sorting in memory.
+        query = {"status": "queued", "$or": [
+            {"queuedAt": {"$lt": before}},
+            {"queuedAt": None, "createdAt": {"$lt": before}},
+        ]}
+        return self._find(query, [("queuedAt", pymongo.ASCENDING)], limit)
+
+    def rescue(self, job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,
+               max_attempts: int) -> RescueOutcome | None:
+        now = utc(now)
+        if job.get("status") not in ("processing", "queued"):
+            raise ValueError(f"cannot rescue a {job.get('status')} job")
+        if not ledger.rescuable(job, now):
+            return None
+        outcome, changes = ledger.rescue_changes(job, now, resend=resend, reason=reason,
+                                                 max_attempts=max_attempts)
+        query = pinned(to_key(str(job["_id"])), job, ledger.RESCUE_PINNED)
+        with self._errors():
+            # One compare-and-set on the state the sweeper saw: one sweeper matches.
+            done = self._jobs.update_one(query, {"$set": changes})
+        return outcome if done.matched_count == 1 else None
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         key = to_key(job_id)
@@ -308,3 +380,21 @@ class MongoStore:
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
+
+
+def pinned(key: ObjectId | str, seen: Mapping[str, Any],
+           fields: Sequence[str]) -> dict[str, Any]:
+    """A filter that matches the job only while ``fields`` hold what was ``seen`` (None
+    also matches a missing field, as a document shown without it reads None)."""
+    return {"_id": key, **{field: seen.get(field) for field in fields}}
+
+
+def guard(message_id: str | None, delivery: str | None) -> dict[str, Any]:
+    """``ledger.may_settle`` as a filter: only the claim's holder, or anyone when the
+    job was never claimed (None also matches a missing field)."""
+    query: dict[str, Any] = {}
+    if message_id is not None:
+        query["messageId"] = {"$in": [message_id, None]}
+    if delivery is not None:
+        query["$or"] = [{"delivery": None}, {"delivery": delivery, "status": "processing"}]
+    return query

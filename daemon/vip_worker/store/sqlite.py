@@ -2,7 +2,10 @@
 
 Each collection is a table named after it. A row holds the whole document as
 JSON (``doc``) beside the columns the queries need: the key (``id``, the
-jobId; ``job_id`` UNIQUE in content tables), ``status`` and ``created_at``.
+jobId; ``job_id`` UNIQUE in content tables), ``status`` and ``created_at``, and
+for jobs ``lease_until``, ``delivery`` and ``queued_at``, generated from ``doc``
+(``store/sqlite_schema.py``, which also migrates older files and holds the JSON
+codec).
 Datetimes inside ``doc`` are written ``{"$date": "2025-01-15T10:30:00.000Z"}``
 (ISO 8601 UTC, millisecond precision like MongoDB's) and come back as
 timezone-aware UTC datetimes, so documents look the same from both backends.
@@ -33,18 +36,27 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from vip_worker.store import STATUSES, Claim, ClaimOutcome, StoreUnavailable
+from vip_worker.store import STATUSES, Claim, ClaimOutcome, RescueOutcome, StoreUnavailable, ledger
+from vip_worker.store.ledger import COMPLETED_MESSAGE, new_job, utc
+from vip_worker.store.sqlite_schema import (
+    check_version,
+    create_content_table,
+    create_schema,
+    decode,
+    encode,
+    iso,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_BUSY_TIMEOUT_S = 10.0
-QUEUED_MESSAGE = "Queued"
-PROCESSING_MESSAGE = "Processing"
-COMPLETED_MESSAGE = "Completed"
+# renew_leases' pairs per UPDATE: 3 host parameters each (the id twice, the delivery),
+# plus 2, under SQLite's oldest default limit of 999 (SQLITE_MAX_VARIABLE_NUMBER < 3.32).
+RENEW_CHUNK = 300
 
 
 def check_name(name: str) -> str:
@@ -52,65 +64,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ValueError(f"{name!r} is not a valid table name ([A-Za-z_][A-Za-z0-9_]*)")
     return name
-
-
-# -- datetimes and JSON -------------------------------------------------------------
-
-
-def utc(value: datetime) -> datetime:
-    """Aware UTC, truncated to milliseconds (MongoDB's precision); naive means UTC."""
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
-
-
-def iso(value: datetime) -> str:
-    """Fixed-width ISO 8601 UTC, so that text order is time order."""
-    value = utc(value)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def encode_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return {"$date": iso(value)}
-    raise TypeError(f"cannot store a {type(value).__name__} in the job store")
-
-
-def decode_object(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and isinstance(obj.get("$date"), str):
-        with suppress(ValueError):  # not ours: a caller's own {"$date": ...} stays as it is
-            return datetime.fromisoformat(obj["$date"].replace("Z", "+00:00")).astimezone(UTC)
-    return obj
-
-
-def encode(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, default=encode_value, ensure_ascii=False, separators=(",", ":"))
-
-
-def decode(text: str) -> dict[str, Any]:
-    return json.loads(text, object_hook=decode_object)
-
-
-def new_job(job_id: str, user_id: str, type: str, params: dict[str, Any],
-            now: datetime) -> dict[str, Any]:
-    """A ``queued`` job document (the module docstring of ``vip_worker.store``)."""
-    return {
-        "_id": job_id, "userId": user_id, "type": type, "status": "queued", "progress": 0,
-        "message": QUEUED_MESSAGE, "attempts": 0, "error": None, "createdAt": now,
-        "updatedAt": now, "startedAt": None, "completedAt": None, "params": params,
-        "messageId": None, "leaseUntil": None,
-    }
-
-
-def claimable(job: dict[str, Any], message_id: str, now: datetime) -> bool:
-    """The claim condition: queued or failed, or processing under a lease that is
-    expired, absent, or held by an earlier delivery of this same message."""
-    status = job.get("status")
-    if status in ("queued", "failed"):
-        return True
-    if status != "processing":
-        return False
-    lease = job.get("leaseUntil")
-    return lease is None or lease < now or job.get("messageId") == message_id
 
 
 # An in-memory database (vip_worker.testing.MemoryStore): one process only.
@@ -130,6 +83,7 @@ class SqliteStore:
         if self.jobs in self.collections:
             raise ValueError(f"{self.jobs!r} cannot hold both jobs and content")
         self.busy_timeout_s = busy_timeout_s
+        check_version()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
@@ -153,7 +107,7 @@ class SqliteStore:
                                check_same_thread=False)
         try:
             self._enable_wal(conn)
-            self._create_schema(conn)
+            create_schema(conn, self.jobs, self.collections)
         except BaseException:
             conn.close()
             raise
@@ -189,39 +143,6 @@ class SqliteStore:
                 delay_s = min(delay_s * 2, 0.1)
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot use WAL (journal_mode is {mode})")
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        """Tables and indexes, created only when missing: opening a store that exists
-        must not wait for the write lock (a reader should not queue behind writers)."""
-        wanted = {self.jobs, f"{self.jobs}_status_created", f"{self.jobs}_created",
-                  *self.collections}
-        have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        if wanted <= have:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._create_jobs_table(conn)
-            for name in self.collections:
-                self._create_content_table(conn, name)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-
-    def _create_jobs_table(self, conn: sqlite3.Connection) -> None:
-        t = self.jobs
-        conn.execute(f'CREATE TABLE IF NOT EXISTS "{t}" (id TEXT PRIMARY KEY, '
-                     "status TEXT NOT NULL, created_at TEXT NOT NULL, doc TEXT NOT NULL)")
-        conn.execute(f'CREATE INDEX IF NOT EXISTS "{t}_status_created" '
-                     f'ON "{t}" (status, created_at)')
-        conn.execute(f'CREATE INDEX IF NOT EXISTS "{t}_created" ON "{t}" (created_at)')
-
-    def _create_content_table(self, conn: sqlite3.Connection, name: str) -> None:
-        conn.execute(f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, '
-                     "job_id TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, "
-                     "doc TEXT NOT NULL)")
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -272,8 +193,8 @@ class SqliteStore:
     # -- JobStore ---------------------------------------------------------------
 
     def create_job(self, job_id: str, user_id: str, type: str, params: dict[str, Any],
-                   now: datetime) -> bool:
-        job = new_job(job_id, user_id, type, params, utc(now))
+                   now: datetime, *, queue: str | None = None) -> bool:
+        job = new_job(job_id, user_id, type, params, utc(now), queue)
         with self._write() as conn:
             cursor = conn.execute(
                 f'INSERT INTO "{self.jobs}" (id, status, created_at, doc) VALUES (?, ?, ?, ?) '
@@ -290,51 +211,53 @@ class SqliteStore:
         if limit < 1 or (status is not None and status not in STATUSES):
             return []
         where, args = ("WHERE status = ? ", [status]) if status else ("", [])
+        return self._select(f"{where}ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                            (*args, limit))
+
+    def _select(self, clauses: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._read() as conn:
-            rows = conn.execute(
-                f'SELECT doc FROM "{self.jobs}" {where}'
-                "ORDER BY created_at DESC, rowid DESC LIMIT ?", (*args, limit),
-            ).fetchall()
+            rows = conn.execute(f'SELECT doc FROM "{self.jobs}" {clauses}', args).fetchall()
         return [decode(row[0]) for row in rows]
 
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
-              message_id: str, lease_s: float, now: datetime) -> Claim:
+              message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
+              queue: str | None = None, max_attempts: int | None = None) -> Claim:
         now = utc(now)
         with self._write() as conn:
-            job = self._load_job(conn, job_id)
-            if job is None:
-                # Another app produced the message without creating the job. -> processing
-                job = new_job(job_id, user_id, type, params, now)
-            elif job.get("status") == "completed":
-                return Claim(ClaimOutcome.COMPLETED, job)
-            elif not claimable(job, message_id, now):
-                return Claim(ClaimOutcome.BUSY, job, lease_until=job.get("leaseUntil"))
-            # queued | failed | processing (lease expired or ours) -> processing
-            job.update(
-                status="processing", progress=0, message=PROCESSING_MESSAGE, error=None,
-                attempts=(job.get("attempts") or 0) + 1, messageId=message_id,
-                leaseUntil=utc(now + timedelta(seconds=lease_s)), updatedAt=now,
-            )
-            job["startedAt"] = job.get("startedAt") or now
+            # Another app may have produced the message without creating the job.
+            job = self._load_job(conn, job_id) or new_job(job_id, user_id, type, params, now)
+            decision = ledger.decide_claim(
+                job, message_id=message_id, delivery=delivery, queue=queue,
+                lease_until=utc(now + timedelta(seconds=lease_s)),
+                max_attempts=max_attempts, now=now)
+            if decision.changes is None:
+                busy = decision.outcome is ClaimOutcome.BUSY
+                return Claim(decision.outcome, job,
+                             lease_until=job.get("leaseUntil") if busy else None)
+            job.update(decision.changes)  # the transition is commented in decide_claim
             self._save_job(conn, job)
-            return Claim(ClaimOutcome.CLAIMED, job)
+            return Claim(decision.outcome, job)
 
-    def progress(self, job_id: str, percent: int, message: str, now: datetime) -> None:
+    def progress(self, job_id: str, percent: int, message: str, now: datetime, *,
+                 delivery: str | None = None) -> None:
         with self._write() as conn:
             job = self._load_job(conn, job_id)
             if job is None or job.get("status") != "processing":
+                return
+            if not ledger.may_settle(job, None, delivery):
                 return
             job.update(progress=max(0, min(100, int(percent))), message=message,
                        updatedAt=utc(now))
             self._save_job(conn, job)
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
-                    now: datetime) -> None:
+                    now: datetime, *, delivery: str | None = None) -> None:
+        # ``delivery`` does not guard a result (the JobStore contract): accepted, unused.
         now = utc(now)
         table = check_name(collection)
         with self._write() as conn:
             if table not in self.collections:
-                self._create_content_table(conn, table)
+                create_content_table(conn, table)
             job = self._load_job(conn, job_id)
             row = conn.execute(f'SELECT doc FROM "{table}" WHERE job_id = ?',
                                (job_id,)).fetchone()
@@ -355,22 +278,22 @@ class SqliteStore:
                 self._save_job(conn, job)
 
     def requeue(self, job_id: str, error: str, now: datetime, *,
-                message_id: str | None = None) -> None:
-        self._settle(job_id, "queued", error, utc(now), message_id)
+                message_id: str | None = None, delivery: str | None = None) -> None:
+        self._settle(job_id, "queued", error, utc(now), message_id, delivery)
 
     def fail(self, job_id: str, error: str, now: datetime, *,
-             message_id: str | None = None) -> None:
-        self._settle(job_id, "failed", error, utc(now), message_id)
+             message_id: str | None = None, delivery: str | None = None) -> None:
+        self._settle(job_id, "failed", error, utc(now), message_id, delivery)
 
     def _settle(self, job_id: str, status: str, error: str, now: datetime,
-                message_id: str | None) -> None:
+                message_id: str | None, delivery: str | None) -> None:
         """processing -> queued, or anything but completed -> failed.
 
         Only a job still ``processing`` goes back to ``queued``: a twin delivery that
         fails transiently must not undo the ``failed`` its twin wrote (nor a completion).
-        With ``message_id``, only the message holding the claim settles the job, or any
-        message when none ever claimed it (a message refused before its claim: a bad
-        payload, too many receives).
+        With ``message_id`` / ``delivery``, only the claim's holder settles the job
+        (``ledger.may_settle``), or any message when none ever claimed it (a message
+        refused before its claim: a bad payload, too many receives).
         """
         with self._write() as conn:
             job = self._load_job(conn, job_id)
@@ -378,11 +301,72 @@ class SqliteStore:
                 return
             if status == "queued" and job.get("status") != "processing":
                 return
-            if message_id is not None and job.get("messageId") not in (None, message_id):
-                return  # another message claimed the job since
+            if not ledger.may_settle(job, message_id, delivery):
+                return  # another delivery claimed the job since
             job.update(status=status, error=error, message=error, leaseUntil=None,
                        updatedAt=now)
+            if status == "queued":
+                job["queuedAt"] = now
             self._save_job(conn, job)
+
+    def release(self, job_id: str, delivery: str, now: datetime, reason: str) -> bool:
+        now = utc(now)
+        with self._write() as conn:
+            job = self._load_job(conn, job_id)
+            if job is None or not ledger.holds(job, delivery):
+                return False
+            job.update(ledger.release_changes(job, reason, now))  # processing -> queued
+            self._save_job(conn, job)
+            return True
+
+    def renew_leases(self, held: Sequence[tuple[str, str]], lease_until: datetime,
+                     now: datetime) -> set[str]:
+        lease, updated = (json.dumps({"$date": iso(t)}) for t in (lease_until, now))
+        still: set[str] = set()
+        if not held:
+            return still
+        with self._write() as conn:  # every chunk in one transaction
+            for start in range(0, len(held), RENEW_CHUNK):
+                chunk = held[start:start + RENEW_CHUNK]
+                ids = ", ".join("?" * len(chunk))
+                pairs = ", ".join("(?, ?)" for _ in chunk)
+                # `id IN` first: it lets SQLite search the primary key for each pair.
+                where = (f"WHERE status = 'processing' AND id IN ({ids}) "
+                         f"AND (id, delivery) IN (VALUES {pairs})")
+                args = [job_id for job_id, _ in chunk] + [v for pair in chunk for v in pair]
+                conn.execute(f'UPDATE "{self.jobs}" SET doc = json_set(doc, '
+                             f"'$.leaseUntil', json(?), '$.updatedAt', json(?)) {where}",
+                             (lease, updated, *args))
+                still.update(row[0] for row in conn.execute(
+                    f'SELECT id FROM "{self.jobs}" {where}', args))
+        return still
+
+    def expired_leases(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        return self._select("WHERE status = 'processing' AND lease_until < ? "
+                            "ORDER BY lease_until, rowid LIMIT ?", (iso(now), max(0, limit)))
+
+    def stale_queued(self, created_before: datetime, limit: int) -> list[dict[str, Any]]:
+        return self._select("WHERE status = 'queued' AND queued_at < ? "
+                            "ORDER BY queued_at, rowid LIMIT ?",
+                            (iso(created_before), max(0, limit)))
+
+    def rescue(self, job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,
+               max_attempts: int) -> RescueOutcome | None:
+        now = utc(now)
+        if job.get("status") not in ("processing", "queued"):
+            raise ValueError(f"cannot rescue a {job.get('status')} job")
+        if not ledger.rescuable(job, now):
+            return None
+        with self._write() as conn:
+            current = self._load_job(conn, str(job["_id"]))
+            if current is None or any(current.get(f) != job.get(f)
+                                      for f in ledger.RESCUE_PINNED):
+                return None  # another sweeper, a claim or a settle got there first
+            outcome, changes = ledger.rescue_changes(current, now, resend=resend,
+                                                     reason=reason, max_attempts=max_attempts)
+            current.update(changes)  # the transition is commented in rescue_changes
+            self._save_job(conn, current)
+            return outcome
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         table = check_name(collection)
