@@ -14,6 +14,9 @@ TTIN   one poller more
 TTOU   one poller fewer (never below one)
 CHLD   a poller exited: reap it, replace it (with backoff if it died young)
 ====== ===============================================================
+
+Over 400 lines because the master's whole lifecycle (spawn, reap, murder, manage,
+reload) sits beside the signal table it serves.
 """
 
 from __future__ import annotations

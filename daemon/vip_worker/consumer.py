@@ -5,6 +5,9 @@ loop that reserves free slots first and asks SQS for no more messages than can
 start now. Every received message is held (and heartbeated) until its fate is
 settled exactly once: deleted, made visible again later (retry), sent to the
 dead-letter queue, or handed back (visibility 0).
+
+Over 400 lines because a message's fate, from receive to settle, is one state machine
+read best in one place.
 """
 
 from __future__ import annotations

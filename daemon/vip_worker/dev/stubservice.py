@@ -16,6 +16,8 @@ Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
 - ``garbage``: 200 with a non-JSON body.
 
 Standalone: ``python -m vip_worker.dev.stubservice --port 8000 --latency 0.5 --failure-rate 0.1``.
+
+Over 400 lines because each fault mode is a few lines beside the answer it replaces.
 """
 
 from __future__ import annotations

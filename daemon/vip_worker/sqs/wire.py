@@ -16,6 +16,9 @@ reads them from ``x-amzn-query-error``), so the consumer cannot tell the two
 transports apart. Retries follow botocore's ``standard`` mode with the boto3
 client's own limit (``MAX_ATTEMPTS`` requests in all), jittered exponential
 backoff, on throttling, 5xx and transport errors.
+
+Over 400 lines because the four calls, their retries and the mapping of errors to
+botocore's shapes belong together.
 """
 
 from __future__ import annotations
