@@ -415,7 +415,7 @@ def make_settings(queues: Sequence[config.QueueSettings] = (), **worker: Any
     """Settings with the given queues (default: one queue ``work``) and worker values."""
     base = config.load(environ={"VIP_WORKER_QUEUE_WORK_URL": "https://sqs.example/q/work",
                                 "VIP_WORKER_PLUGIN_DIRS": ""})
-    return dataclasses.replace(base, queues=tuple(queues) or base.queues, **worker)
+    return base.with_values(queues=tuple(queues) or base.queues, **worker)
 
 
 def make_queue_settings(url: str, name: str = "work", **values: Any) -> config.QueueSettings:

@@ -7,19 +7,27 @@ setting ``name`` is overridden by ``VIP_WORKER_<NAME>``; a queue setting by
 (``ARTICLES_QUEUE_URL``, ``IMAGES_QUEUE_URL``, ``AWS_REGION``,
 ``AWS_ENDPOINT_URL_SQS``, ``AWS_ENDPOINT_URL``) work as they are.
 
+The spine's settings are declared here. Other packages declare theirs as a tuple of
+``Setting`` behind an entry point of the group ``vip_worker.settings`` (the job store's
+and the pipeline's: ``vip_worker/store/settings.py``, ``vip_worker/pipeline/settings.py``),
+so this module finds them without importing those packages; they are read the same way.
+
 This is the only module that reads the environment; ``load()`` takes it as an
 argument so tests pass their own.
 
-Over 400 lines because every setting is declared here, once, with its default,
-environment name, help text and validation; the rest of the module is loading them.
+Over 400 lines because the parsers, the spine's own declarations, loading (with the
+settings other packages declare) and showing settings are one vocabulary.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib.metadata
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +188,7 @@ class Setting:
     secret: bool = False
 
 
-WORKER_SETTINGS: tuple[Setting, ...] = (
+SPINE_SETTINGS: tuple[Setting, ...] = (
     Setting("processes", 2, integer(1, 256), "Poller processes the master keeps alive."),
     Setting(
         "concurrency", 10, integer(1, 10000),
@@ -260,45 +268,6 @@ OPERATIONS_SETTINGS: tuple[Setting, ...] = (
             "How often the spot watcher asks the metadata service."),
 )
 
-# The content pipeline: the job store and the generation service.
-PIPELINE_SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "state_dir", "", string,
-        "Directory for local state (the embedded job store). Empty: $STATE_DIRECTORY "
-        "(set by systemd's StateDirectory=) or ./var.",
-    ),
-    Setting(
-        "mongodb_uri", "", string,
-        "MongoDB connection string; when set, jobs live in MongoDB instead of SQLite.",
-        env=("MONGODB_URI",), secret=True,
-    ),
-    Setting(
-        "mongodb_database", "", string,
-        "MongoDB database (empty: the one named in the URI, else 'vipcontent').",
-        env=("MONGODB_DATABASE",),
-    ),
-    Setting("sqlite_path", "", string, "Embedded store file (empty: <state_dir>/jobs.sqlite3)."),
-    Setting("jobs_collection", "jobs", identifier, "Collection (table) of jobs."),
-    Setting("content_collection", "generated_content", identifier,
-            "Collection of generated articles."),
-    Setting("media_collection", "media", identifier, "Collection of generated images."),
-    Setting(
-        "fastapi_url", "http://127.0.0.1:8000", url,
-        "Base URL of the generation service (the FastAPI app).", env=("FASTAPI_URL",),
-    ),
-    Setting("article_path", "/api/generation/{mode}", string,
-            "Path of the article endpoint; {mode} is the payload's mode."),
-    Setting("image_path", "/api/generation/image", string, "Path of the image endpoint."),
-    Setting("article_modes", ["topic", "keywords", "trends", "spin"], str_list,
-            "Generation modes a message may ask for (anything else is refused)."),
-    Setting("generation_connect_timeout_s", 5.0, number(0.1, 300),
-            "Connect timeout of generation calls."),
-    Setting(
-        "generation_read_timeout_s", 900.0, number(1, MAX_VISIBILITY_S),
-        "Read timeout of generation calls (clipped to the queue's max_job_time_s).",
-    ),
-)
-
 QUEUE_SETTINGS: tuple[Setting, ...] = (
     Setting("url", "", url, "The queue's URL (required)."),
     Setting(
@@ -328,10 +297,72 @@ QUEUE_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-WORKER_SETTINGS = WORKER_SETTINGS + OPERATIONS_SETTINGS + PIPELINE_SETTINGS
-WORKER_BY_NAME = {s.name: s for s in WORKER_SETTINGS}
+# Declared here; the rest of the top-level settings come from ``declared_settings()``.
+CORE_SETTINGS = SPINE_SETTINGS + OPERATIONS_SETTINGS
 QUEUE_BY_NAME = {s.name: s for s in QUEUE_SETTINGS}
 TOP_LEVEL_TABLES = ("queues", "plugins")
+SETTINGS_ENTRY_POINT_GROUP = "vip_worker.settings"
+
+
+def collect_declared(entry_points: Iterable[importlib.metadata.EntryPoint]
+                     ) -> tuple[Setting, ...]:
+    """The settings the entry points declare, in their order.
+
+    Raises ``ConfigError`` for an entry point that does not load or is not a tuple of
+    ``Setting``, and for a name declared twice (naming both declarations) or unfit for
+    a setting.
+    """
+    origin = {s.name: "vip_worker.config" for s in CORE_SETTINGS}
+    found: list[Setting] = []
+    for ep in entry_points:
+        where = f"entry point {ep.name} = {ep.value}"
+        try:
+            declared = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure is a boot error
+            raise ConfigError(ep.name, f"{where} does not load: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(declared, tuple | list) or not all(
+                isinstance(s, Setting) for s in declared):
+            raise ConfigError(ep.name, f"{where} is not a tuple of vip_worker.config.Setting")
+        for setting in declared:
+            if not NAME_RE.match(setting.name) or hasattr(Settings, setting.name) \
+                    or setting.name in TOP_LEVEL_TABLES:
+                raise ConfigError(setting.name, f"not a usable setting name ({where})")
+            if setting.name in origin:
+                raise ConfigError(setting.name, f"declared twice: by {origin[setting.name]} "
+                                                f"and by {where}")
+            origin[setting.name] = where
+            found.append(setting)
+    return tuple(found)
+
+
+@functools.cache
+def declared_settings() -> tuple[Setting, ...]:
+    """The top-level settings declared through ``vip_worker.settings`` entry points.
+
+    Read once per process, like the plugins' entry points: the installed distributions
+    do not change under a running process.
+    """
+    return collect_declared(importlib.metadata.entry_points(group=SETTINGS_ENTRY_POINT_GROUP))
+
+
+def worker_settings() -> tuple[Setting, ...]:
+    """Every top-level setting: this module's, then the declared ones."""
+    return CORE_SETTINGS + declared_settings()
+
+
+def worker_by_name() -> dict[str, Setting]:
+    return {s.name: s for s in worker_settings()}
+
+
+def __getattr__(name: str) -> Any:
+    # WORKER_SETTINGS and WORKER_BY_NAME were constants before settings could be declared
+    # elsewhere; they stay readable, computed on first use (not at import).
+    if name == "WORKER_SETTINGS":
+        return worker_settings()
+    if name == "WORKER_BY_NAME":
+        return worker_by_name()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- the loaded settings --------------------------------------------------------
@@ -381,19 +412,9 @@ class Settings:
     spot_watch: bool
     imds_endpoint: str
     spot_poll_interval_s: float
-    state_dir: str
-    mongodb_uri: str
-    mongodb_database: str
-    sqlite_path: str
-    jobs_collection: str
-    content_collection: str
-    media_collection: str
-    fastapi_url: str
-    article_path: str
-    image_path: str
-    article_modes: list[str]
-    generation_connect_timeout_s: float
-    generation_read_timeout_s: float
+    # The values of the settings declared outside this module (``declared_settings()``),
+    # read as attributes like the others: ``settings.fastapi_url``.
+    declared: dict[str, Any] = field(default_factory=dict)
     queues: tuple[QueueSettings, ...] = ()
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # VIP_WORKER_PLUGINS_<PLUGIN>_<KEY> variables, validated when plugins load.
@@ -401,6 +422,27 @@ class Settings:
     config_file: str = ""
     # "key" -> "default" | "file <path>" | "env <NAME>"
     sources: dict[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only when no field has the name. Through __dict__, not self.declared,
+        # so that copy and pickle (which probe before __init__ ran) cannot recurse.
+        declared = self.__dict__.get("declared", {})
+        if name in declared:
+            return declared[name]
+        raise AttributeError(f"{type(self).__name__!r} has no setting {name!r} (declared "
+                             f"neither in vip_worker.config nor by a "
+                             f"{SETTINGS_ENTRY_POINT_GROUP!r} entry point)")
+
+    def with_values(self, **changes: Any) -> Settings:
+        """``dataclasses.replace`` that also takes the declared settings; like it, the
+        values are not validated (tests set values out of range on purpose)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        declared = dict(changes.pop("declared", self.declared))
+        for key in [k for k in changes if k not in names]:
+            if key not in declared:
+                raise TypeError(f"{key!r} is not a setting")
+            declared[key] = changes.pop(key)
+        return dataclasses.replace(self, declared=declared, **changes)
 
     def queue(self, name: str) -> QueueSettings:
         for queue in self.queues:
@@ -428,19 +470,20 @@ def load(
     doc = read_file(path) if path else {}
     file_src = f"file {path}"
 
+    by_name = worker_by_name()
     for key in doc:
-        if key not in WORKER_BY_NAME and key not in TOP_LEVEL_TABLES:
+        if key not in by_name and key not in TOP_LEVEL_TABLES:
             raise ConfigError(key, "unknown setting", file_src)
     for name in env:
         if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
             if name.startswith((QUEUE_ENV_PREFIX, PLUGINS_ENV_PREFIX)):
                 continue  # checked per queue below, and per plugin when plugins load
-            if name[len(ENV_PREFIX):].lower() not in WORKER_BY_NAME:
+            if name[len(ENV_PREFIX):].lower() not in by_name:
                 raise ConfigError(name, "unknown setting", "environment")
 
     sources: dict[str, str] = {}
     values: dict[str, Any] = {}
-    for setting in WORKER_SETTINGS:
+    for setting in by_name.values():
         candidates = [(setting.default, "default")]
         if setting.name in doc:
             candidates.append((doc[setting.name], file_src))
@@ -471,8 +514,10 @@ def load(
         isinstance(v, dict) for v in plugin_settings.values()
     ):
         raise ConfigError("plugins", "must be tables [plugins.<name>]", file_src)
+    core = {s.name for s in CORE_SETTINGS}
     return Settings(
-        **values,
+        **{k: v for k, v in values.items() if k in core},
+        declared={k: v for k, v in values.items() if k not in core},
         queues=tuple(queues),
         plugin_settings=plugin_settings,
         plugin_env={k: v for k, v in env.items() if k.startswith(PLUGINS_ENV_PREFIX)},
@@ -592,7 +637,7 @@ def secrets(settings: Settings, environ: Mapping[str, str] | None = None) -> lis
     """Values the logs must never show: secret settings, URL passwords, AWS secrets."""
     env = os.environ if environ is None else environ
     found = [env[name] for name in SECRET_ENV if env.get(name)]
-    for setting in WORKER_SETTINGS:
+    for setting in worker_settings():
         value = getattr(settings, setting.name)
         if not isinstance(value, str) or not value:
             continue
@@ -628,7 +673,7 @@ def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> li
     """
     env = os.environ if environ is None else environ
     rows = []
-    for setting in WORKER_SETTINGS:
+    for setting in worker_settings():
         value = getattr(settings, setting.name)
         shown = mask_secret(value) if setting.secret else mask(setting.name, value)
         rows.append({"key": setting.name, "value": shown,

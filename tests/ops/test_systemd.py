@@ -91,7 +91,7 @@ def test_the_unit_sets(key):
 
 def test_stop_timeout_outlasts_the_masters_own_deadline():
     """systemd must not SIGKILL a graceful stop the master is still running by the book."""
-    grace = config.WORKER_BY_NAME["grace_period_s"].default
+    grace = config.worker_by_name()["grace_period_s"].default
     longest_poll = config.QUEUE_BY_NAME["wait_time_s"].default
     master_deadline = grace + longest_poll + MASTER_DEADLINE_EXTRA_S
     assert int(value("TimeoutStopSec")) > master_deadline

@@ -97,7 +97,7 @@ def long_flags(parser: argparse.ArgumentParser) -> list[str]:
 # -- configuration.md ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("setting", config.WORKER_SETTINGS, ids=lambda s: s.name)
+@pytest.mark.parametrize("setting", config.worker_settings(), ids=lambda s: s.name)
 def test_every_worker_setting_has_a_row_in_configuration_md(setting):
     text = read("configuration.md")
     outside_queues = text.replace(section(text, "Queue settings"), "")
@@ -114,7 +114,7 @@ def test_every_queue_setting_has_a_row_under_queue_settings(setting):
 
 def test_every_environment_alias_is_named_in_configuration_md():
     text = read("configuration.md")
-    aliases = {name for s in config.WORKER_SETTINGS + config.QUEUE_SETTINGS for name in s.env}
+    aliases = {name for s in config.worker_settings() + config.QUEUE_SETTINGS for name in s.env}
     missing = sorted(name for name in aliases if f"`{name}`" not in text)
     assert not missing, f"docs/configuration.md does not name: {missing}"
 
@@ -228,7 +228,7 @@ def test_example_config_loads():
     assert {q.name for q in settings.queues} == {"articles", "images"}
 
 
-@pytest.mark.parametrize("setting", config.WORKER_SETTINGS, ids=lambda s: s.name)
+@pytest.mark.parametrize("setting", config.worker_settings(), ids=lambda s: s.name)
 def test_example_config_shows_every_worker_setting(setting):
     text = EXAMPLE.read_text(encoding="utf-8")
     # Set, or shown commented out when its default cannot be written in TOML.
@@ -238,7 +238,7 @@ def test_example_config_shows_every_worker_setting(setting):
 
 def test_example_config_values_are_the_defaults():
     doc = example()
-    wrong = [name for name, setting in config.WORKER_BY_NAME.items()
+    wrong = [name for name, setting in config.worker_by_name().items()
              if name in doc and setting.parse(doc[name]) != setting.default]
     table = doc["queues"]["articles"]
     wrong += [f"queues.articles.{name}" for name, setting in config.QUEUE_BY_NAME.items()
