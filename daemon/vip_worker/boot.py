@@ -206,7 +206,11 @@ def check_queues(settings) -> dict[str, list[list[str]]]:
     found: dict[str, list[list[str]]] = {"missing": [], "unchecked": []}
     if not settings.queues:
         return found
-    client = sqs_boto.connect(settings.region, settings.sqs_endpoint_url)
+    try:
+        client = sqs_boto.connect(settings.region, settings.sqs_endpoint_url)
+    except TRANSPORT_ERRORS as exc:  # no client, no answer: as for an unreachable SQS
+        found["unchecked"].append(["", "", f"{error_code(exc)}: {str(exc)[:300]}"])
+        return found
     for queue in settings.queues:
         for what, url in ((f"queue {queue.name!r}", queue.url),
                           (f"the dlq_url of queue {queue.name!r}", queue.dlq_url)):

@@ -85,3 +85,16 @@ def test_a_check_that_does_not_answer_in_time_lets_the_boot_go_on(tmp_path, fake
         assert boot.preflight(settings)[0] is None
     (line,) = records.events("queue.unchecked")
     assert "did not answer within 0.2 s" in line.error
+
+
+def test_a_client_that_cannot_be_made_is_warned_about_and_the_boot_goes_on(tmp_path,
+                                                                            monkeypatch):
+    def no_client(*args, **kwargs):
+        raise botocore.exceptions.NoRegionError()
+
+    monkeypatch.setattr(sqs_boto, "connect", no_client)
+    settings = shop_settings(tmp_path, VIP_WORKER_QUEUE_WORK_URL="https://sqs.example/1/work")
+    with capture_logs("vip_worker.boot") as records:
+        assert boot.preflight(settings)[0] is None
+    (line,) = records.events("queue.unchecked")
+    assert "NoRegionError" in line.error
