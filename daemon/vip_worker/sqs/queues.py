@@ -2,7 +2,9 @@
 
 One implementation for the poller (asynchronous, through ``SqsApi``) and the
 ``status`` and ``dlq`` commands (blocking, through ``SqsClient``): both read the
-DLQ from the queue's RedrivePolicy with ``redrive_target``.
+DLQ from the queue's RedrivePolicy with ``redrive_target``. ``is_missing_queue``,
+``never_sent`` and ``queue_exists`` tell the boot's check and the producer which
+failures are definite (the queue does not exist; nothing reached SQS).
 """
 
 from __future__ import annotations
