@@ -9,35 +9,23 @@ from collections import Counter
 
 import pytest
 
-from tests.support.ops_cli import dead_letter, job_ids, make_config, receive_all, run
+from tests.support.ops_cli import (
+    Wrapper,
+    dead_letter,
+    job_ids,
+    make_config,
+    receive_all,
+    run,
+    use_client,
+)
 from tests.support.sqs import queue_counts
 from tests.support.wait import wait_until
 from vip_worker.ops import dlq, redrive
 from vip_worker.ops.journal import Journal, JournalBusy
-from vip_worker.sqs import boto as sqs
 from vip_worker.sqs.boto import SqsClient
 from vip_worker.sqs.queues import queue_name
 
 pytestmark = pytest.mark.integration
-
-
-class Wrapper:
-    """The real client, with some methods replaced: ``Wrapper(client, name=callable)``."""
-
-    def __init__(self, client, **overrides):
-        self.client = client
-        self.overrides = overrides
-        self.calls = []
-
-    def __getattr__(self, name):
-        self.calls.append(name)
-        return self.overrides.get(name) or getattr(self.client, name)
-
-
-def use_client(monkeypatch, factory):
-    """Make the commands build ``factory(real_client)`` instead of a plain client."""
-    real = sqs.make_client
-    monkeypatch.setattr(sqs, "make_client", lambda *a, **k: factory(real(*a, **k)))
 
 
 @pytest.fixture
