@@ -22,6 +22,7 @@ from tests.support.sqs import queue_counts
 from tests.support.wait import wait_until
 from vip_worker.ops import dlq, redrive
 from vip_worker.ops.journal import Journal, JournalBusy
+from vip_worker.sqs.api import ClientError
 from vip_worker.sqs.boto import SqsClient
 from vip_worker.sqs.queues import queue_name
 
@@ -267,3 +268,33 @@ def test_the_journal_admits_one_redrive_at_a_time(tmp_path):
         assert journal.pending() == {"m1": "sent"}
         journal.record([{"id": "m1", "state": "deleted"}])
     assert not os.path.exists(path)
+
+
+def test_an_sqs_error_midway_says_where_the_redrive_stands(sqs, setup, capsys, monkeypatch,
+                                                          tmp_path):
+    for _ in range(3):
+        dead_letter(sqs, setup["dlq"], uuid.uuid4().hex[:24])
+    receives = []
+
+    def one_then_outage(client):
+        def receive_message(**kwargs):
+            receives.append(kwargs)
+            if len(receives) > 1:
+                raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "down"}},
+                                  "ReceiveMessage")
+            return client.receive_message(**{**kwargs, "MaxNumberOfMessages": 1})
+        return Wrapper(client, receive_message=receive_message)
+
+    use_client(monkeypatch, one_then_outage)
+    code, out, err = run(capsys, "dlq", "redrive", "work", "--config", setup["config"])
+    journal = tmp_path / "state" / "redrive" / f"{queue_name(setup['dlq'])}.journal"
+    assert code == 69
+    assert "ServiceUnavailable" in err
+    assert ("1 of the 3 message(s) the DLQ held when this redrive began are moved; run the "
+            f"same command again to continue (journal: {journal})") in out
+
+    monkeypatch.undo()
+    code, out, err = run(capsys, "dlq", "redrive", "work", "--config", setup["config"])
+    assert code == 0, err
+    assert "moved 2, skipped 0 (already sent), failed 0" in out
+    assert len(receive_all(sqs, setup["url"])) == 3 and not journal.exists()

@@ -144,13 +144,14 @@ def manual_move(args, client, journal, dlq_url: str, target_of) -> int:
     if done and not result.failed and not journal.pending():
         journal.finish()
     report(result, journal, why)
-    if why == redrive.STOPPED and code == exitcodes.OK:
-        fail(f"interrupted: {progress(journal)}; run the same command again to continue "
-             f"(journal: {journal.path})")
+    if journal.finished:  # nothing failed, nothing pending, no error
+        return exitcodes.OK
+    left = (f"{progress(journal)}; run the same command again to continue "
+            f"(journal: {journal.path})")
+    if why == redrive.STOPPED and code == exitcodes.OK:  # Ctrl-C or SIGTERM
+        fail(f"interrupted: {left}")
         return exitcodes.INTERRUPTED
-    if not journal.finished and code == exitcodes.OK:
-        print(f"{progress(journal)}; run the same command again to continue "
-              f"(journal: {journal.path})")
+    print(left)
     return exitcodes.UNAVAILABLE if code == exitcodes.OK and result.failed else code
 
 
@@ -165,8 +166,8 @@ def progress(journal) -> str:
     if sent:
         text += f"; {sent} sent, still to be deleted from the DLQ (never sent again)"
     if doubt:
-        text += (f"; {doubt} stopped inside a send by a crash (sent again: may arrive "
-                 "twice, look for vip_redriven_from)")
+        text += (f"; {doubt} stopped inside a send (sent again: may arrive twice, look "
+                 "for vip_redriven_from)")
     return text
 
 
