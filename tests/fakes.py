@@ -33,7 +33,7 @@ from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.plugins.context import PollerContext
 from vip_worker.plugins.registry import HandlerRegistry
-from vip_worker.sqs.api import ClientError, EntryFailure
+from vip_worker.sqs.api import ClientError, EntryFailure, SendEntry
 from vip_worker.sqs.limits import (
     BATCH_MAX,
     MAX_ATTRIBUTES,
@@ -238,6 +238,36 @@ class FakeSqs:
              group_id: str | None = None, dedup_id: str | None = None,
              delay_s: int = 0) -> str:
         self.begin("send", (queue_url, body, attributes, group_id, dedup_id, delay_s))
+        return self.put(queue_url, body, attributes, group_id, dedup_id, delay_s)
+
+    def receive_messages(self, queue_url: str, max_messages: int, wait_s: int,
+                         visibility_s: int, system_attributes: Sequence[str]
+                         ) -> list[dict[str, Any]]:
+        """As ``receive`` (every system attribute the fake has, whatever is asked)."""
+        self.begin("receive_messages", (queue_url, max_messages, wait_s, visibility_s))
+        if not (1 <= max_messages <= BATCH_MAX and 0 <= wait_s <= MAX_WAIT_S):
+            raise client_error("InvalidParameterValue", f"{max_messages=} {wait_s=}")
+        return self.take(queue_url, max_messages, visibility_s)
+
+    def send_batch(self, queue_url: str, entries: Sequence[SendEntry]
+                   ) -> tuple[dict[str, str], list[EntryFailure]]:
+        """SendMessageBatch; an entry fails when its id is in ``fail_entries``."""
+        self.begin("send_batch", (queue_url, [e.id for e in entries]))
+        self.check_batch([(e.id,) for e in entries])
+        sent: dict[str, str] = {}
+        failed = []
+        for e in entries:
+            code = self.entry_failures.get(e.id)
+            if code is not None:
+                failed.append(EntryFailure(e.id, code, f"{code}: entry {e.id}", False))
+                continue
+            sent[e.id] = self.put(queue_url, e.body, e.attributes, e.group_id, e.dedup_id)
+        return sent, failed
+
+    def put(self, queue_url: str, body: str, attributes: dict[str, dict] | None = None,
+            group_id: str | None = None, dedup_id: str | None = None,
+            delay_s: int = 0) -> str:
+        """A send without the call log and injected failures: the new MessageId."""
         queue = self.queue(queue_url)
         self.check_attributes(attributes or {})
         if len(body.encode()) > MAX_MESSAGE_BYTES or not body:

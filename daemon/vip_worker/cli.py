@@ -153,6 +153,10 @@ def add_ops_commands(commands) -> None:
                          help="target: a configured queue, a queue name or a URL")
     redrive.add_argument("--max", type=positive_int, metavar="N",
                          help="move at most N messages (always the manual move)")
+    redrive.add_argument("--move-task", action="store_true",
+                         help="use SQS's StartMessageMoveTask instead of the manual move "
+                              "(unbounded: it may move messages dead-lettered again while "
+                              "it runs)")
     redrive.add_argument("--journal", metavar="FILE",
                          help="journal of the manual move (default: "
                               "<state_dir>/redrive/<dlq name>.journal)")

@@ -9,34 +9,24 @@ from collections import Counter
 
 import pytest
 
-from tests.support.ops_cli import dead_letter, job_ids, make_config, receive_all, run
+from tests.support.ops_cli import (
+    Wrapper,
+    dead_letter,
+    job_ids,
+    make_config,
+    receive_all,
+    run,
+    use_client,
+)
 from tests.support.sqs import queue_counts
 from tests.support.wait import wait_until
-from vip_worker.ops import dlq
-from vip_worker.sqs import boto as sqs
+from vip_worker.ops import dlq, redrive
+from vip_worker.ops.journal import Journal, JournalBusy
+from vip_worker.sqs.api import ClientError
 from vip_worker.sqs.boto import SqsClient
 from vip_worker.sqs.queues import queue_name
 
 pytestmark = pytest.mark.integration
-
-
-class Wrapper:
-    """The real client, with some methods replaced: ``Wrapper(client, name=callable)``."""
-
-    def __init__(self, client, **overrides):
-        self.client = client
-        self.overrides = overrides
-        self.calls = []
-
-    def __getattr__(self, name):
-        self.calls.append(name)
-        return self.overrides.get(name) or getattr(self.client, name)
-
-
-def use_client(monkeypatch, factory):
-    """Make the commands build ``factory(real_client)`` instead of a plain client."""
-    real = sqs.make_client
-    monkeypatch.setattr(sqs, "make_client", lambda *a, **k: factory(real(*a, **k)))
 
 
 @pytest.fixture
@@ -98,7 +88,8 @@ def test_redrive_without_the_move_api_moves_each_message_once(sqs, setup, capsys
 
     code, out, err = run(capsys, "dlq", "redrive", "work", "--config", setup["config"])
     assert code == 0, err
-    assert "StartMessageMoveTask unavailable (HTTP 500)" in out  # moto: not implemented
+    assert "StartMessageMoveTask" not in out  # the manual move unless --move-task
+    assert "redriving the 13 message(s)" in out
     assert "moved 13, skipped 0 (already sent), failed 0" in out
     assert queue_counts(sqs, setup["dlq"]) == (0, 0)
     moved = receive_all(sqs, setup["url"])
@@ -107,7 +98,7 @@ def test_redrive_without_the_move_api_moves_each_message_once(sqs, setup, capsys
         attrs = message["MessageAttributes"]
         assert not set(attrs) & set(dlq.REASON_ATTRIBUTES)
         assert attrs["trace"]["StringValue"] == "t-" + json.loads(message["Body"])["jobId"]
-        assert attrs[dlq.REDRIVEN_FROM]["StringValue"]
+        assert attrs[redrive.REDRIVEN_FROM]["StringValue"]
     journal = tmp_path / "state" / "redrive" / f"{queue_name(setup['dlq'])}.journal"
     assert not journal.exists()  # nothing pending: removed
 
@@ -138,9 +129,12 @@ def test_redrive_uses_the_move_task_when_the_endpoint_has_it(sqs, setup, make_qu
 
     use_client(monkeypatch, factory)
     dead_letter(sqs, setup["dlq"], "j1")
-    code, out, _ = run(capsys, "dlq", "redrive", "work", "--config", setup["config"])
+    code, out, err = run(capsys, "dlq", "redrive", "work", "--config", setup["config"],
+                         "--move-task")
     assert code == 0
     assert "task handle: task-handle-1" in out
+    assert "warning: SQS's move task is not bounded" in err
+    assert "may also move messages dead-lettered again" in err
     dlq_arn = sqs.get_queue_attributes(QueueUrl=setup["dlq"], AttributeNames=["QueueArn"])[
         "Attributes"]["QueueArn"]
     assert started == [{"SourceArn": dlq_arn}]
@@ -149,7 +143,7 @@ def test_redrive_uses_the_move_task_when_the_endpoint_has_it(sqs, setup, make_qu
 
     other = make_queue("other", dlq=False)["url"]
     code, out, _ = run(capsys, "dlq", "redrive", "work", "--config", setup["config"],
-                       "--to", other)
+                       "--to", other, "--move-task")
     other_arn = sqs.get_queue_attributes(QueueUrl=other, AttributeNames=["QueueArn"])[
         "Attributes"]["QueueArn"]
     assert code == 0 and started[-1] == {"SourceArn": dlq_arn, "DestinationArn": other_arn}
@@ -168,14 +162,18 @@ def test_a_redrive_that_stops_after_sending_deletes_but_never_resends(sqs, setup
     with pytest.raises(RuntimeError, match="crashed"):
         run(capsys, "dlq", "redrive", "work", "--config", setup["config"], "--max", "10")
     journal = tmp_path / "state" / "redrive" / f"{queue_name(setup['dlq'])}.journal"
-    states = Counter(json.loads(line)["state"] for line in journal.read_text().splitlines())
-    assert states == {"sent": 4}
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert lines[0] == {"run": {"budget": 4, "started_at": lines[0]["run"]["started_at"]}}
+    assert Counter(line["state"] for line in lines[1:]) == {"sent": 4}
     assert queue_counts(sqs, setup["dlq"]) == (4, 0)  # released when the run failed
 
     monkeypatch.undo()
-    code, out, err = run(capsys, "dlq", "redrive", "work", "--config", setup["config"])
+    code, out, err = run(capsys, "dlq", "redrive", "work", "--config", setup["config"],
+                         "--move-task")
     assert code == 0, err
-    assert "4 message(s) of an interrupted redrive" in out
+    assert "an unfinished redrive is in" in out  # not a move task: the journal's way
+    assert ("continuing the redrive in " + str(journal) + ": 0 of the 4 message(s) the DLQ "
+            "held when this redrive began are moved; 4 sent, still to be deleted") in out
     assert "moved 0, skipped 4 (already sent), failed 0" in out
     assert queue_counts(sqs, setup["dlq"]) == (0, 0)
     assert job_ids(receive_all(sqs, setup["url"])) == sorted(ids)  # each exactly once
@@ -228,15 +226,16 @@ def test_a_killed_redrive_of_a_fifo_dlq_resumes_exactly_once(sqs, make_queue, tm
     path = str(tmp_path / "fifo.journal")
     crashing = SqsClient(Wrapper(sqs, send_message_batch=send_then_die,
                                  change_message_visibility_batch=no_release))
-    with dlq.Journal(path) as journal, pytest.raises(Killed):
-        dlq.move_messages(crashing, urls["dlq"], lambda m: urls["url"], journal,
-                          dlq.RedriveResult(), visibility_s=1)
-    result = dlq.RedriveResult()
-    with dlq.Journal(path) as journal:
+    with Journal(path) as journal, pytest.raises(Killed):
+        redrive.move_messages(crashing, urls["dlq"], lambda m: urls["url"], journal,
+                              redrive.RedriveResult(), visibility_s=1)
+    result = redrive.RedriveResult()
+    with Journal(path) as journal:
         assert set(journal.pending().values()) == {"sending"}
         wait_until(lambda: queue_counts(sqs, urls["dlq"])[0] == 3, 10,  # the 1 s visibility
                    message="the 3 dead letters visible again")
-        dlq.move_messages(SqsClient(sqs), urls["dlq"], lambda m: urls["url"], journal, result)
+        redrive.move_messages(SqsClient(sqs), urls["dlq"], lambda m: urls["url"], journal,
+                              result)
     assert (result.moved, result.resent, result.failed) == (3, 3, 0)
     moved = receive_all(sqs, urls["url"])
     assert [json.loads(m["Body"])["jobId"] for m in moved] == ids  # once each, in order
@@ -261,11 +260,41 @@ def test_unknown_queue_and_missing_dlq_are_named(sqs, setup, make_queue, capsys,
 
 def test_the_journal_admits_one_redrive_at_a_time(tmp_path):
     path = str(tmp_path / "j.journal")
-    with dlq.Journal(path) as journal:
+    with Journal(path) as journal:
         journal.record([{"id": "m1", "state": "sent"}])
-        with pytest.raises(dlq.JournalBusy):
-            dlq.Journal(path)
-    with dlq.Journal(path) as journal:
+        with pytest.raises(JournalBusy):
+            Journal(path)
+    with Journal(path) as journal:
         assert journal.pending() == {"m1": "sent"}
         journal.record([{"id": "m1", "state": "deleted"}])
     assert not os.path.exists(path)
+
+
+def test_an_sqs_error_midway_says_where_the_redrive_stands(sqs, setup, capsys, monkeypatch,
+                                                          tmp_path):
+    for _ in range(3):
+        dead_letter(sqs, setup["dlq"], uuid.uuid4().hex[:24])
+    receives = []
+
+    def one_then_outage(client):
+        def receive_message(**kwargs):
+            receives.append(kwargs)
+            if len(receives) > 1:
+                raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "down"}},
+                                  "ReceiveMessage")
+            return client.receive_message(**{**kwargs, "MaxNumberOfMessages": 1})
+        return Wrapper(client, receive_message=receive_message)
+
+    use_client(monkeypatch, one_then_outage)
+    code, out, err = run(capsys, "dlq", "redrive", "work", "--config", setup["config"])
+    journal = tmp_path / "state" / "redrive" / f"{queue_name(setup['dlq'])}.journal"
+    assert code == 69
+    assert "ServiceUnavailable" in err
+    assert ("1 of the 3 message(s) the DLQ held when this redrive began are moved; run the "
+            f"same command again to continue (journal: {journal})") in out
+
+    monkeypatch.undo()
+    code, out, err = run(capsys, "dlq", "redrive", "work", "--config", setup["config"])
+    assert code == 0, err
+    assert "moved 2, skipped 0 (already sent), failed 0" in out
+    assert len(receive_all(sqs, setup["url"])) == 3 and not journal.exists()

@@ -7,6 +7,7 @@ import json
 from tests.support.daemon import write_config
 from tests.support.sqs import envelope
 from vip_worker import cli
+from vip_worker.sqs import boto
 
 
 def make_config(tmp_path, endpoint, queues, **settings):
@@ -56,3 +57,22 @@ def receive_all(sqs, url):
 
 def job_ids(messages):
     return sorted(json.loads(m["Body"])["jobId"] for m in messages)
+
+
+class Wrapper:
+    """The real client, with some methods replaced: ``Wrapper(client, name=callable)``."""
+
+    def __init__(self, client, **overrides):
+        self.client = client
+        self.overrides = overrides
+        self.calls = []
+
+    def __getattr__(self, name):
+        self.calls.append(name)
+        return self.overrides.get(name) or getattr(self.client, name)
+
+
+def use_client(monkeypatch, factory):
+    """Make the commands build ``factory(real_client)`` instead of a plain boto3 client."""
+    real = boto.make_client
+    monkeypatch.setattr(boto, "make_client", lambda *a, **k: factory(real(*a, **k)))

@@ -2,7 +2,8 @@
 
 Neither needs the daemon: ``status`` asks SQS for the counts and reads the local
 daemon's ``<runtime_dir>/status.json`` for its pollers and rate. The SQS work is in
-``vip_worker.ops.dlq`` and ``vip_worker.sqs.queues``, through the blocking
+``vip_worker.ops.dlq`` and ``vip_worker.sqs.queues``, and the redrive in
+``vip_worker.ops.redrive_command``, through the blocking
 ``vip_worker.sqs.boto.SqsClient``. The flags are declared in ``vip_worker.cli``, which
 imports this module only when one of these commands runs. Manual: docs/status-and-dlq.md.
 """
@@ -17,8 +18,8 @@ import time
 from typing import Any
 
 from vip_worker import exitcodes, statusfile
-from vip_worker.outcomes import ERROR_TEXT, SOURCE_QUEUE
-from vip_worker.store.factory import runtime_dir, state_dir
+from vip_worker.outcomes import ERROR_TEXT
+from vip_worker.store.factory import runtime_dir
 
 STALE_AFTER_S = 10.0  # the master writes status.json every 2 s
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
@@ -245,6 +246,8 @@ def cmd_dlq(args, settings) -> int:
     try:
         if args.dlq_command == "peek":
             return cmd_peek(args, client, dlq_url)
+        from vip_worker.ops.redrive_command import cmd_redrive
+
         return cmd_redrive(args, settings, client, queue, dlq_url)
     except TRANSPORT_ERRORS as exc:
         fail(f"DLQ {queue_name(dlq_url)} of queue {queue.name}: {describe_error(exc)}")
@@ -287,112 +290,3 @@ def describe_body(message: dict) -> str:
         return f"job {job} type {kind}"
     return "  ".join([f"job {job}" if job is not None else "no jobId",
                       f"type {kind}" if kind is not None else "no type"])
-
-
-def target_url(client, name_or_url: str, settings) -> str:
-    """``--to``: a URL as is, a configured queue's URL, else GetQueueUrl of the name."""
-    if name_or_url.startswith(("http://", "https://")):
-        return name_or_url
-    for queue in settings.queues:
-        if queue.name == name_or_url:
-            return queue.url
-    return client.queue_url(name_or_url)
-
-
-def refusal(exc) -> str:
-    """Why StartMessageMoveTask failed, short: an error page (moto's 500) as its status."""
-    error = exc.response.get("Error", {})
-    text = " ".join(str(error.get("Message", "")).split())
-    if not text or text.startswith("<"):
-        return f"HTTP {exc.response.get('ResponseMetadata', {}).get('HTTPStatusCode', '?')}"
-    return f"{error.get('Code', '?')}: {text[:160]}"
-
-
-def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
-    from vip_worker.ops import dlq
-    from vip_worker.sqs.api import TRANSPORT_ERRORS, error_code
-    from vip_worker.sqs.queues import queue_name
-
-    to_url = None
-    if args.to:
-        try:
-            to_url = target_url(client, args.to, settings)
-        except TRANSPORT_ERRORS as exc:
-            missing = error_code(exc) in ("AWS.SimpleQueueService.NonExistentQueue",
-                                          "QueueDoesNotExist")
-            fail(f"--to {args.to}: {'no such queue: ' if missing else ''}{describe_error(exc)}")
-            return exitcodes.USAGE if missing else exitcodes.UNAVAILABLE
-    path = args.journal or os.path.join(os.path.abspath(state_dir(settings)), "redrive",
-                                        f"{queue_name(dlq_url)}.journal")
-    try:
-        journal = dlq.Journal(path)
-    except (dlq.JournalBusy, OSError) as exc:
-        fail(f"cannot use the journal {path}: {exc} (pass --journal FILE)")
-        return exitcodes.UNAVAILABLE
-    with journal:
-        if started_move_task(args, client, journal, dlq_url, to_url):
-            return exitcodes.OK
-        routes = {q.name: q.url for q in settings.queues}
-
-        def target_of(message: dict) -> str:
-            if to_url:
-                return to_url
-            source = message.get("MessageAttributes", {}).get(SOURCE_QUEUE, {})
-            return routes.get(source.get("StringValue", ""), queue.url)
-
-        result = dlq.RedriveResult()
-        code = exitcodes.OK
-        try:
-            dlq.move_messages(client, dlq_url, target_of, journal, result, args.max)
-        except KeyboardInterrupt:
-            fail("interrupted: run the same command again to finish (the journal keeps it "
-                 "exactly-once)")
-            code = exitcodes.INTERRUPTED
-        except TRANSPORT_ERRORS as exc:
-            fail(f"DLQ {queue_name(dlq_url)}: {describe_error(exc)}; run again to finish")
-            code = exitcodes.UNAVAILABLE
-        left = len(journal.pending())
-    report(result, left, path)
-    return exitcodes.UNAVAILABLE if code == exitcodes.OK and result.failed else code
-
-
-def started_move_task(args, client, journal, dlq_url: str, to_url: str | None) -> bool:
-    """Try StartMessageMoveTask unless the manual move must run; say which way it goes."""
-    from vip_worker.sqs.api import ClientError
-    from vip_worker.sqs.queues import queue_arn, queue_name
-
-    pending = journal.pending()
-    if pending:
-        print(f"{len(pending)} message(s) of an interrupted redrive are in {journal.path}: "
-              "finishing with the manual move")
-        return False
-    if args.max is not None:
-        print("--max: using the manual move (a move task cannot stop after N messages)")
-        return False
-    dlq_arn = queue_arn(client, dlq_url)
-    destination = queue_arn(client, to_url) if to_url else None
-    try:
-        handle = client.start_message_move_task(dlq_arn, destination)
-    except ClientError as exc:
-        print(f"StartMessageMoveTask unavailable ({refusal(exc)}): using the manual move")
-        return False
-    target = queue_name(to_url) if to_url else "each message's source queue"
-    print(f"started an SQS message move task from {queue_name(dlq_url)} to {target}\n"
-          f"task handle: {handle}\n(follow it with ListMessageMoveTasks --source-arn {dlq_arn})")
-    return True
-
-
-def report(result, left: int, path: str) -> None:
-    from vip_worker.ops.dlq import MOVE_VISIBILITY_S
-
-    for error in result.errors:
-        fail(error)
-    print(f"moved {result.moved}, skipped {result.skipped} (already sent), "
-          f"failed {result.failed}")
-    if result.resent:
-        print(f"{result.resent} message(s) whose send an earlier run left in doubt were sent "
-              "again (they may arrive twice; look for vip_redriven_from)")
-    if left:
-        print(f"{left} message(s) sent but not yet deleted from the DLQ remain in {path}: "
-              "run again to delete them (a killed run's messages reappear after "
-              f"{MOVE_VISIBILITY_S} s)")
