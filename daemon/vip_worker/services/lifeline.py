@@ -118,7 +118,7 @@ class Lifeline:
                 try:
                     await self.sweep()
                 except LookupError as exc:  # no store in this process: nothing to sweep
-                    log.warning("lifeline.off", extra={"error": str(exc)})
+                    log.info("lifeline.off", extra={"error": str(exc)})
                     return
                 except Exception as exc:  # noqa: BLE001 - a bug must not stop the poller
                     log.error("lifeline.sweep_failed", exc_info=True, extra={
