@@ -93,6 +93,9 @@ class Poller:
         self.consumer: Consumer | None = None
         self.tasks: list[asyncio.Task] = []  # heartbeat, tick, metrics, lifeline
         self.stopping_at = 0.0  # monotonic, when the drain began
+        # Per queue: messages taken off it (succeeded, dead-lettered) in the metric lines
+        # written so far; the lifeline adds the current line's (``drained``).
+        self.drained_before: dict[str, int] = {}
         self.exit_code = exitcodes.OK
 
     def request_stop(self, mode: StopMode | str) -> None:
@@ -197,8 +200,13 @@ class Poller:
         def count(queue: str, outcome: str) -> None:
             consumer.queue_metrics[queue].record("rescued", None)
 
+        def drained(queue: str) -> int:
+            counts = consumer.queue_metrics[queue]
+            return self.drained_before.get(queue, 0) + counts.succeeded + counts.dead_lettered
+
         context = self.context
-        return Lifeline(self.settings, lambda: context.store, self.sqs, on_rescue=count)
+        return Lifeline(self.settings, lambda: context.store, self.sqs, on_rescue=count,
+                        drained=drained)
 
     async def drain(self) -> None:
         """Settle what is held as the stop mode says, then stop the other tasks."""
@@ -275,6 +283,8 @@ class Poller:
             return
         names = [q.name for q in self.settings.queues]
         for name, counts in metrics.drain(consumer.queue_metrics, names).items():
+            self.drained_before[name] = (self.drained_before.get(name, 0) + counts.succeeded
+                                         + counts.dead_lettered)
             depth = depths.get(name)
             if counts.empty() and depth is None:
                 continue

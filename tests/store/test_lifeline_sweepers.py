@@ -69,7 +69,10 @@ def test_two_sweepers_resend_a_stale_queued_job_once(backend):
     store = backend.new_store()
     store.create_job("job-1", "u1", "work", {"topic": "t"}, at(0), queue="work")
     results = sweep_together(h, backend, at(QUEUED_AFTER_S + 60))
-    assert sum(r.resent for r in results) == 1 and sum(r.lost_races for r in results) == 1
+    assert sum(r.resent for r in results) == 1
+    # The other lost the race, or read the backlog after the winner's send: either way
+    # it left the job alone.
+    assert sum(r.lost_races + r.behind_backlog for r in results) == 1
     assert len(h.bodies()) == 1
     assert store.get_job("job-1")["rescues"] == 1
 

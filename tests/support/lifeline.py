@@ -32,17 +32,23 @@ class SweepHarness:
                                       lifeline_batch=100)
         self.now = T0
         self.rescued: list[tuple[str, str]] = []
+        self.drained: dict[str, int] | None = None  # set: the sweepers sample it
 
     def with_values(self, **values: Any) -> SweepHarness:
         self.settings = self.settings.with_values(**values)
         return self
 
     def sweeper(self, store) -> Lifeline:
+        drained = None if self.drained is None else (lambda queue: self.drained[queue])
         return Lifeline(self.settings, lambda: store, self.sqs, clock=lambda: self.now,
-                        on_rescue=lambda queue, outcome: self.rescued.append((queue, outcome)))
+                        on_rescue=lambda queue, outcome: self.rescued.append((queue, outcome)),
+                        drained=drained)
 
-    def sweep(self, store, now: datetime) -> Sweep:
+    def sweep(self, store, now: datetime, sweeper: Lifeline | None = None) -> Sweep:
+        """One sweep at ``now``: by ``sweeper`` (which keeps its history), else a new one."""
         self.now = now
+        if sweeper is not None:
+            return asyncio.run(sweeper.sweep())
         sweeper = self.sweeper(store)
         try:
             return asyncio.run(sweeper.sweep())

@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import random
+from types import SimpleNamespace
 
 import pytest
 
+from tests.fakes import make_settings
 from tests.support.lifeline import LEASE_S, QUEUED_AFTER_S, SweepHarness, at, claim
+from vip_worker import liveness
 from vip_worker.errors import DependencyUnavailable
 from vip_worker.message import parse_envelope
+from vip_worker.plugins.context import PollerContext
+from vip_worker.poller import Poller
 from vip_worker.services import metrics
 from vip_worker.services.lifeline import JITTER, LEASE_REASON, queued_reason, schedule, stamp
 from vip_worker.testing import MemoryStore
@@ -155,6 +160,37 @@ def test_a_queued_job_behind_a_backlog_is_left_alone(store, caplog, state):
     assert events(caplog, "job.rescued") == []
 
 
+def test_a_backlog_this_poller_drained_since_the_job_was_queued_is_no_hiding_place(store):
+    h = SweepHarness()
+    h.drained = {"work": 40}
+    sweeper = h.sweeper(store)
+    h.sweep(store, at(0), sweeper)  # the poller had taken 40 messages off by then
+    store.create_job("job-1", "u1", "work", {"topic": "t"}, at(10), queue="work")
+    for i in range(3):
+        h.fake.send(h.url, f"other message {i}")  # a backlog of 3 now
+    h.drained["work"] = 42  # only 2 taken off since the job was queued: not turned over
+    assert h.sweep(store, at(STALE), sweeper).behind_backlog == 1
+    h.drained["work"] = 43  # 3 since: the queue turned over while the job waited
+    result = h.sweep(store, at(STALE + 30), sweeper)
+    sweeper.close()
+    assert (result.resent, result.behind_backlog) == (1, 0)
+    assert parse_envelope(h.bodies()[-1]).job_id == "job-1"
+
+
+def test_drained_counts_from_before_the_history_err_towards_waiting(store):
+    h = SweepHarness()
+    h.drained = {"work": 0}
+    sweeper = h.sweeper(store)
+    store.create_job("job-1", "u1", "work", {}, at(0), queue="work")
+    h.fake.send(h.url, "other message")
+    h.drained["work"] = 100  # all before the first sample: unknown when, so not counted
+    assert h.sweep(store, at(STALE), sweeper).behind_backlog == 1
+    assert sweeper.drained_since("work", at(0)) == 0
+    h.drained["work"] = 101
+    assert h.sweep(store, at(STALE + 30), sweeper).resent == 1
+    sweeper.close()
+
+
 def test_the_backlog_is_read_once_per_queue_and_only_for_stale_jobs(store):
     h = SweepHarness()
     h.sweep(store, at(STALE))
@@ -272,3 +308,19 @@ def test_rescues_are_a_count_in_the_queues_metric_line():
     assert fields["JobsRescued"] == 1
     names = [m["Name"] for m in fields["aws_emf"]["CloudWatchMetrics"][0]["Metrics"]]
     assert "JobsRescued" in names
+
+
+def test_the_poller_feeds_the_lifeline_its_drained_counts_and_counts_its_rescues():
+    settings = make_settings(metrics_interval_s=60.0)
+    poller = Poller(settings, 0, [0.0] * liveness.SIZE)
+    poller.context = PollerContext(0, settings)
+    consumer = SimpleNamespace(queue_metrics={"work": metrics.QueueMetrics()})
+    lifeline = poller.lifeline(consumer)
+    counts = consumer.queue_metrics["work"]
+    counts.record("succeeded", 0.1)
+    counts.record("retried", 0.1)  # back in the queue: not drained
+    poller.emit_metrics(consumer, depths={})  # a metric line takes the counts so far
+    consumer.queue_metrics["work"].record("dead_lettered", 0.1)
+    assert lifeline.drained("work") == 2
+    lifeline.on_rescue("work", "resend")
+    assert consumer.queue_metrics["work"].rescued == 1

@@ -9,11 +9,14 @@ off the loop, each bounded by ``lifeline_batch``:
 - ``expired_leases``: ``processing`` jobs whose lease ran out (their poller died or froze
   and nobody renewed the lease). Each is rescued and its message re-sent.
 - ``stale_queued``: ``queued`` jobs that nothing claimed for ``lifeline_queued_after_s``
-  (their message may have been lost). A job waiting behind a backlog is not an orphan:
-  one is rescued only when its queue holds no message at all (visible, in flight or
-  delayed, SQS's approximate counts) - the job has been queued far longer than those
-  counters lag, so its message is not in the queue. A queue with a backlog keeps its
-  stale jobs for a later sweep (``lifeline.backlog``, DEBUG).
+  (their message may have been lost). A job waiting behind a backlog is not an orphan.
+  One is rescued only when its queue's backlog (messages visible, in flight or delayed:
+  SQS's approximate counts, read once per queue and sweep) is empty - the job has been
+  queued far longer than those counters lag, so its message is not in the queue - or
+  small enough to have been drained since: this poller alone took at least that many
+  messages off the queue (succeeded or dead-lettered) since the job was queued, so the
+  queue turned over while the job waited, and SQS's best-effort ordering would have
+  delivered its message. Otherwise the job waits for a later sweep (``lifeline.backlog``).
 
 A rescue is the store's compare-and-set on the state the sweeper saw: of every daemon of
 a fleet sweeping at once, exactly one wins each orphan; the others get None and do
@@ -34,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +51,7 @@ from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
 log = logging.getLogger("vip_worker.services.lifeline")
 
 JITTER = 0.25  # each wait is interval_s x (1 +- JITTER)
+HISTORY = 512  # drained-count samples kept per queue: one per sweep (~4 h at 30 s)
 LEASE_REASON = "lease expired: its poller stopped renewing it"
 # Messages in the queue by state: any of them may be the stale job's message.
 BACKLOG_ATTRIBUTES = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
@@ -93,11 +98,16 @@ class Lifeline:
     :param clock: wall-clock time, aware UTC (the store's leases are wall-clock).
     :param on_rescue: called ``(queue name, outcome)`` for each rescue this sweeper won
         on a queue it knows (the poller counts them in its metrics).
+    :param drained: ``drained(queue name)``: messages this poller has taken off the queue
+        since it started (succeeded or dead-lettered), a count that only grows; sampled
+        at each sweep to tell a backlog that turned over from one that did not. None:
+        only an empty queue has its stale jobs rescued.
     """
 
     def __init__(self, settings, store_of: Callable[[], Any], sqs: SqsApi, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 on_rescue: Callable[[str, str], None] | None = None) -> None:
+                 on_rescue: Callable[[str, str], None] | None = None,
+                 drained: Callable[[str], int] | None = None) -> None:
         self.settings = settings
         self.store_of = store_of
         self.sqs = sqs
@@ -106,6 +116,9 @@ class Lifeline:
         self.queues = {q.name: q for q in settings.queues}
         self.by_url = {q.url: q for q in settings.queues}
         self.executor: ThreadPoolExecutor | None = None
+        self.drained = drained
+        # queue -> (sweep time, drained count), oldest first
+        self.history: dict[str, deque[tuple[datetime, int]]] = {}
 
     async def run(self, rand: Callable[[], float] = random.random) -> None:
         """Sweep forever, on ``schedule``; a sweep's failure is logged, never fatal."""
@@ -151,6 +164,7 @@ class Lifeline:
         after_s = self.settings.lifeline_queued_after_s
         backlogs: dict[str, int | None] = {}  # per queue, read once per sweep when needed
         waiting: dict[str, int] = {}  # stale jobs left behind each queue's backlog
+        self.sample(now)
         try:
             for job in await self.call("expired_leases", now, batch):
                 await self.rescue(job, now, LEASE_REASON, result)
@@ -160,7 +174,7 @@ class Lifeline:
                 if queue is not None:
                     if queue.name not in backlogs:
                         backlogs[queue.name] = await self.backlog(queue)
-                    if backlogs[queue.name] != 0:
+                    if not self.drained_out(queue.name, job, backlogs[queue.name]):
                         # Its message may still be in the queue, behind the others.
                         waiting[queue.name] = waiting.get(queue.name, 0) + 1
                         continue
@@ -174,6 +188,39 @@ class Lifeline:
         result.behind_backlog = sum(waiting.values())
         log.debug("lifeline.swept", extra=vars(result))
         return result
+
+    def sample(self, now: datetime) -> None:
+        """Record each queue's drained count at this sweep."""
+        if self.drained is None:
+            return
+        for name in self.queues:
+            samples = self.history.setdefault(name, deque(maxlen=HISTORY))
+            samples.append((now, self.drained(name)))
+
+    def drained_since(self, queue: str, since: datetime) -> int:
+        """Messages this poller took off ``queue`` since ``since``, at least: counted
+        from the last sample at or before it, else from the oldest sample (an
+        under-estimate, so the rule below errs towards leaving a job alone)."""
+        samples = self.history.get(queue)
+        if not samples:
+            return 0
+        base = samples[0][1]
+        for taken_at, count in samples:
+            if taken_at > since:
+                break
+            base = count
+        return samples[-1][1] - base
+
+    def drained_out(self, queue: str, job: dict[str, Any], backlog: int | None) -> bool:
+        """Whether the stale ``job``'s message cannot be waiting in ``queue``: its backlog
+        is empty, or no bigger than what this poller alone drained since the job was
+        queued (the queue turned over while it waited). An unknown backlog: no."""
+        if backlog is None:
+            return False
+        if backlog == 0:
+            return True
+        queued_at = job.get("queuedAt") or job.get("createdAt")
+        return queued_at is not None and self.drained_since(queue, queued_at) >= backlog
 
     def queue_of(self, job: dict[str, Any]):
         """The configured queue the job's message goes to: the one it names (by name or
