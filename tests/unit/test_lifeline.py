@@ -3,6 +3,7 @@ job store: what it rescues, what it leaves alone, what it sends, and when it swe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -12,13 +13,21 @@ import pytest
 
 from tests.fakes import make_settings
 from tests.support.lifeline import LEASE_S, QUEUED_AFTER_S, SweepHarness, at, claim
+from tests.support.wait import wait_until_async
 from vip_worker import liveness
 from vip_worker.errors import DependencyUnavailable
 from vip_worker.message import parse_envelope
 from vip_worker.plugins.context import PollerContext
 from vip_worker.poller import Poller
 from vip_worker.services import metrics
-from vip_worker.services.lifeline import JITTER, LEASE_REASON, queued_reason, schedule, stamp
+from vip_worker.services.lifeline import (
+    JITTER,
+    LEASE_REASON,
+    Lifeline,
+    queued_reason,
+    schedule,
+    stamp,
+)
 from vip_worker.testing import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)
@@ -110,6 +119,16 @@ def test_a_job_naming_no_queue_goes_to_the_queue_named_after_its_type(store):
     h.sweep(store, at(2 * LATE))
     assert store.get_job("job-2")["error"].startswith(
         f"{LEASE_REASON}; it names no queue and no queue is named 'poems'")
+
+
+def test_a_job_whose_message_the_consumer_would_refuse_is_failed_not_sent(store, caplog):
+    h = SweepHarness()
+    store.claim("job-1", user_id="", type="work", params={"topic": "t"}, message_id="m1",
+                lease_s=LEASE_S, now=at(0), delivery="d1", queue="work")  # no userId
+    assert h.sweep(store, at(LATE)).failed == 1
+    assert h.bodies() == []
+    error = store.get_job("job-1")["error"]
+    assert "its message cannot be sent again: field 'userId' must be 1..256" in error
 
 
 def test_a_job_naming_its_queue_by_url_is_resent_there(store):
@@ -252,6 +271,55 @@ def test_a_failed_send_leaves_the_job_queued_for_a_later_sweep(store, caplog):
     # The rescue set queuedAt: once that is stale, the empty queue gets it re-sent.
     assert h.sweep(store, at(LATE + STALE)).resent == 1
     assert len(h.bodies()) == 1 and store.get_job("job-1")["rescues"] == 2
+
+
+class FailsOnce:
+    """A store whose first query raises a bug's exception; empty afterwards."""
+
+    def __init__(self) -> None:
+        self.sweeps = 0
+
+    def expired_leases(self, now, limit):
+        self.sweeps += 1
+        if self.sweeps == 1:
+            raise RuntimeError("a bug")
+        return []
+
+    def stale_queued(self, created_before, limit):
+        return []
+
+
+def test_a_sweep_that_fails_is_logged_and_the_next_one_runs(caplog):
+    h = SweepHarness().with_values(lifeline_interval_s=0.01)
+    store = FailsOnce()
+    sweeper = h.sweeper(store)
+
+    async def main():
+        task = asyncio.create_task(sweeper.run(rand=lambda: 0.0))
+        await wait_until_async(lambda: store.sweeps >= 2 or task.done(), 5,
+                               message="a second sweep")
+        assert not task.done()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    (line,) = events(caplog, "lifeline.sweep_failed")
+    assert line.levelname == "ERROR" and line.error == "RuntimeError: a bug"
+    assert sweeper.executor is None  # closed when the task ended
+
+
+def test_without_a_store_the_lifeline_stops(caplog):
+    h = SweepHarness().with_values(lifeline_interval_s=0.01)
+
+    def no_store():
+        raise LookupError("no resource 'store' is provided in this process")
+
+    sweeper = Lifeline(h.settings, no_store, h.sqs)
+    asyncio.run(asyncio.wait_for(sweeper.run(rand=lambda: 0.0), 5))
+    assert "no resource 'store'" in events(caplog, "lifeline.off")[0].error
+    off = Lifeline(h.settings.with_values(lifeline_interval_s=0.0), no_store, h.sqs)
+    asyncio.run(asyncio.wait_for(off.run(), 5))  # 0: off, returns at once
+    assert len(events(caplog, "lifeline.off")) == 1
 
 
 # -- the schedule: jitter -------------------------------------------------------------

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vip_worker.errors import DependencyUnavailable
-from vip_worker.message import Envelope
+from vip_worker.errors import DependencyUnavailable, MalformedMessage
+from vip_worker.message import Envelope, parse_envelope
 from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
 
 log = logging.getLogger("vip_worker.services.lifeline")
@@ -74,6 +74,10 @@ def queued_reason(after_s: float) -> str:
 def stamp(now: datetime) -> str:
     """The envelope's ``timestamp``: ISO 8601 UTC with milliseconds, as the producer writes."""
     return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class NoStore(Exception):
+    """Nothing provides a job store in this process: there is nothing to sweep."""
 
 
 @dataclass
@@ -130,7 +134,7 @@ class Lifeline:
                 await asyncio.sleep(delay)
                 try:
                     await self.sweep()
-                except LookupError as exc:  # no store in this process: nothing to sweep
+                except NoStore as exc:
                     log.info("lifeline.off", extra={"error": str(exc)})
                     return
                 except Exception as exc:  # noqa: BLE001 - a bug must not stop the poller
@@ -151,7 +155,11 @@ class Lifeline:
             self.executor = ThreadPoolExecutor(1, thread_name_prefix="lifeline")
 
         def work():
-            return getattr(self.store_of(), method)(*args, **kwargs)
+            try:
+                store = self.store_of()
+            except LookupError as exc:  # the context's "no resource 'store'"
+                raise NoStore(str(exc)) from exc
+            return getattr(store, method)(*args, **kwargs)
 
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
@@ -244,15 +252,15 @@ class Lifeline:
 
     async def rescue(self, job: dict[str, Any], now: datetime, reason: str,
                      result: Sweep) -> None:
-        """Rescue one orphan as seen; the winner of a re-send sends its message."""
+        """Rescue one orphan as seen; the winner of a re-send sends its message. A job
+        whose message cannot be sent (no queue known here, or a message the consumer
+        would refuse) is failed with the reason why, rather than rescued forever."""
         queue = self.queue_of(job)
-        if queue is None:
-            named = job.get("queue")
-            where = (f"queue {named!r} is not configured on this daemon" if named else
-                     f"it names no queue and no queue is named {job.get('type')!r}")
-            reason = f"{reason}; {where}"
+        body, why_not = self.message(job, now) if queue is not None else (None, nowhere(job))
+        if why_not:
+            reason = f"{reason}; {why_not}"
         max_attempts = queue.max_attempts if queue is not None else 1
-        outcome = await self.call("rescue", job, now, resend=queue is not None,
+        outcome = await self.call("rescue", job, now, resend=body is not None,
                                   reason=reason, max_attempts=max_attempts)
         if outcome is None:
             result.lost_races += 1
@@ -263,31 +271,50 @@ class Lifeline:
                   "reason": reason, "status_was": job.get("status")}
         if outcome == "resend":
             result.resent += 1
-            fields["message_id"] = await self.send(job, queue, now, result)
+            fields["message_id"] = await self.send(job, queue, body, now, result)
         else:
             result.failed += 1
         log.info("job.rescued", extra=fields)
         if queue is not None and self.on_rescue is not None:
             self.on_rescue(queue.name, str(outcome))
 
-    async def send(self, job: dict[str, Any], queue, now: datetime, result: Sweep
-                   ) -> str | None:
+    @staticmethod
+    def message(job: dict[str, Any], now: datetime) -> tuple[str | None, str | None]:
+        """(the job's message in the app's envelope, None), or (None, why it cannot be
+        sent): checked by the consumer's own parser, so a re-sent message is never one
+        the consumer dead-letters as malformed."""
+        envelope = Envelope(job_id=str(job.get("_id") or ""), user_id=job.get("userId") or "",
+                            type=job.get("type") or "", timestamp=stamp(now),
+                            payload=job.get("params") or {})
+        try:
+            body = envelope.to_body()
+            parse_envelope(body)
+        except (TypeError, ValueError, MalformedMessage) as exc:
+            return None, f"its message cannot be sent again: {exc}"[:500]
+        return body, None
+
+    async def send(self, job: dict[str, Any], queue, body: str, now: datetime,
+                   result: Sweep) -> str | None:
         """Send the job's message again; None when SQS refused it. The job stays
         ``queued`` (``queuedAt`` = now) then, so a later sweep finds it stale and
         re-sends it: the lifeline rescues its own failures too."""
-        envelope = Envelope(job_id=job["_id"], user_id=job.get("userId") or "",
-                            type=job.get("type") or "", timestamp=stamp(now),
-                            payload=job.get("params") or {})
         group = dedup = None
         if queue.fifo:
             # A fresh deduplication id: the original send's (the jobId) may be in the window.
-            group, dedup = envelope.user_id, f"{envelope.job_id}-rescue-{stamp(now)}"
+            group, dedup = job.get("userId"), f"{job['_id']}-rescue-{stamp(now)}"
             dedup = "".join(c if c.isalnum() or c in "-_." else "-" for c in dedup)
         try:
-            return await self.sqs.send(queue.url, envelope.to_body(), None, group, dedup)
+            return await self.sqs.send(queue.url, body, None, group, dedup)
         except TRANSPORT_ERRORS as exc:
             result.send_failed += 1
             log.warning("lifeline.send_failed", extra={
-                "job_id": envelope.job_id, "queue": queue.name, "error_code": error_code(exc)})
+                "job_id": job["_id"], "queue": queue.name, "error_code": error_code(exc)})
             return None
 
+
+def nowhere(job: dict[str, Any]) -> str:
+    """Why a job has no queue to go back to on this daemon."""
+    named = job.get("queue")
+    if named:
+        return f"queue {named!r} is not configured on this daemon"
+    return f"it names no queue and no queue is named {job.get('type')!r}"
