@@ -270,7 +270,8 @@ OPERATIONS_SETTINGS: tuple[Setting, ...] = (
             "Seconds between sweeps for orphaned jobs (on average, jittered), run by "
             "poller 0 of each daemon; 0: off."),
     Setting("lifeline_queued_after_s", 3600.0, number(60, 1209600),
-            "A queued job unclaimed this long, on a queue holding no message, is re-sent."),
+            "A queued job unclaimed this long is re-sent once its queue is empty, or "
+            "its backlog no more than poller 0 drained since the job was queued."),
     Setting("lifeline_batch", 100, integer(1, 10000),
             "Most jobs each of a sweep's two queries returns."),
 )
