@@ -31,6 +31,8 @@ def work(message, ctx):
                             params=message.payload, message_id=ctx.message_id, lease_s=60,
                             now=now, delivery=ctx.message_id, queue=ctx.queue)
     if claim.outcome.value == "claimed":
+        with open(GENERATIONS, "a") as fh:  # one line per generation
+            fh.write(message.job_id + "\\n")
         ctx.store.save_result(message.job_id, "generated_content",
                               {"topic": message.payload["topic"]}, now)
 
@@ -46,7 +48,9 @@ def test_an_orphaned_job_is_resent_and_completes_through_a_poller(
         sqs_endpoint, make_queue, sqs, tmp_path, index, swept):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "lifeline_work.py").write_text(textwrap.dedent(HANDLER))
+    generations = tmp_path / "generations"
+    (plugins / "lifeline_work.py").write_text(
+        f"GENERATIONS = {str(generations)!r}\n" + textwrap.dedent(HANDLER))
     urls = make_queue("lifeline")
     path = str(tmp_path / "jobs.sqlite3")
     settings = config.load(environ={
@@ -98,7 +102,61 @@ def test_an_orphaned_job_is_resent_and_completes_through_a_poller(
             (content,) = store.get_content("generated_content", "orphan-1")  # generated once
             assert content["topic"] == "lost"
             assert queue_counts(sqs, urls["url"]) == (0, 0)
+            assert generations.read_text() == "orphan-1\n"
         else:
             assert (job["status"], job["rescues"]) == ("processing", 0)
+    finally:
+        store.close()
+
+
+def test_a_wrong_guess_costs_one_duplicate_message_never_a_second_generation(
+        sqs_endpoint, make_queue, sqs, tmp_path):
+    # The job looked lost (queued for 2 h, its queue empty) but its message was only late:
+    # the lifeline re-sends it, and the late original then finds the job completed.
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    generations = tmp_path / "generations"
+    (plugins / "lifeline_work.py").write_text(
+        f"GENERATIONS = {str(generations)!r}\n" + textwrap.dedent(HANDLER))
+    urls = make_queue("lifeline")
+    path = str(tmp_path / "jobs.sqlite3")
+    settings = config.load(environ={
+        "VIP_WORKER_QUEUE_WORK_URL": urls["url"], "VIP_WORKER_QUEUE_WORK_WAIT_TIME_S": "1",
+        "VIP_WORKER_PLUGIN_DIRS": str(plugins), "VIP_WORKER_METRICS_INTERVAL_S": "0",
+        "VIP_WORKER_LIFELINE_INTERVAL_S": "0.2"})
+    store = SqliteStore(path)
+    store.create_job("late-1", "u1", "work", {"topic": "late"},
+                     datetime.now(UTC) - timedelta(hours=2), queue="work")
+
+    def provide(context):
+        context.provide("store", lambda: SqliteStore(path), close=lambda s: s.close())
+
+    client = make_client("us-east-1", sqs_endpoint)
+
+    async def main():
+        poller = Poller(settings, 0, [0.0] * liveness.SIZE, sqs_client=SqsClient(client),
+                        providers=[provide])
+        run = asyncio.create_task(poller.run())
+        try:
+            await wait_until_async(
+                lambda: store.get_job("late-1")["status"] == "completed" or run.done(),
+                30, interval_s=0.05, message="the re-sent job to complete")
+            sqs.send_message(QueueUrl=urls["url"], MessageBody=json.dumps({
+                "jobId": "late-1", "userId": "u1", "type": "work",
+                "timestamp": "2025-01-15T10:30:00Z", "payload": {"topic": "late"}}))
+            await wait_until_async(
+                lambda: (poller.consumer is not None and poller.consumer.handled >= 2)
+                or run.done(), 30, interval_s=0.05, message="the late original handled")
+            assert not run.done(), "the poller ended early"
+        finally:
+            poller.request_stop("graceful")
+        return await run
+
+    try:
+        assert asyncio.run(main()) == 0
+        assert generations.read_text() == "late-1\n"  # generated once
+        assert len(store.get_content("generated_content", "late-1")) == 1
+        assert store.get_job("late-1")["rescues"] == 1
+        assert queue_counts(sqs, urls["url"]) == (0, 0)  # the duplicate was deleted
     finally:
         store.close()
