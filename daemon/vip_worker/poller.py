@@ -206,7 +206,7 @@ class Poller:
 
         context = self.context
         return Lifeline(self.settings, lambda: context.store, self.sqs, on_rescue=count,
-                        drained=drained)
+                        drained=drained, dlq_urls=consumer.dlq_urls)
 
     async def drain(self) -> None:
         """Settle what is held as the stop mode says, then stop the other tasks."""

@@ -84,3 +84,4 @@ def test_two_sweepers_fail_a_spent_orphan_once(backend):
     results = sweep_together(h, backend, at(LEASE_S + 60))
     assert sum(r.failed for r in results) == 1 and sum(r.lost_races for r in results) == 1
     assert h.bodies() == [] and store.get_job("job-1")["status"] == "failed"
+    assert len(h.fake.messages(h.dlq_url)) == 1  # one DLQ copy, by the winner

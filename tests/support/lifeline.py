@@ -19,13 +19,17 @@ def at(seconds: float) -> datetime:
 
 
 class SweepHarness:
-    """Queue ``work`` (``.fifo`` if asked) on a ``FakeSqs``, settings with the lifeline
-    on, and ``sweeper(store)`` making ``Lifeline``s that share the fake and the clock."""
+    """Queue ``work`` (``.fifo`` if asked) with a DLQ on a ``FakeSqs``, settings with the
+    lifeline on, and ``sweeper(store)`` making ``Lifeline``s that share the fake and the
+    clock."""
 
     def __init__(self, fifo: bool = False, **queue: Any) -> None:
         self.fake = FakeSqs()
         self.sqs = AsyncFakeSqs(self.fake, park=False)
-        self.url = self.fake.create_queue("work.fifo" if fifo else "work", visibility_s=60)
+        suffix = ".fifo" if fifo else ""
+        self.dlq_url = self.fake.create_queue(f"work-dlq{suffix}")
+        self.url = self.fake.create_queue(f"work{suffix}", visibility_s=60,
+                                          dlq_url=self.dlq_url)
         self.queue = make_queue_settings(self.url, **queue)
         self.settings = make_settings([self.queue], lifeline_interval_s=30.0,
                                       lifeline_queued_after_s=QUEUED_AFTER_S,
@@ -42,7 +46,7 @@ class SweepHarness:
         drained = None if self.drained is None else (lambda queue: self.drained[queue])
         return Lifeline(self.settings, lambda: store, self.sqs, clock=lambda: self.now,
                         on_rescue=lambda queue, outcome: self.rescued.append((queue, outcome)),
-                        drained=drained)
+                        drained=drained, dlq_urls={"work": self.dlq_url})
 
     def sweep(self, store, now: datetime, sweeper: Lifeline | None = None) -> Sweep:
         """One sweep at ``now``: by ``sweeper`` (which keeps its history), else a new one."""

@@ -88,8 +88,24 @@ def test_an_orphan_whose_attempts_are_spent_ends_failed_with_the_reason(store, c
     assert (job["status"], job["error"]) == (
         "failed", f"{LEASE_REASON}; gave up after 2 attempts")
     (line,) = events(caplog, "job.rescued")
-    assert (line.outcome, line.attempts) == ("failed", 2)
+    assert (line.outcome, line.attempts, line.dead_lettered) == ("failed", 2, True)
     assert h.rescued == [("work", "failed")]
+    # As every failed job: its message in the DLQ with the reason, for `dlq redrive`.
+    (copy,) = h.fake.messages(h.dlq_url)
+    assert parse_envelope(copy.body).job_id == "job-1"
+    assert {name: value["StringValue"] for name, value in copy.attributes.items()} == {
+        "vip_error_class": "OrphanedJob", "vip_error": LEASE_REASON, "vip_attempts": "2",
+        "vip_source_queue": "work", "vip_source_message_id": "m-d2"}
+
+
+def test_a_dead_letter_copy_sqs_refuses_leaves_the_job_failed(store, caplog):
+    h = SweepHarness(max_attempts=1)
+    claim(store)
+    h.fake.fail_next("send")
+    assert h.sweep(store, at(LATE)).failed == 1
+    assert store.get_job("job-1")["status"] == "failed" and h.fake.messages(h.dlq_url) == []
+    assert events(caplog, "lifeline.dead_letter_failed")[0].error_code == "ServiceUnavailable"
+    assert events(caplog, "job.rescued")[0].dead_lettered is False
 
 
 def test_a_live_lease_is_left_alone(store):
@@ -103,7 +119,7 @@ def test_a_job_on_a_queue_this_daemon_does_not_know_fails_naming_it(store, caplo
     h = SweepHarness()
     claim(store, queue="elsewhere")
     assert h.sweep(store, at(LATE)).failed == 1
-    assert h.bodies() == []
+    assert h.bodies() == [] and h.fake.messages(h.dlq_url) == []
     error = store.get_job("job-1")["error"]
     assert "queue 'elsewhere' is not configured on this daemon" in error
     assert events(caplog, "job.rescued")[0].queue == "elsewhere"
@@ -382,7 +398,8 @@ def test_the_poller_feeds_the_lifeline_its_drained_counts_and_counts_its_rescues
     settings = make_settings(metrics_interval_s=60.0)
     poller = Poller(settings, 0, [0.0] * liveness.SIZE)
     poller.context = PollerContext(0, settings)
-    consumer = SimpleNamespace(queue_metrics={"work": metrics.QueueMetrics()})
+    consumer = SimpleNamespace(queue_metrics={"work": metrics.QueueMetrics()},
+                               dlq_urls={"work": "https://sqs.example/q/work-dlq"})
     lifeline = poller.lifeline(consumer)
     counts = consumer.queue_metrics["work"]
     counts.record("succeeded", 0.1)
@@ -390,5 +407,6 @@ def test_the_poller_feeds_the_lifeline_its_drained_counts_and_counts_its_rescues
     poller.emit_metrics(consumer, depths={})  # a metric line takes the counts so far
     consumer.queue_metrics["work"].record("dead_lettered", 0.1)
     assert lifeline.drained("work") == 2
+    assert lifeline.dlq_urls == {"work": "https://sqs.example/q/work-dlq"}
     lifeline.on_rescue("work", "resend")
     assert consumer.queue_metrics["work"].rescued == 1

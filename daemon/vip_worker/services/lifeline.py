@@ -22,7 +22,10 @@ A rescue is the store's compare-and-set on the state the sweeper saw: of every d
 a fleet sweeping at once, exactly one wins each orphan; the others get None and do
 nothing. The winner of a ``RESEND`` sends the job's message again, in the app's envelope,
 to the queue the job names (``queue``, else the queue named after its type); a job whose
-queue this daemon does not know is failed with a reason naming the queue. A wrong guess
+queue this daemon does not know is failed with a reason naming the queue. The winner of
+a ``FAILED`` (attempts spent) puts the job's message in its queue's DLQ with the reason
+attributes the consumer writes, as for every failed job, so ``dlq redrive`` can run it
+again. A wrong guess
 (the message was not lost after all) costs one duplicate message, never a second
 generation: the job's claim makes the duplicate a no-op (``COMPLETED`` deletes it,
 ``BUSY`` waits for the running one).
@@ -38,7 +41,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,6 +49,15 @@ from typing import Any
 
 from vip_worker.errors import DependencyUnavailable, MalformedMessage
 from vip_worker.message import Envelope, parse_envelope
+from vip_worker.outcomes import (
+    ATTEMPTS,
+    ERROR_CLASS,
+    ERROR_TEXT,
+    REASON_MAX,
+    SOURCE_MESSAGE_ID,
+    SOURCE_QUEUE,
+    string_attr,
+)
 from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
 
 log = logging.getLogger("vip_worker.services.lifeline")
@@ -53,6 +65,7 @@ log = logging.getLogger("vip_worker.services.lifeline")
 JITTER = 0.25  # each wait is interval_s x (1 +- JITTER)
 HISTORY = 512  # drained-count samples kept per queue: one per sweep (~4 h at 30 s)
 LEASE_REASON = "lease expired: its poller stopped renewing it"
+ERROR_CLASS_NAME = "OrphanedJob"  # vip_error_class of the DLQ copy of a job it failed
 # Messages in the queue by state: any of them may be the stale job's message.
 BACKLOG_ATTRIBUTES = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
                       "ApproximateNumberOfMessagesDelayed")
@@ -102,6 +115,7 @@ class Lifeline:
     :param clock: wall-clock time, aware UTC (the store's leases are wall-clock).
     :param on_rescue: called ``(queue name, outcome)`` for each rescue this sweeper won
         on a queue it knows (the poller counts them in its metrics).
+    :param dlq_urls: queue name -> its DLQ's URL (or None), as the poller resolved them.
     :param drained: ``drained(queue name)``: messages this poller has taken off the queue
         since it started (succeeded or dead-lettered), a count that only grows; sampled
         at each sweep to tell a backlog that turned over from one that did not. None:
@@ -111,7 +125,8 @@ class Lifeline:
     def __init__(self, settings, store_of: Callable[[], Any], sqs: SqsApi, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  on_rescue: Callable[[str, str], None] | None = None,
-                 drained: Callable[[str], int] | None = None) -> None:
+                 drained: Callable[[str], int] | None = None,
+                 dlq_urls: Mapping[str, str | None] | None = None) -> None:
         self.settings = settings
         self.store_of = store_of
         self.sqs = sqs
@@ -121,6 +136,7 @@ class Lifeline:
         self.by_url = {q.url: q for q in settings.queues}
         self.executor: ThreadPoolExecutor | None = None
         self.drained = drained
+        self.dlq_urls = dict(dlq_urls or {})
         # queue -> (sweep time, drained count), oldest first
         self.history: dict[str, deque[tuple[datetime, int]]] = {}
 
@@ -274,6 +290,8 @@ class Lifeline:
             fields["message_id"] = await self.send(job, queue, body, now, result)
         else:
             result.failed += 1
+            if queue is not None and body is not None:
+                fields["dead_lettered"] = await self.dead_letter(job, queue, body, reason, now)
         log.info("job.rescued", extra=fields)
         if queue is not None and self.on_rescue is not None:
             self.on_rescue(queue.name, str(outcome))
@@ -300,9 +318,7 @@ class Lifeline:
         re-sends it: the lifeline rescues its own failures too."""
         group = dedup = None
         if queue.fifo:
-            # A fresh deduplication id: the original send's (the jobId) may be in the window.
-            group, dedup = job.get("userId"), f"{job['_id']}-rescue-{stamp(now)}"
-            dedup = "".join(c if c.isalnum() or c in "-_." else "-" for c in dedup)
+            group, dedup = job.get("userId"), dedup_id(job, now)
         try:
             return await self.sqs.send(queue.url, body, None, group, dedup)
         except TRANSPORT_ERRORS as exc:
@@ -310,6 +326,39 @@ class Lifeline:
             log.warning("lifeline.send_failed", extra={
                 "job_id": job["_id"], "queue": queue.name, "error_code": error_code(exc)})
             return None
+
+
+    async def dead_letter(self, job: dict[str, Any], queue, body: str, reason: str,
+                          now: datetime) -> bool:
+        """Put the failed job's message in its queue's DLQ with the consumer's reason
+        attributes; False when the queue has none or SQS refused it (logged: the job is
+        failed with its reason either way)."""
+        dlq = self.dlq_urls.get(queue.name)
+        if not dlq:
+            return False
+        attributes = {
+            SOURCE_MESSAGE_ID: string_attr(job.get("messageId") or ""),
+            ERROR_CLASS: string_attr(ERROR_CLASS_NAME),
+            ATTEMPTS: {"DataType": "Number", "StringValue": str(job.get("attempts") or 0)},
+            SOURCE_QUEUE: string_attr(queue.name),
+            ERROR_TEXT: string_attr(reason[:REASON_MAX]),
+        }
+        group = dedup = None
+        if dlq.endswith(".fifo"):
+            group, dedup = job.get("userId"), dedup_id(job, now)
+        try:
+            await self.sqs.send(dlq, body, attributes, group, dedup)
+        except TRANSPORT_ERRORS as exc:
+            log.warning("lifeline.dead_letter_failed", extra={
+                "job_id": job["_id"], "queue": queue.name, "error_code": error_code(exc)})
+            return False
+        return True
+
+
+def dedup_id(job: dict[str, Any], now: datetime) -> str:
+    """A fresh FIFO deduplication id: the original send's (the jobId) may be in the window."""
+    text = f"{job['_id']}-rescue-{stamp(now)}"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:128]
 
 
 def nowhere(job: dict[str, Any]) -> str:
