@@ -294,8 +294,13 @@ class FakeSqs:
 
     def queue_attributes(self, queue_url: str, names: Sequence[str]) -> dict[str, str]:
         self.begin("queue_attributes", (queue_url, list(names)))
+        now = self.clock.now()
+        hidden = [m for m in self.messages(queue_url) if m.visible_at > now]
+        in_flight = sum(1 for m in hidden if m.receipt is not None)
         attrs = {**self.queue(queue_url).attributes,
-                 "ApproximateNumberOfMessages": str(len(self.visible(queue_url)))}
+                 "ApproximateNumberOfMessages": str(len(self.visible(queue_url))),
+                 "ApproximateNumberOfMessagesNotVisible": str(in_flight),
+                 "ApproximateNumberOfMessagesDelayed": str(len(hidden) - in_flight)}
         return {k: v for k, v in attrs.items() if k in names or "All" in names}
 
     def queue_url(self, name: str, owner_account: str = "") -> str:

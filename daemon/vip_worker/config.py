@@ -245,7 +245,7 @@ SPINE_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-# Running it as a service: runtime state, health, metrics, spot interruptions.
+# Running it as a service: runtime state, health, metrics, spot interruptions, the lifeline.
 OPERATIONS_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "runtime_dir", "", string,
@@ -266,6 +266,14 @@ OPERATIONS_SETTINGS: tuple[Setting, ...] = (
             env=("AWS_EC2_METADATA_SERVICE_ENDPOINT",)),
     Setting("spot_poll_interval_s", 5.0, number(0.1, 60),
             "How often the spot watcher asks the metadata service."),
+    Setting("lifeline_interval_s", 30.0, number(0, 86400),
+            "Seconds between sweeps for orphaned jobs (on average, jittered), run by "
+            "poller 0 of each daemon; 0: off."),
+    Setting("lifeline_queued_after_s", 3600.0, number(60, 1209600),
+            "A queued job unclaimed this long is re-sent once its queue is empty, or "
+            "its backlog no more than poller 0 drained since the job was queued."),
+    Setting("lifeline_batch", 100, integer(1, 10000),
+            "Most jobs each of a sweep's two queries returns."),
 )
 
 QUEUE_SETTINGS: tuple[Setting, ...] = (
@@ -412,6 +420,9 @@ class Settings:
     spot_watch: bool
     imds_endpoint: str
     spot_poll_interval_s: float
+    lifeline_interval_s: float
+    lifeline_queued_after_s: float
+    lifeline_batch: int
     # The values of the settings declared outside this module (``declared_settings()``),
     # read as attributes like the others: ``settings.fastapi_url``.
     declared: dict[str, Any] = field(default_factory=dict)

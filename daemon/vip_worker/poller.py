@@ -32,6 +32,7 @@ from vip_worker.plugins import LoadedPlugins, describe_exception, load_plugins
 from vip_worker.plugins.context import PollerContext
 from vip_worker.plugins.hooks import call_hook
 from vip_worker.services import metrics
+from vip_worker.services.lifeline import Lifeline
 from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
 from vip_worker.sqs.boto import AsyncSqs
 from vip_worker.sqs.queues import DlqLookupFailed, dlq_size_limit, resolve_dlq
@@ -63,8 +64,8 @@ class Poller:
 
     - ``open``: load the plugins, open the SQS client, look up the DLQs, register the
       providers' resources, run the start hooks, build the consumer and heartbeat;
-    - ``serve``: start the receive loops, the heartbeat, the tick and the metrics
-      reporter, and wait for a stop (``request_stop``);
+    - ``serve``: start the receive loops, the heartbeat, the tick, the metrics
+      reporter and (poller 0) the lifeline, and wait for a stop (``request_stop``);
     - ``drain``: the consumer's drain (see ``StopMode``), then the other tasks stop;
     - ``close``: the stop hooks, then the context's resources and the SQS client.
 
@@ -90,8 +91,11 @@ class Poller:
         self.transport = ""
         self.context: PollerContext | None = None
         self.consumer: Consumer | None = None
-        self.tasks: list[asyncio.Task] = []  # heartbeat, tick, metrics
+        self.tasks: list[asyncio.Task] = []  # heartbeat, tick, metrics, lifeline
         self.stopping_at = 0.0  # monotonic, when the drain began
+        # Per queue: messages taken off it (succeeded, dead-lettered) in the metric lines
+        # written so far; the lifeline adds the current line's (``drained``).
+        self.drained_before: dict[str, int] = {}
         self.exit_code = exitcodes.OK
 
     def request_stop(self, mode: StopMode | str) -> None:
@@ -177,6 +181,9 @@ class Poller:
         self.tasks = [loop.create_task(consumer.heartbeat.run(), name="heartbeat"),
                       loop.create_task(self.tick(consumer), name="tick"),
                       loop.create_task(self.report_metrics(consumer, self.sqs), name="metrics")]
+        if self.index == 0 and self.settings.lifeline_interval_s:
+            # One sweeper per daemon, like the depth readings (see services/lifeline.py).
+            self.tasks.append(loop.create_task(self.lifeline(consumer).run(), name="lifeline"))
         consumer.start()
         for task in (*self.tasks, *consumer.receivers):
             task.add_done_callback(self.task_ended)
@@ -186,6 +193,20 @@ class Poller:
             "types": sorted(self.loaded.registry.handlers),
             "concurrency": self.settings.concurrency, "sqs_transport": self.transport})
         await self.stop_event.wait()
+
+    def lifeline(self, consumer: Consumer) -> Lifeline:
+        """The sweep for orphaned jobs, on this poller's job store and SQS client; its
+        rescues are counted in the queues' metric lines (JobsRescued)."""
+        def count(queue: str, outcome: str) -> None:
+            consumer.queue_metrics[queue].record("rescued", None)
+
+        def drained(queue: str) -> int:
+            counts = consumer.queue_metrics[queue]
+            return self.drained_before.get(queue, 0) + counts.succeeded + counts.dead_lettered
+
+        context = self.context
+        return Lifeline(self.settings, lambda: context.store, self.sqs, on_rescue=count,
+                        drained=drained, dlq_urls=consumer.dlq_urls)
 
     async def drain(self) -> None:
         """Settle what is held as the stop mode says, then stop the other tasks."""
@@ -262,6 +283,8 @@ class Poller:
             return
         names = [q.name for q in self.settings.queues]
         for name, counts in metrics.drain(consumer.queue_metrics, names).items():
+            self.drained_before[name] = (self.drained_before.get(name, 0) + counts.succeeded
+                                         + counts.dead_lettered)
             depth = depths.get(name)
             if counts.empty() and depth is None:
                 continue

@@ -6,6 +6,8 @@ network hop is needed. One line per queue per ``metrics_interval_s`` and poller:
 
     MessagesSucceeded, MessagesRetried, MessagesDeadLettered (Count),
     ProcessingTime (Milliseconds, up to 100 sampled values),
+    JobsRescued (Count: orphaned jobs of the queue that this poller's lifeline re-sent or
+    failed; only poller 0 runs the lifeline, the others report 0),
 and from poller 0 only (one per host):  QueueDepth (Count, the queue's visible messages).
 """
 
@@ -16,18 +18,19 @@ from collections.abc import Iterable
 
 SAMPLES_MAX = 100
 OUTCOME_METRICS = {"succeeded": "MessagesSucceeded", "retried": "MessagesRetried",
-                   "dead_lettered": "MessagesDeadLettered"}
+                   "dead_lettered": "MessagesDeadLettered", "rescued": "JobsRescued"}
 
 
 class QueueMetrics:
     """Counts of one queue since the last emitted line."""
 
-    __slots__ = ("succeeded", "retried", "dead_lettered", "times_ms")
+    __slots__ = ("succeeded", "retried", "dead_lettered", "rescued", "times_ms")
 
     def __init__(self) -> None:
         self.succeeded = 0
         self.retried = 0
         self.dead_lettered = 0
+        self.rescued = 0
         self.times_ms: list[float] = []
 
     def record(self, outcome: str, duration_s: float | None) -> None:
@@ -36,7 +39,7 @@ class QueueMetrics:
             self.times_ms.append(round(duration_s * 1000, 1))
 
     def empty(self) -> bool:
-        return not (self.succeeded or self.retried or self.dead_lettered)
+        return not (self.succeeded or self.retried or self.dead_lettered or self.rescued)
 
 
 def emf_fields(namespace: str, queue: str, counts: QueueMetrics | None,
