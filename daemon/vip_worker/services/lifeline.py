@@ -102,6 +102,7 @@ class Sweep:
     lost_races: int = 0  # another sweeper (or the job's holder) got there first
     behind_backlog: int = 0  # stale queued jobs left alone: their queue is not empty
     send_failed: int = 0
+    not_ours: int = 0  # on a queue this daemon does not serve: left to the daemons that do
     store_unavailable: bool = False
 
 
@@ -269,10 +270,18 @@ class Lifeline:
     async def rescue(self, job: dict[str, Any], now: datetime, reason: str,
                      result: Sweep) -> None:
         """Rescue one orphan as seen; the winner of a re-send sends its message. A job
-        whose message cannot be sent (no queue known here, or a message the consumer
-        would refuse) is failed with the reason why, rather than rescued forever."""
+        on a queue this daemon does not serve is left to the daemons that serve it; one
+        whose message the consumer would refuse is failed with the reason why, rather
+        than rescued forever."""
         queue = self.queue_of(job)
-        body, why_not = self.message(job, now) if queue is not None else (None, nowhere(job))
+        if queue is None:
+            # Another daemon of the fleet may serve that queue: its own lifeline rescues
+            # the job. Failing it here would fail jobs of a fleet split by queue.
+            result.not_ours += 1
+            log.debug("lifeline.not_ours", extra={"job_id": job.get("_id"),
+                                                  "reason": nowhere(job)})
+            return
+        body, why_not = self.message(job, now)
         if why_not:
             reason = f"{reason}; {why_not}"
         max_attempts = queue.max_attempts if queue is not None else 1
