@@ -155,6 +155,12 @@ class JobStore(Protocol):
         ``delivery`` does not guard it: a stale delivery's result is saved (into the one
         content document) and completes the job, idempotently."""
 
+    def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
+        """The daemon's completion of a job whose handler returned without saving a
+        result: ``processing`` -> ``completed``, progress 100, lease cleared, no content.
+        Only while ``delivery`` holds the claim (a job the handler completed already, or
+        another delivery took, is left alone); True when it did."""
+
     def requeue(self, job_id: str, error: str, now: datetime, *,
                 message_id: str | None = None, delivery: str | None = None) -> None:
         """A transient failure: ``processing`` back to ``queued`` with the error as its

@@ -125,6 +125,12 @@ def holds(job: Mapping[str, Any], delivery: str) -> bool:
     return job.get("status") == "processing" and job.get("delivery") == delivery
 
 
+def completed_changes(now: datetime) -> dict[str, Any]:
+    """processing -> completed (``save_result``, ``complete``)."""
+    return {"status": "completed", "progress": 100, "message": COMPLETED_MESSAGE,
+            "error": None, "completedAt": now, "updatedAt": now, "leaseUntil": None}
+
+
 def release_changes(job: Mapping[str, Any], reason: str, now: datetime) -> dict[str, Any]:
     """processing -> queued, the claim's attempt refunded (never below 0)."""
     return {"status": "queued", "attempts": max(0, (job.get("attempts") or 0) - 1),
