@@ -135,3 +135,57 @@ def test_a_job_handed_back_more_often_than_max_receive_count_completes_once(
     assert dlq.get("Messages", []) == []
     left = client.receive_message(QueueUrl=urls["url"], WaitTimeSeconds=0)
     assert left.get("Messages", []) == []
+
+
+def test_a_user_plugins_jobs_are_settled_by_the_daemon(sqs_endpoint, make_queue, tmp_path):
+    # A plugin that never touches the job store: the daemon claims each job before the
+    # handler and settles it after, so the producer's queued job ends completed or failed.
+    from vip_worker.pipeline.producer import Producer
+    from vip_worker.store.factory import open_store, provide_store
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "summaries.py").write_text(textwrap.dedent("""
+        from vip_worker import PermanentError, hookimpl
+
+        def summarize(message, ctx):
+            if message.payload.get("text") == "":
+                raise PermanentError("nothing to summarize")
+
+        @hookimpl
+        def vip_worker_register_handlers(register):
+            register("summaries", summarize)
+    """))
+    urls = make_queue("summaries")
+    env = {"VIP_WORKER_QUEUE_SUMMARIES_URL": urls["url"],
+           "VIP_WORKER_QUEUE_SUMMARIES_WAIT_TIME_S": "1", "VIP_WORKER_PLUGIN_DIRS": str(plugins),
+           "VIP_WORKER_METRICS_INTERVAL_S": "0", "VIP_WORKER_STATE_DIR": str(tmp_path / "s")}
+    settings = config.load(environ=env)
+    producer = Producer(settings, sqs_client=make_client("us-east-1", sqs_endpoint))
+    good = producer.enqueue("summaries", {"text": "a long text"}, user_id="u-1")
+    bad = producer.enqueue("summaries", {"text": ""}, user_id="u-1")
+    producer.close()
+    store = open_store(settings)
+    assert [store.get_job(j)["status"] for j in (good, bad)] == ["queued", "queued"]
+
+    def settled() -> bool:
+        return all(store.get_job(j)["status"] in ("completed", "failed") for j in (good, bad))
+
+    async def main():
+        poller = Poller(settings, 0, [0.0] * liveness.SIZE,
+                        sqs_client=SqsClient(make_client("us-east-1", sqs_endpoint)),
+                        providers=[provide_store])
+        run = asyncio.create_task(poller.run())
+        await wait_until_async(lambda: settled() or run.done(), 30, interval_s=0.02,
+                               message="both jobs to settle")
+        poller.request_stop("graceful")
+        return await run
+
+    try:
+        assert asyncio.run(main()) == 0
+        done, failed = store.get_job(good), store.get_job(bad)
+    finally:
+        store.close()
+    assert (done["status"], done["progress"], done["attempts"]) == ("completed", 100, 1)
+    assert (failed["status"], failed["error"]) == (
+        "failed", "PermanentError: nothing to summarize")
