@@ -402,7 +402,11 @@ class Arbiter:
             self.crash_loop_reported = False
         # A new poller is up: retire one old poller (HUP's rolling replacement).
         while old and len(ready_current) + len(old) > self.target:
-            retiring = old.pop(0)
+            # The old poller whose slot a new one now serves, so each index has one
+            # serving poller again (index 0 reads the queue depths); else the oldest.
+            filled = {p.index for p in ready_current}
+            retiring = next((p for p in old if p.index in filled), old[0])
+            old.remove(retiring)
             log.info("poller.retiring", extra={"poller_pid": retiring.pid,
                                                "index": retiring.index})
             self.kill_poller(retiring, signal.SIGTERM)
@@ -414,7 +418,8 @@ class Arbiter:
             elif not starting:
                 self.spawn_poller(self.free_index())
         elif len(current) > self.target and not old:
-            for extra in sorted(current, key=lambda p: p.spawned_at)[self.target:]:
+            # The highest indexes go first: the pollers left keep 0 .. target - 1.
+            for extra in sorted(current, key=lambda p: p.index)[self.target:]:
                 log.info("poller.retiring", extra={"poller_pid": extra.pid,
                                                    "index": extra.index})
                 self.kill_poller(extra, signal.SIGTERM)

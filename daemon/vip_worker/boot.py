@@ -25,6 +25,9 @@ PREFLIGHT_TIMEOUT_S = 60.0
 # The boot's MongoDB check waits this long (pymongo's own default is 30 s; ours 5 s, but
 # a URI may set more): a reload runs it while the master's loop waits.
 STORE_CHECK_TIMEOUT_S = 6.0
+# The boot's SQS check, run beside the store's: a blackholed endpoint costs botocore
+# 3 x connect_timeout (5 s); the pollers' own retries are what matter then.
+SQS_CHECK_TIMEOUT_S = 6.0
 
 
 def cmd_run(args, settings) -> int:
@@ -115,7 +118,9 @@ def preflight(settings) -> tuple[str | None, list[str]]:
     """Load every plugin in a throw-away child; return (the error text or None, the values
     of the plugin settings declared secret, for the log's masking). The child also
     checks a MongoDB job store (``check_store``); unreachable, it is logged here
-    (``store.unreachable``), not refused.
+    (``store.unreachable``), not refused. And it asks SQS about every queue
+    (``check_queues``): one SQS says does not exist is the error; one it could not ask
+    about is logged here (``queue.unchecked``), not refused.
 
     The master itself never imports plugin code: each poller imports it fresh
     after fork, which is what lets SIGHUP pick up changed plugins.
@@ -133,9 +138,7 @@ def preflight(settings) -> tuple[str | None, list[str]]:
                 raise ConfigError("plugin_dirs", "no plugin registers a handler (looked in: "
                                   f"{', '.join(settings.plugin_dirs) or 'no directory'}; "
                                   "and the vip_worker.plugins entry points)")
-            answer = {"secrets": loaded.secrets(), "store_error": bounded(
-                lambda: check_store(settings), STORE_CHECK_TIMEOUT_S,
-                f"the store did not answer within {STORE_CHECK_TIMEOUT_S:g} s")}
+            answer = {"secrets": loaded.secrets(), **run_checks(settings)}
             write_all(write_fd, json.dumps(answer).encode())
         except (PluginError, ConfigError) as exc:
             os.write(write_fd, str(exc).encode()[:60000])
@@ -175,8 +178,67 @@ def preflight(settings) -> tuple[str | None, list[str]]:
                 "backend": "mongodb", "error": str(answer["store_error"])[:1000],
                 "detail": "the daemon starts anyway; jobs are retried (StoreUnavailable) "
                           "until the store answers"})
-        return None, secrets
+        return queue_problem(answer.get("queues") or {}), secrets
     return text or "plugin check failed", []
+
+
+def run_checks(settings) -> dict:
+    """The preflight child's checks of the store and the queues, run side by side
+    (a reload waits for them on the master's loop), each bounded in time."""
+    store_late = f"the store did not answer within {STORE_CHECK_TIMEOUT_S:g} s"
+    sqs_late = f"SQS did not answer within {SQS_CHECK_TIMEOUT_S:g} s"
+    store, queues = bounded_all(
+        [(lambda: check_store(settings), STORE_CHECK_TIMEOUT_S, store_late),
+         (lambda: check_queues(settings), SQS_CHECK_TIMEOUT_S,
+          {"missing": [], "unchecked": [["", "", sqs_late]]})])
+    return {"store_error": store, "queues": queues}
+
+
+def check_queues(settings) -> dict[str, list[list[str]]]:
+    """Ask SQS about each queue and each ``dlq_url`` set, in the preflight child (a boto3
+    client must not cross the master's forks): ``{"missing": [[what, url]], "unchecked":
+    [[queue name, url, error]]}``. Missing: SQS answered that it does not exist (a
+    setting names a queue that is not there). Unchecked: any other failure to ask."""
+    from vip_worker.sqs import boto as sqs_boto
+    from vip_worker.sqs.api import TRANSPORT_ERRORS, error_code
+    from vip_worker.sqs.queues import queue_exists
+
+    found: dict[str, list[list[str]]] = {"missing": [], "unchecked": []}
+    if not settings.queues:
+        return found
+    try:
+        client = sqs_boto.connect(settings.region, settings.sqs_endpoint_url)
+    except TRANSPORT_ERRORS as exc:  # no client, no answer: as for an unreachable SQS
+        found["unchecked"].append(["", "", f"{error_code(exc)}: {str(exc)[:300]}"])
+        return found
+    for queue in settings.queues:
+        for what, url in ((f"queue {queue.name!r}", queue.url),
+                          (f"the dlq_url of queue {queue.name!r}", queue.dlq_url)):
+            if not url:
+                continue
+            try:
+                if not queue_exists(client, url):
+                    found["missing"].append([what, url])
+            except TRANSPORT_ERRORS as exc:
+                found["unchecked"].append([queue.name, url,
+                                           f"{error_code(exc)}: {str(exc)[:300]}"])
+    return found
+
+
+def queue_problem(queues: dict) -> str | None:
+    """The boot's error for the queues SQS says do not exist (None: none); those it
+    could not ask about are logged (``queue.unchecked``), the pollers retry them."""
+    for name, url, error in queues.get("unchecked", []):
+        log.warning("queue.unchecked", extra={
+            "queue": name or None, "url": url or None, "error": error,
+            "detail": "could not ask SQS whether the queue exists; the daemon starts "
+                      "anyway and its pollers retry"})
+    missing = queues.get("missing", [])
+    if not missing:
+        return None
+    return "; ".join(f"{what} does not exist: {url}" for what, url in missing) + (
+        " (SQS answered QueueDoesNotExist; check the queue's url and dlq_url settings, "
+        "its region and account)")
 
 
 def check_store(settings) -> str | None:
@@ -203,27 +265,42 @@ def check_store(settings) -> str | None:
     return None
 
 
-def bounded(fn, timeout_s: float, late: str):
+def bounded(fn, timeout_s: float, late):
     """``fn()`` in a daemon thread, waited for at most ``timeout_s``; ``late`` when it
     has not returned by then (the preflight child exits without waiting for it). An
     exception it raises is raised here."""
-    outcome: list = []
+    return bounded_all([(fn, timeout_s, late)])[0]
 
-    def work():
-        try:
-            outcome.append((True, fn()))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            outcome.append((False, exc))
 
-    thread = threading.Thread(target=work, name="preflight-check", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if not outcome:
-        return late
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
+def bounded_all(calls) -> list:
+    """``bounded`` for several ``(fn, timeout_s, late)`` at once: each in its own daemon
+    thread, all started together, each waited for up to its own deadline. The results
+    in order; the first exception raised (in order) is raised here."""
+    start = time.monotonic()
+    runs = []
+    for fn, timeout_s, late in calls:
+        outcome: list = []
+
+        def work(fn=fn, outcome=outcome):
+            try:
+                outcome.append((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                outcome.append((False, exc))
+
+        thread = threading.Thread(target=work, name="preflight-check", daemon=True)
+        thread.start()
+        runs.append((thread, outcome, start + timeout_s, late))
+    results = []
+    for thread, outcome, deadline, late in runs:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not outcome:
+            results.append(late)
+            continue
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        results.append(value)
+    return results
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -456,7 +456,10 @@ class Consumer:
     def clip(self, item: InFlight, delay_s: float) -> int:
         """A visibility delay SQS accepts: whole seconds, rounded up (a backoff of 0.5-1 s
         waits 1 s, never 0), within the 12-hour cap."""
-        return max(0, min(math.ceil(delay_s), int(item.cap_at - self.clock())))
+        cap = int(item.cap_at - self.clock())
+        if not math.isfinite(delay_s):  # RetryLater(delay_s=inf) waits as long as allowed
+            return max(0, cap) if delay_s > 0 else 0
+        return max(0, min(math.ceil(min(delay_s, cap)), cap))
 
     async def dead_letter(self, item: InFlight, error: BaseException,
                           duration_s: float | None = None) -> bool:

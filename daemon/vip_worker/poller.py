@@ -150,10 +150,10 @@ class Poller:
                         if (limit := await max_receive_count(sqs, q)) is not None}
         context = PollerContext(index=self.index, settings=self.settings,
                                 plugin_values=loaded.registry.plugin_settings)
-        for provide in self.providers:
-            provide(context)
         started_plugins: list[str] = []
         try:
+            for provide in self.providers:
+                provide(context)
             await call_hook(loaded.manager.hook.vip_worker_poller_start, context=context,
                             done=started_plugins)
         except Exception as exc:  # noqa: BLE001 - reported, then the arbiter backs off

@@ -7,11 +7,14 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
 
+import botocore.exceptions
 import pytest
 
 from vip_worker import config
-from vip_worker.pipeline.producer import Producer
+from vip_worker.pipeline import producer as producer_module
+from vip_worker.pipeline.producer import Producer, QueueNotFound, SendFailed
 
 pytestmark = pytest.mark.e2e
 PROJECT_PLUGINS = os.path.join(os.path.dirname(__file__), "..", "..", "plugins")
@@ -96,3 +99,103 @@ def test_enqueue_and_jobs_commands(tmp_path, sqs_endpoint, make_queue):
     assert json.loads(vip("jobs", "list", "--status", "failed", "--json", env=env).stdout) == []
     missing = vip("jobs", "show", "nope", env=env)
     assert missing.returncode == 66 and "no job 'nope'" in missing.stderr
+
+
+def absent_queue_url(sqs_endpoint):
+    return f"{sqs_endpoint}/123456789012/absent-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_queue_that_does_not_exist_fails_the_job_naming_the_queue(tmp_path, sqs_endpoint,
+                                                                   caplog):
+    url = absent_queue_url(sqs_endpoint)
+    producer = Producer(settings(tmp_path, ARTICLES_QUEUE_URL=url,
+                                 AWS_ENDPOINT_URL_SQS=sqs_endpoint))
+    with caplog.at_level(logging.ERROR, logger="vip_worker.pipeline.producer"), \
+            pytest.raises(QueueNotFound) as raised:
+        producer.enqueue("articles", {"topic": "Nowhere"}, user_id="u-3")
+    failure = raised.value
+    assert str(failure) == f"queue 'articles' does not exist ({url})"
+    assert (failure.queue, failure.url, failure.job_status) == ("articles", url, "failed")
+    job = producer.store.get_job(failure.job_id)
+    assert job["status"] == "failed" and job["error"] == str(failure)
+    assert job["queue"] == "articles"  # where its message was meant to go
+    (record,) = [r for r in caplog.records if r.getMessage() == "producer.send_failed"]
+    assert record.job_status == "failed" and record.url == url
+    producer.close()
+
+
+def test_queue_article_generation_names_the_missing_queue_too(tmp_path, sqs_endpoint,
+                                                             monkeypatch):
+    url = absent_queue_url(sqs_endpoint)
+    for name, value in {"VIP_WORKER_STATE_DIR": str(tmp_path / "state"),
+                        "ARTICLES_QUEUE_URL": url, "AWS_ENDPOINT_URL_SQS": sqs_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    producer_module.default_producer.cache_clear()
+    try:
+        with pytest.raises(QueueNotFound, match="queue 'articles' does not exist") as raised:
+            producer_module.queue_article_generation(None, "u-4", {"topic": "Nowhere"})
+        job = producer_module.default_producer().store.get_job(raised.value.job_id)
+        assert job["status"] == "failed" and url in job["error"]
+    finally:
+        producer_module.default_producer().close()
+        producer_module.default_producer.cache_clear()
+
+
+def test_a_message_sqs_refuses_fails_the_job_with_sqs_reason(tmp_path, sqs_endpoint,
+                                                            make_queue):
+    urls = make_queue("articles")
+    producer = Producer(settings(tmp_path, ARTICLES_QUEUE_URL=urls["url"],
+                                 AWS_ENDPOINT_URL_SQS=sqs_endpoint))
+    with pytest.raises(SendFailed) as raised:  # over SQS's 1 MiB
+        producer.enqueue("articles", {"topic": "x" * 1_100_000}, user_id="u-5")
+    failure = raised.value
+    assert not isinstance(failure, QueueNotFound) and failure.job_status == "failed"
+    assert urls["url"] in str(failure) and failure.error_code in str(failure)
+    assert producer.store.get_job(failure.job_id)["error"] == str(failure)
+    producer.close()
+
+
+class TimesOut:
+    """An AWS SDK client whose send times out after the request left: sent or not?"""
+
+    def send_message(self, **kwargs):
+        raise botocore.exceptions.ReadTimeoutError(endpoint_url="http://127.0.0.1:9")
+
+
+def test_a_send_that_may_have_reached_sqs_leaves_the_job_queued(tmp_path):
+    producer = Producer(settings(tmp_path, ARTICLES_QUEUE_URL="http://127.0.0.1:9/1/articles"),
+                        sqs_client=TimesOut())
+    with pytest.raises(SendFailed, match="ReadTimeoutError") as raised:
+        producer.enqueue("articles", {"topic": "Maybe"}, user_id="u-6")
+    assert raised.value.job_status == "queued"
+    job = producer.store.get_job(raised.value.job_id)
+    assert job["status"] == "queued" and job["queue"] == "articles"
+    producer.close()
+
+
+def test_enqueue_to_a_queue_that_does_not_exist_exits_78_and_fails_the_job(tmp_path,
+                                                                          sqs_endpoint):
+    url = absent_queue_url(sqs_endpoint)
+    env = {"VIP_WORKER_STATE_DIR": str(tmp_path / "state"), "ARTICLES_QUEUE_URL": url,
+           "AWS_ENDPOINT_URL_SQS": sqs_endpoint}
+    result = vip("enqueue", "articles", "--topic", "Nowhere", "--job-id",
+                 "64b7f0c2a1b2c3d4e5f60718", env=env)
+    assert result.returncode == 78, result.stderr
+    assert "queue 'articles' does not exist" in result.stderr and url in result.stderr
+    assert "64b7f0c2a1b2c3d4e5f60718" in result.stderr and "the job is failed" in result.stderr
+    job = json.loads(vip("jobs", "show", "64b7f0c2a1b2c3d4e5f60718", "--json", env=env).stdout)
+    assert job["status"] == "failed" and url in job["error"]
+
+
+def test_enqueue_of_a_message_sqs_refuses_exits_69_and_fails_the_job(tmp_path, sqs_endpoint,
+                                                                    make_queue):
+    urls = make_queue("articles")
+    env = {"VIP_WORKER_STATE_DIR": str(tmp_path / "state"), "ARTICLES_QUEUE_URL": urls["url"],
+           "AWS_ENDPOINT_URL_SQS": sqs_endpoint}
+    big = tmp_path / "big.jsonl"  # over SQS's 1 MiB (too long for an argument)
+    big.write_text(json.dumps({"topic": "x" * 1_100_000}) + "\n")
+    result = vip("enqueue", "articles", "--file", str(big), env=env)
+    assert result.returncode == 69, result.stderr
+    assert urls["url"] in result.stderr and "the job is failed" in result.stderr
+    (job,) = json.loads(vip("jobs", "list", "--json", env=env).stdout)
+    assert job["status"] == "failed" and urls["url"] in job["error"]

@@ -159,3 +159,38 @@ def test_stop_modes_move_from_graceful_to_fast_and_never_back(clock, procs):
     assert master.stopping is StopMode.FAST
     assert procs.signals == [(101, "SIGTERM"), (101, "SIGINT")]
     assert master.snapshot().stopping == "fast"
+
+
+def recycle(master: Arbiter, clock: FakeClock, pid: int) -> None:
+    """Poller ``pid`` retires itself (exit 4) and its slot is filled again."""
+    master.reaped(pid, 4 << 8)  # a wait status: exit code 4, POLLER_RECYCLED
+    master.manage_pollers()
+    clock.advance(1)
+    serve(master, clock)
+
+
+def test_hup_retires_the_old_poller_whose_slot_the_new_one_took(clock, procs):
+    master = make_master(clock, procs)
+    master.manage_pollers()
+    serve(master, clock)
+    recycle(master, clock, 101)  # slot 0 is now 103, younger than 102 in slot 1
+    assert procs.forked == [(101, 0), (102, 1), (103, 0)]
+
+    master.handle_hup()
+    master.manage_pollers()
+    assert procs.forked[-1] == (104, 0)
+    clock.advance(1)
+    serve(master, clock, 104)
+    master.manage_pollers()
+    # Not the oldest (102, slot 1): that would leave slot 0 served twice, slot 1 not at all.
+    assert procs.signals == [(103, "SIGTERM")]
+
+
+def test_ttou_retires_the_highest_index_so_slot_0_keeps_serving(clock, procs):
+    master = make_master(clock, procs, processes=3)
+    master.manage_pollers()
+    serve(master, clock)
+    recycle(master, clock, 101)  # slot 0 is now the newest poller, 104
+    master.handle_ttou()
+    master.manage_pollers()
+    assert procs.signals == [(103, "SIGTERM")]  # slot 2, not the newest (104, slot 0)

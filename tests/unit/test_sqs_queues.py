@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import botocore.exceptions
 import pytest
 
-from tests.fakes import AsyncFakeSqs, FakeSqs, make_queue_settings
+from tests.fakes import AsyncFakeSqs, FakeSqs, client_error, make_queue_settings
 from vip_worker.sqs import queues
+from vip_worker.sqs.api import ClientError
 
 
 def policy(arn: str) -> dict[str, str]:
@@ -65,3 +67,47 @@ def test_counts_and_arn_read_the_queues_attributes():
     assert queues.counts(fake, url) == {"visible": 1, "in_flight": 0, "delayed": 0, "depth": 1}
     assert queues.queue_arn(fake, url) == FakeSqs.arn("work")
     assert queues.queue_name(url + "/") == "work"
+
+
+def json_protocol_missing_queue():
+    """What boto3 raises over SQS's JSON protocol: both codes, the modeled one as
+    QueryErrorCode."""
+    return ClientError({"Error": {"Code": "AWS.SimpleQueueService.NonExistentQueue",
+                                  "QueryErrorCode": "QueueDoesNotExist", "Type": "Sender"},
+                        "ResponseMetadata": {"HTTPStatusCode": 400}}, "SendMessage")
+
+
+@pytest.mark.parametrize("exc,missing", [
+    (json_protocol_missing_queue(), True),
+    (client_error("AWS.SimpleQueueService.NonExistentQueue"), True),
+    (client_error("QueueDoesNotExist"), True),
+    (client_error("AccessDenied"), False),
+    (client_error("ThrottlingException"), False),
+    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), False),
+    (OSError("unreachable"), False),
+])
+def test_only_sqs_saying_so_means_the_queue_does_not_exist(exc, missing):
+    assert queues.is_missing_queue(exc) is missing
+
+
+@pytest.mark.parametrize("exc,sent_nothing", [
+    (client_error("AWS.SimpleQueueService.NonExistentQueue"), True),
+    (client_error("ThrottlingException"), True),  # SQS answered: it did nothing
+    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), True),
+    (botocore.exceptions.ConnectTimeoutError(endpoint_url="http://10.0.0.1"), True),
+    (botocore.exceptions.NoCredentialsError(), True),
+    (botocore.exceptions.ReadTimeoutError(endpoint_url="http://127.0.0.1:9"), False),
+    (botocore.exceptions.ConnectionClosedError(endpoint_url="http://127.0.0.1:9"), False),
+])
+def test_a_send_that_may_have_reached_sqs_is_not_called_unsent(exc, sent_nothing):
+    assert queues.never_sent(exc) is sent_nothing
+
+
+def test_queue_exists_is_false_only_when_sqs_says_so():
+    fake = FakeSqs()
+    url = fake.create_queue("work")
+    assert queues.queue_exists(fake, url) is True
+    assert queues.queue_exists(fake, url + "-gone") is False
+    fake.fail_next("queue_attributes", "ThrottlingException")
+    with pytest.raises(ClientError, match="ThrottlingException"):
+        queues.queue_exists(fake, url)

@@ -53,7 +53,13 @@ def payloads_from_file(path: str) -> list[dict[str, Any]]:
 
 
 def cmd_enqueue(args, settings) -> int:
-    from vip_worker.pipeline.producer import NoHandler, Producer, new_job_id
+    from vip_worker.pipeline.producer import (
+        NoHandler,
+        Producer,
+        QueueNotFound,
+        SendFailed,
+        new_job_id,
+    )
     from vip_worker.plugins import describe_exception
 
     try:
@@ -75,6 +81,11 @@ def cmd_enqueue(args, settings) -> int:
     except StoreUnavailable as exc:
         print(f"vip-worker: job store unavailable: {exc}", file=sys.stderr)
         return exitcodes.UNAVAILABLE
+    except SendFailed as exc:
+        print(f"vip-worker: job {exc.job_id}: {exc} (the job is {exc.job_status})",
+              file=sys.stderr)
+        # A queue that does not exist is a setting to fix; anything else may pass.
+        return exitcodes.CONFIG if isinstance(exc, QueueNotFound) else exitcodes.UNAVAILABLE
     except (ConfigError, PluginError) as exc:  # the plugins, loaded for an inline run
         print(f"vip-worker: {exc}", file=sys.stderr)
         return exitcodes.CONFIG

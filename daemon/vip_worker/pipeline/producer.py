@@ -7,6 +7,11 @@ to the queue named after the type (``articles`` -> the ``articles`` queue).
 The app's own fallback: when SQS is not configured for the type, the handler runs
 inline in the caller's process and the log says so ("the system still works").
 
+A message that cannot be sent raises ``SendFailed`` (``QueueNotFound`` when SQS says
+the queue does not exist), naming the queue and its URL. When the message certainly
+never reached SQS the job is marked ``failed`` with that reason, so no job waits
+``queued`` for a message that does not exist (docs/pipeline.md, "When the send fails").
+
     from vip_worker.pipeline.producer import queue_article_generation, is_sqs_configured
     job_id = queue_article_generation(None, user_id, {"mode": "topic", "topic": "..."})
 """
@@ -38,6 +43,34 @@ def new_job_id() -> str:
 
 class NoHandler(LookupError):
     """An inline run was asked for a message type that no loaded plugin handles."""
+
+
+class SendFailed(Exception):
+    """The job's message could not be sent to its queue; ``str()`` says which and why.
+
+    :ivar job_id: the job created for it.
+    :ivar queue: the queue's name; ``url`` its URL.
+    :ivar error_code: SQS's error code, else the exception's class name.
+    :ivar job_status: ``"failed"``: the message certainly never reached SQS (SQS
+        answered with an error, or no connection was made), and the job this call
+        created is failed with the reason. ``"queued"``: it may have been sent (a
+        timeout after the request left), or the job existed before this call; the job
+        is left as it was.
+    """
+
+    def __init__(self, reason: str, *, job_id: str, queue: str, url: str, error_code: str,
+                 job_status: str) -> None:
+        super().__init__(reason)
+        self.job_id = job_id
+        self.queue = queue
+        self.url = url
+        self.error_code = error_code
+        self.job_status = job_status
+
+
+class QueueNotFound(SendFailed):
+    """SQS says the type's queue does not exist: a setting names a queue that is not
+    there (or it was deleted). Retrying will not help; ``vip-worker enqueue`` exits 78."""
 
 
 class Producer:
@@ -82,7 +115,8 @@ class Producer:
         queue = self.queue_for(message_type)
         if queue is None:
             self.inline_handler(message_type)  # NoHandler before any job is created
-        self.store.create_job(job_id, user_id, message_type, payload, now)
+        created = self.store.create_job(job_id, user_id, message_type, payload, now,
+                                        queue=queue.name if queue else None)
         if queue is None:
             log.warning("producer.inline", extra={
                 "job_id": job_id, "type": message_type,
@@ -90,12 +124,42 @@ class Producer:
                           f"handler in this process"})
             self.run_inline(envelope)
             return job_id
+        from vip_worker.sqs.api import TRANSPORT_ERRORS
+
         group, dedup = (user_id, job_id) if queue.fifo else (None, None)
-        message_id = self.client().send(queue.url, envelope.to_body(), group_id=group,
-                                        dedup_id=dedup)
+        try:
+            message_id = self.client().send(queue.url, envelope.to_body(), group_id=group,
+                                            dedup_id=dedup)
+        except TRANSPORT_ERRORS as exc:
+            raise self.send_failed(job_id, message_type, queue, exc, created) from exc
         log.info("producer.queued", extra={"job_id": job_id, "type": message_type,
                                            "queue": queue.name, "message_id": message_id})
         return job_id
+
+    def send_failed(self, job_id: str, message_type: str, queue, exc: BaseException,
+                    created: bool) -> SendFailed:
+        """The ``SendFailed`` to raise for ``exc``; first, when the message certainly
+        never reached SQS, the job this call created goes ``queued`` -> ``failed`` with
+        the reason (nothing will ever claim it). A job that existed before is left as
+        it was: an earlier message of it may be running."""
+        from vip_worker.sqs.api import error_code
+        from vip_worker.sqs.queues import is_missing_queue, never_sent
+
+        code = error_code(exc)
+        if is_missing_queue(exc):
+            kind, reason = QueueNotFound, f"queue {queue.name!r} does not exist ({queue.url})"
+        else:
+            kind, reason = SendFailed, (f"sending to queue {queue.name!r} ({queue.url}) "
+                                        f"failed: {code}: {str(exc)[:300]}")
+        status = "failed" if created and never_sent(exc) else "queued"
+        if status == "failed":
+            # queued -> failed: the job's message does not exist, nothing will claim it.
+            self.store.fail(job_id, reason, datetime.now(UTC))
+        log.error("producer.send_failed", extra={
+            "job_id": job_id, "type": message_type, "queue": queue.name, "url": queue.url,
+            "error_code": code, "error": reason, "job_status": status})
+        return kind(reason, job_id=job_id, queue=queue.name, url=queue.url, error_code=code,
+                    job_status=status)
 
     def client(self):
         from vip_worker.sqs.boto import SqsClient, connect

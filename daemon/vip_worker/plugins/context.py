@@ -54,9 +54,14 @@ class PollerContext:
     resources: dict[str, Any] = field(default_factory=dict)
     plugin_values: dict[str, dict[str, Any]] = field(default_factory=dict)
     _providers: dict[str, Provider] = field(default_factory=dict)
-    _opened: dict[str, Any] = field(default_factory=dict)  # in the order they were opened
-    # Handlers in threads may ask for a resource at once: it is opened once.
-    _lock: threading.RLock = field(default_factory=threading.RLock)
+    # name -> (the resource, the provider that opened it), in the order they were opened.
+    _opened: dict[str, tuple[Any, Provider]] = field(default_factory=dict)
+    # Guards the two dicts only, never held during an open(): a slow or failing open of
+    # one resource (a store that is down) must not block lookups of the others.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # One lock per name, held during that name's open(): handlers in threads asking for
+    # it at once open it once.
+    _opening: dict[str, threading.Lock] = field(default_factory=dict)
 
     def plugin_settings(self, plugin: str) -> dict[str, Any]:
         """A plugin's resolved settings (its declared defaults, the config file's
@@ -79,12 +84,20 @@ class PollerContext:
         :raises LookupError: nothing provides ``name``.
         """
         with self._lock:
-            if name not in self._opened:
-                provider = self._providers.get(name)
-                if provider is None:
-                    raise LookupError(f"no resource {name!r} is provided in this process")
-                self._opened[name] = provider.open()
-            return self._opened[name]
+            if name in self._opened:
+                return self._opened[name][0]
+            if name not in self._providers:
+                raise LookupError(f"no resource {name!r} is provided in this process")
+            opening = self._opening.setdefault(name, threading.Lock())
+        with opening:
+            with self._lock:
+                if name in self._opened:  # another thread opened it while this one waited
+                    return self._opened[name][0]
+                provider = self._providers[name]
+            resource = provider.open()
+            with self._lock:
+                self._opened[name] = (resource, provider)
+            return resource
 
     def provides(self, name: str) -> bool:
         """Whether a resource ``name`` is provided (opened or not) in this process."""
@@ -97,13 +110,20 @@ class PollerContext:
         return self.resource(STORE)
 
     def close(self) -> None:
-        """Close the opened resources, the last opened first."""
+        """Close the opened resources, the last opened first, each with the provider
+        that opened it. A close that raises is logged (``resource.close_failed``) and
+        the others are still closed: one broken client must not leave the store open."""
         with self._lock:
             opened, self._opened = self._opened, {}
         for name in reversed(list(opened)):
-            provider = self._providers.get(name)
-            if provider is not None and provider.close is not None:
-                provider.close(opened[name])
+            resource, provider = opened[name]
+            if provider.close is None:
+                continue
+            try:
+                provider.close(resource)
+            except Exception as exc:  # noqa: BLE001 - logged; the other resources still close
+                log.error("resource.close_failed", extra={
+                    "resource": name, "error_class": type(exc).__name__, "error": str(exc)[:300]})
 
 
 @dataclass

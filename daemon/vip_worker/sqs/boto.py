@@ -201,7 +201,7 @@ def batch_entry(entry: SendEntry) -> dict[str, Any]:
 def failures(response: dict) -> list[EntryFailure]:
     return [
         EntryFailure(f["Id"], f.get("Code", ""), f.get("Message", ""), f.get("SenderFault", False))
-        for f in response.get("Failed", [])
+        for f in response.get("Failed") or []  # null, as botocore reads it: none
     ]
 
 

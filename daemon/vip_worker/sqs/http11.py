@@ -48,7 +48,10 @@ class Connection:
         if sock is None:
             return True
         try:  # what the loop has not read yet: readable now means data or EOF
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            # poll, not select: select refuses a descriptor of 1024 or more.
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+            readable = poller.poll(0)
         except (OSError, ValueError):
             return False
         return not readable

@@ -2,7 +2,9 @@
 
 One implementation for the poller (asynchronous, through ``SqsApi``) and the
 ``status`` and ``dlq`` commands (blocking, through ``SqsClient``): both read the
-DLQ from the queue's RedrivePolicy with ``redrive_target``.
+DLQ from the queue's RedrivePolicy with ``redrive_target``. ``is_missing_queue``,
+``never_sent`` and ``queue_exists`` tell the boot's check and the producer which
+failures are definite (the queue does not exist; nothing reached SQS).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
+import botocore.exceptions
+
+from vip_worker.sqs.api import TRANSPORT_ERRORS, ClientError, SqsApi, error_code
 from vip_worker.sqs.limits import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
@@ -20,6 +24,15 @@ if TYPE_CHECKING:
 COUNT_ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
                     "ApproximateNumberOfMessagesDelayed"]
 log = logging.getLogger("vip_worker.sqs.queues")
+# SQS's answer that a queue does not exist: the query protocol's code, which boto3 reports
+# as ``Code`` over the JSON protocol too, and the JSON protocol's own (its
+# ``QueryErrorCode``, and the modeled exception's name).
+NONEXISTENT_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue",
+                                     "QueueDoesNotExist"})
+# Failures that happen before a request reaches SQS: nothing was done there.
+NOT_SENT_ERRORS = (botocore.exceptions.EndpointConnectionError,
+                   botocore.exceptions.ConnectTimeoutError,
+                   botocore.exceptions.NoCredentialsError)
 
 
 class DlqLookupFailed(Exception):
@@ -28,6 +41,22 @@ class DlqLookupFailed(Exception):
 
 def queue_name(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def is_missing_queue(exc: BaseException) -> bool:
+    """Whether SQS answered that the queue does not exist (a definite answer: the URL
+    or name is wrong, or the queue was deleted), as opposed to any other failure."""
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    return bool({error.get("Code"), error.get("QueryErrorCode")} & NONEXISTENT_QUEUE_CODES)
+
+
+def never_sent(exc: BaseException) -> bool:
+    """Whether a failed call certainly did nothing at SQS (so a SendMessage sent nothing):
+    SQS answered with an error, or no connection was ever made. A read timeout or a
+    connection dropped mid-call may come after SQS acted: False."""
+    return isinstance(exc, (ClientError, *NOT_SENT_ERRORS))
 
 
 def redrive_target(attributes: dict[str, str]) -> tuple[str, str] | None:
@@ -121,6 +150,21 @@ def resolve_dlq_url(client: SqsClient, queue_url: str, dlq_url: str = "") -> str
         return dlq_url
     target = redrive_target(client.queue_attributes(queue_url, ["RedrivePolicy"]))
     return client.queue_url(*target) if target else None
+
+
+def queue_exists(client: SqsClient, url: str) -> bool:
+    """Ask SQS for the queue's ARN: False only when SQS answers that it does not exist.
+
+    :raises TRANSPORT_ERRORS: any other failure (unreachable, throttled, denied): the
+        question is left open, for the caller to treat as such.
+    """
+    try:
+        client.queue_attributes(url, ["QueueArn"])
+    except ClientError as exc:
+        if is_missing_queue(exc):
+            return False
+        raise
+    return True
 
 
 def counts(client: SqsClient, url: str) -> dict[str, int]:

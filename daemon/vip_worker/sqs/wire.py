@@ -267,7 +267,9 @@ class WireSqs:
                                       timeout_s=CALL_TIMEOUT_S + wait_s)
         with unusable("ReceiveMessage"):
             messages = response.get("Messages") or []  # null, as absent: none
-            for message in messages:
+            for i, message in enumerate(messages):
+                # botocore drops JSON nulls ("Attributes": null is no attributes): so here.
+                message = messages[i] = {k: v for k, v in message.items() if v is not None}
                 if not (message["MessageId"] and message["ReceiptHandle"]
                         and isinstance(message["Body"], str)):
                     raise ValueError("a message without its id, receipt handle or body")
