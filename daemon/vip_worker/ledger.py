@@ -67,7 +67,7 @@ class Ledger:
         self.wall = wall
         self.pool = ThreadPoolExecutor(max_workers=LEDGER_THREADS, thread_name_prefix="ledger")
         self.claimed: dict[int, InFlight] = {}  # held claims, renewed by ``renew``
-        self.renewals = 0
+        self.renewals = 0  # renew_leases calls answered
 
     @classmethod
     def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
@@ -173,13 +173,13 @@ class Ledger:
         now = self.wall()
         lease_until = now + timedelta(seconds=max(self.lease_s(i.queue) for i in held))
         pairs = [(i.envelope.job_id, i.delivery) for i in held]
-        self.renewals += 1
         try:
             still = await self.call("renew_leases", pairs, lease_until, now)
         except DependencyUnavailable as exc:
             log.error("job.lease_renew_failed", extra={"count": len(held),
                                                        "error": str(exc)[:500]})
             return
+        self.renewals += 1
         for item in held:
             if item.envelope.job_id not in still and id(item) in self.claimed:
                 item.lease_lost = True

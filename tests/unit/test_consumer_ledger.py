@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+import threading
+from datetime import UTC, datetime
 
 import pytest
 
@@ -207,9 +208,10 @@ def test_the_last_ledger_attempt_dead_letters_and_fails_the_job():
 
 
 def test_a_hand_back_at_shutdown_spends_no_attempt(consumer_logs):
-    gate = asyncio.Event()
+    gate, started = asyncio.Event(), []
 
     async def handler(message, ctx):
+        started.append(message.job_id)
         await gate.wait()
 
     h, store = harness(handler, worker={"type_limits": {"articles": 1}})
@@ -217,7 +219,7 @@ def test_a_hand_back_at_shutdown_spends_no_attempt(consumer_logs):
     h.send(envelope(job_id=JOB))  # waits behind the type limit: never starts
 
     async def scenario(consumer):
-        await wait_until(lambda: store.calls_to("claim") == 1, what="the first claim")
+        await wait_until(lambda: started, what="the first handler")
         await consumer.drain(0, wait_for_polls=False)
 
     h.run(scenario)
@@ -232,27 +234,36 @@ def test_a_hand_back_at_shutdown_spends_no_attempt(consumer_logs):
 # -- leases ------------------------------------------------------------------------------
 
 
-def test_one_store_call_renews_every_held_lease_and_a_lost_one_is_left_alone(consumer_logs):
+def blocked_harness(jobs):
     gate = asyncio.Event()
 
     async def handler(message, ctx):
         await gate.wait()
 
     h, store = harness(handler, worker={"concurrency": 10})
-    jobs = [f"{n:024x}" for n in range(4)]
     for job_id in jobs:
         h.send(envelope(job_id=job_id))
+    return h, store, gate
+
+
+def held_delivery(consumer, job_id):
+    return next(i.delivery for i in consumer.ledger.claimed.values()
+                if i.envelope.job_id == job_id)
+
+
+def test_one_store_call_renews_every_held_lease_and_a_lost_one_is_left_alone(consumer_logs):
+    jobs = [f"{n:024x}" for n in range(4)]
+    h, store, gate = blocked_harness(jobs)
 
     async def scenario(consumer):
         await wait_until(lambda: len(consumer.ledger.claimed) == 4, what="four claims")
         before = store.calls_to("renew_leases")
         await consumer.ledger.renew()
         assert store.calls_to("renew_leases") == before + 1
-        # Another delivery takes a job over (this poller froze past its lease).
-        store.store.release(jobs[0], consumer.ledger.claimed[
-            next(k for k, i in consumer.ledger.claimed.items()
-                 if i.envelope.job_id == jobs[0])].delivery, datetime.now(UTC), "taken")
-        claim_elsewhere_job(store, jobs[0])
+        # This poller froze past its lease and another delivery took the job over.
+        store.release(jobs[0], held_delivery(consumer, jobs[0]), datetime.now(UTC), "lost")
+        store.claim(jobs[0], user_id="u1", type="articles", params={}, message_id="m-x",
+                    lease_s=600, now=datetime.now(UTC), delivery="thief")
         await consumer.ledger.renew()
         gate.set()
         await wait_until(lambda: len(h.fake.deleted(h.url)) == 4 and h.idle(),
@@ -261,13 +272,31 @@ def test_one_store_call_renews_every_held_lease_and_a_lost_one_is_left_alone(con
     h.run(scenario)
     (lost,) = events(consumer_logs, "job.lease_lost")
     assert lost.job_id == jobs[0] and lost.levelname == "WARNING"
-    assert store.get_job(jobs[0])["status"] == "processing"  # the other delivery's, untouched
+    taken = store.get_job(jobs[0])  # the other delivery's: never settled from here
+    assert (taken["status"], taken["delivery"]) == ("processing", "thief")
     assert [store.get_job(j)["status"] for j in jobs[1:]] == ["completed"] * 3
 
 
-def claim_elsewhere_job(store, job_id):
-    store.claim(job_id, user_id="u1", type="articles", params={}, message_id="m-x",
-                lease_s=600, now=datetime.now(UTC) + timedelta(seconds=1), delivery="thief")
+def test_the_lease_task_renews_once_per_interval_for_all_held_jobs():
+    jobs = [f"{n:024x}" for n in range(3)]
+    h, store, gate = blocked_harness(jobs)
+
+    async def scenario(consumer):
+        ledger = consumer.ledger
+        await wait_until(lambda: len(ledger.claimed) == 3, what="three claims")
+        ledger.interval_s = 0.01
+        task = asyncio.create_task(ledger.run())
+        await wait_until(lambda: ledger.renewals >= 3, what="three renewals")
+        task.cancel()
+        gate.set()
+        await wait_until(lambda: len(h.fake.deleted(h.url)) == 3 and h.idle(),
+                         what="the handlers")
+        return ledger.renewals
+
+    renewals = h.run(scenario)
+    # One call per interval for the three jobs, not one per job (the last may have been
+    # under way when the task was cancelled).
+    assert store.calls_to("renew_leases") in (renewals, renewals + 1)
 
 
 # -- re-sending before SQS's redrive -----------------------------------------------------
@@ -316,3 +345,30 @@ def test_an_untracked_resent_message_keeps_counting_its_attempts():
                 {"vip_attempts": {"DataType": "Number", "StringValue": "2"}})
     settle(h, lambda: h.fake.messages(h.dlq_url))  # attempt 3 of 3: dead-lettered
     assert h.fake.messages(h.url) == []
+
+
+def test_a_claim_handed_back_before_its_handler_started_is_released():
+    calls, claim_may_go = [], threading.Event()
+    h, store = harness(lambda message, ctx: calls.append(message))
+    real_claim = store.store.claim
+
+    def slow_claim(*args, **kwargs):
+        claim_may_go.wait(10)
+        return real_claim(*args, **kwargs)
+
+    store.store.claim = slow_claim
+    h.send(envelope(job_id=JOB))
+
+    async def scenario(consumer):
+        await wait_until(lambda: store.calls_to("claim") == 1, what="the claim to be sent")
+        drain = asyncio.create_task(consumer.drain(0, wait_for_polls=False))
+        await wait_until(lambda: all(i.settled for i in consumer.held.values()),
+                         what="the hand-back")
+        claim_may_go.set()  # the claim lands after the message was handed back
+        await drain
+
+    h.run(scenario)
+    assert calls == []
+    job = store.get_job(JOB)
+    assert (job["status"], job["attempts"], job["leaseUntil"]) == ("queued", 0, None)
+    assert len(h.fake.visible(h.url)) == 1
