@@ -207,6 +207,19 @@ def test_the_last_ledger_attempt_dead_letters_and_fails_the_job():
     assert (job["status"], job["attempts"]) == ("failed", 2)
 
 
+def test_a_redriven_failed_job_gets_its_attempts_again():
+    h, store = harness(fail_with(ValueError("flaky")), max_attempts=2)
+    for n in range(2):  # two attempts, then failed and dead-lettered
+        store.claim(JOB, user_id="u1", type="articles", params={}, message_id="m0",
+                    lease_s=60, now=datetime.now(UTC), delivery=f"earlier-{n}")
+        store.requeue(JOB, "flaky", datetime.now(UTC), delivery=f"earlier-{n}")
+    store.fail(JOB, "gave up", datetime.now(UTC))
+    h.send(envelope(job_id=JOB))  # `vip-worker dlq redrive` sent it back
+    settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
+    assert h.fake.messages(h.dlq_url) == []
+    assert (store.get_job(JOB)["status"], store.get_job(JOB)["attempts"]) == ("queued", 1)
+
+
 def test_a_hand_back_at_shutdown_spends_no_attempt(consumer_logs):
     gate, started = asyncio.Event(), []
 

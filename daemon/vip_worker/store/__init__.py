@@ -135,7 +135,8 @@ class JobStore(Protocol):
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
               queue: str | None = None, max_attempts: int | None = None) -> Claim:
         """Take the job for this delivery (see the module docstring); sets ``processing``,
-        ``startedAt`` (first claim only), ``attempts`` += 1, ``error`` = None, ``progress``
+        ``startedAt`` (first claim only), ``attempts`` += 1 (from ``failed``: 1, a redriven
+        job starts afresh), ``error`` = None, ``progress``
         0, ``messageId``, ``delivery``, ``queue`` (when given), ``leaseUntil`` = now +
         ``lease_s``; ``lostClaims`` += 1 when it takes over an expired lease.
 
