@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 from vip_worker.errors import DependencyUnavailable
@@ -88,7 +87,7 @@ class Ledger:
         def run():
             return getattr(self.context.store, method)(*args, **kwargs)
 
-        return await asyncio.get_running_loop().run_in_executor(self.pool, partial(run))
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run)
 
     # -- claims and settles ----------------------------------------------------------
 
