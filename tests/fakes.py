@@ -31,7 +31,7 @@ from tests.support.wait import wait_until_async
 from vip_worker import config
 from vip_worker.consumer import Consumer
 from vip_worker.heartbeat import Heartbeat
-from vip_worker.plugins.context import PollerContext
+from vip_worker.plugins.context import STORE, PollerContext
 from vip_worker.plugins.registry import HandlerRegistry
 from vip_worker.sqs.api import ClientError, EntryFailure, SendEntry
 from vip_worker.sqs.limits import (
@@ -464,10 +464,13 @@ class ConsumerHarness:
     ``handlers`` maps message types to handlers (registered by plugin ``testplugin``);
     ``queue`` values go to the queue's settings, ``worker`` values to the poller's.
     ``rand`` is fixed at 0: a retry waits exactly half of the backoff ceiling.
+    ``store``: a job store provided as the poller's "store" resource (the daemon's ledger
+    then tracks jobs); ``max_receives``: each queue's RedrivePolicy maxReceiveCount.
     """
 
     def __init__(self, handlers: dict[str, Callable], fifo: bool = False, dlq: bool = True,
-                 worker: dict[str, Any] | None = None, **queue: Any) -> None:
+                 worker: dict[str, Any] | None = None, store: Any = None,
+                 **queue: Any) -> None:
         self.clock = FakeClock()
         self.fake = FakeSqs(self.clock)
         self.sqs = AsyncFakeSqs(self.fake)
@@ -483,6 +486,8 @@ class ConsumerHarness:
         # As plugin loading resolves them (vip_worker.plugins.settings).
         self.registry.plugin_settings = dict(self.settings.plugin_settings)
         self.dlq_limits: dict[str, int] = {}  # MaximumMessageSize by queue, as the poller reads
+        self.store = store
+        self.max_receives: dict[str, int] = {}
         self.consumer = None
 
     def send(self, body: str, group_id: str | None = None) -> str:
@@ -490,10 +495,13 @@ class ConsumerHarness:
         return self.fake.send(self.url, body, None, group_id, dedup)
 
     def make_consumer(self) -> Consumer:
+        context = PollerContext(0, self.settings)
+        if self.store is not None:
+            context.provide(STORE, lambda: self.store)
         return Consumer(self.settings, self.registry, self.sqs,
-                        Heartbeat(self.sqs, self.clock), PollerContext(0, self.settings),
+                        Heartbeat(self.sqs, self.clock), context,
                         {"work": self.dlq_url}, clock=self.clock, rand=lambda: 0.0,
-                        dlq_limits=self.dlq_limits)
+                        dlq_limits=self.dlq_limits, max_receives=self.max_receives)
 
     def run(self, scenario: Callable, timeout_s: float = 10.0) -> Any:
         """Start a consumer, await ``scenario(consumer)``, then stop it (unless it did)."""

@@ -303,6 +303,12 @@ QUEUE_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "retry_backoff_max_s", 900.0, number(0, MAX_VISIBILITY_S), "Longest retry delay.",
     ),
+    Setting(
+        "track_jobs", True, boolean,
+        "The job store is the ledger of this queue's jobs: the daemon claims a message's "
+        "jobId before its handler starts, counts attempts and settles the job. Off for "
+        "queues whose messages are not jobs.",
+    ),
 )
 
 # Declared here; the rest of the top-level settings come from ``declared_settings()``.
@@ -388,6 +394,7 @@ class QueueSettings:
     concurrency: int
     retry_backoff_base_s: float
     retry_backoff_max_s: float
+    track_jobs: bool = True
 
     @property
     def fifo(self) -> bool:

@@ -8,7 +8,8 @@ dead-letter queue, or handed back (visibility 0).
 
 Over 400 lines because receiving, dispatching and settling share one poller's
 bookkeeping of held messages (slots, the held list, counters); the rule that picks an
-outcome is in ``outcomes.py``, the DLQ lookups in ``sqs/queues.py``.
+outcome is in ``outcomes.py``, the DLQ lookups in ``sqs/queues.py``, the job ledger
+(claims, settles, leases) in ``ledger.py``, the re-send before SQS's redrive in ``resend.py``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from vip_worker.batching import Batcher
-from vip_worker.errors import JobTimedOut, PermanentError, RetryLater, UnknownMessageType
+from vip_worker.errors import (
+    DependencyUnavailable,
+    JobTimedOut,
+    PermanentError,
+    RetryLater,
+    UnknownMessageType,
+)
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.inflight import InFlight, State
+from vip_worker.ledger import BUSY, CLAIMED, COMPLETED, Ledger, outcome
 from vip_worker.message import parse_envelope
 from vip_worker.outcomes import (
     Action,
@@ -38,6 +46,7 @@ from vip_worker.outcomes import (
 )
 from vip_worker.plugins.context import HandlerContext, PollerContext
 from vip_worker.plugins.registry import Handler, HandlerRegistry
+from vip_worker.resend import Resender
 from vip_worker.services.metrics import QueueMetrics
 from vip_worker.slots import Slots
 from vip_worker.sqs.api import TRANSPORT_ERRORS, ClientError, SqsApi, error_code
@@ -75,7 +84,8 @@ class Consumer:
                  context: PollerContext, dlq_urls: dict[str, str | None],
                  clock: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random,
-                 dlq_limits: dict[str, int] | None = None) -> None:
+                 dlq_limits: dict[str, int] | None = None,
+                 max_receives: dict[str, int] | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.sqs = sqs
@@ -95,6 +105,9 @@ class Consumer:
                          for q in settings.queues}
         self.visibility = {q.name: Batcher(partial(self.sqs.change_visibility_batch, q.url))
                            for q in settings.queues}
+        # Each queue's RedrivePolicy maxReceiveCount: a message about to reach it is re-sent.
+        self.resender = Resender(sqs, self.deleters, max_receives or {})
+        self.ledger = Ledger.open(context, settings)
         self.held: dict[int, InFlight] = {}
         self.tasks: dict[asyncio.Task, list[InFlight]] = {}
         self.receivers: list[asyncio.Task] = []
@@ -270,8 +283,13 @@ class Consumer:
             self.on_handled()
 
     async def run(self, handler: Handler, item: InFlight) -> bool:
-        """Run the handler under ``max_job_time_s``, then settle the message as
-        ``decide`` says. True when it is consumed (deleted or dead-lettered)."""
+        """Claim the job (when tracked), run the handler under ``max_job_time_s``, then
+        settle the message (and the job) as ``decide`` says. True when it is consumed
+        (deleted or dead-lettered)."""
+        if self.ledger is not None and self.ledger.tracks(item):
+            settled = await self.claim(item)
+            if settled is not None:
+                return settled
         item.start()  # RECEIVED -> RUNNING
         queue = item.queue
         fields = item.log_fields()
@@ -286,7 +304,7 @@ class Consumer:
             max_attempts=queue.max_attempts, max_job_time_s=queue.max_job_time_s,
             log_fields=fields, started=started,
             plugin_settings=self.registry.plugin_settings.get(handler.plugin, {}),
-            logger=plugin_log)
+            logger=plugin_log, attempt=item.attempt, delivery=item.delivery)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("message.started", extra=fields)
         error: BaseException | None = None
@@ -313,13 +331,45 @@ class Consumer:
                     self.abandoned_threads += 1
         except Exception as exc:  # noqa: BLE001 - any handler error is classified below
             error = exc
-        return await self.settle(item, self.decide(item, error), self.clock() - started, fields)
+        decision = self.decide(item, error)
+        if item.delivery is not None and not item.settled:
+            outage = await self.ledger.settle(item, decision)
+            if outage is not None and decision.action is not Action.RETRY:
+                decision = self.decide(item, outage)  # never lost to our store's outage
+        return await self.settle(item, decision, self.clock() - started, fields)
+
+    async def claim(self, item: InFlight) -> bool | None:
+        """Claim the item's job before its handler starts (``vip_worker.ledger``). None:
+        claimed, run the handler; else the message was settled here (True: consumed)."""
+        fields = item.log_fields()
+        try:
+            claim = await self.ledger.claim(item)
+        except DependencyUnavailable as exc:  # the store is down: retried, no attempt spent
+            return await self.settle(item, self.decide(item, exc), 0.0, fields)
+        result = outcome(claim)
+        if result == CLAIMED:
+            if item.settled:  # handed back (shutdown) while the claim was under way
+                await self.ledger.hand_back([item], "shutdown")
+                return False
+            return None
+        if result == COMPLETED:
+            log.info("job.already_completed", extra=fields)
+            self.ack(item, 0.0, fields)
+            return True
+        if result == BUSY:  # another delivery holds a live lease: after it, no attempt spent
+            busy = RetryLater("the job is held by another delivery",
+                              delay_s=self.ledger.busy_delay_s(claim))
+            await self.retry(item, Decision(Action.RETRY, busy.delay_s, busy), 0.0)
+            return False
+        # EXHAUSTED: the store failed the job (its pollers kept dying running it)
+        error = (claim.job or {}).get("error") or "its attempts are exhausted"
+        return await self.dead_letter(item, PermanentError(f"job failed: {error}"), 0.0)
 
     # -- outcomes ------------------------------------------------------------------
 
     def decide(self, item: InFlight, error: BaseException | None) -> Decision:
         queue = item.queue
-        return decide(error, item.receive_count, queue.max_attempts, queue.retry_backoff_base_s,
+        return decide(error, item.attempt, queue.max_attempts, queue.retry_backoff_base_s,
                       queue.retry_backoff_max_s, self.rand)
 
     async def settle(self, item: InFlight, decision: Decision, duration_s: float | None,
@@ -392,7 +442,9 @@ class Consumer:
         queue = item.queue
         error = decision.error
         delay_s = self.clip(item, decision.delay_s)
-        failure = await self.visibility[queue.name].add((item.receipt, delay_s))
+        failure = None
+        if not await self.resender.resend(item, delay_s, "retry"):
+            failure = await self.visibility[queue.name].add((item.receipt, delay_s))
         self.stats["retried"] += 1
         self.stats["busy_s"] += duration_s
         self.queue_metrics[queue.name].record("retried", duration_s)
@@ -431,7 +483,7 @@ class Consumer:
         try:
             await self.send_dead_letter(dlq, item, error, group)
         except TRANSPORT_ERRORS as exc:
-            delay = self.clip(item, retry_delay(item.receive_count, queue.retry_backoff_base_s,
+            delay = self.clip(item, retry_delay(item.attempt, queue.retry_backoff_base_s,
                                                 queue.retry_backoff_max_s, self.rand))
             failure = await self.visibility[queue.name].add((item.receipt, delay))
             log.error("message.dead_letter_failed", extra={
@@ -473,11 +525,20 @@ class Consumer:
             await self.sqs.send(dlq, item.body, None, group, dedup)
 
     async def release_many(self, items: list[InFlight], reason: str) -> None:
-        """Hand messages back (visibility 0) so another poller can take them now."""
-        futures = []
+        """Hand messages back (visibility 0) so another poller can take them now; a message
+        SQS's redrive would take at its next receive is re-sent instead."""
+        futures, handed = [], []
         for item in items:
             if item.settle(State.HANDED_BACK):  # RECEIVED or RUNNING -> HANDED_BACK
                 self.heartbeat.untrack(item)
+                handed.append(item)
+        if self.ledger is not None:  # before SQS: the job is free when the message is
+            await self.ledger.hand_back(handed, reason)
+        for item in handed:
+            if not self.resender.due(item):
+                futures.append((item, self.visibility[item.queue.name].add((item.receipt, 0))))
+        for item in handed:
+            if self.resender.due(item) and not await self.resender.resend(item, 0, reason):
                 futures.append((item, self.visibility[item.queue.name].add((item.receipt, 0))))
         for item, future in futures:
             failure = await future
@@ -539,3 +600,5 @@ class Consumer:
 
     def close(self) -> None:
         self.handler_pool.shutdown(wait=False, cancel_futures=True)
+        if self.ledger is not None:
+            self.ledger.close()

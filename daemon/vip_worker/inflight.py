@@ -13,6 +13,7 @@ without running). The consumer writes each transition beside its code.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ from vip_worker.sqs.limits import MAX_VISIBILITY_S
 
 # Stop extending this long before SQS's 12-hour visibility cap.
 CAP_MARGIN_S = 60.0
+# Set on a message the daemon re-sent (vip_worker.resend): the attempts before it.
+PRIOR_ATTEMPTS = "vip_attempts"
 
 
 class State(enum.Enum):
@@ -58,6 +61,11 @@ class InFlight:
     started: bool = False  # its handler was called (stays True once handed back)
     lost: bool = False  # SQS refused our receipt handle: stop extending it
     capped: bool = False  # the 12-hour cap left nothing to extend
+    # The ledger (vip_worker.ledger), when the daemon claimed the message's job:
+    delivery: str | None = None  # this receive's token, set by a successful claim
+    attempts: int | None = None  # the job's attempts after the claim
+    lease_lost: bool = False  # another delivery (or a rescue) took the job since
+    received_epoch_s: float = 0.0  # wall time of this receive (a re-sent copy records it)
 
     @classmethod
     def from_sqs(cls, queue: QueueSettings, raw: dict[str, Any], now: float) -> InFlight:
@@ -72,7 +80,17 @@ class InFlight:
             visible_until=now + queue.visibility_timeout_s,
             group_id=attrs.get("MessageGroupId"),
             attributes=raw.get("MessageAttributes", {}),
+            received_epoch_s=time.time(),
         )
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number: the ledger's when the daemon claimed the job, else the
+        deliveries (a re-sent message adds the attempts before it, ``PRIOR_ATTEMPTS``)."""
+        if self.attempts is not None:
+            return self.attempts
+        value = self.attributes.get(PRIOR_ATTEMPTS, {}).get("StringValue", "0")
+        return (int(value) if value.isdigit() else 0) + self.receive_count
 
     @property
     def cap_at(self) -> float:

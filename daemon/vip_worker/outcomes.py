@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
-from vip_worker.inflight import InFlight
+from vip_worker.inflight import PRIOR_ATTEMPTS, InFlight
 from vip_worker.sqs.limits import MAX_ATTRIBUTES, MAX_MESSAGE_BYTES
 
 MAX_EXPONENT = 30
@@ -23,7 +23,7 @@ REASON_MAX = 1000
 # The attributes vip-worker adds to a dead-lettered message; `dlq peek` reads them.
 ERROR_CLASS = "vip_error_class"
 ERROR_TEXT = "vip_error"
-ATTEMPTS = "vip_attempts"
+ATTEMPTS = PRIOR_ATTEMPTS  # also what a re-sent message carries
 SOURCE_QUEUE = "vip_source_queue"
 SOURCE_MESSAGE_ID = "vip_source_message_id"
 
@@ -56,14 +56,17 @@ class Decision:
         return reason_of(self.error) if self.error is not None else ""
 
 
-def decide(error: BaseException | None, receive_count: int, max_attempts: int,
+def decide(error: BaseException | None, attempt: int, max_attempts: int,
            backoff_base_s: float, backoff_max_s: float,
            rand: Callable[[], float] = random.random) -> Decision:
-    """The outcome of one delivery from the handler's exception (None: it returned).
+    """The outcome of one attempt from the handler's exception (None: it returned).
+
+    ``attempt``: the job's attempts in the ledger when the daemon tracks the job, else
+    the message's deliveries (``InFlight.attempt``).
 
     - no error: ack;
     - ``PermanentError`` (a malformed message, an unknown type too): dead-letter;
-    - any other error on the last delivery (``receive_count >= max_attempts``):
+    - any other error on the last attempt (``attempt >= max_attempts``):
       dead-letter, except ``DependencyUnavailable``: an outage of the worker's own
       dependency is never the job's last attempt;
     - else retry after ``RetryLater.delay_s`` when given, else the backoff
@@ -71,25 +74,25 @@ def decide(error: BaseException | None, receive_count: int, max_attempts: int,
     """
     if error is None:
         return Decision(Action.ACK)
-    exhausted = receive_count >= max_attempts and not isinstance(error, DependencyUnavailable)
+    exhausted = attempt >= max_attempts and not isinstance(error, DependencyUnavailable)
     if isinstance(error, PermanentError) or exhausted:
         return Decision(Action.DEAD_LETTER, error=error)
     if isinstance(error, RetryLater) and error.delay_s is not None:
         delay = error.delay_s
     else:
-        delay = retry_delay(receive_count, backoff_base_s, backoff_max_s, rand)
+        delay = retry_delay(attempt, backoff_base_s, backoff_max_s, rand)
     return Decision(Action.RETRY, delay_s=delay, error=error)
 
 
-def retry_delay(receive_count: int, base_s: float, max_s: float,
+def retry_delay(attempt: int, base_s: float, max_s: float,
                 rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with "equal jitter" from SQS's ApproximateReceiveCount.
+    """Exponential backoff with "equal jitter" from the attempt (``decide``).
 
-    Delivery n waits between half and all of ``min(max_s, base_s * 2**(n-1))``:
+    Attempt n waits between half and all of ``min(max_s, base_s * 2**(n-1))``:
     retries of many messages that failed together spread out instead of
     returning in one wave.
     """
-    exponent = min(max(receive_count - 1, 0), MAX_EXPONENT)
+    exponent = min(max(attempt - 1, 0), MAX_EXPONENT)
     ceiling = min(max_s, base_s * 2**exponent)
     return ceiling / 2 + rand() * ceiling / 2
 
@@ -114,7 +117,7 @@ def dead_letter_attributes(item: InFlight, error: BaseException,
     ours = {
         SOURCE_MESSAGE_ID: string_attr(item.message_id),
         ERROR_CLASS: string_attr(type(error).__name__),
-        ATTEMPTS: {"DataType": "Number", "StringValue": str(item.receive_count)},
+        ATTEMPTS: {"DataType": "Number", "StringValue": str(item.attempt)},
         SOURCE_QUEUE: string_attr(item.queue.name),
         ERROR_TEXT: string_attr(reason),
     }

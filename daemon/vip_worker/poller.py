@@ -35,7 +35,12 @@ from vip_worker.services import metrics
 from vip_worker.services.lifeline import Lifeline
 from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
 from vip_worker.sqs.boto import AsyncSqs
-from vip_worker.sqs.queues import DlqLookupFailed, dlq_size_limit, resolve_dlq
+from vip_worker.sqs.queues import (
+    DlqLookupFailed,
+    dlq_size_limit,
+    max_receive_count,
+    resolve_dlq,
+)
 from vip_worker.sqs.wire import WireSqs, open_sqs
 
 log = logging.getLogger("vip_worker.poller")
@@ -91,7 +96,7 @@ class Poller:
         self.transport = ""
         self.context: PollerContext | None = None
         self.consumer: Consumer | None = None
-        self.tasks: list[asyncio.Task] = []  # heartbeat, tick, metrics, lifeline
+        self.tasks: list[asyncio.Task] = []  # heartbeat, tick, metrics, leases, lifeline
         self.stopping_at = 0.0  # monotonic, when the drain began
         # Per queue: messages taken off it (succeeded, dead-lettered) in the metric lines
         # written so far; the lifeline adds the current line's (``drained``).
@@ -145,6 +150,8 @@ class Poller:
             log.error("queue.dlq_lookup_failed", extra={"error": str(exc)})
             sqs.close()
             return False
+        max_receives = {q.name: limit for q in self.settings.queues
+                        if (limit := await max_receive_count(sqs, q)) is not None}
         context = PollerContext(index=self.index, settings=self.settings,
                                 plugin_values=loaded.registry.plugin_settings)
         started_plugins: list[str] = []
@@ -166,7 +173,7 @@ class Poller:
             return False
         self.sqs, self.context = sqs, context
         consumer = Consumer(self.settings, loaded.registry, sqs, Heartbeat(sqs, time.monotonic),
-                            context, dlq_urls, dlq_limits=dlq_limits)
+                            context, dlq_urls, dlq_limits=dlq_limits, max_receives=max_receives)
         # Per message: only the count (the tick checks memory every few seconds).
         consumer.on_handled = lambda: self.check_recycle(consumer, memory=False)
         self.consumer = consumer
@@ -181,6 +188,8 @@ class Poller:
         self.tasks = [loop.create_task(consumer.heartbeat.run(), name="heartbeat"),
                       loop.create_task(self.tick(consumer), name="tick"),
                       loop.create_task(self.report_metrics(consumer, self.sqs), name="metrics")]
+        if consumer.ledger is not None:  # the job leases, at the heartbeat's pace
+            self.tasks.append(loop.create_task(consumer.ledger.run(), name="leases"))
         if self.index == 0 and self.settings.lifeline_interval_s:
             # One sweeper per daemon, like the depth readings (see services/lifeline.py).
             self.tasks.append(loop.create_task(self.lifeline(consumer).run(), name="lifeline"))

@@ -326,6 +326,7 @@ def depth(run: Run) -> int:
 def feed(run: Run, producer) -> None:
     """Send every job, paced over ``feed_s``; a failed send is sent again (same jobId):
     a send whose answer was lost may then arrive twice, as from a real app."""
+    from vip_worker.pipeline.producer import SendFailed
     from vip_worker.sqs.api import TRANSPORT_ERRORS
     from vip_worker.store import StoreUnavailable
 
@@ -340,7 +341,7 @@ def feed(run: Run, producer) -> None:
                 producer.enqueue(spec.type, spec.payload, user_id="chaos-user",
                                  job_id=spec.job_id)
                 break
-            except (*TRANSPORT_ERRORS, StoreUnavailable) as exc:
+            except (*TRANSPORT_ERRORS, SendFailed, StoreUnavailable) as exc:
                 run.chaos["producer_send_errors"] += 1
                 run.note(f"send of {spec.job_id} failed ({type(exc).__name__}), again")
                 time.sleep(0.2 * (attempt + 1))  # the producer app's own backoff

@@ -220,6 +220,20 @@ def test_a_job_never_claimed_under_a_delivery_is_failed_by_any(store):
     assert store.get_job("job-1")["status"] == "failed"
 
 
+def test_complete_completes_only_for_the_holding_delivery(backend, store):
+    claim(store, delivery="d1")
+    assert store.complete("job-1", at(1), delivery="d2") is False
+    assert store.get_job("job-1")["status"] == "processing"
+    assert store.complete("job-1", at(2), delivery="d1") is True
+    job = store.get_job("job-1")
+    assert fields(job, "status", "progress", "leaseUntil", "completedAt", "error") == (
+        "completed", 100, None, at(2), None)
+    assert store.get_content(CONTENT, "job-1") == []  # no content: the handler's own
+    assert store.complete("job-1", at(3), delivery="d1") is False  # completed already
+    assert store.get_job("job-1")["completedAt"] == at(2)
+    assert store.complete("missing", at(4), delivery="d1") is False
+
+
 # -- release ----------------------------------------------------------------------------
 
 

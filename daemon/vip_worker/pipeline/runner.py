@@ -12,6 +12,12 @@ the core dead-letters the message. A transient one (5xx, timeout, reset) puts
 the job back to ``queued`` with the reason as its message, unless this was the
 last attempt, when the job is marked ``failed`` first. An outage of the job store
 itself is only retried: the job cannot be, and is not, marked failed for it.
+
+In the daemon the consumer has claimed the job already (``ctx.delivery`` is set) and
+settles it after the handler; ``run_job`` then skips its own claim (a second claim would
+stretch the daemon's short lease to ``max_job_time_s``) and guards its settles with the
+delivery. Without a daemon claim (``vip_worker.testing.run_handler``, the producer's
+inline run, a queue with ``track_jobs`` off) it claims the job itself, as before.
 """
 
 from __future__ import annotations
@@ -61,35 +67,46 @@ def close_generation_client(context) -> None:
 def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: str) -> None:
     """Claim the job, call ``generate()``, save its result; classify every failure."""
     store = ctx.store
-    claim = store.claim(message.job_id, user_id=message.user_id, type=message.type,
-                        params=message.payload, message_id=ctx.message_id,
-                        lease_s=max(ctx.time_left_s, 1.0), now=now())
-    if claim.outcome is ClaimOutcome.COMPLETED:
-        ctx.log.info("job.already_completed")
+    guard = {"message_id": ctx.message_id, "delivery": ctx.delivery}
+    if ctx.delivery is None and not claim_job(message, ctx):
         return
-    if claim.outcome is ClaimOutcome.BUSY:
-        wait_s = (claim.lease_until - now()).total_seconds() if claim.lease_until else 60.0
-        raise RetryLater("job is being processed by another delivery",
-                         delay_s=min(max(wait_s, 1.0), BUSY_RETRY_MAX_S))
     ctx.progress(10, "Generating content...")
     try:
         result = generate()
     except PermanentError as exc:
-        store.fail(message.job_id, readable(exc), now(), message_id=ctx.message_id)
+        store.fail(message.job_id, readable(exc), now(), **guard)
         raise
     except StoreUnavailable:
         raise
     except Exception as exc:
         if ctx.is_last_attempt:
-            store.fail(message.job_id, f"gave up after {ctx.receive_count} attempts: "
-                                       f"{readable(exc)}", now(), message_id=ctx.message_id)
+            store.fail(message.job_id, f"gave up after {ctx.attempt} attempts: "
+                                       f"{readable(exc)}", now(), **guard)
         else:
-            store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now(),
-                          message_id=ctx.message_id)
+            store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now(), **guard)
         raise
     ctx.progress(80, "Saving content...")
     store.save_result(message.job_id, collection, result, now())
     ctx.log.info("job.completed", extra={"collection": collection})
+
+
+def claim_job(message, ctx) -> bool:
+    """``run_job``'s own claim, when the daemon did not claim the job; False: the job
+    is completed already, nothing to do.
+
+    :raises RetryLater: another delivery holds the job.
+    """
+    claim = ctx.store.claim(message.job_id, user_id=message.user_id, type=message.type,
+                            params=message.payload, message_id=ctx.message_id,
+                            lease_s=max(ctx.time_left_s, 1.0), now=now())
+    if claim.outcome is ClaimOutcome.COMPLETED:
+        ctx.log.info("job.already_completed")
+        return False
+    if claim.outcome is ClaimOutcome.BUSY:
+        wait_s = (claim.lease_until - now()).total_seconds() if claim.lease_until else 60.0
+        raise RetryLater("job is being processed by another delivery",
+                         delay_s=min(max(wait_s, 1.0), BUSY_RETRY_MAX_S))
+    return True
 
 
 def readable(exc: BaseException) -> str:

@@ -99,6 +99,11 @@ class PollerContext:
                 self._opened[name] = (resource, provider)
             return resource
 
+    def provides(self, name: str) -> bool:
+        """Whether a resource ``name`` is provided (opened or not) in this process."""
+        with self._lock:
+            return name in self._providers or name in self._opened
+
     @property
     def store(self):
         """The job store (MongoDB or the embedded SQLite), opened on first use in this process."""
@@ -129,8 +134,12 @@ class HandlerContext:
     :ivar job_id: the envelope's jobId.
     :ivar queue: the name of the queue the message came from.
     :ivar receive_count: SQS's ApproximateReceiveCount (1 on the first delivery).
-    :ivar max_attempts: the queue's ``max_attempts``; when ``receive_count``
-        reaches it, a transient failure dead-letters the message.
+    :ivar max_attempts: the queue's ``max_attempts``; when ``attempt`` reaches it, a
+        transient failure dead-letters the message.
+    :ivar attempt: this run's attempt: the job's ``attempts`` in the ledger when the
+        daemon claimed the job, else ``receive_count``.
+    :ivar delivery: this receive's delivery token when the daemon claimed the job (the
+        claim's holder), else None.
     :ivar deadline: monotonic time when the queue's ``max_job_time_s`` runs out.
     :ivar log: a logger whose lines carry the message's fields.
     :ivar resources: the poller's shared resources (see ``PollerContext``).
@@ -148,11 +157,17 @@ class HandlerContext:
     resources: dict[str, Any]
     plugin_settings: dict[str, Any]
     poller: PollerContext
+    attempt: int = 0
+    delivery: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.attempt:
+            self.attempt = self.receive_count
 
     @property
     def is_last_attempt(self) -> bool:
         """True when a transient failure now would dead-letter the message."""
-        return self.receive_count >= self.max_attempts
+        return self.attempt >= self.max_attempts
 
     @property
     def time_left_s(self) -> float:
@@ -173,7 +188,8 @@ class HandlerContext:
                     queue: str, receive_count: int, max_attempts: int, max_job_time_s: float,
                     log_fields: dict[str, Any], started: float | None = None,
                     plugin_settings: dict[str, Any] | None = None,
-                    logger: logging.Logger | None = None) -> HandlerContext:
+                    logger: logging.Logger | None = None, attempt: int | None = None,
+                    delivery: str | None = None) -> HandlerContext:
         """The context of one handler call (the consumer, ``run_handler`` and the
         producer's inline run all build it here).
 
@@ -184,6 +200,8 @@ class HandlerContext:
             ``deadline`` is ``max_job_time_s`` after it.
         :param plugin_settings: default ``poller.plugin_settings(plugin)``.
         :param logger: the plugin's logger, when the caller keeps it.
+        :param attempt: the ledger's attempt (default: ``receive_count``).
+        :param delivery: the delivery token of the daemon's claim, if it claimed the job.
         """
         if started is None:
             started = time.monotonic()
@@ -194,7 +212,8 @@ class HandlerContext:
         return cls(message_id=message_id, job_id=job_id, queue=queue,
                    receive_count=receive_count, max_attempts=max_attempts,
                    deadline=started + max_job_time_s, log=MessageLogger(logger, log_fields),
-                   resources=poller.resources, plugin_settings=plugin_settings, poller=poller)
+                   resources=poller.resources, plugin_settings=plugin_settings, poller=poller,
+                   attempt=attempt or receive_count, delivery=delivery)
 
     def progress(self, percent: int, message: str) -> None:
         """Record the job's progress (0-100) and a human message, as the app shows it.
@@ -202,7 +221,11 @@ class HandlerContext:
         Also logged (``job.progress``): the store keeps only the latest step, and a step
         followed at once by the next one (80 "Saving content...") is otherwise never seen.
         """
-        self.store.progress(self.job_id, percent, message, datetime.now(UTC))
+        if self.delivery is None:
+            self.store.progress(self.job_id, percent, message, datetime.now(UTC))
+        else:  # only while this delivery holds the claim
+            self.store.progress(self.job_id, percent, message, datetime.now(UTC),
+                                delivery=self.delivery)
         # vip-worker's line, not the plugin's: with the message's fields, on our logger.
         fields = dict(getattr(self.log, "extra", None) or {})
         log.info("job.progress", extra={**fields, "progress": int(percent), "step": message})

@@ -73,6 +73,18 @@ def redrive_target(attributes: dict[str, str]) -> tuple[str, str] | None:
     return parts[-1], parts[-2] if len(parts) >= 6 else ""
 
 
+def redrive_max_receives(attributes: dict[str, str]) -> int | None:
+    """The RedrivePolicy's ``maxReceiveCount``; None: no policy (or none readable).
+
+    :raises ValueError: the policy is not JSON.
+    """
+    policy = json.loads(attributes.get("RedrivePolicy") or "{}")
+    value = policy.get("maxReceiveCount")
+    if value is None or not policy.get("deadLetterTargetArn"):
+        return None
+    return int(value)
+
+
 # -- for the poller -------------------------------------------------------------------------
 
 
@@ -95,6 +107,18 @@ async def resolve_dlq(sqs: SqsApi, queue) -> str | None:
         "queue": queue.name, "detail": "malformed and failed messages are left to the "
                                        "queue's redrive policy; set dlq_url"})
     return None
+
+
+async def max_receive_count(sqs: SqsApi, queue) -> int | None:
+    """The queue's RedrivePolicy ``maxReceiveCount``, which the consumer re-sends messages
+    before reaching (``vip_worker.resend``). Not fatal when it cannot be read: None, and
+    the redrive policy decides alone, as before."""
+    try:
+        return redrive_max_receives(await sqs.queue_attributes(queue.url, ["RedrivePolicy"]))
+    except (*TRANSPORT_ERRORS, ValueError, TypeError) as exc:
+        log.warning("queue.redrive_unknown", extra={
+            "queue": queue.name, "error_code": error_code(exc), "error": str(exc)[:300]})
+        return None
 
 
 async def dlq_size_limit(sqs: SqsApi, queue_name: str, dlq_url: str) -> int:

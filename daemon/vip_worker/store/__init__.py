@@ -135,7 +135,8 @@ class JobStore(Protocol):
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
               queue: str | None = None, max_attempts: int | None = None) -> Claim:
         """Take the job for this delivery (see the module docstring); sets ``processing``,
-        ``startedAt`` (first claim only), ``attempts`` += 1, ``error`` = None, ``progress``
+        ``startedAt`` (first claim only), ``attempts`` += 1 (from ``failed``: 1, a redriven
+        job starts afresh), ``error`` = None, ``progress``
         0, ``messageId``, ``delivery``, ``queue`` (when given), ``leaseUntil`` = now +
         ``lease_s``; ``lostClaims`` += 1 when it takes over an expired lease.
 
@@ -154,6 +155,12 @@ class JobStore(Protocol):
         ``collection``, then mark the job ``completed``, progress 100, lease cleared.
         ``delivery`` does not guard it: a stale delivery's result is saved (into the one
         content document) and completes the job, idempotently."""
+
+    def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
+        """The daemon's completion of a job whose handler returned without saving a
+        result: ``processing`` -> ``completed``, progress 100, lease cleared, no content.
+        Only while ``delivery`` holds the claim (a job the handler completed already, or
+        another delivery took, is left alone); True when it did."""
 
     def requeue(self, job_id: str, error: str, now: datetime, *,
                 message_id: str | None = None, delivery: str | None = None) -> None:

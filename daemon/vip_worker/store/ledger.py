@@ -69,9 +69,12 @@ def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | Non
         # The same delivery again (a claim call retried after an outage): idempotent.
         return Decision(ClaimOutcome.CLAIMED, {"leaseUntil": lease_until, "updatedAt": now})
     lost = job.get("lostClaims") or 0
+    attempts = job.get("attempts") or 0
     lease = job.get("leaseUntil")
     if status == "failed":
-        lost = 0  # a redriven dead letter starts afresh: its earlier deaths are settled
+        # A redriven dead letter starts afresh: its earlier deaths and attempts are settled
+        # (the daemon decides retries from ``attempts``: it gets max_attempts again).
+        lost = attempts = 0
     elif status == "processing" and lease is not None and lease < now:
         lost += 1  # the holder's poller died or froze: its claim never settled
     elif status == "processing" and lease is not None:
@@ -88,7 +91,7 @@ def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | Non
     # queued | failed | processing (lease expired, absent, or this message's) -> processing
     changes = {
         "status": "processing", "progress": 0, "message": PROCESSING_MESSAGE, "error": None,
-        "attempts": (job.get("attempts") or 0) + 1, "lostClaims": lost,
+        "attempts": attempts + 1, "lostClaims": lost,
         "messageId": message_id, "delivery": delivery, "leaseUntil": lease_until,
         "updatedAt": now,
     }
@@ -123,6 +126,12 @@ def may_settle(job: Mapping[str, Any], message_id: str | None, delivery: str | N
 def holds(job: Mapping[str, Any], delivery: str) -> bool:
     """Whether ``delivery`` holds ``job``'s claim now (``release``, ``renew_leases``)."""
     return job.get("status") == "processing" and job.get("delivery") == delivery
+
+
+def completed_changes(now: datetime) -> dict[str, Any]:
+    """processing -> completed (``save_result``, ``complete``)."""
+    return {"status": "completed", "progress": 100, "message": COMPLETED_MESSAGE,
+            "error": None, "completedAt": now, "updatedAt": now, "leaseUntil": None}
 
 
 def release_changes(job: Mapping[str, Any], reason: str, now: datetime) -> dict[str, Any]:

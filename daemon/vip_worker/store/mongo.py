@@ -20,6 +20,9 @@ a redelivered ``save_result`` updates the one document. The jobs collection gets
 
 pymongo's client is thread-safe and pools connections: one ``MongoStore`` per
 poller process, created after fork, serves all of its handler threads.
+
+Over 400 lines because each operation of the ``JobStore`` contract is one method here,
+its filter and update written out beside the rule it applies.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from vip_worker.store import (
     StoreUnavailable,
     ledger,
 )
-from vip_worker.store.ledger import COMPLETED_MESSAGE, new_job, utc
+from vip_worker.store.ledger import new_job, utc
 
 DEFAULT_DATABASE = "vipcontent"
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -281,9 +284,13 @@ class MongoStore:
                 # document and updates it (MongoDB's advice for upserts on a unique key).
                 target.update_one({"jobId": key}, upsert, upsert=True)
             # processing -> completed
-            self._jobs.update_one({"_id": key}, {"$set": {
-                "status": "completed", "progress": 100, "message": COMPLETED_MESSAGE,
-                "error": None, "completedAt": now, "updatedAt": now, "leaseUntil": None}})
+            self._jobs.update_one({"_id": key}, {"$set": ledger.completed_changes(now)})
+
+    def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
+        query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}
+        with self._errors():  # processing -> completed, only for the holder
+            return bool(self._jobs.update_one(
+                query, {"$set": ledger.completed_changes(utc(now))}).matched_count)
 
     def requeue(self, job_id: str, error: str, now: datetime, *,
                 message_id: str | None = None, delivery: str | None = None) -> None:

@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vip_worker.store import STATUSES, Claim, ClaimOutcome, RescueOutcome, StoreUnavailable, ledger
-from vip_worker.store.ledger import COMPLETED_MESSAGE, new_job, utc
+from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.sqlite_schema import (
     check_version,
     create_content_table,
@@ -272,10 +272,17 @@ class SqliteStore:
                 (doc["_id"], job_id, iso(doc["createdAt"]), encode(doc)),
             )
             if job is not None:
-                # processing -> completed
-                job.update(status="completed", progress=100, message=COMPLETED_MESSAGE,
-                           error=None, completedAt=now, updatedAt=now, leaseUntil=None)
+                job.update(ledger.completed_changes(now))  # processing -> completed
                 self._save_job(conn, job)
+
+    def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
+        with self._write() as conn:
+            job = self._load_job(conn, job_id)
+            if job is None or not ledger.holds(job, delivery):
+                return False
+            job.update(ledger.completed_changes(utc(now)))  # processing -> completed
+            self._save_job(conn, job)
+            return True
 
     def requeue(self, job_id: str, error: str, now: datetime, *,
                 message_id: str | None = None, delivery: str | None = None) -> None:

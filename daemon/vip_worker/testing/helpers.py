@@ -84,9 +84,9 @@ class _RecordingStore:
         self._store = store
         self._progress = progress
 
-    def progress(self, job_id, percent, message, now):
+    def progress(self, job_id, percent, message, now, **guard):
         self._progress.append((percent, message))
-        return self._store.progress(job_id, percent, message, now)
+        return self._store.progress(job_id, percent, message, now, **guard)
 
     def __getattr__(self, name):
         return getattr(self._store, name)

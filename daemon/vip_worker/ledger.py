@@ -1,0 +1,194 @@
+"""The job store as the daemon's ledger: who holds a job, and its attempts.
+
+For a message whose envelope has a jobId, on a queue with ``track_jobs`` (the default),
+the consumer claims the job before its handler starts, with a delivery token per receive
+(``delivery_token``) and a short lease; after the handler it settles the job as the
+message's outcome says; the lease is renewed for every held job in one store call per
+interval (``Ledger.run``), at the heartbeat's pace (half the shortest visibility timeout).
+The job's ``attempts`` in the store, not SQS's receive count, are the attempts that
+``outcomes.decide`` counts: a receive whose handler never started spends none.
+
+The store is the poller context's "store" resource, reached duck-typed (the spine does
+not import ``vip_worker.store``); its calls block, so they run in a small thread pool of
+their own, never on the loop nor behind long handlers. Without a "store" resource (a
+test harness) or with ``track_jobs`` off for every queue, there is no ledger and
+messages run as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from vip_worker.errors import DependencyUnavailable
+from vip_worker.inflight import InFlight
+from vip_worker.outcomes import Action, Decision, reason_of
+from vip_worker.plugins.context import STORE, PollerContext
+
+log = logging.getLogger("vip_worker.ledger")
+
+# The store's claim outcomes (vip_worker.store.ClaimOutcome), by value: duck-typed.
+CLAIMED, COMPLETED, BUSY, EXHAUSTED = "claimed", "completed", "busy", "exhausted"
+LEASE_INTERVALS = 3  # a lease lasts this many renewal intervals
+MIN_INTERVAL_S = 1.0
+LEDGER_THREADS = 4
+BUSY_MIN_S = 1.0
+
+
+def delivery_token(receipt: str) -> str:
+    """This receive's delivery token: a short hash of its receipt handle (each receive of
+    a message gets a new handle, so two deliveries never share a token)."""
+    return hashlib.sha256(receipt.encode()).hexdigest()[:16]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Ledger:
+    """One poller's claims: claim, settle, hand back, renew.
+
+    :param context: the poller's context; its "store" resource is opened on first use.
+    :param queues: the poller's queues (their ``track_jobs``, visibility timeouts).
+    :param wall: the wall clock the store's times are written in.
+    """
+
+    def __init__(self, context: PollerContext, queues, wall: Callable[[], datetime] = utc_now
+                 ) -> None:
+        self.context = context
+        tracked = [q.visibility_timeout_s for q in queues if q.track_jobs] or [60]
+        self.interval_s = max(MIN_INTERVAL_S, min(tracked) / 2)
+        self.wall = wall
+        self.pool = ThreadPoolExecutor(max_workers=LEDGER_THREADS, thread_name_prefix="ledger")
+        self.claimed: dict[int, InFlight] = {}  # held claims, renewed by ``renew``
+        self.renewals = 0  # renew_leases calls answered
+
+    @classmethod
+    def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
+        """The poller's ledger, or None: no queue tracks jobs, or no store is provided."""
+        if not any(q.track_jobs for q in settings.queues) or not context.provides(STORE):
+            return None
+        return cls(context, settings.queues, **kwargs)
+
+    def tracks(self, item: InFlight) -> bool:
+        return item.queue.track_jobs and bool(item.envelope and item.envelope.job_id)
+
+    def lease_s(self, queue) -> float:
+        return max(float(queue.visibility_timeout_s), LEASE_INTERVALS * self.interval_s)
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``store.<method>(...)`` in the ledger's threads (opening the store there too:
+        the first use connects)."""
+        def run():
+            return getattr(self.context.store, method)(*args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run)
+
+    # -- claims and settles ----------------------------------------------------------
+
+    async def claim(self, item: InFlight) -> Any:
+        """Claim the item's job for this receive; the store's ``Claim``. On ``claimed``
+        the item holds it (``delivery``, ``attempts``) until settled or handed back.
+
+        :raises DependencyUnavailable: the store is down (``StoreUnavailable``).
+        """
+        env = item.envelope
+        delivery = delivery_token(item.receipt)
+        claim = await self.call(
+            "claim", env.job_id, user_id=env.user_id, type=env.type, params=env.payload,
+            message_id=item.message_id, lease_s=self.lease_s(item.queue), now=self.wall(),
+            delivery=delivery, queue=item.queue.name, max_attempts=item.queue.max_attempts)
+        if outcome(claim) == CLAIMED:
+            item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
+            self.claimed[id(item)] = item
+        return claim
+
+    def busy_delay_s(self, claim: Any) -> float:
+        """Until the other delivery's lease ends (at least a second)."""
+        until = claim.lease_until
+        left = (until - self.wall()).total_seconds() if until else self.interval_s
+        return max(BUSY_MIN_S, left)
+
+    async def settle(self, item: InFlight, decision: Decision) -> BaseException | None:
+        """Record the message's outcome on the job: completed (when the handler did not),
+        queued again, or failed with the reason. Guarded by the item's delivery (the store
+        refuses a delivery that lost its claim). The store's outage, or None."""
+        self.claimed.pop(id(item), None)
+        if item.lease_lost:
+            return None  # another delivery or a rescue holds the job now: not ours to settle
+        job_id, now = item.envelope.job_id, self.wall()
+        try:
+            if decision.action is Action.ACK:
+                await self.call("complete", job_id, now, delivery=item.delivery)
+            elif decision.action is Action.RETRY:
+                await self.call("requeue", job_id, reason_of(decision.error), now,
+                                delivery=item.delivery)
+            else:
+                await self.call("fail", job_id, reason_of(decision.error), now,
+                                delivery=item.delivery)
+        except DependencyUnavailable as exc:
+            log.error("job.settle_failed", extra={
+                **item.log_fields(), "action": decision.action.value, "error": str(exc)[:500]})
+            return exc
+        return None
+
+    async def hand_back(self, items: list[InFlight], reason: str) -> None:
+        """Messages handed back (shutdown, grace over): a job whose handler never started
+        is released (its attempt refunded); one cut off while running is queued again."""
+        for item in items:
+            if self.claimed.pop(id(item), None) is None or item.lease_lost:
+                continue
+            job_id, now = item.envelope.job_id, self.wall()
+            try:
+                if item.started:
+                    await self.call("requeue", job_id, f"handed back: {reason}", now,
+                                    delivery=item.delivery)
+                else:
+                    await self.call("release", job_id, item.delivery, now, reason)
+            except DependencyUnavailable as exc:
+                # Its lease runs out soon; the next delivery takes the job over.
+                log.error("job.settle_failed", extra={
+                    **item.log_fields(), "action": "hand_back", "error": str(exc)[:500]})
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until cancelled: renew the held leases every ``interval_s``."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.renew()
+
+    async def renew(self) -> None:
+        """One ``renew_leases`` call for every held claim; a claim the store no longer
+        shows under this delivery is lost (``job.lease_lost``), never settled from here."""
+        held = [i for i in self.claimed.values() if not i.lease_lost]
+        if not held:
+            return
+        now = self.wall()
+        lease_until = now + timedelta(seconds=max(self.lease_s(i.queue) for i in held))
+        pairs = [(i.envelope.job_id, i.delivery) for i in held]
+        try:
+            still = await self.call("renew_leases", pairs, lease_until, now)
+        except DependencyUnavailable as exc:
+            log.error("job.lease_renew_failed", extra={"count": len(held),
+                                                       "error": str(exc)[:500]})
+            return
+        self.renewals += 1
+        for item in held:
+            if item.envelope.job_id not in still and id(item) in self.claimed:
+                item.lease_lost = True
+                self.claimed.pop(id(item), None)
+                log.warning("job.lease_lost", extra=item.log_fields())
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def outcome(claim: Any) -> str:
+    """A claim's outcome as its value (``ClaimOutcome`` is an enum of strings)."""
+    return getattr(claim.outcome, "value", claim.outcome)

@@ -1,0 +1,93 @@
+"""Re-send a message as a fresh one before SQS's redrive policy can take it silently.
+
+SQS moves a message to the DLQ at the receive after its ``ApproximateReceiveCount``
+reached the queue's ``maxReceiveCount``, with no reason and without any consumer seeing
+it. Hand-backs, receives lost with killed pollers and ``BUSY`` claims spend that count
+without being attempts, so the daemon, not the redrive, decides when a message is done:
+a message to be retried or handed back whose receive count has reached
+``maxReceiveCount`` is sent again as a new message (same body and attributes, plus
+``vip_attempts``, its attempts so far, and ``vip_first_receive``, epoch milliseconds of
+its first receive) and the old one deleted. The redrive policy stays as a backstop for
+a poller that dies holding the message.
+
+The copy waits the retry delay (at most SQS's 900 s of ``DelaySeconds``). On a FIFO
+queue it keeps its ``MessageGroupId`` with a new deduplication id, and, FIFO queues
+having no per-message delay, goes to the end of its group at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from vip_worker.inflight import PRIOR_ATTEMPTS, InFlight
+from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
+from vip_worker.sqs.limits import MAX_ATTRIBUTES
+
+log = logging.getLogger("vip_worker.resend")
+FIRST_RECEIVE = "vip_first_receive"
+MAX_DELAY_S = 900  # SQS's DelaySeconds limit
+
+
+def copy_attributes(item: InFlight) -> dict[str, dict[str, Any]]:
+    """The message's own attributes (as many as fit beside ours) plus the attempts so far
+    and the first receive's time (kept from an earlier copy)."""
+    first = item.attributes.get(FIRST_RECEIVE, {}).get("StringValue")
+    if not first:
+        first = str(int((item.received_epoch_s or time.time()) * 1000))
+    ours = {PRIOR_ATTEMPTS: {"DataType": "Number", "StringValue": str(item.attempt)},
+            FIRST_RECEIVE: {"DataType": "Number", "StringValue": first}}
+    kept: dict[str, dict[str, Any]] = {}
+    for name, value in item.attributes.items():
+        if name in ours or len(kept) + len(ours) >= MAX_ATTRIBUTES:
+            continue
+        clean = {k: value[k] for k in ("DataType", "StringValue", "BinaryValue") if k in value}
+        if "DataType" in clean:
+            kept[name] = clean
+    return {**kept, **ours}
+
+
+class Resender:
+    """Re-sends a consumer's messages that SQS's redrive would take at their next receive.
+
+    :param max_receives: each queue's ``maxReceiveCount`` by name (a queue without a
+        redrive policy is absent: nothing to pre-empt).
+    :param deleters: the consumer's delete batchers by queue name.
+    """
+
+    def __init__(self, sqs: SqsApi, deleters: dict, max_receives: dict[str, int]) -> None:
+        self.sqs = sqs
+        self.deleters = deleters
+        self.max_receives = max_receives
+        self.resent = 0
+
+    def due(self, item: InFlight) -> bool:
+        """Whether the next receive of this message would let SQS move it to the DLQ."""
+        limit = self.max_receives.get(item.queue.name)
+        return limit is not None and item.receive_count >= limit
+
+    async def resend(self, item: InFlight, delay_s: int, reason: str) -> bool:
+        """When ``due``: send the copy, then delete this message. True when the copy was
+        sent; False: not due, or the send failed (the caller changes the visibility)."""
+        if not self.due(item):
+            return False
+        fifo = item.queue.fifo
+        try:
+            message_id = await self.sqs.send(
+                item.queue.url, item.body, copy_attributes(item),
+                item.group_id if fifo else None, uuid.uuid4().hex if fifo else None,
+                0 if fifo else min(max(0, delay_s), MAX_DELAY_S))
+        except TRANSPORT_ERRORS as exc:
+            log.error("message.resend_failed", extra={
+                **item.log_fields(), "reason": reason, "error_code": error_code(exc),
+                "error": str(exc)[:500]})
+            return False
+        failure = await self.deleters[item.queue.name].add((item.receipt,))
+        self.resent += 1
+        log.warning("message.resent", extra={
+            **item.log_fields(), "reason": reason, "new_message_id": message_id,
+            "attempt": item.attempt, "delay_s": 0 if fifo else min(delay_s, MAX_DELAY_S),
+            "delete_failed": failure.code if failure else None})
+        return True

@@ -1,0 +1,387 @@
+"""The daemon's job ledger on a fake SQS and an in-memory store: the consumer claims a
+message's job before its handler, settles it after, renews leases, counts attempts from
+the store, and re-sends a message before SQS's redrive could take it silently."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.fakes import ConsumerHarness, wait_until
+from tests.support.jobstore import RecordingStore
+from tests.support.sqs import envelope
+from vip_worker.errors import PermanentError
+from vip_worker.ledger import delivery_token
+from vip_worker.testing import MemoryStore
+
+pytestmark = pytest.mark.timeout(30)
+JOB = "507f1f77bcf86cd799439011"
+CONTENT = "generated_content"
+
+
+@pytest.fixture(autouse=True)
+def consumer_logs(caplog):
+    caplog.set_level(logging.DEBUG, logger="vip_worker")
+    return caplog
+
+
+def events(caplog, name):
+    return [r for r in caplog.records if r.getMessage() == name]
+
+
+def harness(handler, **kwargs) -> tuple[ConsumerHarness, RecordingStore]:
+    store = RecordingStore(MemoryStore())
+    return ConsumerHarness({"articles": handler}, store=store, **kwargs), store
+
+
+def settle(h: ConsumerHarness, condition):
+    async def scenario(consumer):
+        await wait_until(lambda: condition() and h.idle(), what="the consumer to settle")
+        return consumer
+
+    return h.run(scenario)
+
+
+def fail_with(error):
+    def handler(message, ctx):
+        raise error
+
+    return handler
+
+
+def claim_elsewhere(store, lease_s: float, delivery="other", **extra):
+    """The job held by another delivery (another poller), its lease ``lease_s`` from now."""
+    now = datetime.now(UTC)
+    return store.claim(JOB, user_id="u1", type="articles", params={}, message_id="m-other",
+                       lease_s=lease_s, now=now, delivery=delivery, **extra)
+
+
+# -- claim outcomes ----------------------------------------------------------------------
+
+
+def test_a_claimed_job_runs_with_the_ledgers_attempt_and_completes():
+    seen = []
+
+    def handler(message, ctx):
+        job = ctx.store.get_job(message.job_id)
+        seen.append((ctx.attempt, ctx.delivery, job["status"], job["delivery"]))
+        ctx.progress(50, "Half way")
+
+    h, store = harness(handler)
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.deleted(h.url))
+    (message,) = h.fake.deleted(h.url)
+    token = delivery_token(message.receipt)
+    assert seen == [(1, token, "processing", token)]
+    job = store.get_job(JOB)
+    # The handler saved nothing: the daemon completes the job itself.
+    assert (job["status"], job["progress"], job["attempts"], job["leaseUntil"],
+            job["queue"]) == ("completed", 100, 1, None, "work")
+    assert store.get_content(CONTENT, JOB) == []
+
+
+def test_a_handler_that_saves_its_result_completes_the_job_once():
+    def handler(message, ctx):
+        ctx.store.save_result(message.job_id, CONTENT, {"title": "t"}, datetime.now(UTC))
+
+    h, store = harness(handler)
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.deleted(h.url))
+    assert store.get_job(JOB)["status"] == "completed"
+    assert len(store.get_content(CONTENT, JOB)) == 1
+    assert store.calls_to("claim") == 1 and store.calls_to("complete") == 1  # a no-op
+
+
+def test_a_completed_job_is_deleted_without_running_the_handler(consumer_logs):
+    calls = []
+    h, store = harness(lambda message, ctx: calls.append(message))
+    store.create_job(JOB, "u1", "articles", {}, datetime.now(UTC))
+    claim_elsewhere(store, 60)
+    store.complete(JOB, datetime.now(UTC), delivery="other")
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.deleted(h.url))
+    assert calls == [] and h.fake.messages(h.dlq_url) == []
+    assert events(consumer_logs, "job.already_completed")
+
+
+def test_a_busy_job_comes_back_after_the_other_lease_without_spending_an_attempt():
+    calls = []
+    h, store = harness(lambda message, ctx: calls.append(message))
+    claim_elsewhere(store, 120)
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
+    (message,) = h.fake.messages(h.url)
+    assert calls == []
+    assert 115 <= message.visible_at - h.clock.now() <= 120  # the other lease's rest
+    job = store.get_job(JOB)
+    assert (job["status"], job["attempts"], job["delivery"]) == ("processing", 1, "other")
+
+
+def test_an_exhausted_job_is_dead_lettered_with_its_reason():
+    calls = []
+    h, store = harness(lambda message, ctx: calls.append(message), max_attempts=2)
+    claim_elsewhere(store, -10, delivery="died-1")  # its poller died: the lease ran out
+    claim_elsewhere(store, -5, delivery="died-2")  # a second lost claim
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.messages(h.dlq_url))
+    assert calls == []
+    (dead,) = h.fake.messages(h.dlq_url)
+    assert "its poller died 2 times" in dead.attributes["vip_error"]["StringValue"]
+    assert store.get_job(JOB)["status"] == "failed"
+
+
+def test_a_store_outage_at_the_claim_is_retried_never_dead_lettered():
+    calls = []
+    h, store = harness(lambda message, ctx: calls.append(message), max_attempts=1)
+    store.failing.add("claim")
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
+    assert calls == [] and h.fake.messages(h.dlq_url) == []
+    assert len(h.fake.messages(h.url)) == 1
+
+
+def test_a_transient_failure_requeues_the_job_and_a_permanent_one_fails_it():
+    h, store = harness(fail_with(ValueError("flaky")))
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
+    job = store.get_job(JOB)
+    assert (job["status"], job["error"], job["attempts"]) == (
+        "queued", "ValueError: flaky", 1)
+
+    h, store = harness(fail_with(PermanentError("bad topic")))
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.messages(h.dlq_url))
+    job = store.get_job(JOB)
+    assert (job["status"], job["error"]) == ("failed", "PermanentError: bad topic")
+
+
+def test_a_store_outage_at_the_settle_retries_the_message():
+    h, store = harness(fail_with(PermanentError("bad topic")))
+    store.failing.add("fail")
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
+    assert h.fake.messages(h.dlq_url) == []  # not dead-lettered while the job cannot say so
+
+
+def test_a_message_without_tracking_runs_as_before():
+    seen = []
+    h, store = harness(lambda message, ctx: seen.append((ctx.attempt, ctx.delivery)),
+                       track_jobs=False)
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.deleted(h.url))
+    assert seen == [(1, None)]
+    assert store.calls == [] and store.get_job(JOB) is None
+
+
+# -- attempts belong to the daemon -------------------------------------------------------
+
+
+def test_attempts_come_from_the_ledger_not_the_receive_count():
+    h, store = harness(fail_with(ValueError("flaky")), max_attempts=3)
+    h.send(envelope(job_id=JOB))
+    for _ in range(5):  # receives that never started a handler (lost, handed back)
+        h.fake.take(h.url, 1, 0)
+    settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
+    (message,) = h.fake.messages(h.url)
+    assert message.receive_count == 6  # past max_attempts: SQS's count would dead-letter
+    assert h.fake.messages(h.dlq_url) == []
+    # The backoff grows with the attempt (1: half of 10 s), not with the receive count.
+    assert message.visible_at == h.clock.now() + 5
+    assert store.get_job(JOB)["attempts"] == 1
+
+
+def test_the_last_ledger_attempt_dead_letters_and_fails_the_job():
+    h, store = harness(fail_with(ValueError("flaky")), max_attempts=2)
+    store.claim(JOB, user_id="u1", type="articles", params={}, message_id="m0", lease_s=60,
+                now=datetime.now(UTC), delivery="earlier")
+    store.requeue(JOB, "flaky", datetime.now(UTC), delivery="earlier")
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.messages(h.dlq_url))
+    (dead,) = h.fake.messages(h.dlq_url)
+    assert dead.attributes["vip_attempts"]["StringValue"] == "2"
+    job = store.get_job(JOB)
+    assert (job["status"], job["attempts"]) == ("failed", 2)
+
+
+def test_a_redriven_failed_job_gets_its_attempts_again():
+    h, store = harness(fail_with(ValueError("flaky")), max_attempts=2)
+    for n in range(2):  # two attempts, then failed and dead-lettered
+        store.claim(JOB, user_id="u1", type="articles", params={}, message_id="m0",
+                    lease_s=60, now=datetime.now(UTC), delivery=f"earlier-{n}")
+        store.requeue(JOB, "flaky", datetime.now(UTC), delivery=f"earlier-{n}")
+    store.fail(JOB, "gave up", datetime.now(UTC))
+    h.send(envelope(job_id=JOB))  # `vip-worker dlq redrive` sent it back
+    settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
+    assert h.fake.messages(h.dlq_url) == []
+    assert (store.get_job(JOB)["status"], store.get_job(JOB)["attempts"]) == ("queued", 1)
+
+
+def test_a_hand_back_at_shutdown_spends_no_attempt(consumer_logs):
+    gate, started = asyncio.Event(), []
+
+    async def handler(message, ctx):
+        started.append(message.job_id)
+        await gate.wait()
+
+    h, store = harness(handler, worker={"type_limits": {"articles": 1}})
+    h.send(envelope(job_id="a" * 24))
+    h.send(envelope(job_id=JOB))  # waits behind the type limit: never starts
+
+    async def scenario(consumer):
+        await wait_until(lambda: started, what="the first handler")
+        await consumer.drain(0, wait_for_polls=False)
+
+    h.run(scenario)
+    waiting = store.get_job(JOB)
+    assert waiting is None or waiting["attempts"] == 0
+    # The one cut off while running spent its attempt and is queued again.
+    cut = store.get_job("a" * 24)
+    assert (cut["status"], cut["attempts"]) == ("queued", 1)
+    assert len(h.fake.visible(h.url)) == 2
+
+
+# -- leases ------------------------------------------------------------------------------
+
+
+def blocked_harness(jobs):
+    gate = asyncio.Event()
+
+    async def handler(message, ctx):
+        await gate.wait()
+
+    h, store = harness(handler, worker={"concurrency": 10})
+    for job_id in jobs:
+        h.send(envelope(job_id=job_id))
+    return h, store, gate
+
+
+def held_delivery(consumer, job_id):
+    return next(i.delivery for i in consumer.ledger.claimed.values()
+                if i.envelope.job_id == job_id)
+
+
+def test_one_store_call_renews_every_held_lease_and_a_lost_one_is_left_alone(consumer_logs):
+    jobs = [f"{n:024x}" for n in range(4)]
+    h, store, gate = blocked_harness(jobs)
+
+    async def scenario(consumer):
+        await wait_until(lambda: len(consumer.ledger.claimed) == 4, what="four claims")
+        before = store.calls_to("renew_leases")
+        await consumer.ledger.renew()
+        assert store.calls_to("renew_leases") == before + 1
+        # This poller froze past its lease and another delivery took the job over.
+        store.release(jobs[0], held_delivery(consumer, jobs[0]), datetime.now(UTC), "lost")
+        store.claim(jobs[0], user_id="u1", type="articles", params={}, message_id="m-x",
+                    lease_s=600, now=datetime.now(UTC), delivery="thief")
+        await consumer.ledger.renew()
+        gate.set()
+        await wait_until(lambda: len(h.fake.deleted(h.url)) == 4 and h.idle(),
+                         what="the handlers")
+
+    h.run(scenario)
+    (lost,) = events(consumer_logs, "job.lease_lost")
+    assert lost.job_id == jobs[0] and lost.levelname == "WARNING"
+    taken = store.get_job(jobs[0])  # the other delivery's: never settled from here
+    assert (taken["status"], taken["delivery"]) == ("processing", "thief")
+    assert [store.get_job(j)["status"] for j in jobs[1:]] == ["completed"] * 3
+
+
+def test_the_lease_task_renews_once_per_interval_for_all_held_jobs():
+    jobs = [f"{n:024x}" for n in range(3)]
+    h, store, gate = blocked_harness(jobs)
+
+    async def scenario(consumer):
+        ledger = consumer.ledger
+        await wait_until(lambda: len(ledger.claimed) == 3, what="three claims")
+        ledger.interval_s = 0.01
+        task = asyncio.create_task(ledger.run())
+        await wait_until(lambda: ledger.renewals >= 3, what="three renewals")
+        task.cancel()
+        gate.set()
+        await wait_until(lambda: len(h.fake.deleted(h.url)) == 3 and h.idle(),
+                         what="the handlers")
+        return ledger.renewals
+
+    renewals = h.run(scenario)
+    # One call per interval for the three jobs, not one per job (the last may have been
+    # under way when the task was cancelled).
+    assert store.calls_to("renew_leases") in (renewals, renewals + 1)
+
+
+# -- re-sending before SQS's redrive -----------------------------------------------------
+
+
+def test_a_retry_at_max_receive_count_is_resent_with_its_attempts(consumer_logs):
+    h, store = harness(fail_with(ValueError("flaky")))
+    h.max_receives = {"work": 2}
+    old_id = h.send(envelope(job_id=JOB))
+    h.fake.take(h.url, 1, 0)  # an earlier receive that never ran (a hand-back)
+    settle(h, lambda: h.fake.deleted(h.url))
+    (copy,) = h.fake.messages(h.url)
+    assert copy.message_id != old_id and copy.receive_count == 0
+    assert copy.attributes["vip_attempts"]["StringValue"] == "1"
+    assert "vip_first_receive" in copy.attributes
+    assert copy.visible_at == h.clock.now() + 5  # the retry delay, as DelaySeconds
+    (record,) = events(consumer_logs, "message.resent")
+    assert (record.reason, record.new_message_id) == ("retry", copy.message_id)
+    assert store.get_job(JOB)["status"] == "queued"
+
+
+def test_a_hand_back_at_max_receive_count_is_resent():
+    gate = asyncio.Event()
+
+    async def handler(message, ctx):
+        await gate.wait()
+
+    h, store = harness(handler)
+    h.max_receives = {"work": 1}
+    h.send(envelope(job_id=JOB))
+
+    async def scenario(consumer):
+        await wait_until(lambda: consumer.ledger.claimed, what="the claim")
+        await consumer.drain(0, wait_for_polls=False)
+
+    h.run(scenario)
+    (copy,) = h.fake.messages(h.url)
+    assert copy.receive_count == 0 and copy.visible_at <= h.clock.now()
+    assert copy.attributes["vip_attempts"]["StringValue"] == "1"
+
+
+def test_an_untracked_resent_message_keeps_counting_its_attempts():
+    h, _ = harness(fail_with(ValueError("flaky")), track_jobs=False, max_attempts=3)
+    h.max_receives = {"work": 1}
+    h.fake.send(h.url, envelope(job_id=JOB),
+                {"vip_attempts": {"DataType": "Number", "StringValue": "2"}})
+    settle(h, lambda: h.fake.messages(h.dlq_url))  # attempt 3 of 3: dead-lettered
+    assert h.fake.messages(h.url) == []
+
+
+def test_a_claim_handed_back_before_its_handler_started_is_released():
+    calls, claim_may_go = [], threading.Event()
+    h, store = harness(lambda message, ctx: calls.append(message))
+    real_claim = store.store.claim
+
+    def slow_claim(*args, **kwargs):
+        claim_may_go.wait(10)
+        return real_claim(*args, **kwargs)
+
+    store.store.claim = slow_claim
+    h.send(envelope(job_id=JOB))
+
+    async def scenario(consumer):
+        await wait_until(lambda: store.calls_to("claim") == 1, what="the claim to be sent")
+        drain = asyncio.create_task(consumer.drain(0, wait_for_polls=False))
+        await wait_until(lambda: all(i.settled for i in consumer.held.values()),
+                         what="the hand-back")
+        claim_may_go.set()  # the claim lands after the message was handed back
+        await drain
+
+    h.run(scenario)
+    assert calls == []
+    job = store.get_job(JOB)
+    assert (job["status"], job["attempts"], job["leaseUntil"]) == ("queued", 0, None)
+    assert len(h.fake.visible(h.url)) == 1
