@@ -41,10 +41,6 @@ def retry_after(wait_s: float) -> str:
     return str(max(1, math.ceil(wait_s)))
 
 
-class TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` answers 413, whether announced
     by Content-Length or streamed in chunks."""
@@ -60,26 +56,29 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self.refuse(send)
         seen = 0
-        started = False
+        started = refused = False
 
         async def counted():
-            nonlocal seen
+            # Over the limit: answer 413 now and tell the app the client left (FastAPI
+            # turns any exception raised while reading the body into a 400).
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise TooLarge
+                if not started and not refused:
+                    refused = True
+                    await self.refuse(send)
+                return {"type": "http.disconnect"}
             return message
 
         async def tracked(message):
             nonlocal started
+            if refused:
+                return  # the 413 is sent already
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, counted, tracked)
-        except TooLarge:
-            if not started:
-                await self.refuse(send)
+        await self.app(scope, counted, tracked)
 
     async def refuse(self, send) -> None:
         body = json.dumps({"detail": f"request body over {self.max_bytes} bytes"}).encode()
