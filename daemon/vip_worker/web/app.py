@@ -216,7 +216,8 @@ def create_app(settings, producer=None) -> FastAPI:
              description="The caller's jobs, newest first, a page at a time. " + AUTH)
     async def list_jobs(caller: Who, status: Literal[STATUSES] | None = None,  # type: ignore
                         limit: int = Query(20, ge=1, le=100),
-                        cursor: str | None = Query(None, max_length=200)):
+                        cursor: str | None = Query(None, max_length=200,
+                                                   pattern=r"^[A-Za-z0-9_-]+$")):
         after = decode_cursor(cursor) if cursor else None
         found = await jobs.call(jobs.store.user_jobs, acting_user(caller), status, limit + 1,
                                 after)
