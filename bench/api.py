@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -75,6 +76,7 @@ def sse_freshness(url: str, headers: dict, store, job_id: str, steps: int) -> li
     store.claim(job_id, user_id="bench", type="articles", params=ARTICLE, message_id="m",
                 lease_s=600, now=now)
     delays = []
+    rng = random.Random(7)
     for step in range(1, steps + 1):
         written = time.perf_counter()
         store.progress(job_id, step, f"step {step}", datetime.now(UTC))
@@ -83,7 +85,9 @@ def sse_freshness(url: str, headers: dict, store, job_id: str, steps: int) -> li
             time.sleep(0.002)
         if step in arrived:
             delays.append((arrived[step] - written) * 1000)
-        time.sleep(0.137)  # desynchronise the writes from the server's poll
+        # The last event came right after a poll: a fixed pause would land every write at
+        # the same phase of the next one. A random phase measures the average freshness.
+        time.sleep(rng.uniform(0.0, 0.6))
     store.save_result(job_id, "generated_content", {"title": "t"}, datetime.now(UTC))
     listener.join(10)
     return delays
