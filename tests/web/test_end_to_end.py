@@ -35,9 +35,9 @@ def serve(tmp_path):
 
     def start(environ: dict[str, str]) -> str:
         settings = config.load(environ=environ, require_queues=False)
-        server = WebServer(settings, Producer(settings)).start()
-        started.append(server)
-        return server.url
+        server = WebServer(settings, Producer(settings))
+        started.append(server)  # stopped at teardown even if it fails to start
+        return server.start().url
 
     yield start
     for server in started:

@@ -52,3 +52,17 @@ def test_with_a_key_a_public_address_passes_the_bind_check(monkeypatch, tmp_path
     assert check_bind(settings) is None
     assert check_bind(settings.with_values(web_host="127.0.0.1",
                                            web_keys_file=str(tmp_path / "none"))) is None
+
+
+def test_forwarded_headers_are_trusted_only_from_the_configured_proxies(tmp_path):
+    from vip_worker import config
+    from vip_worker.web.server import bind, make_server
+
+    settings = config.load(environ={"VIP_WORKER_STATE_DIR": str(tmp_path)},
+                           require_queues=False)
+    with bind("127.0.0.1", 0) as sock:
+        closed = make_server(settings, None, sock).config
+        assert closed.proxy_headers is False
+        proxied = make_server(settings.with_values(web_forwarded_allow_ips=["10.0.0.7"]),
+                              None, sock).config
+        assert proxied.proxy_headers is True and proxied.forwarded_allow_ips == ["10.0.0.7"]
