@@ -91,6 +91,12 @@ def test_user_jobs_pages_one_users_jobs_newest_first(store):
     assert store.user_jobs("u1", limit=0) == []
 
 
+def test_mongo_indexes_user_jobs(mongo_backend):
+    mongo_backend.new_store()
+    keys = [index["key"] for index in mongo_backend.db["jobs"].index_information().values()]
+    assert [("userId", 1), ("createdAt", -1), ("_id", -1)] in keys
+
+
 def test_claim_queued_job(store):
     store.create_job("job-1", "u1", "articles", {"topic": "t"}, T0)
     result = claim(store, now=at(1))

@@ -177,12 +177,16 @@ class MongoStore:
         return collection
 
     def _index_jobs(self) -> None:
-        """The sweep's indexes: ``expired_leases`` and ``stale_queued`` each read one."""
+        """The sweep's indexes: ``expired_leases`` and ``stale_queued`` each read one;
+        ``user_jobs`` (the job API's pages) reads the third."""
         with self._errors():
             try:
                 for field in JOB_INDEXES:
                     self._jobs.create_index([("status", pymongo.ASCENDING),
                                              (field, pymongo.ASCENDING)])
+                self._jobs.create_index([("userId", pymongo.ASCENDING),
+                                         ("createdAt", pymongo.DESCENDING),
+                                         ("_id", pymongo.DESCENDING)])
             except OperationFailure as exc:
                 if is_transient(exc):
                     raise

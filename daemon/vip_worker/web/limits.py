@@ -14,10 +14,16 @@ from collections.abc import Callable
 
 
 class RateLimiter:
-    """``web_rate_burst`` tokens per user, refilled at ``web_rate_per_minute``."""
+    """``web_rate_burst`` tokens per user, refilled at ``web_rate_per_minute``.
+
+    Buckets are kept for at most ``max_users`` users: past that, the buckets that have
+    refilled (equivalent to no bucket) are dropped, so memory does not grow with every
+    user ever seen.
+    """
 
     def __init__(self, per_minute: float, burst: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_users: int = 10000) -> None:
+        self.max_users = max_users
         self.rate_per_s = per_minute / 60.0
         self.burst = float(burst)
         self.clock = clock
@@ -28,6 +34,8 @@ class RateLimiter:
         """Spend one token of ``user``: 0.0 when allowed, else the seconds until one."""
         now = self.clock()
         with self._lock:
+            if len(self._buckets) >= self.max_users:
+                self.prune(now)
             tokens, at = self._buckets.get(user, (self.burst, now))
             tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
             if tokens >= 1.0:
@@ -35,6 +43,13 @@ class RateLimiter:
                 return 0.0
             self._buckets[user] = (tokens, now)
             return (1.0 - tokens) / self.rate_per_s
+
+
+    def prune(self, now: float) -> None:
+        full_after_s = self.burst / self.rate_per_s
+        self._buckets = {user: (tokens, at) for user, (tokens, at) in self._buckets.items()
+                         if tokens + (now - at) * self.rate_per_s < self.burst
+                         and now - at < full_after_s}
 
 
 def retry_after(wait_s: float) -> str:
