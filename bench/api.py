@@ -98,66 +98,86 @@ def summary(name: str, values: list[float]) -> dict:
             f"{name}_p99_ms": round(percentile(values, 99), 2), f"{name}_n": len(values)}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests (about 30 s)")
-    parser.add_argument("--endpoint", choices=("moto", "localstack"), default="moto")
-    args = parser.parse_args(argv)
-    gets, posts, steps = (300, 100, 10) if args.quick else (3000, 600, 40)
-    get_rate, post_rate = 100.0, 20.0
-    work = tempfile.mkdtemp(prefix="bench-api-")
-    sqs_endpoint = endpoints.start(args.endpoint, work)
-    web = None
+SIZES = {"smoke": (50, 20, 3), "quick": (300, 100, 10), "full": (3000, 600, 40)}
+GET_RATE, POST_RATE = 100.0, 20.0
+
+
+def wait_healthy(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{url}/api/health", timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def run(ep, workdir: str, size: str = "full") -> dict:
+    """The scenario against the running endpoint ``ep`` (bench.endpoint); the figures."""
+    gets, posts, steps = SIZES[size]
+    os.makedirs(workdir, exist_ok=True)
+    queue = sqsutil.make_queue(sqsutil.client(ep.url), "api")
+    env = {**endpoints.base_env(), "AWS_ENDPOINT_URL_SQS": ep.url,
+           "VIP_WORKER_STATE_DIR": os.path.join(workdir, "state"),
+           "ARTICLES_QUEUE_URL": queue, "VIP_WORKER_WEB_RATE_PER_MINUTE": "100000",
+           "VIP_WORKER_WEB_RATE_BURST": "100000"}
+    port = endpoints.free_port()
+    url = f"http://127.0.0.1:{port}"
+    web = procs.start_group([sys.executable, "-m", "vip_worker", "web", "--port", str(port)],
+                            os.path.join(workdir, "web.log"), env=env, cwd=workdir)
+    headers = {"X-User-Id": "bench"}  # open access: loopback, no key
     try:
-        queue = sqsutil.make_queue(sqsutil.client(sqs_endpoint.url), "api")
-        env = {**endpoints.base_env(), "AWS_ENDPOINT_URL_SQS": sqs_endpoint.url,
-               "VIP_WORKER_STATE_DIR": os.path.join(work, "state"),
-               "ARTICLES_QUEUE_URL": queue, "VIP_WORKER_WEB_RATE_PER_MINUTE": "100000",
-               "VIP_WORKER_WEB_RATE_BURST": "100000"}
-        port = endpoints.free_port()
-        url = f"http://127.0.0.1:{port}"
-        web = procs.start_group([sys.executable, "-m", "vip_worker", "web", "--port", str(port)],
-                                os.path.join(work, "web.log"), env=env, cwd=work)
-        headers = {"X-User-Id": "bench"}  # open access: loopback, no key
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/api/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_healthy(url)
         job_id = httpx.post(f"{url}/api/content/generate", json=ARTICLE, headers=headers,
                             timeout=30).json()["jobId"]
         get_ms = fixed_rate(lambda c: c.get(f"{url}/api/content/jobs/{job_id}",
                                             headers=headers).raise_for_status(),
-                            get_rate, gets)
+                            GET_RATE, gets)
         post_ms = fixed_rate(lambda c: c.post(f"{url}/api/content/generate", json=ARTICLE,
                                               headers=headers).raise_for_status(),
-                             post_rate, posts)
+                             POST_RATE, posts)
         from vip_worker.store.sqlite import SqliteStore
 
-        store = SqliteStore(os.path.join(work, "state", "jobs.sqlite3"))
-        sse_job = httpx.post(f"{url}/api/content/generate", json=ARTICLE, headers=headers,
-                             timeout=30).json()["jobId"]
-        fresh_ms = sse_freshness(url, headers, store, sse_job, steps)
-        store.close()
-        result = {"scenario": "api", "endpoint": args.endpoint, "get_rate_per_s": get_rate,
-                  "post_rate_per_s": post_rate, **summary("get", get_ms),
-                  **summary("post", post_ms), **summary("sse_fresh", fresh_ms),
-                  "web_cpu_s": round(procs.cpu_s(web.pid) or 0.0, 2)}
+        store = SqliteStore(os.path.join(workdir, "state", "jobs.sqlite3"))
+        try:
+            sse_job = httpx.post(f"{url}/api/content/generate", json=ARTICLE, headers=headers,
+                                 timeout=30).json()["jobId"]
+            fresh_ms = sse_freshness(url, headers, store, sse_job, steps)
+        finally:
+            store.close()
+        return {"scenario": "api", "endpoint": ep.kind, "get_rate_per_s": GET_RATE,
+                "post_rate_per_s": POST_RATE, **summary("get", get_ms),
+                **summary("post", post_ms), **summary("sse_fresh", fresh_ms),
+                "web_cpu_s": round(procs.cpu_s(web.pid) or 0.0, 2)}
     finally:
-        if web is not None:
-            procs.stop_group(web)
-        sqs_endpoint.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"GET job   at {get_rate:g}/s: p50 {result['get_p50_ms']} ms, "
+        procs.stop_group(web)
+
+
+def report(result: dict) -> None:
+    print(f"GET job   at {result['get_rate_per_s']:g}/s: p50 {result['get_p50_ms']} ms, "
           f"p99 {result['get_p99_ms']} ms")
-    print(f"POST job  at {post_rate:g}/s: p50 {result['post_p50_ms']} ms, "
-          f"p99 {result['post_p99_ms']} ms (store + SendMessage to {args.endpoint})")
+    print(f"POST job  at {result['post_rate_per_s']:g}/s: p50 {result['post_p50_ms']} ms, "
+          f"p99 {result['post_p99_ms']} ms (store + SendMessage to {result['endpoint']})")
     print(f"SSE freshness: p50 {result['sse_fresh_p50_ms']} ms, "
           f"p99 {result['sse_fresh_p99_ms']} ms (store polled every 0.5 s)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.api",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests (about 30 s)")
+    parser.add_argument("--endpoint", choices=("moto", "localstack"), default="moto")
+    args = parser.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="bench-api-")
+    ep = endpoints.start(args.endpoint, work)
+    try:
+        result = run(ep, os.path.join(work, "api"), "quick" if args.quick else "full")
+    finally:
+        ep.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    report(result)
     print(json.dumps(result))
     return 0
 
