@@ -24,7 +24,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import drain, endpoint, idle, inflight, latency, peer_workers, sqsutil
+from bench import api, drain, endpoint, idle, inflight, latency, peer_workers, sqsutil
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ PROFILES = {
 MOTO_SCALE = {"drain_count": 1500, "warmup": 100, "backlog": 200, "jobs": 300,
               "peer_count": 1000}
 
-SCENARIOS = ("drains", "scale-out", "pickup", "held", "peers", "idle")
+SCENARIOS = ("drains", "scale-out", "pickup", "held", "peers", "idle", "api")
 
 TARGETS = {
     "cpu_per_msg_ratio_vs_bare": ("<=", 1.1),
@@ -394,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
             bench.guarded("held jobs", bench.held_jobs)
         if profile.peers and "peers" in only:
             bench.guarded("peers", bench.peers)
+        # The job API (bench/api.py); not in --smoke unless asked for: tests/bench's budget.
+        if "api" in only and (profile.name != "smoke" or args.only):
+            bench.results["api"] = bench.guarded("job API", lambda: api.run(
+                ep, str(bench.dir("api")), profile.name))
         if idle_run is not None:
             idle_result = bench.guarded("idle (finish)", idle_run.finish)
             bench.results["idle"] = idle_result
@@ -408,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["details"] = {k: v for k, v in bench.results.items()
                           if k not in ("errors", "scale_out")}
     print_table(summary, drains, bench, idle_result)
+    if bench.results.get("api"):
+        api.report(bench.results["api"])
     if args.keep:
         print(f"work dir kept: {workdir}", file=sys.stdout)
     sys.stdout.flush()

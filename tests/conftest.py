@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.store",
     "tests.fixtures.localstack",
+    "tests.fixtures.web",
 ]

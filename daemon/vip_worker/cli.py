@@ -15,6 +15,8 @@ Commands (each documented in docs/cli.md; a test keeps the two in step):
   jobs and queue them (inline without SQS); prints the job ids.
 - ``vip-worker jobs show ID [--json]`` / ``jobs list [--status S] [--json]``.
 - ``vip-worker status`` / ``vip-worker dlq peek|redrive``: see ``vip_worker.ops.commands``.
+- ``vip-worker web [--host H] [--port N]`` / ``web-key create|list|revoke``: the job API
+  (``vip_worker.web``) and its API keys.
 - ``vip-worker new-plugin NAME [--dir DIR]``: scaffold a plugin that works as generated.
 - ``vip-worker dev [--exit-when-done] ...``: the embedded stack on 127.0.0.1.
 """
@@ -41,6 +43,8 @@ COMMANDS = {
     "jobs": "vip_worker.ops.jobs:cmd_jobs",
     "status": "vip_worker.ops.commands:cmd_status",
     "dlq": "vip_worker.ops.commands:cmd_dlq",
+    "web": "vip_worker.web.server:cmd_web",
+    "web-key": "vip_worker.web.keys:cmd_web_key",
 }
 # Commands that need no settings: called with the parsed arguments only.
 STANDALONE_COMMANDS = {
@@ -115,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the job store here (default: a temporary directory, removed "
                           "on exit)")
     add_ops_commands(commands)
+    add_web_commands(commands)
 
     new_plugin = commands.add_parser("new-plugin", help="scaffold a handler plugin package")
     new_plugin.add_argument("name", help="plugin name, also its message type ([a-z0-9_])")
@@ -162,6 +167,27 @@ def add_ops_commands(commands) -> None:
                               "<state_dir>/redrive/<dlq name>.journal)")
 
 
+def add_web_commands(commands) -> None:
+    """``web`` and ``web-key`` (their code: ``vip_worker.web``)."""
+    web = commands.add_parser("web", help="serve the job API (FastAPI) the app calls")
+    add_config_arg(web)
+    web.add_argument("--host", help="address to bind (overrides web_host)")
+    web.add_argument("--port", type=int, help="port to bind (overrides web_port)")
+    web_key = commands.add_parser("web-key", help="make, list or revoke the job API's keys")
+    actions = web_key.add_subparsers(dest="web_key_command", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="make a key and show it once")
+    add_config_arg(create)
+    create.add_argument("--user", dest="name", required=True,
+                        help="who the key is for (a label, e.g. app-backend)")
+    create.add_argument("--role", choices=("backend", "admin"), default="backend",
+                        help="backend: acts for X-User-Id; admin: sees every job")
+    listing = actions.add_parser("list", help="the keys: id, role, label, creation")
+    add_config_arg(listing)
+    revoke = actions.add_parser("revoke", help="remove a key (takes effect at once)")
+    add_config_arg(revoke)
+    revoke.add_argument("key_id", metavar="ID")
+
+
 def camel(flag: str) -> str:
     first, *rest = flag.split("-")
     return first + "".join(part.capitalize() for part in rest)
@@ -204,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vip-worker: configuration error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
     command = resolve(COMMANDS[args.command])
-    if args.command == "run":
+    if args.command in ("run", "web"):
         return command(args, settings)  # it installs the JSON log
     with logconfig.console():  # a warning (producer.inline) shows its fields on stderr
         return command(args, settings)

@@ -53,7 +53,9 @@ def render(root: Path) -> Path:
         text = text.replace(place, str(root / name))
     # supervisord runs as root and the program as vip-worker; here both run as this user.
     text, count = re.subn(r"(?m)^user=(vip-worker|root)$", f"user={getpass.getuser()}", text)
-    assert count == 2
+    assert count == 3  # supervisord, the daemon, the job API
+    # The job API on a free port: tests run side by side.
+    text = text.replace("vip_worker web --config", "vip_worker web --port 0 --config")
     assert "vip-worker/" not in text.replace(str(root), ""), "a placeholder path is left"
     path = root / "etc" / "supervisord.conf"
     path.write_text(text)
@@ -193,6 +195,10 @@ def test_supervisorctl_stop_is_graceful(sqs, supervisor):
     # supervisord saw a clean exit of the process it started, and no restart.
     assert "STOPPED" in sv.ctl("status", "vip-worker")
     assert "stopped: vip-worker (exit status 0)" in sv.own_log.read_text(), sv.dump()
+    # The job API program runs beside it (its env carries the tag too): stop it first.
+    assert re.search(r"vip-worker-web\s+RUNNING", sv.ctl("status", "vip-worker-web")), \
+        sv.dump()
+    assert "vip-worker-web: stopped" in sv.ctl("stop", "vip-worker-web"), sv.dump()
     assert not tagged_pids(sv.tag), "a poller outlived its master"
 
 
@@ -244,7 +250,7 @@ def test_the_documented_local_try_renders_a_config_supervisord_runs(sqs, make_qu
         outside = rendered.replace(str(root), "").replace(str(ROOT), "")
         assert "vip-worker/" not in outside, "a placeholder path is left"
         assert f"exec {ROOT}/.venv/bin/vip-worker run --config {root}/etc/" in rendered
-        assert rendered.count(f"user={getpass.getuser()}\n") == 2
+        assert rendered.count(f"user={getpass.getuser()}\n") == 3  # + the job API
         with open(root / "etc" / "vip-worker.env", "a") as env_file:  # the local SQS, a tag
             env_file.write(f"AWS_ENDPOINT_URL_SQS='{sqs_endpoint}'\nVW_TEST_TAG='{tag}'\n")
         running = Supervisor(root, conf, tag)

@@ -200,3 +200,35 @@ def test_the_verify_check_catches_a_bad_line(rendered):
     unit = rendered(("KillMode=mixed", "KillMode=mixd"))
     result = verify(unit)
     assert any("KillMode" in line or "kill mode" in line for line in complaints(result, unit))
+
+
+WEB_UNIT = ROOT / "systemd" / "vip-worker-web.service"
+
+
+def test_systemd_analyze_verify_accepts_the_web_unit(tmp_path):
+    probe = tmp_path / "probe" / "vw-probe.service"
+    probe.parent.mkdir()
+    probe.write_text(f"[Service]\nType=oneshot\nExecStart={shutil.which('true') or '/bin/true'}"
+                     "\n")
+    if verify(probe).returncode != 0:
+        pytest.skip("systemd-analyze verify cannot run here")
+    executable = Path(sys.executable).parent / "vip-worker"
+    exec_start = (f"{executable} web --config" if executable.exists()
+                  else f"{sys.executable} -m vip_worker web --config")
+    (tmp_path / "vip-worker.toml").write_text("")
+    (tmp_path / "work").mkdir()
+    text = WEB_UNIT.read_text()
+    for old, new in ((f"{SHIPPED_EXEC} web --config", exec_start),
+                     (SHIPPED_CONFIG, str(tmp_path / "vip-worker.toml")),
+                     ("EnvironmentFile=-/etc/vip-worker/", f"EnvironmentFile=-{tmp_path}/"),
+                     ("WorkingDirectory=/opt/vip-worker", f"WorkingDirectory={tmp_path / 'work'}"),
+                     ("User=vip-worker", f"User={pwd.getpwuid(os.getuid()).pw_name}"),
+                     ("Group=vip-worker", f"Group={grp.getgrgid(os.getgid()).gr_name}")):
+        assert old in text, old
+        text = text.replace(old, new)
+    unit = tmp_path / "vip-worker-web.service"
+    unit.write_text(text)
+    result = verify(unit)
+    assert result.returncode == 0, result.stderr
+    assert not complaints(result, unit), "\n".join(complaints(result, unit))
+    assert "RestartPreventExitStatus=78" in text

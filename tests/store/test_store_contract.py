@@ -74,6 +74,29 @@ def test_list_jobs_newest_first_with_status_filter(store):
     assert [j["_id"] for j in store.list_jobs(limit=2)] == ["c", "b"]
 
 
+def test_user_jobs_pages_one_users_jobs_newest_first(store):
+    # Two jobs share a createdAt: the _id breaks the tie, so no page skips or repeats one.
+    for job_id, user, second in [("a", "u1", 0), ("b", "u2", 1), ("c", "u1", 1),
+                                 ("d", "u1", 1), ("e", "u1", 2)]:
+        store.create_job(job_id, user, "articles", {}, at(second))
+    claim(store, "c")
+    assert [j["_id"] for j in store.user_jobs("u1")] == ["e", "d", "c", "a"]
+    first = store.user_jobs("u1", limit=2)
+    assert [j["_id"] for j in first] == ["e", "d"]
+    last = first[-1]
+    rest = store.user_jobs("u1", limit=2, after=(last["createdAt"], last["_id"]))
+    assert [j["_id"] for j in rest] == ["c", "a"]
+    assert [j["_id"] for j in store.user_jobs("u1", status="processing")] == ["c"]
+    assert store.user_jobs("u3") == [] and store.user_jobs("u1", status="bogus") == []
+    assert store.user_jobs("u1", limit=0) == []
+
+
+def test_mongo_indexes_user_jobs(mongo_backend):
+    mongo_backend.new_store()
+    keys = [index["key"] for index in mongo_backend.db["jobs"].index_information().values()]
+    assert [("userId", 1), ("createdAt", -1), ("_id", -1)] in keys
+
+
 def test_claim_queued_job(store):
     store.create_job("job-1", "u1", "articles", {"topic": "t"}, T0)
     result = claim(store, now=at(1))

@@ -15,6 +15,7 @@ from vip_worker import config
 from vip_worker.errors import ConfigError
 from vip_worker.pipeline import settings as pipeline_settings
 from vip_worker.store import settings as store_settings
+from vip_worker.web import settings as web_settings
 
 QUEUE = {"ARTICLES_QUEUE_URL": "http://127.0.0.1:1/1/articles"}
 GROUP = config.SETTINGS_ENTRY_POINT_GROUP
@@ -33,7 +34,7 @@ def entry_point(name: str, attr: str) -> EntryPoint:
 def test_config_does_not_import_the_pipeline_or_the_store():
     assert offending([PACKAGE / "config.py"], ("vip_worker.pipeline", "vip_worker.store")) == []
     code = ("import sys, vip_worker.config; print([m for m in sys.modules "
-            "if m.startswith(('vip_worker.pipeline', 'vip_worker.store'))])")
+            "if m.startswith(('vip_worker.pipeline', 'vip_worker.store', 'vip_worker.web'))])")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, timeout=60).stdout.strip()
     assert loaded == "[]"
@@ -44,7 +45,7 @@ def test_the_store_and_pipeline_declarations_are_found_through_entry_points():
     # The very objects the two modules declare (Setting is unhashable: its default may be
     # a list), each once.
     assert sorted(map(id, declared)) == sorted(
-        map(id, store_settings.SETTINGS + pipeline_settings.SETTINGS))
+        map(id, store_settings.SETTINGS + pipeline_settings.SETTINGS + web_settings.SETTINGS))
     names = [s.name for s in config.worker_settings()]
     assert len(names) == len(set(names))
     assert {"fastapi_url", "mongodb_uri", "jobs_collection", "state_dir"} <= set(names)

@@ -3,7 +3,8 @@
 Starts moto's SQS server on loopback with the ``articles`` and ``images`` queues
 and their dead-letter queues, a stub of the generation service (configurable
 latency and failure rate), the embedded SQLite job store in a fresh state
-directory, and ``vip-worker run`` with the bundled plugins. It then enqueues a
+directory, ``vip-worker run`` with the bundled plugins and the job API (``vip-worker
+web``, open access on loopback: no key is configured). It then enqueues a
 demo batch through the producer, exactly as the app would, and shows each job's
 status and progress from the job store until the batch is done. Ctrl-C stops it.
 """
@@ -159,6 +160,7 @@ def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_d
     daemon = subprocess.Popen(
         [sys.executable, "-m", "vip_worker", "run", "--processes", str(args.processes)],
         env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
+    web, web_url = start_web(env)
     progress: queue.SimpleQueue = queue.SimpleQueue()
     reader = threading.Thread(target=follow, args=(daemon, progress), daemon=True)
     reader.start()
@@ -196,6 +198,7 @@ def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_d
                 daemon.wait()
         reader.join(timeout=5)
         producer.close()
+        stop_web(web)
     if daemon.returncode not in (0, None) and code == 0:
         print(f"dev: daemon exited with {daemon.returncode}", flush=True)
         code = daemon.returncode
@@ -204,6 +207,49 @@ def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_d
         if stopped_by[0] == signal.SIGINT and code == exitcodes.OK:
             code = exitcodes.INTERRUPTED  # as a shell reports Ctrl-C
     return code
+
+
+def start_web(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """``vip-worker web`` on 127.0.0.1 (``VIP_DEV_WEB_PORT`` or a free port); its JSON log
+    is dropped, its errors show. Prints its URL and a ``curl`` line once it answers."""
+    import socket
+    import urllib.request
+
+    port = int(env.get("VIP_DEV_WEB_PORT", "0"))
+    if not port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    web = subprocess.Popen([sys.executable, "-m", "vip_worker", "web", "--host", "127.0.0.1",
+                            "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while web.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.1)
+    if web.poll() is not None:
+        print(f"dev: the job API did not start (exit {web.returncode})", flush=True)
+        return web, url
+    print(f"dev: job API on {url} (open access on loopback, no key configured; "
+          f"{url}/docs)\n"
+          f"dev:   curl -s -X POST {url}/api/content/generate -H 'X-User-Id: demo-user' "
+          f"-H 'Content-Type: application/json' -d '{{\"mode\": \"topic\", \"topic\": "
+          f"\"Fantasy Football\", \"wordCount\": 300}}'\n"
+          f"dev:   curl -s {url}/api/content/jobs -H 'X-User-Id: demo-user'", flush=True)
+    return web, url
+
+
+def stop_web(web: subprocess.Popen) -> None:
+    if web.poll() is None:
+        web.terminate()
+        try:
+            web.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            web.kill()
+            web.wait()
 
 
 def watch(store, jobs: dict[str, str], daemon, stop: threading.Event, args,

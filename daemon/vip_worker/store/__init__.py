@@ -131,6 +131,13 @@ class JobStore(Protocol):
     def list_jobs(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Jobs newest first (by ``createdAt``), optionally only those in ``status``."""
 
+    def user_jobs(self, user_id: str, status: str | None = None, limit: int = 50,
+                  after: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+        """The jobs of ``user_id``, newest first by (``createdAt``, ``_id``), optionally
+        only those in ``status``; with ``after`` (the ``createdAt`` and ``_id`` of the
+        last job of the previous page), only the jobs that come after it in that order
+        (the job API's cursor)."""
+
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
               queue: str | None = None, max_attempts: int | None = None) -> Claim:

@@ -1,5 +1,8 @@
 """The embedded job store: one SQLite file in WAL mode, shared by every poller process.
 
+Over 400 lines because it is one backend of one interface, kept whole beside mongo.py;
+the schema and its migration are in sqlite_schema.py, the rules in ledger.py.
+
 Each collection is a table named after it. A row holds the whole document as
 JSON (``doc``) beside the columns the queries need: the key (``id``, the
 jobId; ``job_id`` UNIQUE in content tables), ``status`` and ``created_at``, and
@@ -213,6 +216,20 @@ class SqliteStore:
         where, args = ("WHERE status = ? ", [status]) if status else ("", [])
         return self._select(f"{where}ORDER BY created_at DESC, rowid DESC LIMIT ?",
                             (*args, limit))
+
+    def user_jobs(self, user_id: str, status: str | None = None, limit: int = 50,
+                  after: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+        if limit < 1 or (status is not None and status not in STATUSES):
+            return []
+        # No index on userId: a scan, acceptable for the embedded store's sizes.
+        where, args = "WHERE json_extract(doc, '$.userId') = ? ", [user_id]
+        if status:
+            where, args = where + "AND status = ? ", [*args, status]
+        if after is not None:
+            stamp = iso(after[0])
+            where += "AND (created_at < ? OR (created_at = ? AND id < ?)) "
+            args += [stamp, stamp, after[1]]
+        return self._select(f"{where}ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit))
 
     def _select(self, clauses: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._read() as conn:

@@ -1,0 +1,186 @@
+"""Scenario: the job API (``vip-worker web``) on SQLite, with moto's SQS in its own process.
+
+    python -m bench.api [--quick] [--endpoint moto|localstack]
+
+- GET a job at a fixed rate (open loop: requests leave on schedule, latency counts from the
+  scheduled time): p50 / p99.
+- POST /api/content/generate at a fixed rate: p50 / p99, each one a store insert plus a
+  SendMessage to the endpoint.
+- SSE freshness: the harness writes a progress step into the store and times its arrival on
+  the job's event stream (the server polls the store every ``web_events_poll_s``, 0.5 s).
+
+The web runs as ``vip-worker web`` in a process of its own (one uvicorn worker), the client
+here with one connection per thread. Prints the figures, then a JSON summary as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import httpx
+
+from bench import endpoint as endpoints
+from bench import procs, sqsutil
+from bench.latency import percentile
+
+ARTICLE = {"mode": "topic", "topic": "Fantasy Football Strategies", "wordCount": 1500,
+           "tone": "Professional", "seoOptimization": True, "includeImages": False}
+
+
+def fixed_rate(call, rate_per_s: float, count: int, threads: int = 8) -> list[float]:
+    """Latencies (ms) of ``count`` calls started every 1/rate s, from their scheduled time."""
+    start = time.perf_counter() + 0.2
+    local = threading.local()
+
+    def one(n: int) -> float:
+        due = start + n / rate_per_s
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=30)
+        call(local.client)
+        return (time.perf_counter() - due) * 1000
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def sse_freshness(url: str, headers: dict, store, job_id: str, steps: int) -> list[float]:
+    """ms from a progress write in the store to its event on the stream."""
+    arrived: dict[int, float] = {}
+    ready = threading.Event()
+
+    def listen() -> None:
+        with httpx.Client(timeout=60) as client, client.stream(
+                "GET", f"{url}/api/content/jobs/{job_id}/events", headers=headers) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    arrived.setdefault(json.loads(line[6:])["progress"], time.perf_counter())
+                    ready.set()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    ready.wait(10)
+    now = datetime.now(UTC)
+    store.claim(job_id, user_id="bench", type="articles", params=ARTICLE, message_id="m",
+                lease_s=600, now=now)
+    delays = []
+    rng = random.Random(7)
+    for step in range(1, steps + 1):
+        written = time.perf_counter()
+        store.progress(job_id, step, f"step {step}", datetime.now(UTC))
+        deadline = written + 5
+        while step not in arrived and time.perf_counter() < deadline:
+            time.sleep(0.002)
+        if step in arrived:
+            delays.append((arrived[step] - written) * 1000)
+        # The last event came right after a poll: a fixed pause would land every write at
+        # the same phase of the next one. A random phase measures the average freshness.
+        time.sleep(rng.uniform(0.0, 0.6))
+    store.save_result(job_id, "generated_content", {"title": "t"}, datetime.now(UTC))
+    listener.join(10)
+    return delays
+
+
+def summary(name: str, values: list[float]) -> dict:
+    return {f"{name}_p50_ms": round(percentile(values, 50), 2),
+            f"{name}_p99_ms": round(percentile(values, 99), 2), f"{name}_n": len(values)}
+
+
+SIZES = {"smoke": (50, 20, 3), "quick": (300, 100, 10), "full": (3000, 600, 40)}
+GET_RATE, POST_RATE = 100.0, 20.0
+
+
+def wait_healthy(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{url}/api/health", timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def run(ep, workdir: str, size: str = "full") -> dict:
+    """The scenario against the running endpoint ``ep`` (bench.endpoint); the figures."""
+    gets, posts, steps = SIZES[size]
+    os.makedirs(workdir, exist_ok=True)
+    queue = sqsutil.make_queue(sqsutil.client(ep.url), "api")
+    env = {**endpoints.base_env(), "AWS_ENDPOINT_URL_SQS": ep.url,
+           "VIP_WORKER_STATE_DIR": os.path.join(workdir, "state"),
+           "ARTICLES_QUEUE_URL": queue, "VIP_WORKER_WEB_RATE_PER_MINUTE": "100000",
+           "VIP_WORKER_WEB_RATE_BURST": "100000"}
+    port = endpoints.free_port()
+    url = f"http://127.0.0.1:{port}"
+    web = procs.start_group([sys.executable, "-m", "vip_worker", "web", "--port", str(port)],
+                            os.path.join(workdir, "web.log"), env=env, cwd=workdir)
+    headers = {"X-User-Id": "bench"}  # open access: loopback, no key
+    try:
+        wait_healthy(url)
+        job_id = httpx.post(f"{url}/api/content/generate", json=ARTICLE, headers=headers,
+                            timeout=30).json()["jobId"]
+        get_ms = fixed_rate(lambda c: c.get(f"{url}/api/content/jobs/{job_id}",
+                                            headers=headers).raise_for_status(),
+                            GET_RATE, gets)
+        post_ms = fixed_rate(lambda c: c.post(f"{url}/api/content/generate", json=ARTICLE,
+                                              headers=headers).raise_for_status(),
+                             POST_RATE, posts)
+        from vip_worker.store.sqlite import SqliteStore
+
+        store = SqliteStore(os.path.join(workdir, "state", "jobs.sqlite3"))
+        try:
+            sse_job = httpx.post(f"{url}/api/content/generate", json=ARTICLE, headers=headers,
+                                 timeout=30).json()["jobId"]
+            fresh_ms = sse_freshness(url, headers, store, sse_job, steps)
+        finally:
+            store.close()
+        return {"scenario": "api", "endpoint": ep.kind, "get_rate_per_s": GET_RATE,
+                "post_rate_per_s": POST_RATE, **summary("get", get_ms),
+                **summary("post", post_ms), **summary("sse_fresh", fresh_ms),
+                "web_cpu_s": round(procs.cpu_s(web.pid) or 0.0, 2)}
+    finally:
+        procs.stop_group(web)
+
+
+def report(result: dict) -> None:
+    print(f"GET job   at {result['get_rate_per_s']:g}/s: p50 {result['get_p50_ms']} ms, "
+          f"p99 {result['get_p99_ms']} ms")
+    print(f"POST job  at {result['post_rate_per_s']:g}/s: p50 {result['post_p50_ms']} ms, "
+          f"p99 {result['post_p99_ms']} ms (store + SendMessage to {result['endpoint']})")
+    print(f"SSE freshness: p50 {result['sse_fresh_p50_ms']} ms, "
+          f"p99 {result['sse_fresh_p99_ms']} ms (store polled every 0.5 s)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.api",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests (about 30 s)")
+    parser.add_argument("--endpoint", choices=("moto", "localstack"), default="moto")
+    args = parser.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="bench-api-")
+    ep = endpoints.start(args.endpoint, work)
+    try:
+        result = run(ep, os.path.join(work, "api"), "quick" if args.quick else "full")
+    finally:
+        ep.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    report(result)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

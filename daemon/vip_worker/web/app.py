@@ -1,0 +1,246 @@
+"""The job API's routes (docs/api.md): ``create_app(settings)`` -> a FastAPI app.
+
+Every route but ``/api/health`` depends on ``Authenticator`` (auth.py): its auth is
+stated in its OpenAPI description. A caller only ever sees its own user's jobs: another
+user's job answers 404, exactly as a missing one, so ids cannot be probed.
+
+Jobs are created through the producer (the CLI's ``enqueue``): the job in the store,
+then the message in the app's envelope to the type's queue. Without a queue for the type
+the producer's inline mode runs the job in this process, on one background thread, and
+the answer is still 202. Store and SQS calls block, so they run in the thread pool.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route signatures' types,
+# which name models made inside create_app.
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from vip_worker.errors import DependencyUnavailable
+from vip_worker.store import STATUSES
+from vip_worker.web import events, models
+from vip_worker.web.auth import Authenticator, Caller
+from vip_worker.web.keys import KeyRing, keys_path
+from vip_worker.web.limits import BodyLimit, RateLimiter, retry_after
+
+log = logging.getLogger("vip_worker.web")
+JOB_ID = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+IDEMPOTENCY_KEY = Header(default=None, min_length=1, max_length=255)
+ERRORS = {401: {"model": models.Error}, 404: {"model": models.Error},
+          422: {"model": models.Error}}
+CREATE_ERRORS = {**ERRORS, 409: {"model": models.Error}, 413: {"model": models.Error},
+                 429: {"model": models.Error}, 503: {"model": models.Error}}
+AUTH = ("Auth: an API key (a backend key names the user in X-User-Id) or the app's "
+        "session token; open on loopback when neither is configured.")
+
+
+def idempotent_job_id(user_id: str, key: str) -> str:
+    """The job id an Idempotency-Key stands for: 24 hex digits (an ObjectId's shape) of
+    sha256(user, key). Stored as the job's own id, it survives restarts with no table."""
+    return hashlib.sha256(f"{user_id}\0{key}".encode()).hexdigest()[:24]
+
+
+def encode_cursor(job: dict[str, Any]) -> str:
+    raw = json.dumps([job["createdAt"].isoformat(), str(job["_id"])]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[datetime, str]:
+    try:
+        stamp, job_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return datetime.fromisoformat(stamp), str(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise HTTPException(422, [{"loc": ["query", "cursor"], "type": "value_error",
+                                   "msg": "not a cursor this API returned"}]) from None
+
+
+def job_view(job: dict[str, Any], settings) -> dict[str, Any]:
+    """A stored job as the API shows it (models.Job)."""
+    job_id = str(job["_id"])
+    result = None
+    if job.get("status") == "completed":
+        collection = (settings.media_collection if job.get("type") == "images"
+                      else settings.content_collection)
+        result = {"collection": collection, "jobId": job_id}
+    base = f"/api/content/jobs/{job_id}"
+    fields = ("type", "status", "message", "error", "createdAt", "updatedAt",
+              "startedAt", "completedAt")
+    view = {name: job.get(name) for name in fields}
+    view.update(jobId=job_id, progress=int(job.get("progress") or 0),
+                attempts=int(job.get("attempts") or 0), result=result,
+                links={"self": base, "events": f"{base}/events"})
+    return view
+
+
+def acting_user(caller: Caller) -> str:
+    if caller.user_id is None:  # an admin key that named nobody
+        raise HTTPException(422, [{"loc": ["header", "X-User-Id"], "type": "missing",
+                                   "msg": "name the user this request acts for"}])
+    return caller.user_id
+
+
+class Jobs:
+    """What the routes do with the store and the producer."""
+
+    def __init__(self, settings, producer) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.limiter = RateLimiter(settings.web_rate_per_minute, settings.web_rate_burst)
+        self.inline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web-inline")
+
+    @property
+    def store(self):
+        return self.producer.store
+
+    async def create(self, kind: str, payload: dict[str, Any], caller: Caller,
+                     idempotency_key: str | None) -> JSONResponse:
+        user = acting_user(caller)
+        job_id = None
+        if idempotency_key is not None:
+            job_id = idempotent_job_id(user, idempotency_key)
+            first = await self.call(self.store.get_job, job_id)
+            if first is not None:
+                if first.get("params") != payload or first.get("type") != kind:
+                    raise HTTPException(409, "Idempotency-Key reused with another request")
+                return queued(job_id)
+        wait_s = self.limiter.take(user)
+        if wait_s:
+            raise HTTPException(429, "too many jobs created; retry later",
+                                headers={"Retry-After": retry_after(wait_s)})
+        if self.producer.is_sqs_configured(kind):
+            job_id = await self.call(self.producer.enqueue, kind, payload, user_id=user,
+                                     job_id=job_id)
+        else:
+            job_id = await self.start_inline(kind, payload, user, job_id)
+        log.info("web.job_created", extra={"job_id": job_id, "type": kind, "user_id": user})
+        return queued(job_id)
+
+    async def start_inline(self, kind: str, payload: dict[str, Any], user: str,
+                           job_id: str | None) -> str:
+        """Create the job now, run it on the inline thread; answer before it runs."""
+        from vip_worker.pipeline.producer import NoHandler, new_job_id
+
+        loop = asyncio.get_running_loop()
+        try:  # plugins load (once) on the inline thread, as the runs do
+            await loop.run_in_executor(self.inline, self.producer.inline_handler, kind)
+        except NoHandler as exc:
+            raise HTTPException(503, str(exc)) from None
+        job_id = job_id or new_job_id()
+        await self.call(self.store.create_job, job_id, user, kind, payload,
+                        datetime.now(UTC))
+        future = loop.run_in_executor(self.inline, self.run_inline, kind, payload, user, job_id)
+        future.add_done_callback(lambda f: f.exception())  # never "exception not retrieved"
+        return job_id
+
+    def run_inline(self, kind: str, payload: dict[str, Any], user: str, job_id: str) -> None:
+        try:  # enqueue finds the job made already (create_job: no change) and runs it
+            self.producer.enqueue(kind, payload, user_id=user, job_id=job_id)
+        except Exception as exc:  # noqa: BLE001 (a plugin's failure: the job's, never the server's)
+            log.error("web.inline_failed", extra={"job_id": job_id, "error": repr(exc)})
+
+    async def call(self, fn, *args, **kwargs):
+        try:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        except DependencyUnavailable as exc:
+            raise HTTPException(503, f"unavailable: {exc}", headers={"Retry-After": "5"}) from None
+
+    async def owned(self, job_id: str, caller: Caller) -> dict[str, Any]:
+        job = await self.call(self.store.get_job, job_id)
+        if job is None or not caller.sees(job):
+            raise HTTPException(404, "no such job")
+        return job
+
+    def close(self) -> None:
+        self.inline.shutdown(wait=True)
+        self.producer.close()
+
+
+def queued(job_id: str) -> JSONResponse:
+    return JSONResponse(models.Queued(jobId=job_id).model_dump(), status_code=202)
+
+
+def create_app(settings, producer=None) -> FastAPI:
+    """The API for ``settings``; ``producer``: a ``Producer`` (default: one made from them)."""
+    if producer is None:
+        from vip_worker.pipeline.producer import Producer
+
+        producer = Producer(settings)
+    jobs = Jobs(settings, producer)
+    auth = Authenticator(settings, KeyRing(keys_path(settings)))
+    Who = Annotated[Caller, Depends(auth)]
+    Article = models.article_request(list(settings.article_modes))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if auth.open_access():
+            log.warning("web.open_access", extra={
+                "detail": "no API key or session token configured: open access on loopback"})
+        yield
+        await run_in_threadpool(jobs.close)
+
+    app = FastAPI(title="vip-worker job API", version="1", lifespan=lifespan,
+                  description="Create generation jobs and follow them. See docs/api.md.")
+    app.state.jobs, app.state.auth = jobs, auth
+    app.add_middleware(BodyLimit, max_bytes=settings.web_max_body_bytes)
+
+    @app.get("/api/health", description="Auth: none. 200 while the process serves.")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/api/content/generate", status_code=202, response_model=models.Queued,
+              responses=CREATE_ERRORS, description="Queue an article job. " + AUTH)
+    async def generate_content(body: Article, caller: Who,  # type: ignore[valid-type]
+                               idempotency_key: str | None = IDEMPOTENCY_KEY):
+        return await jobs.create("articles", body.model_dump(exclude_none=True), caller,
+                                 idempotency_key)
+
+    @app.post("/api/media/generate", status_code=202, response_model=models.Queued,
+              responses=CREATE_ERRORS, description="Queue an image job. " + AUTH)
+    async def generate_media(body: models.ImageRequest, caller: Who,
+                             idempotency_key: str | None = IDEMPOTENCY_KEY):
+        return await jobs.create("images", body.model_dump(exclude_none=True), caller,
+                                 idempotency_key)
+
+    @app.get("/api/content/jobs", response_model=models.JobPage, responses=ERRORS,
+             description="The caller's jobs, newest first, a page at a time. " + AUTH)
+    async def list_jobs(caller: Who, status: Literal[STATUSES] | None = None,  # type: ignore
+                        limit: int = Query(20, ge=1, le=100),
+                        cursor: str | None = Query(None, max_length=200,
+                                                   pattern=r"^[A-Za-z0-9_-]+$")):
+        after = decode_cursor(cursor) if cursor else None
+        found = await jobs.call(jobs.store.user_jobs, acting_user(caller), status, limit + 1,
+                                after)
+        page = found[:limit]
+        more = len(found) > limit
+        return {"jobs": [job_view(j, settings) for j in page],
+                "nextCursor": encode_cursor(page[-1]) if more else None}
+
+    @app.get("/api/content/jobs/{jobId}", response_model=models.Job, responses=ERRORS,
+             description="One job: status, progress, error, times, result. " + AUTH)
+    async def get_job(caller: Who, jobId: str = JOB_ID):  # noqa: N803 (the app's name)
+        return job_view(await jobs.owned(jobId, caller), settings)
+
+    @app.get("/api/content/jobs/{jobId}/events", responses=ERRORS,
+             response_class=StreamingResponse,
+             description="Server-Sent Events: the job's status and progress until it ends. "
+                         + AUTH)
+    async def job_events(caller: Who, jobId: str = JOB_ID):  # noqa: N803
+        await jobs.owned(jobId, caller)
+        stream = events.job_events(jobs, jobId, settings.web_events_poll_s,
+                                   lambda job: job_view(job, settings))
+        return StreamingResponse(stream, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    return app

@@ -1,0 +1,127 @@
+"""Who is calling, and which jobs it may see (every route depends on ``caller``).
+
+- An API key (``Authorization: Bearer vwk_...`` or ``X-API-Key``): a ``backend`` key acts
+  for the user it names in ``X-User-Id`` (required); an ``admin`` key sees every job and
+  may name a user to create jobs for.
+- The app's session token (``Authorization: Bearer <JWT>``), verified with PyJWT against
+  ``web_jwt_key`` or the keys at ``web_jwt_jwks_url``; the user is the
+  ``web_jwt_user_claim`` claim. ``X-User-Id`` is refused (403): a browser acts for itself.
+- Neither configured and bound to loopback: open access, every caller a backend
+  (``X-User-Id`` or ``local``). ``server.py`` refuses to bind elsewhere in that case.
+
+Failures answer 401 (no or bad credentials), 403 (``X-User-Id`` from a session token),
+422 (a backend key without ``X-User-Id``); never 500.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from vip_worker.web.keys import PREFIX, KeyRing
+
+USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@|-]{1,128}$")
+OPEN_USER = "local"
+BEARER = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: str | None  # None: an admin acting for nobody in particular
+    role: str  # "user" (session token), "backend", "admin", "open"
+
+    def sees(self, job: dict[str, Any]) -> bool:
+        return self.role == "admin" or str(job.get("userId")) == self.user_id
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers=BEARER)
+
+
+class Authenticator:
+    def __init__(self, settings, keyring: KeyRing) -> None:
+        self.keyring = keyring
+        self.jwt_key = settings.web_jwt_key
+        self.algorithms = list(settings.web_jwt_algorithms)
+        if self.jwt_key and not self.jwt_key.lstrip().startswith("-----BEGIN"):
+            self.algorithms = ["HS256"]  # a shared secret, not a PEM key
+        self.jwks = (jwt.PyJWKClient(settings.web_jwt_jwks_url, cache_keys=True)
+                     if settings.web_jwt_jwks_url else None)
+        self.audience = settings.web_jwt_audience or None
+        self.issuer = settings.web_jwt_issuer or None
+        self.user_claim = settings.web_jwt_user_claim
+        self.loopback = is_loopback(settings.web_host)
+
+    @property
+    def jwt_configured(self) -> bool:
+        return bool(self.jwt_key or self.jwks)
+
+    def configured(self) -> bool:
+        return self.jwt_configured or bool(self.keyring)
+
+    def open_access(self) -> bool:
+        return self.loopback and not self.configured()
+
+    async def __call__(self, request: Request) -> Caller:
+        """The route dependency: the caller, or an HTTPException."""
+        token = request.headers.get("x-api-key")
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        if token is None and scheme.lower() == "bearer":
+            token = bearer.strip()
+        named = request.headers.get("x-user-id")
+        if named is not None and not USER_ID_RE.match(named):
+            raise HTTPException(422, [{"loc": ["header", "X-User-Id"], "type": "value_error",
+                                       "msg": "1-128 characters of [A-Za-z0-9_.:@|-]"}])
+        if not token:
+            if self.open_access():
+                return Caller(named or OPEN_USER, "open")
+            raise unauthorized("credentials required: an API key or a session token")
+        if token.startswith(PREFIX):
+            key = self.keyring.verify(token)
+            if key is None:
+                raise unauthorized("unknown or revoked API key")
+            if key.role == "admin":
+                return Caller(named, "admin")
+            if named is None:
+                raise HTTPException(422, [{"loc": ["header", "X-User-Id"], "type": "missing",
+                                           "msg": "a backend key names the user it acts for"}])
+            return Caller(named, "backend")
+        user = await self.verify_jwt(token)
+        if named is not None:
+            raise HTTPException(403, "X-User-Id is for backend API keys, not session tokens")
+        return Caller(user, "user")
+
+    async def verify_jwt(self, token: str) -> str:
+        if not self.jwt_configured:
+            raise unauthorized("session tokens are not accepted here (no web_jwt_key)")
+        try:
+            if self.jwks is not None:
+                # PyJWKClient fetches (then caches) the key set with a blocking call.
+                key: Any = (await run_in_threadpool(self.jwks.get_signing_key_from_jwt,
+                                                    token)).key
+            else:
+                key = self.jwt_key
+            claims = jwt.decode(token, key, algorithms=self.algorithms, audience=self.audience,
+                                issuer=self.issuer,
+                                options={"require": ["exp"], "verify_aud": bool(self.audience)})
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise unauthorized(f"invalid session token: {exc}") from None
+        user = claims.get(self.user_claim)
+        if not isinstance(user, str | int) or not USER_ID_RE.match(str(user)):
+            raise unauthorized(f"session token has no usable {self.user_claim!r} claim")
+        return str(user)
