@@ -34,7 +34,7 @@ from vip_worker.errors import (
 )
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.inflight import InFlight, State
-from vip_worker.ledger import BUSY, CLAIMED, COMPLETED, Ledger, outcome
+from vip_worker.ledger import BUSY, CLAIMED, COMPLETED, FAILED, Ledger, outcome
 from vip_worker.message import parse_envelope
 from vip_worker.outcomes import (
     Action,
@@ -361,8 +361,15 @@ class Consumer:
                               delay_s=self.ledger.busy_delay_s(claim))
             await self.retry(item, Decision(Action.RETRY, busy.delay_s, busy), 0.0)
             return False
-        # EXHAUSTED: the store failed the job (its pollers kept dying running it)
+        # EXHAUSTED: the store failed the job (its pollers kept dying running it);
+        # FAILED: it was failed before and this message is no redrive of its dead letter
         error = (claim.job or {}).get("error") or "its attempts are exhausted"
+        if result == FAILED and not self.dlq_urls.get(item.queue.name):
+            log.warning("job.already_failed", extra={**fields, "error": error[:500]})
+            if item.settle():  # RUNNING -> SETTLING: nowhere to dead-letter it, never rerun
+                self.heartbeat.untrack(item)
+                await self.deleters[item.queue.name].add((item.receipt,))
+            return True
         return await self.dead_letter(item, PermanentError(f"job failed: {error}"), 0.0)
 
     # -- outcomes ------------------------------------------------------------------

@@ -27,13 +27,17 @@ from typing import Any
 
 from vip_worker.errors import DependencyUnavailable
 from vip_worker.inflight import InFlight
-from vip_worker.outcomes import Action, Decision, reason_of
+from vip_worker.outcomes import ERROR_CLASS, Action, Decision, reason_of
 from vip_worker.plugins.context import STORE, PollerContext
 
 log = logging.getLogger("vip_worker.ledger")
 
 # The store's claim outcomes (vip_worker.store.ClaimOutcome), by value: duck-typed.
 CLAIMED, COMPLETED, BUSY, EXHAUSTED = "claimed", "completed", "busy", "exhausted"
+FAILED = "failed"
+# A message back from a dead-letter queue carries one of these: the consumer's reason
+# attributes (a console redrive keeps them) or ``dlq redrive``'s origin (ops/redrive.py).
+REDRIVE_MARKS = (ERROR_CLASS, "vip_redriven_from")
 LEASE_INTERVALS = 3  # a lease lasts this many renewal intervals
 MIN_INTERVAL_S = 1.0
 LEDGER_THREADS = 4
@@ -102,7 +106,8 @@ class Ledger:
         claim = await self.call(
             "claim", env.job_id, user_id=env.user_id, type=env.type, params=env.payload,
             message_id=item.message_id, lease_s=self.lease_s(item.queue), now=self.wall(),
-            delivery=delivery, queue=item.queue.name, max_attempts=item.queue.max_attempts)
+            delivery=delivery, queue=item.queue.name, max_attempts=item.queue.max_attempts,
+            redriven=redriven(item))
         if outcome(claim) == CLAIMED:
             item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
             self.claimed[id(item)] = item
@@ -187,6 +192,11 @@ class Ledger:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def redriven(item: InFlight) -> bool:
+    """Whether the message came back from a DLQ: only then may a failed job run again."""
+    return any(name in item.attributes for name in REDRIVE_MARKS)
 
 
 def outcome(claim: Any) -> str:

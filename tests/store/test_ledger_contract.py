@@ -493,3 +493,23 @@ def test_mongo_release_never_takes_attempts_below_zero(mongo_backend):
                                          "delivery": "d1", "createdAt": T0})  # no attempts
     assert store.release("odd", "d1", at(1), "Waiting for quota") is True
     assert fields(store.get_job("odd"), "status", "attempts") == ("queued", 0)
+
+
+# -- a failed job runs again only from a redrive of its dead letter -----------------------
+
+
+def test_a_failed_job_is_not_claimed_by_a_message_that_was_not_redriven(store):
+    claim(store)
+    store.fail("job-1", "bad request", at(1), delivery="d1")
+    result = claim(store, delivery="d2", now=at(2), redriven=False)
+    assert result.outcome is ClaimOutcome.FAILED
+    job = store.get_job("job-1")
+    assert fields(job, "status", "attempts", "delivery", "error") == (
+        "failed", 1, "d1", "bad request")
+    again = claim(store, delivery="d3", now=at(3), redriven=True)  # a redrive: afresh
+    assert again.outcome is ClaimOutcome.CLAIMED
+    assert fields(store.get_job("job-1"), "status", "attempts") == ("processing", 1)
+
+
+def test_redriven_false_claims_a_queued_job_as_before(store):
+    assert claim(store, redriven=False).outcome is ClaimOutcome.CLAIMED

@@ -214,7 +214,9 @@ def test_a_redriven_failed_job_gets_its_attempts_again():
                     lease_s=60, now=datetime.now(UTC), delivery=f"earlier-{n}")
         store.requeue(JOB, "flaky", datetime.now(UTC), delivery=f"earlier-{n}")
     store.fail(JOB, "gave up", datetime.now(UTC))
-    h.send(envelope(job_id=JOB))  # `vip-worker dlq redrive` sent it back
+    # `vip-worker dlq redrive` sent it back, marked so
+    h.fake.send(h.url, envelope(job_id=JOB),
+                {"vip_redriven_from": {"DataType": "String", "StringValue": "dlq-1"}})
     settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
     assert h.fake.messages(h.dlq_url) == []
     assert (store.get_job(JOB)["status"], store.get_job(JOB)["attempts"]) == ("queued", 1)
@@ -385,3 +387,53 @@ def test_a_claim_handed_back_before_its_handler_started_is_released():
     job = store.get_job(JOB)
     assert (job["status"], job["attempts"], job["leaseUntil"]) == ("queued", 0, None)
     assert len(h.fake.visible(h.url)) == 1
+
+
+# -- a failed job is never rerun but by a redrive ----------------------------------------
+
+
+def test_a_failed_job_whose_dead_letter_send_failed_is_dead_lettered_again_not_rerun():
+    calls = []
+
+    def handler(message, ctx):
+        calls.append(ctx.attempt)
+        raise PermanentError("bad request")
+
+    h, store = harness(handler)
+    h.send(envelope(job_id=JOB))
+    h.fake.fail_next("send")  # the DLQ send fails: the message comes back
+
+    async def scenario(consumer):
+        await wait_until(lambda: h.fake.calls_to("change_visibility_batch") and h.idle())
+        assert store.get_job(JOB)["status"] == "failed" and h.fake.messages(h.dlq_url) == []
+        h.clock.advance(3600)
+        h.sqs.wake()
+        await wait_until(lambda: h.fake.messages(h.dlq_url) and h.fake.deleted(h.url)
+                         and h.idle())
+
+    h.run(scenario)
+    assert calls == [1]  # never run again
+    (dead,) = h.fake.messages(h.dlq_url)
+    assert "bad request" in dead.attributes["vip_error"]["StringValue"]
+    assert store.get_job(JOB)["attempts"] == 1
+
+
+def test_a_duplicate_of_a_failed_job_without_a_dlq_is_deleted_unrun():
+    calls = []
+    h, store = harness(lambda message, ctx: calls.append(message), dlq=False)
+    claim_elsewhere(store, 60)
+    store.fail(JOB, "bad request", datetime.now(UTC), delivery="other")
+    h.send(envelope(job_id=JOB))
+    settle(h, lambda: h.fake.deleted(h.url))
+    assert calls == [] and store.get_job(JOB)["status"] == "failed"
+
+
+def test_a_redriven_copy_of_a_failed_job_runs_afresh():
+    calls = []
+    h, store = harness(lambda message, ctx: calls.append(ctx.attempt))
+    claim_elsewhere(store, 60)
+    store.fail(JOB, "bad request", datetime.now(UTC), delivery="other")
+    h.fake.send(h.url, envelope(job_id=JOB),
+                {"vip_redriven_from": {"DataType": "String", "StringValue": "dlq-1"}})
+    settle(h, lambda: h.fake.deleted(h.url))
+    assert calls == [1] and store.get_job(JOB)["status"] == "completed"

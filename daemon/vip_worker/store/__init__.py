@@ -41,14 +41,16 @@ exactly one document per ``jobId`` (a unique key), with ``jobId``, ``userId``,
 Delivery is at least once, so every write is idempotent:
 
 - ``claim`` is a conditional update. It succeeds from ``queued`` or ``failed``
-  (a redriven message runs its job again), from ``processing`` whose lease has
-  expired or is absent, or from ``processing`` claimed by an earlier delivery of the
-  same SQS message. With a ``delivery`` token on both the claim and the job, the
-  deliveries are compared instead of the message ids: another delivery of the same
-  message under a live lease is ``BUSY``; the same delivery claiming again is
-  idempotent (``CLAIMED``, the lease renewed, no attempt counted). A missing job is
-  created (another app produced the message). A ``completed`` job returns
-  ``ClaimOutcome.COMPLETED``: the redelivered message is a no-op.
+  (a redriven message runs its job again; with ``redriven=False`` a ``failed`` job
+  is not claimed but answers ``ClaimOutcome.FAILED``: only a redrive restarts it),
+  from ``processing`` whose lease has expired or is absent, or from ``processing``
+  claimed by an earlier delivery of the same SQS message. With a ``delivery`` token on
+  both the claim and the job, the deliveries are compared instead of the message ids:
+  another delivery of the same message under a live lease is ``BUSY``; the same
+  delivery claiming again is idempotent (``CLAIMED``, the lease renewed, no attempt
+  counted). A missing job is created (another app produced the message). A
+  ``completed`` job returns ``ClaimOutcome.COMPLETED``: the redelivered message is a
+  no-op.
 - ``max_attempts`` on a claim bounds lost claims only: a claim that would take the
   job once ``lostClaims`` (counting the expired lease it finds) reaches it fails the
   job ("its poller died N times while running it") and returns ``EXHAUSTED``, so a
@@ -95,6 +97,10 @@ class ClaimOutcome(enum.Enum):
     # Only with max_attempts: lost claims reached it, the job is now failed. Do not run
     # it; the message is done with (delete it).
     EXHAUSTED = "exhausted"
+    # Only with redriven=False: the job is failed and this message is not a redrive of
+    # its dead letter (a duplicate, or the failed message itself back after its DLQ send
+    # or delete failed). Do not run it; dead-letter it again (or delete it).
+    FAILED = "failed"
 
 
 class RescueOutcome(enum.StrEnum):
@@ -140,7 +146,8 @@ class JobStore(Protocol):
 
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
-              queue: str | None = None, max_attempts: int | None = None) -> Claim:
+              queue: str | None = None, max_attempts: int | None = None,
+              redriven: bool | None = None) -> Claim:
         """Take the job for this delivery (see the module docstring); sets ``processing``,
         ``startedAt`` (first claim only), ``attempts`` += 1 (from ``failed``: 1, a redriven
         job starts afresh), ``error`` = None, ``progress``
@@ -149,6 +156,9 @@ class JobStore(Protocol):
 
         :param delivery: this receive's token; the same token again is idempotent.
         :param max_attempts: lost claims allowed; reached: ``EXHAUSTED``, job failed.
+        :param redriven: whether the message came back from a dead-letter queue. False:
+            a ``failed`` job is not claimed (``FAILED``, no change). True or None (a
+            caller that cannot tell): a ``failed`` job starts afresh.
         """
 
     def progress(self, job_id: str, percent: int, message: str, now: datetime, *,

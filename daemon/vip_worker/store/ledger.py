@@ -60,7 +60,7 @@ class Decision:
 
 def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | None,
                  queue: str | None, lease_until: datetime, max_attempts: int | None,
-                 now: datetime) -> Decision:
+                 now: datetime, redriven: bool | None = None) -> Decision:
     """What a claim of ``job`` by this delivery does (the contract's ``claim``)."""
     status = job.get("status")
     if status == "completed":
@@ -71,6 +71,10 @@ def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | Non
     lost = job.get("lostClaims") or 0
     attempts = job.get("attempts") or 0
     lease = job.get("leaseUntil")
+    if status == "failed" and redriven is False:
+        # Not a redrive: a duplicate, or the failed message back after its dead-letter
+        # send or delete failed. Never run again (else: fresh attempts, forever).
+        return Decision(ClaimOutcome.FAILED, None)
     if status == "failed":
         # A redriven dead letter starts afresh: its earlier deaths and attempts are settled
         # (the daemon decides retries from ``attempts``: it gets max_attempts again).

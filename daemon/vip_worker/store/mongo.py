@@ -245,7 +245,8 @@ class MongoStore:
 
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
-              queue: str | None = None, max_attempts: int | None = None) -> Claim:
+              queue: str | None = None, max_attempts: int | None = None,
+              redriven: bool | None = None) -> Claim:
         now = utc(now)
         key = to_key(job_id)
         lease_until = utc(now + timedelta(seconds=lease_s))
@@ -257,7 +258,8 @@ class MongoStore:
                 current = shown(found) or new_job(job_id, user_id, type, params, now)
                 decision = ledger.decide_claim(
                     current, message_id=message_id, delivery=delivery, queue=queue,
-                    lease_until=lease_until, max_attempts=max_attempts, now=now)
+                    lease_until=lease_until, max_attempts=max_attempts, now=now,
+                    redriven=redriven)
                 if decision.changes is None:
                     busy = decision.outcome is ClaimOutcome.BUSY
                     return Claim(decision.outcome, current,

@@ -238,7 +238,8 @@ class SqliteStore:
 
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
-              queue: str | None = None, max_attempts: int | None = None) -> Claim:
+              queue: str | None = None, max_attempts: int | None = None,
+              redriven: bool | None = None) -> Claim:
         now = utc(now)
         with self._write() as conn:
             # Another app may have produced the message without creating the job.
@@ -246,7 +247,7 @@ class SqliteStore:
             decision = ledger.decide_claim(
                 job, message_id=message_id, delivery=delivery, queue=queue,
                 lease_until=utc(now + timedelta(seconds=lease_s)),
-                max_attempts=max_attempts, now=now)
+                max_attempts=max_attempts, now=now, redriven=redriven)
             if decision.changes is None:
                 busy = decision.outcome is ClaimOutcome.BUSY
                 return Claim(decision.outcome, job,
