@@ -272,6 +272,10 @@ OPERATIONS_SETTINGS: tuple[Setting, ...] = (
     Setting("lifeline_queued_after_s", 3600.0, number(60, 1209600),
             "A queued job unclaimed this long is re-sent once its queue is empty, or "
             "its backlog no more than poller 0 drained since the job was queued."),
+    Setting("lifeline_lease_grace_s", 60.0, number(0, 86400),
+            "A lease counts as expired for the sweep only this long after it ran out (the "
+            "holder's clock may run behind, its renewals may be late); a job rescued from "
+            "it is then held from other claims until its lease ran out twice this long ago."),
     Setting("lifeline_batch", 100, integer(1, 10000),
             "Most jobs each of a sweep's two queries returns."),
 )
@@ -429,6 +433,7 @@ class Settings:
     spot_poll_interval_s: float
     lifeline_interval_s: float
     lifeline_queued_after_s: float
+    lifeline_lease_grace_s: float
     lifeline_batch: int
     # The values of the settings declared outside this module (``declared_settings()``),
     # read as attributes like the others: ``settings.fastapi_url``.

@@ -69,6 +69,9 @@ class Ledger:
         self.interval_s = max(MIN_INTERVAL_S, min(tracked) / 2)
         self.wall = wall
         self.pool = ThreadPoolExecutor(max_workers=LEDGER_THREADS, thread_name_prefix="ledger")
+        # Renewals get a thread of their own: behind claims and settles stuck in a slow
+        # store, a late renewal lets the lease run out under a running handler.
+        self.renew_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-renew")
         self.claimed: dict[int, InFlight] = {}  # held claims, renewed by ``renew``
         self.renewals = 0  # renew_leases calls answered
 
@@ -88,10 +91,14 @@ class Ledger:
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``store.<method>(...)`` in the ledger's threads (opening the store there too:
         the first use connects)."""
+        return await self.call_in(self.pool, method, *args, **kwargs)
+
+    async def call_in(self, pool: ThreadPoolExecutor, method: str, *args: Any,
+                      **kwargs: Any) -> Any:
         def run():
             return getattr(self.context.store, method)(*args, **kwargs)
 
-        return await asyncio.get_running_loop().run_in_executor(self.pool, run)
+        return await asyncio.get_running_loop().run_in_executor(pool, run)
 
     # -- claims and settles ----------------------------------------------------------
 
@@ -178,7 +185,8 @@ class Ledger:
         lease_until = now + timedelta(seconds=max(self.lease_s(i.queue) for i in held))
         pairs = [(i.envelope.job_id, i.delivery) for i in held]
         try:
-            still = await self.call("renew_leases", pairs, lease_until, now)
+            still = await self.call_in(self.renew_pool, "renew_leases", pairs, lease_until,
+                                       now)
         except DependencyUnavailable as exc:
             log.error("job.lease_renew_failed", extra={"count": len(held),
                                                        "error": str(exc)[:500]})
@@ -192,6 +200,7 @@ class Ledger:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.renew_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def redriven(item: InFlight) -> bool:

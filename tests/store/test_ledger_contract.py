@@ -513,3 +513,27 @@ def test_a_failed_job_is_not_claimed_by_a_message_that_was_not_redriven(store):
 
 def test_redriven_false_claims_a_queued_job_as_before(store):
     assert claim(store, redriven=False).outcome is ClaimOutcome.CLAIMED
+
+
+def test_a_rescue_with_a_hold_keeps_other_claims_busy_until_it_ends(store):
+    claim(store)
+    job = store.get_job("job-1")
+    assert store.rescue(job, at(LEASE_S + 1), resend=True, reason="lease expired",
+                        max_attempts=3, hold_s=30) == RescueOutcome.RESEND
+    held = store.get_job("job-1")
+    assert fields(held, "status", "delivery", "leaseUntil") == (
+        "queued", "lifeline", at(LEASE_S + 31))
+    busy = claim(store, delivery="d2", message_id="m2", now=at(LEASE_S + 10))
+    assert (busy.outcome, busy.lease_until) == (ClaimOutcome.BUSY, at(LEASE_S + 31))
+    assert store.get_job("job-1")["status"] == "queued"
+    taken = claim(store, delivery="d2", message_id="m2", now=at(LEASE_S + 32))
+    assert taken.outcome is ClaimOutcome.CLAIMED
+    assert fields(taken.job, "delivery", "attempts", "lostClaims") == ("d2", 2, 1)
+
+
+def test_requeue_and_release_leave_no_hold(store):
+    claim(store)
+    store.requeue("job-1", "transient", at(1), delivery="d1")
+    assert claim(store, delivery="d2", now=at(2)).outcome is ClaimOutcome.CLAIMED
+    assert store.release("job-1", "d2", at(3), "quota")
+    assert claim(store, delivery="d3", now=at(4)).outcome is ClaimOutcome.CLAIMED

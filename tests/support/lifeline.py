@@ -33,7 +33,9 @@ class SweepHarness:
         self.queue = make_queue_settings(self.url, **queue)
         self.settings = make_settings([self.queue], lifeline_interval_s=30.0,
                                       lifeline_queued_after_s=QUEUED_AFTER_S,
-                                      lifeline_batch=100)
+                                      lifeline_batch=100,
+                                      # no grace, no hold (tests of them set one)
+                                      lifeline_lease_grace_s=0.0)
         self.now = T0
         self.rescued: list[tuple[str, str]] = []
         self.drained: dict[str, int] | None = None  # set: the sweepers sample it

@@ -437,3 +437,44 @@ def test_a_redriven_copy_of_a_failed_job_runs_afresh():
                 {"vip_redriven_from": {"DataType": "String", "StringValue": "dlq-1"}})
     settle(h, lambda: h.fake.deleted(h.url))
     assert calls == [1] and store.get_job(JOB)["status"] == "completed"
+
+
+def test_lease_renewals_do_not_wait_behind_claims_stuck_in_the_store():
+    from types import SimpleNamespace
+
+    from tests.fakes import make_settings
+    from vip_worker.ledger import LEDGER_THREADS, Ledger
+    from vip_worker.plugins.context import STORE, PollerContext
+
+    stuck = threading.Event()
+
+    class SlowStore:
+        def claim(self, *args, **kwargs):
+            stuck.wait(10)
+
+        def renew_leases(self, held, lease_until, now):
+            return {job_id for job_id, _ in held}
+
+    settings = make_settings()
+    context = PollerContext(0, settings)
+    store = SlowStore()
+    context.provide(STORE, lambda: store)
+    ledger = Ledger(context, settings.queues)
+    item = SimpleNamespace(lease_lost=False, envelope=SimpleNamespace(job_id=JOB),
+                           delivery="d1", queue=settings.queues[0], log_fields=dict)
+    ledger.claimed[id(item)] = item
+
+    async def scenario():
+        claims = [asyncio.ensure_future(ledger.call("claim")) for _ in range(LEDGER_THREADS)]
+        await asyncio.sleep(0.05)  # every ledger thread is stuck in a claim
+        try:
+            await asyncio.wait_for(ledger.renew(), 2)
+        finally:
+            stuck.set()
+            await asyncio.gather(*claims)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        ledger.close()
+    assert ledger.renewals == 1 and not item.lease_lost

@@ -409,3 +409,40 @@ def test_the_poller_feeds_the_lifeline_its_drained_counts_and_counts_its_rescues
     assert lifeline.dlq_urls == {"work": "https://sqs.example/q/work-dlq"}
     lifeline.on_rescue("work", "resend")
     assert consumer.queue_metrics["work"].rescued == 1
+
+
+# -- the lease grace and the rescue's hold ------------------------------------------------
+
+
+def test_a_lease_is_rescued_only_a_grace_after_it_ran_out(store):
+    h = SweepHarness().with_values(lifeline_lease_grace_s=60.0)
+    claim(store)  # lease until at(LEASE_S)
+    assert h.sweep(store, at(LEASE_S + 59)).resent == 0  # the holder may only be late
+    assert store.get_job("job-1")["status"] == "processing"
+    assert h.sweep(store, at(LEASE_S + 61)).resent == 1
+
+
+def test_a_job_rescued_from_a_recent_lease_is_held_from_the_resent_copy(store):
+    h = SweepHarness().with_values(lifeline_lease_grace_s=60.0)
+    claim(store)
+    assert h.sweep(store, at(LEASE_S + 61)).resent == 1
+    job = store.get_job("job-1")
+    # Held until the old lease ran out two graces ago.
+    assert (job["status"], job["delivery"], job["leaseUntil"]) == (
+        "queued", "lifeline", at(LEASE_S + 120))
+    copy = claim_result(store, "copy", at(LEASE_S + 100))
+    assert (copy.outcome.value, copy.lease_until) == ("busy", at(LEASE_S + 120))
+    assert claim_result(store, "copy", at(LEASE_S + 121)).outcome.value == "claimed"
+
+
+def test_an_old_orphan_gets_no_hold(store):
+    h = SweepHarness().with_values(lifeline_lease_grace_s=60.0)
+    claim(store)
+    assert h.sweep(store, at(LEASE_S + 3600)).resent == 1
+    assert store.get_job("job-1")["leaseUntil"] is None
+
+
+def claim_result(store, delivery, now):
+    return store.claim("job-1", user_id="u1", type="work", params={"topic": "t"},
+                       message_id=f"m-{delivery}", lease_s=LEASE_S, now=now,
+                       delivery=delivery, queue="work")

@@ -191,8 +191,15 @@ class Lifeline:
         waiting: dict[str, int] = {}  # stale jobs left behind each queue's backlog
         self.sample(now)
         try:
-            for job in await self.call("expired_leases", now, batch):
-                await self.rescue(job, now, LEASE_REASON, result)
+            grace = timedelta(seconds=self.settings.lifeline_lease_grace_s)
+            # A lease is over only a grace after its end: the holder's clock may run
+            # behind ours, or its renewals be late, while its handler still runs.
+            for job in await self.call("expired_leases", now - grace, batch):
+                # Held from other claims until the lease ran out two graces ago: a holder
+                # silent that long is taken for dead (an old orphan gets no hold at all).
+                hold = job["leaseUntil"] + 2 * grace - now
+                await self.rescue(job, now, LEASE_REASON, result,
+                                  hold_s=max(0.0, hold.total_seconds()))
             stale = await self.call("stale_queued", now - timedelta(seconds=after_s), batch)
             for job in stale:
                 queue = self.queue_of(job)
@@ -268,7 +275,7 @@ class Lifeline:
         return sum(int(attrs.get(name, 0)) for name in BACKLOG_ATTRIBUTES)
 
     async def rescue(self, job: dict[str, Any], now: datetime, reason: str,
-                     result: Sweep) -> None:
+                     result: Sweep, hold_s: float = 0.0) -> None:
         """Rescue one orphan as seen; the winner of a re-send sends its message. A job
         on a queue this daemon does not serve is left to the daemons that serve it; one
         whose message the consumer would refuse is failed with the reason why, rather
@@ -285,8 +292,9 @@ class Lifeline:
         if why_not:
             reason = f"{reason}; {why_not}"
         max_attempts = queue.max_attempts if queue is not None else 1
+        held = {"hold_s": hold_s} if hold_s > 0 else {}  # (a store from before holds)
         outcome = await self.call("rescue", job, now, resend=body is not None,
-                                  reason=reason, max_attempts=max_attempts)
+                                  reason=reason, max_attempts=max_attempts, **held)
         if outcome is None:
             result.lost_races += 1
             return

@@ -218,7 +218,7 @@ class JobStore(Protocol):
         that long ago and not claimed since (their message may be lost)."""
 
     def rescue(self, job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,
-               max_attempts: int) -> RescueOutcome | None:
+               max_attempts: int, hold_s: float = 0) -> RescueOutcome | None:
         """Act on an orphan as a sweeper saw it (``job``, from ``expired_leases`` or
         ``stale_queued``): a compare-and-set on its ``status``, ``leaseUntil``,
         ``queuedAt``, ``delivery`` and ``attempts``, so of sweepers racing on the same
@@ -229,7 +229,10 @@ class JobStore(Protocol):
         ``failed`` with ``"<reason>; gave up after N attempts"`` -> ``FAILED``; else
         ``queued``, ``rescues`` += 1, ``rescuedAt`` = ``queuedAt`` = now, ``message`` =
         ``error`` = ``reason``, progress 0 -> ``RESEND``: the caller sends the message
-        again from the job's ``type``, ``userId``, ``params`` and ``queue``.
+        again from the job's ``type``, ``userId``, ``params`` and ``queue``. With
+        ``hold_s`` > 0 the re-sent job keeps a hold: ``leaseUntil`` = now + ``hold_s``
+        under the delivery ``"lifeline"``, and a claim by any other delivery is ``BUSY``
+        until it ends (the holder it was rescued from may still be running).
 
         :raises ValueError: ``job`` is neither ``processing`` nor ``queued``.
         """

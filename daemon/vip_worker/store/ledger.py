@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vip_worker.store import ClaimOutcome, RescueOutcome
@@ -19,6 +19,8 @@ from vip_worker.store import ClaimOutcome, RescueOutcome
 QUEUED_MESSAGE = "Queued"
 PROCESSING_MESSAGE = "Processing"
 COMPLETED_MESSAGE = "Completed"
+# The delivery of a rescued job's hold: no claim's token (those are receipt hashes).
+RESCUE_DELIVERY = "lifeline"
 # The fields a claim decision reads: a concurrent change to any of them voids it.
 CLAIM_PINNED = ("status", "leaseUntil", "delivery", "messageId", "attempts", "lostClaims",
                 "startedAt")
@@ -84,6 +86,11 @@ def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | Non
     elif status == "processing" and lease is not None:
         if not same_message(job, message_id, delivery):
             return Decision(ClaimOutcome.BUSY, None)
+    elif status == "queued" and lease is not None and lease >= now \
+            and job.get("delivery") != delivery:
+        # A rescue's hold (``rescue_changes``): the holder it took the job from may still
+        # be running (stalled renewals, clock skew); the re-sent copy waits it out.
+        return Decision(ClaimOutcome.BUSY, None)
     elif status not in ("queued", "processing"):  # a status the app invented: not ours
         return Decision(ClaimOutcome.BUSY, None)
     if max_attempts is not None and lost >= max_attempts:
@@ -146,8 +153,11 @@ def release_changes(job: Mapping[str, Any], reason: str, now: datetime) -> dict[
 
 
 def rescue_changes(job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,
-                   max_attempts: int) -> tuple[RescueOutcome, dict[str, Any]]:
-    """What the sweeper that won the rescue of ``job`` (as it saw it) writes."""
+                   max_attempts: int, hold_s: float = 0
+                   ) -> tuple[RescueOutcome, dict[str, Any]]:
+    """What the sweeper that won the rescue of ``job`` (as it saw it) writes. A re-sent
+    job with ``hold_s`` > 0 keeps a lease of that long under ``RESCUE_DELIVERY``: no
+    claim takes it (``BUSY``) until the hold ends."""
     changes: dict[str, Any] = {"leaseUntil": None, "updatedAt": now}
     if job.get("status") == "processing":
         # Its lease ran out and nobody settled it: a lost claim, as a claim counts it.
@@ -161,6 +171,9 @@ def rescue_changes(job: Mapping[str, Any], now: datetime, *, resend: bool, reaso
     # queued | processing -> queued, and the caller sends the message again
     changes.update(status="queued", progress=0, message=reason, error=reason,
                    rescues=(job.get("rescues") or 0) + 1, rescuedAt=now, queuedAt=now)
+    if hold_s > 0:
+        changes.update(leaseUntil=utc(now + timedelta(seconds=hold_s)),
+                       delivery=RESCUE_DELIVERY)
     return RescueOutcome.RESEND, changes
 
 

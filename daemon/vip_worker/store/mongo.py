@@ -387,14 +387,14 @@ class MongoStore:
         return self._find(query, [("queuedAt", pymongo.ASCENDING)], limit)
 
     def rescue(self, job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,
-               max_attempts: int) -> RescueOutcome | None:
+               max_attempts: int, hold_s: float = 0) -> RescueOutcome | None:
         now = utc(now)
         if job.get("status") not in ("processing", "queued"):
             raise ValueError(f"cannot rescue a {job.get('status')} job")
         if not ledger.rescuable(job, now):
             return None
         outcome, changes = ledger.rescue_changes(job, now, resend=resend, reason=reason,
-                                                 max_attempts=max_attempts)
+                                                 max_attempts=max_attempts, hold_s=hold_s)
         query = pinned(to_key(str(job["_id"])), job, ledger.RESCUE_PINNED)
         with self._errors():
             # One compare-and-set on the state the sweeper saw: one sweeper matches.

@@ -376,7 +376,7 @@ class SqliteStore:
                             (iso(created_before), max(0, limit)))
 
     def rescue(self, job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,
-               max_attempts: int) -> RescueOutcome | None:
+               max_attempts: int, hold_s: float = 0) -> RescueOutcome | None:
         now = utc(now)
         if job.get("status") not in ("processing", "queued"):
             raise ValueError(f"cannot rescue a {job.get('status')} job")
@@ -388,7 +388,8 @@ class SqliteStore:
                                       for f in ledger.RESCUE_PINNED):
                 return None  # another sweeper, a claim or a settle got there first
             outcome, changes = ledger.rescue_changes(current, now, resend=resend,
-                                                     reason=reason, max_attempts=max_attempts)
+                                                     reason=reason, max_attempts=max_attempts,
+                                                     hold_s=hold_s)
             current.update(changes)  # the transition is commented in rescue_changes
             self._save_job(conn, current)
             return outcome
