@@ -532,6 +532,15 @@ def load(
             "no queue configured: set ARTICLES_QUEUE_URL / IMAGES_QUEUE_URL, "
             "VIP_WORKER_QUEUE_<NAME>_URL, or a [queues.<name>] table",
         )
+    for queue in queues:
+        # A job waiting out its retry delay would look lost to the lifeline's sweep.
+        if values["lifeline_interval_s"] and \
+                queue.retry_backoff_max_s >= values["lifeline_queued_after_s"]:
+            raise ConfigError(
+                f"queues.{queue.name}.retry_backoff_max_s",
+                f"must be < lifeline_queued_after_s ({values['lifeline_queued_after_s']:g}): "
+                "the lifeline would re-send a job still waiting out its retry delay",
+                sources.get(f"queues.{queue.name}.retry_backoff_max_s"))
     plugin_settings = doc.get("plugins", {})
     if not isinstance(plugin_settings, dict) or not all(
         isinstance(v, dict) for v in plugin_settings.values()

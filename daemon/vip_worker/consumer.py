@@ -333,7 +333,8 @@ class Consumer:
             error = exc
         decision = self.decide(item, error)
         if item.delivery is not None and not item.settled:
-            outage = await self.ledger.settle(item, decision)
+            delay_s = self.clip(item, decision.delay_s) if decision.delay_s is not None else 0
+            outage = await self.ledger.settle(item, decision, delay_s)
             if outage is not None and decision.action is not Action.RETRY:
                 decision = self.decide(item, outage)  # never lost to our store's outage
         return await self.settle(item, decision, self.clock() - started, fields)

@@ -126,9 +126,11 @@ class Ledger:
         left = (until - self.wall()).total_seconds() if until else self.interval_s
         return max(BUSY_MIN_S, left)
 
-    async def settle(self, item: InFlight, decision: Decision) -> BaseException | None:
+    async def settle(self, item: InFlight, decision: Decision,
+                     delay_s: float = 0) -> BaseException | None:
         """Record the message's outcome on the job: completed (when the handler did not),
-        queued again, or failed with the reason. Guarded by the item's delivery (the store
+        queued again (visible again after ``delay_s``, the delay SQS is given), or failed
+        with the reason. Guarded by the item's delivery (the store
         refuses a delivery that lost its claim). The store's outage, or None."""
         self.claimed.pop(id(item), None)
         if item.lease_lost:
@@ -139,7 +141,7 @@ class Ledger:
                 await self.call("complete", job_id, now, delivery=item.delivery)
             elif decision.action is Action.RETRY:
                 await self.call("requeue", job_id, reason_of(decision.error), now,
-                                delivery=item.delivery)
+                                delivery=item.delivery, delay_s=delay_s)
             else:
                 await self.call("fail", job_id, reason_of(decision.error), now,
                                 delivery=item.delivery)

@@ -537,3 +537,11 @@ def test_requeue_and_release_leave_no_hold(store):
     assert claim(store, delivery="d2", now=at(2)).outcome is ClaimOutcome.CLAIMED
     assert store.release("job-1", "d2", at(3), "quota")
     assert claim(store, delivery="d3", now=at(4)).outcome is ClaimOutcome.CLAIMED
+
+
+def test_a_requeue_with_a_delay_is_queued_from_when_its_message_is_visible_again(store):
+    claim(store)
+    store.requeue("job-1", "retry later", at(10), delivery="d1", delay_s=7200)
+    assert store.get_job("job-1")["queuedAt"] == at(7210)
+    assert store.stale_queued(at(7200), 10) == []  # still waiting out its delay
+    assert [j["_id"] for j in store.stale_queued(at(7211), 10)] == ["job-1"]

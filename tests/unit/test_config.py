@@ -272,3 +272,15 @@ def test_a_secret_setting_without_a_password_in_it_is_masked_whole():
     rows = rows_by_key(config.load(environ=env), env)
     assert rows["mongodb_uri"] == {"key": "mongodb_uri", "value": "****",
                                    "source": "env MONGODB_URI"}
+
+
+def test_a_retry_backoff_as_long_as_the_lifelines_stale_age_is_refused():
+    env = {"VIP_WORKER_QUEUE_WORK_URL": "https://sqs.example/q/work",
+           "VIP_WORKER_QUEUE_WORK_RETRY_BACKOFF_MAX_S": "3600",
+           "VIP_WORKER_LIFELINE_QUEUED_AFTER_S": "3600"}
+    error = load_error(environ=env)
+    assert error.key == "queues.work.retry_backoff_max_s"
+    assert "lifeline_queued_after_s" in str(error)
+    # With the lifeline off nothing re-sends a waiting job.
+    config.load(environ={**env, "VIP_WORKER_LIFELINE_INTERVAL_S": "0"})
+    config.load(environ={**env, "VIP_WORKER_QUEUE_WORK_RETRY_BACKOFF_MAX_S": "3599"})

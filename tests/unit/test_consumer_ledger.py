@@ -478,3 +478,16 @@ def test_lease_renewals_do_not_wait_behind_claims_stuck_in_the_store():
     finally:
         ledger.close()
     assert ledger.renewals == 1 and not item.lease_lost
+
+
+def test_a_retry_records_when_the_message_is_visible_again():
+    from vip_worker.errors import RetryLater
+
+    h, store = harness(fail_with(RetryLater("later", delay_s=7200)))
+    h.send(envelope(job_id=JOB))
+    before = datetime.now(UTC)
+    settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
+    job = store.get_job(JOB)
+    assert job["status"] == "queued"
+    waited = (job["queuedAt"] - before).total_seconds()
+    assert 7190 <= waited <= 7210

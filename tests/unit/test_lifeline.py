@@ -446,3 +446,11 @@ def claim_result(store, delivery, now):
     return store.claim("job-1", user_id="u1", type="work", params={"topic": "t"},
                        message_id=f"m-{delivery}", lease_s=LEASE_S, now=now,
                        delivery=delivery, queue="work")
+
+
+def test_a_job_waiting_out_a_long_retry_delay_is_not_resent(store):
+    h = SweepHarness()
+    claim(store)
+    store.requeue("job-1", "RetryLater: later", at(10), delivery="d1", delay_s=7200)
+    assert h.sweep(store, at(10 + STALE)).resent == 0  # stale by the requeue alone
+    assert h.sweep(store, at(7210 + STALE)).resent == 1

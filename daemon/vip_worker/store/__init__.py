@@ -31,8 +31,9 @@ jobs (``jobs_collection``), keyed by the message's ``jobId``::
   ``processing`` (the poller died or froze), counted by the claim or the rescue that
   finds it so. Reset by a claim from ``failed`` (a redriven dead letter starts afresh).
 - ``rescues``, ``rescuedAt``: how many times, and when last, a sweeper re-sent the job.
-- ``queuedAt``: when the job last became ``queued``: its creation, a ``requeue``, a
-  ``release`` or a rescue. The app's own documents lack it; their ``createdAt`` stands in.
+- ``queuedAt``: when the job last became ``queued``: its creation, a ``requeue`` (plus
+  its retry delay: when the message is visible again), a ``release`` or a rescue. The
+  app's own documents lack it; their ``createdAt`` stands in.
 
 content (``content_collection`` for articles, ``media_collection`` for images),
 exactly one document per ``jobId`` (a unique key), with ``jobId``, ``userId``,
@@ -180,12 +181,15 @@ class JobStore(Protocol):
         another delivery took, is left alone); True when it did."""
 
     def requeue(self, job_id: str, error: str, now: datetime, *,
-                message_id: str | None = None, delivery: str | None = None) -> None:
+                message_id: str | None = None, delivery: str | None = None,
+                delay_s: float = 0) -> None:
         """A transient failure: ``processing`` back to ``queued`` with the error as its
-        message, ``queuedAt`` = now. With ``message_id``, only while that message holds
-        the claim: a delivery whose lease ran out must not settle a job another message
-        claimed since. With ``delivery``, only while that delivery holds it (a job
-        never claimed under a delivery: the ``message_id`` guard alone)."""
+        message, ``queuedAt`` = now + ``delay_s`` (when its message is visible again: a
+        job waiting out a retry delay is not stale before it ends). With ``message_id``,
+        only while that message holds the claim: a delivery whose lease ran out must not
+        settle a job another message claimed since. With ``delivery``, only while that
+        delivery holds it (a job never claimed under a delivery: the ``message_id`` guard
+        alone)."""
 
     def fail(self, job_id: str, error: str, now: datetime, *,
              message_id: str | None = None, delivery: str | None = None) -> None:

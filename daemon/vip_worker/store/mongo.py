@@ -317,15 +317,16 @@ class MongoStore:
                 query, {"$set": ledger.completed_changes(utc(now))}).matched_count)
 
     def requeue(self, job_id: str, error: str, now: datetime, *,
-                message_id: str | None = None, delivery: str | None = None) -> None:
-        self._settle(job_id, "queued", error, utc(now), message_id, delivery)
+                message_id: str | None = None, delivery: str | None = None,
+                delay_s: float = 0) -> None:
+        self._settle(job_id, "queued", error, utc(now), message_id, delivery, delay_s)
 
     def fail(self, job_id: str, error: str, now: datetime, *,
              message_id: str | None = None, delivery: str | None = None) -> None:
         self._settle(job_id, "failed", error, utc(now), message_id, delivery)
 
     def _settle(self, job_id: str, status: str, error: str, now: datetime,
-                message_id: str | None, delivery: str | None) -> None:
+                message_id: str | None, delivery: str | None, delay_s: float = 0) -> None:
         """processing -> queued, or anything but completed -> failed.
 
         Only a job still ``processing`` goes back to ``queued``: a twin delivery that
@@ -340,7 +341,7 @@ class MongoStore:
         update = {"status": status, "error": error, "message": error, "leaseUntil": None,
                   "updatedAt": now}
         if status == "queued":
-            update["queuedAt"] = now
+            update["queuedAt"] = utc(now + timedelta(seconds=delay_s))  # visible again
         with self._errors():
             self._jobs.update_one(query, {"$set": update})
 
