@@ -23,8 +23,12 @@ from vip_worker.sqs.limits import MAX_VISIBILITY_S
 
 # Stop extending this long before SQS's 12-hour visibility cap.
 CAP_MARGIN_S = 60.0
-# Set on a message the daemon re-sent (vip_worker.resend): the attempts before it.
-PRIOR_ATTEMPTS = "vip_attempts"
+# Set on a message the daemon re-sent (vip_worker.resend): the attempts before it. Not
+# ``vip_attempts``: that is a dead-letter copy's count, which a redrive may keep.
+PRIOR_ATTEMPTS = "vip_prior_attempts"
+# What a re-sent copy carried before it had a name of its own; read only on a message
+# with no dead-letter reason (``vip_error_class``), which a re-sent copy never has.
+LEGACY_PRIOR_ATTEMPTS, DEAD_LETTER_MARK = "vip_attempts", "vip_error_class"
 
 
 class State(enum.Enum):
@@ -89,7 +93,11 @@ class InFlight:
         deliveries (a re-sent message adds the attempts before it, ``PRIOR_ATTEMPTS``)."""
         if self.attempts is not None:
             return self.attempts
-        value = self.attributes.get(PRIOR_ATTEMPTS, {}).get("StringValue", "0")
+        attrs = self.attributes
+        prior = attrs.get(PRIOR_ATTEMPTS)
+        if prior is None and DEAD_LETTER_MARK not in attrs:
+            prior = attrs.get(LEGACY_PRIOR_ATTEMPTS)  # a copy re-sent by an older daemon
+        value = (prior or {}).get("StringValue", "0")
         return (int(value) if value.isdigit() else 0) + self.receive_count
 
     @property

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
-from vip_worker.inflight import PRIOR_ATTEMPTS, InFlight
+from vip_worker.inflight import InFlight
 from vip_worker.sqs.limits import MAX_ATTRIBUTES, MAX_MESSAGE_BYTES
 
 MAX_EXPONENT = 30
@@ -23,7 +23,7 @@ REASON_MAX = 1000
 # The attributes vip-worker adds to a dead-lettered message; `dlq peek` reads them.
 ERROR_CLASS = "vip_error_class"
 ERROR_TEXT = "vip_error"
-ATTEMPTS = PRIOR_ATTEMPTS  # also what a re-sent message carries
+ATTEMPTS = "vip_attempts"  # not a re-sent message's (inflight.PRIOR_ATTEMPTS)
 SOURCE_QUEUE = "vip_source_queue"
 SOURCE_MESSAGE_ID = "vip_source_message_id"
 

@@ -6,7 +6,7 @@ it. Hand-backs, receives lost with killed pollers and ``BUSY`` claims spend that
 without being attempts, so the daemon, not the redrive, decides when a message is done:
 a message to be retried or handed back whose receive count has reached
 ``maxReceiveCount`` is sent again as a new message (same body and attributes, plus
-``vip_attempts``, its attempts so far, and ``vip_first_receive``, epoch milliseconds of
+``vip_prior_attempts``, its attempts so far, and ``vip_first_receive``, epoch milliseconds of
 its first receive) and the old one deleted. The redrive policy stays as a backstop for
 a poller that dies holding the message.
 

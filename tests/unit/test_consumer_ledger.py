@@ -325,7 +325,7 @@ def test_a_retry_at_max_receive_count_is_resent_with_its_attempts(consumer_logs)
     settle(h, lambda: h.fake.deleted(h.url))
     (copy,) = h.fake.messages(h.url)
     assert copy.message_id != old_id and copy.receive_count == 0
-    assert copy.attributes["vip_attempts"]["StringValue"] == "1"
+    assert copy.attributes["vip_prior_attempts"]["StringValue"] == "1"
     assert "vip_first_receive" in copy.attributes
     assert copy.visible_at == h.clock.now() + 5  # the retry delay, as DelaySeconds
     (record,) = events(consumer_logs, "message.resent")
@@ -350,7 +350,7 @@ def test_a_hand_back_at_max_receive_count_is_resent():
     h.run(scenario)
     (copy,) = h.fake.messages(h.url)
     assert copy.receive_count == 0 and copy.visible_at <= h.clock.now()
-    assert copy.attributes["vip_attempts"]["StringValue"] == "1"
+    assert copy.attributes["vip_prior_attempts"]["StringValue"] == "1"
 
 
 def test_an_untracked_resent_message_keeps_counting_its_attempts():
@@ -491,3 +491,28 @@ def test_a_retry_records_when_the_message_is_visible_again():
     assert job["status"] == "queued"
     waited = (job["queuedAt"] - before).total_seconds()
     assert 7190 <= waited <= 7210
+
+
+def test_a_redriven_dead_letter_keeping_its_attributes_gets_its_attempts_again():
+    calls = []
+
+    def handler(message, ctx):
+        calls.append(ctx.attempt)
+        raise ValueError("flaky")
+
+    h, _ = harness(handler, track_jobs=False, max_attempts=3)
+    # A console redrive keeps the dead-letter copy's attributes, its count among them.
+    h.fake.send(h.url, envelope(job_id=JOB), {
+        "vip_attempts": {"DataType": "Number", "StringValue": "3"},
+        "vip_error_class": {"DataType": "String", "StringValue": "ValueError"}})
+    settle(h, lambda: h.fake.calls_to("change_visibility_batch"))
+    assert calls == [1] and h.fake.messages(h.dlq_url) == []  # retried, not dead-lettered
+
+
+def test_a_resent_copy_counts_its_prior_attempts():
+    h, _ = harness(fail_with(ValueError("flaky")), track_jobs=False, max_attempts=3)
+    h.fake.send(h.url, envelope(job_id=JOB),
+                {"vip_prior_attempts": {"DataType": "Number", "StringValue": "2"}})
+    settle(h, lambda: h.fake.messages(h.dlq_url))  # attempt 3 of 3: dead-lettered
+    (dead,) = h.fake.messages(h.dlq_url)
+    assert dead.attributes["vip_attempts"]["StringValue"] == "3"
