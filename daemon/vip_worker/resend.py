@@ -7,8 +7,9 @@ without being attempts, so the daemon, not the redrive, decides when a message i
 a message to be retried or handed back whose receive count has reached
 ``maxReceiveCount`` is sent again as a new message (same body and attributes, plus
 ``vip_prior_attempts``, its attempts so far, and ``vip_first_receive``, epoch milliseconds of
-its first receive) and the old one deleted. The redrive policy stays as a backstop for
-a poller that dies holding the message.
+its first receive) and the old one deleted (tried up to ``DELETE_TRIES`` times: an
+old message left behind would reach the DLQ silently; ``message.resend_delete_failed``).
+The redrive policy stays as a backstop for a poller that dies holding the message.
 
 The copy waits the retry delay (at most SQS's 900 s of ``DelaySeconds``). On a FIFO
 queue it keeps its ``MessageGroupId`` with a new deduplication id, and, FIFO queues
@@ -29,6 +30,11 @@ from vip_worker.sqs.limits import MAX_ATTRIBUTES
 log = logging.getLogger("vip_worker.resend")
 FIRST_RECEIVE = "vip_first_receive"
 MAX_DELAY_S = 900  # SQS's DelaySeconds limit
+# Deletes of the old message after its copy was sent: a failure left alone means the old
+# message comes back, spends its last receive, and SQS moves it to the DLQ with no reason.
+DELETE_TRIES = 3
+# The receipt handle is no longer valid: trying again cannot help.
+RECEIPT_GONE = ("ReceiptHandleIsInvalid", "InvalidParameterValue")
 
 
 def copy_attributes(item: InFlight) -> dict[str, dict[str, Any]]:
@@ -84,7 +90,16 @@ class Resender:
                 **item.log_fields(), "reason": reason, "error_code": error_code(exc),
                 "error": str(exc)[:500]})
             return False
-        failure = await self.deleters[item.queue.name].add((item.receipt,))
+        failure = None
+        for _ in range(DELETE_TRIES):
+            failure = await self.deleters[item.queue.name].add((item.receipt,))
+            if failure is None or failure.code in RECEIPT_GONE:
+                break
+        if failure is not None:
+            # The copy runs the job; the old message will reach the DLQ with no reason.
+            log.error("message.resend_delete_failed", extra={
+                **item.log_fields(), "reason": reason, "new_message_id": message_id,
+                "error_code": failure.code, "tries": DELETE_TRIES})
         self.resent += 1
         log.warning("message.resent", extra={
             **item.log_fields(), "reason": reason, "new_message_id": message_id,

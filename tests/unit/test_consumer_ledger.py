@@ -516,3 +516,27 @@ def test_a_resent_copy_counts_its_prior_attempts():
     settle(h, lambda: h.fake.messages(h.dlq_url))  # attempt 3 of 3: dead-lettered
     (dead,) = h.fake.messages(h.dlq_url)
     assert dead.attributes["vip_attempts"]["StringValue"] == "3"
+
+
+def test_a_resend_whose_delete_fails_once_deletes_the_old_message_on_a_second_try(
+        consumer_logs):
+    h, store = harness(fail_with(ValueError("flaky")))
+    h.max_receives = {"work": 1}
+    old_id = h.send(envelope(job_id=JOB))
+    h.fake.fail_next("delete_batch")
+    settle(h, lambda: len(h.fake.calls_to("delete_batch")) >= 2)
+    assert [m.message_id for m in h.fake.deleted(h.url)] == [old_id]
+    (copy,) = h.fake.messages(h.url)
+    assert copy.attributes["vip_prior_attempts"]["StringValue"] == "1"
+    assert not events(consumer_logs, "message.resend_delete_failed")
+
+
+def test_a_resend_whose_delete_keeps_failing_is_logged(consumer_logs):
+    h, store = harness(fail_with(ValueError("flaky")))
+    h.max_receives = {"work": 1}
+    h.send(envelope(job_id=JOB))
+    h.fake.fail_next("delete_batch", times=None)
+    settle(h, lambda: events(consumer_logs, "message.resent"))
+    (line,) = events(consumer_logs, "message.resend_delete_failed")
+    assert (line.levelname, line.tries) == ("ERROR", 3)
+    assert len(h.fake.calls_to("delete_batch")) == 3
