@@ -42,6 +42,7 @@ LEASE_INTERVALS = 3  # a lease lasts this many renewal intervals
 MIN_INTERVAL_S = 1.0
 LEDGER_THREADS = 4
 BUSY_MIN_S = 1.0
+UNSETTLED_MAX = 10_000  # message ids remembered after a settle lost to a store outage
 
 
 def delivery_token(receipt: str) -> str:
@@ -74,6 +75,10 @@ class Ledger:
         self.renew_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-renew")
         self.claimed: dict[int, InFlight] = {}  # held claims, renewed by ``renew``
         self.renewals = 0  # renew_leases calls answered
+        # message id -> the delivery whose settle or hand-back a store outage lost: its
+        # handler ended (no poller died), so the message's next claim here takes the job
+        # over without counting a lost claim. Oldest first, bounded.
+        self.unsettled: dict[str, str] = {}
 
     @classmethod
     def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
@@ -110,11 +115,14 @@ class Ledger:
         """
         env = item.envelope
         delivery = delivery_token(item.receipt)
+        earlier = self.unsettled.get(item.message_id)
+        extra = {"unsettled": earlier} if earlier else {}
         claim = await self.call(
             "claim", env.job_id, user_id=env.user_id, type=env.type, params=env.payload,
             message_id=item.message_id, lease_s=self.lease_s(item.queue), now=self.wall(),
             delivery=delivery, queue=item.queue.name, max_attempts=item.queue.max_attempts,
-            redriven=redriven(item))
+            redriven=redriven(item), **extra)
+        self.unsettled.pop(item.message_id, None)  # the store has heard of it again
         if outcome(claim) == CLAIMED:
             item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
             self.claimed[id(item)] = item
@@ -146,6 +154,7 @@ class Ledger:
                 await self.call("fail", job_id, reason_of(decision.error), now,
                                 delivery=item.delivery)
         except DependencyUnavailable as exc:
+            self.remember_unsettled(item)
             log.error("job.settle_failed", extra={
                 **item.log_fields(), "action": decision.action.value, "error": str(exc)[:500]})
             return exc
@@ -166,8 +175,14 @@ class Ledger:
                     await self.call("release", job_id, item.delivery, now, reason)
             except DependencyUnavailable as exc:
                 # Its lease runs out soon; the next delivery takes the job over.
+                self.remember_unsettled(item)
                 log.error("job.settle_failed", extra={
                     **item.log_fields(), "action": "hand_back", "error": str(exc)[:500]})
+
+    def remember_unsettled(self, item: InFlight) -> None:
+        self.unsettled[item.message_id] = item.delivery
+        while len(self.unsettled) > UNSETTLED_MAX:
+            self.unsettled.pop(next(iter(self.unsettled)))
 
     # -- leases ----------------------------------------------------------------------
 

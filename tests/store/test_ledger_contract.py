@@ -545,3 +545,23 @@ def test_a_requeue_with_a_delay_is_queued_from_when_its_message_is_visible_again
     assert store.get_job("job-1")["queuedAt"] == at(7210)
     assert store.stale_queued(at(7200), 10) == []  # still waiting out its delay
     assert [j["_id"] for j in store.stale_queued(at(7211), 10)] == ["job-1"]
+
+
+# -- a settle lost to a store outage is no poller death ----------------------------------
+
+
+def test_a_claim_after_a_settle_lost_to_an_outage_counts_no_lost_claim(store):
+    claim(store)  # d1 ran the handler; its settle never reached the store
+    live = claim(store, delivery="d2", now=at(10), unsettled="d1")  # lease still live
+    assert live.outcome is ClaimOutcome.CLAIMED
+    assert fields(live.job, "delivery", "attempts", "lostClaims") == ("d2", 2, 0)
+    later = claim(store, delivery="d3", now=at(LEASE_S + 100), unsettled="d2")
+    assert fields(later.job, "delivery", "attempts", "lostClaims") == ("d3", 3, 0)
+
+
+def test_unsettled_names_only_the_same_messages_earlier_delivery(store):
+    claim(store)
+    other = claim(store, delivery="d2", message_id="m2", now=at(10), unsettled="d1")
+    assert other.outcome is ClaimOutcome.BUSY  # another message: the lease stands
+    wrong = claim(store, delivery="d3", now=at(LEASE_S + 100), unsettled="dx")
+    assert fields(wrong.job, "lostClaims") == (1,)  # expired and not ours: a death

@@ -540,3 +540,39 @@ def test_a_resend_whose_delete_keeps_failing_is_logged(consumer_logs):
     (line,) = events(consumer_logs, "message.resend_delete_failed")
     assert (line.levelname, line.tries) == ("ERROR", 3)
     assert len(h.fake.calls_to("delete_batch")) == 3
+
+
+def test_a_retry_whose_requeue_a_store_outage_lost_is_no_lost_claim(consumer_logs):
+    from vip_worker.store import StoreUnavailable
+
+    class FlakyStore(MemoryStore):
+        outages = 1
+
+        def requeue(self, *args, **kwargs):
+            if self.outages:
+                self.outages -= 1
+                raise StoreUnavailable("down for a moment")
+            return super().requeue(*args, **kwargs)
+
+    calls = []
+
+    def handler(message, ctx):
+        calls.append(ctx.attempt)
+        if len(calls) == 1:
+            raise ValueError("flaky")
+
+    store = FlakyStore()
+    h = ConsumerHarness({"articles": handler}, store=store, max_attempts=3)
+    h.send(envelope(job_id=JOB))
+
+    async def scenario(consumer):
+        await wait_until(lambda: events(consumer_logs, "job.settle_failed") and h.idle())
+        h.clock.advance(3600)  # the retry delay is over: SQS delivers the message again
+        h.sqs.wake()
+        await wait_until(lambda: h.fake.deleted(h.url) and h.idle())
+
+    h.run(scenario)
+    job = store.get_job(JOB)
+    # Taken over at once (the lease was still live) and no poller death counted.
+    assert calls == [1, 2]
+    assert (job["status"], job["attempts"], job["lostClaims"]) == ("completed", 2, 0)

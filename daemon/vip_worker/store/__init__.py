@@ -148,7 +148,7 @@ class JobStore(Protocol):
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
               queue: str | None = None, max_attempts: int | None = None,
-              redriven: bool | None = None) -> Claim:
+              redriven: bool | None = None, unsettled: str | None = None) -> Claim:
         """Take the job for this delivery (see the module docstring); sets ``processing``,
         ``startedAt`` (first claim only), ``attempts`` += 1 (from ``failed``: 1, a redriven
         job starts afresh), ``error`` = None, ``progress``
@@ -160,6 +160,10 @@ class JobStore(Protocol):
         :param redriven: whether the message came back from a dead-letter queue. False:
             a ``failed`` job is not claimed (``FAILED``, no change). True or None (a
             caller that cannot tell): a ``failed`` job starts afresh.
+        :param unsettled: the delivery token of an earlier delivery of this same message
+            whose handler ended but whose settle a store outage lost: a job still
+            ``processing`` under it is taken over at once, its lease live or not, with
+            no lost claim counted (no poller died).
         """
 
     def progress(self, job_id: str, percent: int, message: str, now: datetime, *,

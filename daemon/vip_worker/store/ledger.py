@@ -62,7 +62,8 @@ class Decision:
 
 def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | None,
                  queue: str | None, lease_until: datetime, max_attempts: int | None,
-                 now: datetime, redriven: bool | None = None) -> Decision:
+                 now: datetime, redriven: bool | None = None,
+                 unsettled: str | None = None) -> Decision:
     """What a claim of ``job`` by this delivery does (the contract's ``claim``)."""
     status = job.get("status")
     if status == "completed":
@@ -81,6 +82,10 @@ def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | Non
         # A redriven dead letter starts afresh: its earlier deaths and attempts are settled
         # (the daemon decides retries from ``attempts``: it gets max_attempts again).
         lost = attempts = 0
+    elif status == "processing" and unsettled is not None \
+            and job.get("delivery") == unsettled and job.get("messageId") == message_id:
+        pass  # an earlier delivery of this message whose handler ended, its settle lost
+        # to a store outage: no poller died, so no lost claim, and no lease to wait out
     elif status == "processing" and lease is not None and lease < now:
         lost += 1  # the holder's poller died or froze: its claim never settled
     elif status == "processing" and lease is not None:

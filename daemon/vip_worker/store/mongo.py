@@ -246,7 +246,7 @@ class MongoStore:
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
               queue: str | None = None, max_attempts: int | None = None,
-              redriven: bool | None = None) -> Claim:
+              redriven: bool | None = None, unsettled: str | None = None) -> Claim:
         now = utc(now)
         key = to_key(job_id)
         lease_until = utc(now + timedelta(seconds=lease_s))
@@ -259,7 +259,7 @@ class MongoStore:
                 decision = ledger.decide_claim(
                     current, message_id=message_id, delivery=delivery, queue=queue,
                     lease_until=lease_until, max_attempts=max_attempts, now=now,
-                    redriven=redriven)
+                    redriven=redriven, unsettled=unsettled)
                 if decision.changes is None:
                     busy = decision.outcome is ClaimOutcome.BUSY
                     return Claim(decision.outcome, current,

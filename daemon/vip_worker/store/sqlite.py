@@ -239,7 +239,7 @@ class SqliteStore:
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
               queue: str | None = None, max_attempts: int | None = None,
-              redriven: bool | None = None) -> Claim:
+              redriven: bool | None = None, unsettled: str | None = None) -> Claim:
         now = utc(now)
         with self._write() as conn:
             # Another app may have produced the message without creating the job.
@@ -247,7 +247,8 @@ class SqliteStore:
             decision = ledger.decide_claim(
                 job, message_id=message_id, delivery=delivery, queue=queue,
                 lease_until=utc(now + timedelta(seconds=lease_s)),
-                max_attempts=max_attempts, now=now, redriven=redriven)
+                max_attempts=max_attempts, now=now, redriven=redriven,
+                unsettled=unsettled)
             if decision.changes is None:
                 busy = decision.outcome is ClaimOutcome.BUSY
                 return Claim(decision.outcome, job,
