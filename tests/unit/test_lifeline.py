@@ -4,6 +4,7 @@ job store: what it rescues, what it leaves alone, what it sends, and when it swe
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -24,6 +25,7 @@ from vip_worker.services.lifeline import (
     JITTER,
     LEASE_REASON,
     Lifeline,
+    dedup_id,
     queued_reason,
     schedule,
     stamp,
@@ -158,8 +160,15 @@ def test_a_fifo_queue_gets_the_users_group_and_a_fresh_deduplication_id(store):
     h.sweep(store, at(LATE))
     ((url, body, _, group, dedup, _),) = h.fake.calls_to("send")
     assert (url, group) == (h.url, "u1")
-    assert dedup.startswith("job-1-rescue-") and dedup != "job-1"
+    assert dedup.startswith(hashlib.sha256(b"job-1").hexdigest()) and dedup != "job-1"
     assert len(h.fake.messages(h.url)) == 1
+
+
+def test_a_long_job_ids_deduplication_ids_still_differ_by_the_rescue_time():
+    job = {"_id": "j" * 200}
+    first, second = dedup_id(job, at(0)), dedup_id(job, at(1))
+    assert first != second and len(first) <= 128 and len(second) <= 128
+    assert all(c.isalnum() or c in "-_." for c in first)
 
 
 # -- stale queued jobs -----------------------------------------------------------------

@@ -38,6 +38,7 @@ equal to ``"resend"`` and ``"failed"``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from collections import deque
@@ -373,9 +374,12 @@ class Lifeline:
 
 
 def dedup_id(job: dict[str, Any], now: datetime) -> str:
-    """A fresh FIFO deduplication id: the original send's (the jobId) may be in the window."""
-    text = f"{job['_id']}-rescue-{stamp(now)}"
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)[:128]
+    """A fresh FIFO deduplication id: the original send's (the jobId) may be in the window.
+    The job id is hashed (64 hex digits), so the rescue's time always fits in SQS's 128
+    characters: a long job id truncated would drop it, and dedupe a later rescue away."""
+    digest = hashlib.sha256(str(job["_id"]).encode()).hexdigest()
+    text = f"{digest}-{stamp(now)}"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 
 def nowhere(job: dict[str, Any]) -> str:
