@@ -65,6 +65,7 @@ class InFlight:
     delivery: str | None = None  # this receive's token, set by a successful claim
     attempts: int | None = None  # the job's attempts after the claim
     lease_lost: bool = False  # another delivery (or a rescue) took the job since
+    cancel_requested: bool = False  # the renewal found a cancel request (cancellation.py)
     received_epoch_s: float = 0.0  # wall time of this receive (a re-sent copy records it)
 
     @classmethod

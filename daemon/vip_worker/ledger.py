@@ -8,6 +8,9 @@ interval (``Ledger.run``), at the heartbeat's pace (half the shortest visibility
 The job's ``attempts`` in the store, not SQS's receive count, are the attempts that
 ``outcomes.decide`` counts: a receive whose handler never started spends none.
 
+The renewal also names the held jobs with a cancel request (``on_cancel``, which
+``cancellation.py`` answers); a handler stopped for it settles the job ``cancelled``.
+
 The store is the poller context's "store" resource, reached duck-typed (the spine does
 not import ``vip_worker.store``); its calls block, so they run in a small thread pool of
 their own, never on the loop nor behind long handlers. Without a "store" resource (a
@@ -34,6 +37,7 @@ log = logging.getLogger("vip_worker.ledger")
 
 # The store's claim outcomes (vip_worker.store.ClaimOutcome), by value: duck-typed.
 CLAIMED, COMPLETED, BUSY, EXHAUSTED = "claimed", "completed", "busy", "exhausted"
+CANCELLED = "cancelled"
 LEASE_INTERVALS = 3  # a lease lasts this many renewal intervals
 MIN_INTERVAL_S = 1.0
 LEDGER_THREADS = 4
@@ -67,6 +71,8 @@ class Ledger:
         self.pool = ThreadPoolExecutor(max_workers=LEDGER_THREADS, thread_name_prefix="ledger")
         self.claimed: dict[int, InFlight] = {}  # held claims, renewed by ``renew``
         self.renewals = 0  # renew_leases calls answered
+        # Told of each held job the renewal finds with a cancel request (cancellation.py).
+        self.on_cancel: Callable[[InFlight], None] = lambda item: None
 
     @classmethod
     def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
@@ -125,6 +131,8 @@ class Ledger:
         try:
             if decision.action is Action.ACK:
                 await self.call("complete", job_id, now, delivery=item.delivery)
+            elif decision.action is Action.CANCEL:  # processing -> cancelled
+                await self.call("cancel_held", job_id, now, delivery=item.delivery)
             elif decision.action is Action.RETRY:
                 await self.call("requeue", job_id, reason_of(decision.error), now,
                                 delivery=item.delivery)
@@ -179,7 +187,10 @@ class Ledger:
                                                        "error": str(exc)[:500]})
             return
         self.renewals += 1
+        cancels = getattr(still, "cancel_requested", ())  # a store without cancellation
         for item in held:
+            if item.envelope.job_id in cancels and item.envelope.job_id in still:
+                self.on_cancel(item)
             if item.envelope.job_id not in still and id(item) in self.claimed:
                 item.lease_lost = True
                 self.claimed.pop(id(item), None)
