@@ -22,7 +22,7 @@ def test_every_route_answers_within_its_schema(web_api, web_store):
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
     headers = api.as_user("fuzz")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 6
+    assert len(operations) == 7
 
     for operation in operations:
         @given(case=operation.as_strategy())

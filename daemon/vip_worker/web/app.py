@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from vip_worker.errors import DependencyUnavailable
-from vip_worker.store import STATUSES
+from vip_worker.store import STATUSES, CancelOutcome
 from vip_worker.web import events, models
 from vip_worker.web.auth import Authenticator, Caller
 from vip_worker.web.keys import KeyRing, keys_path
@@ -75,11 +75,11 @@ def job_view(job: dict[str, Any], settings) -> dict[str, Any]:
         result = {"collection": collection, "jobId": job_id}
     base = f"/api/content/jobs/{job_id}"
     fields = ("type", "status", "message", "error", "createdAt", "updatedAt",
-              "startedAt", "completedAt")
+              "startedAt", "completedAt", "cancelRequestedAt", "cancelledAt")
     view = {name: job.get(name) for name in fields}
     view.update(jobId=job_id, progress=int(job.get("progress") or 0),
                 attempts=int(job.get("attempts") or 0), result=result,
-                links={"self": base, "events": f"{base}/events"})
+                links={"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"})
     return view
 
 
@@ -161,6 +161,21 @@ class Jobs:
             raise HTTPException(404, "no such job")
         return job
 
+    async def cancel(self, job_id: str, caller: Caller) -> JSONResponse:
+        """Ask for the job's cancellation: 200 and the job when it is ``cancelled`` now
+        (it was queued), 202 when its poller ends it (running); 409 when it has ended."""
+        await self.owned(job_id, caller)  # another user's job: 404
+        done = await self.call(self.store.request_cancel, job_id, datetime.now(UTC))
+        if done.outcome is CancelOutcome.NOT_FOUND:
+            raise HTTPException(404, "no such job")
+        if done.outcome is CancelOutcome.REFUSED:
+            raise HTTPException(409, f"the job is {done.job.get('status')}: nothing to cancel")
+        log.info("web.job_cancel_requested", extra={
+            "job_id": job_id, "user_id": caller.user_id, "outcome": done.outcome.value})
+        code = 200 if done.outcome is CancelOutcome.CANCELLED else 202
+        return JSONResponse(models.Job(**job_view(done.job, self.settings)).model_dump(
+            mode="json"), status_code=code)
+
     def close(self) -> None:
         self.inline.shutdown(wait=True)
         self.producer.close()
@@ -230,6 +245,15 @@ def create_app(settings, producer=None) -> FastAPI:
              description="One job: status, progress, error, times, result. " + AUTH)
     async def get_job(caller: Who, jobId: str = JOB_ID):  # noqa: N803 (the app's name)
         return job_view(await jobs.owned(jobId, caller), settings)
+
+    @app.post("/api/content/jobs/{jobId}/cancel", status_code=202, response_model=models.Job,
+              responses={**ERRORS, 200: {"model": models.Job}, 409: {"model": models.Error},
+                         503: {"model": models.Error}},
+              description="Cancel a job: a queued one at once (200), a running one when its "
+                          "poller stops it (202, within one heartbeat interval); 409 once "
+                          "it has ended. " + AUTH)
+    async def cancel_job(caller: Who, jobId: str = JOB_ID):  # noqa: N803
+        return await jobs.cancel(jobId, caller)
 
     @app.get("/api/content/jobs/{jobId}/events", responses=ERRORS,
              response_class=StreamingResponse,

@@ -67,6 +67,7 @@ class ResultLocation(BaseModel):
 class JobLinks(BaseModel):
     self: str
     events: str
+    cancel: str | None = None
 
 
 class Job(BaseModel):
@@ -81,6 +82,8 @@ class Job(BaseModel):
     updatedAt: datetime | None = None  # noqa: N815
     startedAt: datetime | None = None  # noqa: N815
     completedAt: datetime | None = None  # noqa: N815
+    cancelRequestedAt: datetime | None = None  # noqa: N815
+    cancelledAt: datetime | None = None  # noqa: N815
     result: ResultLocation | None = None
     links: JobLinks
 
