@@ -59,3 +59,13 @@ def test_its_own_claim_of_a_cancelled_job_does_nothing():
     store.request_cancel(JOB, datetime.now(UTC))
     run_job(message(), context(store), lambda: calls.append(1) or {}, CONTENT)
     assert calls == [] and store.get_job(JOB)["status"] == "cancelled"
+
+
+def test_run_handler_reports_job_cancelled_as_cancelled():
+    from vip_worker.testing import run_handler
+
+    def handler(message, ctx):
+        raise JobCancelled("stop")
+
+    outcome = run_handler(handler, message())
+    assert outcome.cancelled and not outcome.retried and not outcome.dead_lettered
