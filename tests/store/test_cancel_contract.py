@@ -127,3 +127,14 @@ def test_cancel_held_ends_the_holders_job_cancelled(store):
         "cancelled", at(3), None, "Cancelled")
     assert store.renew_leases([("job-1", "d1")], at(100), at(4)) == set()
     assert store.cancel_held("job-1", at(5), delivery="d1") is False
+
+
+def test_a_result_saved_after_the_cancellation_leaves_the_job_cancelled(store):
+    """An abandoned handler's thread that saves later: the job stays cancelled, no content."""
+    store.create_job("job-1", "u1", "articles", {}, T0)
+    claim(store, delivery="d1")
+    store.request_cancel("job-1", at(1))
+    store.cancel_held("job-1", at(2), delivery="d1")
+    store.save_result("job-1", "generated_content", {"title": "late"}, at(3))
+    assert store.get_job("job-1")["status"] == "cancelled"
+    assert store.get_content("generated_content", "job-1") == []

@@ -198,7 +198,8 @@ class JobStore(Protocol):
         """Upsert ``content`` (plus jobId, userId, createdAt) keyed by jobId into
         ``collection``, then mark the job ``completed``, progress 100, lease cleared.
         ``delivery`` does not guard it: a stale delivery's result is saved (into the one
-        content document) and completes the job, idempotently."""
+        content document) and completes the job, idempotently. A ``cancelled`` job is left
+        alone, nothing saved (an abandoned handler's late result)."""
 
     def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
         """The daemon's completion of a job whose handler returned without saving a

@@ -298,7 +298,9 @@ class MongoStore:
         key = to_key(job_id)
         with self._errors():
             target = self._content(collection)
-            job = self._jobs.find_one({"_id": key}, {"userId": 1})
+            job = self._jobs.find_one({"_id": key}, {"userId": 1, "status": 1})
+            if job is not None and job.get("status") == "cancelled":
+                return  # an abandoned handler's late result: the job stays cancelled
             fields = {k: v for k, v in content.items() if k not in ("_id", "createdAt")}
             fields["jobId"] = key
             fields["userId"] = job["userId"] if job and "userId" in job else content.get("userId")
@@ -310,7 +312,8 @@ class MongoStore:
                 # document and updates it (MongoDB's advice for upserts on a unique key).
                 target.update_one({"jobId": key}, upsert, upsert=True)
             # processing -> completed
-            self._jobs.update_one({"_id": key}, {"$set": ledger.completed_changes(now)})
+            self._jobs.update_one({"_id": key, "status": {"$ne": "cancelled"}},
+                                  {"$set": ledger.completed_changes(now)})
 
     def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
         query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}

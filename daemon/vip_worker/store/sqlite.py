@@ -286,6 +286,8 @@ class SqliteStore:
             if table not in self.collections:
                 create_content_table(conn, table)
             job = self._load_job(conn, job_id)
+            if job is not None and job.get("status") == "cancelled":
+                return  # an abandoned handler's late result: the job stays cancelled
             row = conn.execute(f'SELECT doc FROM "{table}" WHERE job_id = ?',
                                (job_id,)).fetchone()
             # A redelivery updates the one document (MongoDB's $set / $setOnInsert).
