@@ -52,15 +52,20 @@ def idempotent_job_id(user_id: str, key: str) -> str:
 
 
 def encode_cursor(job: dict[str, Any]) -> str:
-    raw = json.dumps([job["createdAt"].isoformat(), str(job["_id"])]).encode()
+    created = job.get("createdAt") or datetime.fromtimestamp(0, UTC)
+    raw = json.dumps([created.isoformat(), str(job["_id"])]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(text: str) -> tuple[datetime, str]:
     try:
         stamp, job_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        return datetime.fromisoformat(stamp), str(job_id)
-    except (ValueError, TypeError, binascii.Error):
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is None:
+            raise ValueError("a cursor's time has its zone")
+        when.astimezone(UTC)  # OverflowError at the edges of datetime's range
+        return when, str(job_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise HTTPException(422, [{"loc": ["query", "cursor"], "type": "value_error",
                                    "msg": "not a cursor this API returned"}]) from None
 
@@ -113,14 +118,29 @@ class Jobs:
             if first is not None:
                 if first.get("params") != payload or first.get("type") != kind:
                     raise HTTPException(409, "Idempotency-Key reused with another request")
+                if first.get("status") == "failed" and not first.get("attempts"):
+                    # Its message never reached the queue (the first answer was a 503):
+                    # saying "queued" now would be a job that never runs.
+                    raise HTTPException(
+                        503, f"the first request with this Idempotency-Key could not be "
+                             f"queued ({first.get('error')}); send it again with a new key",
+                        headers={"Retry-After": "5"})
                 return queued(job_id)
         wait_s = self.limiter.take(user)
         if wait_s:
             raise HTTPException(429, "too many jobs created; retry later",
                                 headers={"Retry-After": retry_after(wait_s)})
         if self.producer.is_sqs_configured(kind):
-            job_id = await self.call(self.producer.enqueue, kind, payload, user_id=user,
-                                     job_id=job_id)
+            from vip_worker.pipeline.producer import SendFailed
+
+            try:
+                job_id = await self.call(self.producer.enqueue, kind, payload, user_id=user,
+                                         job_id=job_id)
+            except SendFailed as exc:  # its job is failed with the reason, or still queued
+                log.error("web.send_failed", extra={"job_id": exc.job_id, "type": kind,
+                                                    "error": str(exc)[:300]})
+                raise HTTPException(503, f"the job could not be queued: {exc}",
+                                    headers={"Retry-After": "5"}) from None
         else:
             job_id = await self.start_inline(kind, payload, user, job_id)
         log.info("web.job_created", extra={"job_id": job_id, "type": kind, "user_id": user})
