@@ -67,6 +67,9 @@ class Ledger:
         self.pool = ThreadPoolExecutor(max_workers=LEDGER_THREADS, thread_name_prefix="ledger")
         self.claimed: dict[int, InFlight] = {}  # held claims, renewed by ``renew``
         self.renewals = 0  # renew_leases calls answered
+        # After a settle that may have ended the job: ``on_ended(job_id, payload)``
+        # records its completion callback (services/callbacks.py); set by the poller.
+        self.on_ended: Callable[[str, Any], Any] | None = None
 
     @classmethod
     def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
@@ -135,6 +138,8 @@ class Ledger:
             log.error("job.settle_failed", extra={
                 **item.log_fields(), "action": decision.action.value, "error": str(exc)[:500]})
             return exc
+        if self.on_ended is not None and decision.action is not Action.RETRY:
+            await self.on_ended(job_id, item.envelope.payload)  # never raises
         return None
 
     async def hand_back(self, items: list[InFlight], reason: str) -> None:
