@@ -137,7 +137,8 @@ class AllowList:
         host = parts.hostname.lower().rstrip(".")
         literal = literal_address(host)
         named = self.empty or self.names_host(host)
-        if not named and not self.networks:
+        # Unnamed: only CIDR entries can allow it, by its addresses (known at send time).
+        if not named and (not self.networks or (literal is None and lookup is None)):
             raise Refused(f"host {host} is not in callback_allowed_hosts")
         if literal is not None:
             addresses = [literal]
