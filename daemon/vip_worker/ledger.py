@@ -109,6 +109,8 @@ class Ledger:
         if outcome(claim) == CLAIMED:
             item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
             self.claimed[id(item)] = item
+        elif outcome(claim) == EXHAUSTED and self.on_ended is not None:
+            await self.on_ended(env.job_id, env.payload)  # the claim failed the job
         return claim
 
     def busy_delay_s(self, claim: Any) -> float:

@@ -192,10 +192,10 @@ class Poller:
                       loop.create_task(self.report_metrics(consumer, self.sqs), name="metrics")]
         if consumer.ledger is not None:  # the job leases, at the heartbeat's pace
             self.tasks.append(loop.create_task(consumer.ledger.run(), name="leases"))
+        self.start_callbacks(consumer)
         if self.index == 0 and self.settings.lifeline_interval_s:
             # One sweeper per daemon, like the depth readings (see services/lifeline.py).
             self.tasks.append(loop.create_task(self.lifeline(consumer).run(), name="lifeline"))
-        self.start_callbacks(consumer)
         consumer.start()
         for task in (*self.tasks, *consumer.receivers):
             task.add_done_callback(self.task_ended)
@@ -228,8 +228,10 @@ class Poller:
             return self.drained_before.get(queue, 0) + counts.succeeded + counts.dead_lettered
 
         context = self.context
-        return Lifeline(self.settings, lambda: context.store, self.sqs, on_rescue=count,
-                        drained=drained, dlq_urls=consumer.dlq_urls)
+        lifeline = Lifeline(self.settings, lambda: context.store, self.sqs, on_rescue=count,
+                            drained=drained, dlq_urls=consumer.dlq_urls)
+        lifeline.on_ended = self.callbacks.record if self.callbacks else None
+        return lifeline
 
     async def drain(self) -> None:
         """Settle what is held as the stop mode says, then stop the other tasks."""
