@@ -109,8 +109,11 @@ class Ledger:
         if outcome(claim) == CLAIMED:
             item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
             self.claimed[id(item)] = item
-        elif outcome(claim) == EXHAUSTED and self.on_ended is not None:
-            await self.on_ended(env.job_id, env.payload)  # the claim failed the job
+        elif outcome(claim) in (EXHAUSTED, COMPLETED) and self.on_ended is not None:
+            # EXHAUSTED: the claim failed the job. COMPLETED: a redelivery of a job whose
+            # poller died after the handler saved its result, maybe before its callback
+            # was recorded (recording it again is a no-op).
+            await self.on_ended(env.job_id, env.payload)
         return claim
 
     def busy_delay_s(self, claim: Any) -> float:

@@ -98,3 +98,15 @@ def test_the_lifelines_failed_rescue_reports_the_job():
     store.close()
     assert result.failed == 1
     assert ended == [("job-1", {"topic": "t"})]
+
+
+def test_a_redelivered_completed_job_is_reported_again_its_record_being_idempotent():
+    # Its poller died after the handler saved the result, before the settle recorded the
+    # callback: the redelivery is the chance to record it.
+    h = Recording(handler_raising(None))
+    h.memory.claim(JOB, user_id="u1", type="articles", params=PAYLOAD, message_id="m0",
+                   lease_s=60, now=at(0), delivery="died")
+    h.memory.save_result(JOB, "generated_content", {"title": "T"}, at(1))
+    h.send(envelope(job_id=JOB, payload=PAYLOAD))
+    h.settle(lambda: h.fake.deleted(h.url))
+    assert h.ended == [(JOB, PAYLOAD)]

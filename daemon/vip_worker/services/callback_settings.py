@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from vip_worker.config import Setting, integer, number, str_list, string
+from vip_worker.config import Setting, integer, number, str_list, string, url
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("callback_url", "", string,
+    Setting("callback_url", "", url,
             "Where a job's completion callback is POSTed when the job names no "
             "callbackUrl; empty: only jobs that name one get a callback."),
     Setting("callback_secret", "", string,
