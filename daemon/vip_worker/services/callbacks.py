@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import requests.adapters
 
 from vip_worker.errors import DependencyUnavailable
 
@@ -125,10 +126,12 @@ class AllowList:
     def covers(self, address: Any) -> bool:
         return any(address.version == n.version and address in n for n in self.networks)
 
-    def check(self, url: str, lookup: Callable[[str, int], list[str]] | None = None) -> None:
-        """Refuse ``url`` (``Refused``, saying why) unless it may be called. Without
-        ``lookup`` only a literal address is checked (the web API's check at creation);
-        with it, every address the host resolves to (at send time)."""
+    def check(self, url: str, lookup: Callable[[str, int], list[str]] | None = None
+              ) -> list[Any]:
+        """Refuse ``url`` (``Refused``, saying why) unless it may be called; the host's
+        addresses, every one checked. Without ``lookup`` only a literal address is checked
+        (the web API's check at creation: [] for a name); with it, every address the host
+        resolves to (at send time)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Refused("must be an http or https URL with a host")
@@ -146,7 +149,9 @@ class AllowList:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             addresses = [ipaddress.ip_address(a.split("%")[0]) for a in lookup(host, port)]
         else:
-            return  # a name: its addresses are checked when it is called
+            return []  # a name: its addresses are checked when it is called
+        if not addresses:
+            raise Refused(f"{host} resolves to no address")
         for address in addresses:
             if not named and not self.covers(address):
                 raise Refused(f"host {host} ({address}) is not in callback_allowed_hosts")
@@ -154,6 +159,7 @@ class AllowList:
                     and not self.covers(address):
                 raise Refused(f"{host} is {address}: a loopback, private, link-local or "
                               "reserved address (allow it in callback_allowed_hosts)")
+        return addresses
 
 
 def literal_address(host: str) -> Any:
@@ -161,6 +167,23 @@ def literal_address(host: str) -> Any:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
+
+
+class PinnedAdapter(requests.adapters.HTTPAdapter):
+    """Connects to the address the check approved, never to a second DNS answer (DNS
+    rebinding); TLS still checks the certificate against the URL's host name."""
+
+    def __init__(self, address: Any) -> None:
+        self.address = f"[{address}]" if address.version == 6 else str(address)
+        super().__init__(max_retries=0)
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert)
+        host = host_params["host"]
+        if host_params["scheme"] == "https":
+            pool_kwargs = {**pool_kwargs, "server_hostname": host, "assert_hostname": host}
+        return {**host_params, "host": self.address}, pool_kwargs
 
 
 # -- the callbacks --------------------------------------------------------------------
@@ -275,15 +298,22 @@ class Callbacks:
     def post(self, url: str, body: bytes, callback_id: str) -> tuple[bool, str | None, bool]:
         """(delivered, error, final): final when no retry can succeed (a refused URL)."""
         try:
-            self.allowed.check(url, self.lookup)
+            addresses = self.allowed.check(url, self.lookup)
         except Refused as exc:
             return False, f"refused: {exc}", True
+        parts = urlsplit(url)
         headers = {"Content-Type": "application/json", DELIVERY_HEADER: callback_id,
                    SIGNATURE_HEADER: sign(self.settings.callback_secret, body, int(time.time())),
-                   "User-Agent": "vip-worker-callbacks"}
+                   "User-Agent": "vip-worker-callbacks",
+                   "Host": parts.netloc.rpartition("@")[2]}
         try:
-            response = requests.post(url, data=body, headers=headers, allow_redirects=False,
-                                     timeout=self.settings.callback_timeout_s)
+            with requests.Session() as session:
+                session.trust_env = False  # no proxy from the environment: it would not pin
+                adapter = PinnedAdapter(addresses[0])
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                response = session.post(url, data=body, headers=headers, allow_redirects=False,
+                                        timeout=self.settings.callback_timeout_s)
         except requests.RequestException as exc:
             return False, f"{type(exc).__name__}: {exc}"[:500], False
         with response:
