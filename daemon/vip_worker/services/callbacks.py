@@ -263,7 +263,14 @@ class Callbacks:
         future.add_done_callback(lambda f: (self.tasks.discard(f), self.sending.discard(job_id)))
 
     def attempt(self, job_id: str) -> None:
-        """One POST of the job's pending entry and its record (in a thread)."""
+        """One POST of the job's pending entry and its record (in a thread). Nothing it
+        raises is lost: the entry stays pending and comes due again after its hold."""
+        try:
+            self.attempt_once(job_id)
+        except Exception:  # noqa: BLE001 - a bug here must not vanish in a future
+            log.error("callback.failed", exc_info=True, extra={"job_id": job_id})
+
+    def attempt_once(self, job_id: str) -> None:
         store = self.store_of()
         try:
             job = store.get_job(job_id)
