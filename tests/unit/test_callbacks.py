@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import http.server
+import json
 import re
+import shutil
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +39,7 @@ def test_the_documented_python_snippet_verifies_a_signature():
     snippet = re.search(r"```python\n(# verify a vip-worker callback.*?)```", text, re.S).group(1)
     scope: dict = {}
     exec(snippet, scope)  # noqa: S102 - the documentation's own example, run as written
-    header = sign(SECRET, BODY, int(__import__("time").time()))
+    header = sign(SECRET, BODY, int(time.time()))
     assert scope["verify_vip_signature"](SECRET, header, BODY) is True
     assert scope["verify_vip_signature"](SECRET, header, BODY + b"x") is False
     old = sign(SECRET, BODY, 1_000)
@@ -110,3 +114,20 @@ def test_a_redirect_is_refused_not_followed(tmp_path):
         server.shutdown()
         server.server_close()
     assert not ok and "redirect refused" in error and not final
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_the_documented_node_snippet_verifies_a_signature(tmp_path):
+    snippet = re.search(r"```js\n(.*?)```", API_DOC.read_text(), re.S).group(1)
+    now = int(time.time())
+    cases = {"good": (sign(SECRET, BODY, now), BODY), "changed": (sign(SECRET, BODY, now),
+                                                                  BODY + b"x"),
+             "replayed": (sign(SECRET, BODY, now - 301), BODY)}
+    script = tmp_path / "verify.mjs"
+    script.write_text(snippet + "\nconst cases = " + json.dumps(
+        {k: [h, b.decode()] for k, (h, b) in cases.items()}) + ";\n"
+        f"for (const [name, [h, b]] of Object.entries(cases)) "
+        f"console.log(name, verifyVipSignature({json.dumps(SECRET)}, h, b));\n")
+    out = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=30,
+                         check=True).stdout.split("\n")
+    assert out[:3] == ["good true", "changed false", "replayed false"]
