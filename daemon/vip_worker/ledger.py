@@ -73,6 +73,9 @@ class Ledger:
         self.renewals = 0  # renew_leases calls answered
         # Told of each held job the renewal finds with a cancel request (cancellation.py).
         self.on_cancel: Callable[[InFlight], None] = lambda item: None
+        # After a settle that may have ended the job: ``on_ended(job_id, payload)``
+        # records its completion callback (services/callbacks.py); set by the poller.
+        self.on_ended: Callable[[str, Any], Any] | None = None
 
     @classmethod
     def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
@@ -112,6 +115,12 @@ class Ledger:
         if outcome(claim) == CLAIMED:
             item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
             self.claimed[id(item)] = item
+        elif outcome(claim) in (EXHAUSTED, COMPLETED, CANCELLED) and self.on_ended is not None:
+            # EXHAUSTED: the claim failed the job. COMPLETED: a redelivery of a job whose
+            # poller died after the handler saved its result, maybe before its callback
+            # was recorded (recording it again is a no-op). CANCELLED: cancelled while
+            # queued, its message now received.
+            await self.on_ended(env.job_id, env.payload)
         return claim
 
     def busy_delay_s(self, claim: Any) -> float:
@@ -143,6 +152,8 @@ class Ledger:
             log.error("job.settle_failed", extra={
                 **item.log_fields(), "action": decision.action.value, "error": str(exc)[:500]})
             return exc
+        if self.on_ended is not None and decision.action is not Action.RETRY:
+            await self.on_ended(job_id, item.envelope.payload)  # never raises
         return None
 
     async def hand_back(self, items: list[InFlight], reason: str) -> None:

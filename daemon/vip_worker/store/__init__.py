@@ -22,7 +22,8 @@ jobs (``jobs_collection``), keyed by the message's ``jobId``::
      "leaseUntil": datetime of the claim's lease,
      "delivery": the claim's delivery token, "queue": the queue it came from,
      "lostClaims": int, "rescues": int, "rescuedAt", "queuedAt",
-     "cancelRequestedAt", "cancelledAt"}
+     "cancelRequestedAt", "cancelledAt",
+     "callback": the completion callback's outbox entry (``store/outbox.py``)}
 
 - ``delivery``: an opaque token per receive of a message (the caller's, e.g. a hash of
   the receipt handle), set by each claim; it tells two deliveries of one message apart.
@@ -274,6 +275,25 @@ class JobStore(Protocol):
 
         :raises ValueError: ``job`` is neither ``processing`` nor ``queued``.
         """
+
+    # -- the callback outbox (store/outbox.py: the rules, the entry's fields) ------
+
+    def add_callback(self, job_id: str, url: str, now: datetime, *,
+                     first_at: datetime | None = None) -> dict[str, Any] | None:
+        """Record a terminal job's callback to ``url`` as its ``callback`` entry, due at
+        ``first_at`` (default ``now``); None when the job has not ended or already has an
+        entry for its status."""
+
+    def due_callbacks(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` jobs whose pending callback is due, the earliest first."""
+
+    def hold_callback(self, job_id: str, seen_next_at: datetime, until: datetime) -> bool:
+        """Take a due entry for one attempt: a compare-and-set of ``nextAt``."""
+
+    def callback_attempted(self, job_id: str, callback_id: str, ok: bool,
+                           next_at: datetime | None, error: str | None,
+                           now: datetime) -> bool:
+        """Record one attempt: delivered (``ok``), due again at ``next_at``, or given up."""
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         """Every content document of the job in ``collection`` (tests check it is one)."""

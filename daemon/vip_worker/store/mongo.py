@@ -60,6 +60,7 @@ from vip_worker.store import (
 )
 from vip_worker.store.cancel import CANCEL_PINNED, cancelled_changes, decide_cancel
 from vip_worker.store.ledger import new_job, utc
+from vip_worker.store.outbox import MongoOutbox
 
 DEFAULT_DATABASE = "vipcontent"
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -120,7 +121,7 @@ def is_transient(exc: PyMongoError) -> bool:
         exc.has_error_label(label) for label in TRANSIENT_LABELS)
 
 
-class MongoStore:
+class MongoStore(MongoOutbox):
     """``JobStore`` on MongoDB; see the module docstring for keys and concurrency.
 
     :param uri: the connection string; unused when ``client`` is given, except for
@@ -194,6 +195,7 @@ class MongoStore:
                 self._jobs.create_index([("userId", pymongo.ASCENDING),
                                          ("createdAt", pymongo.DESCENDING),
                                          ("_id", pymongo.DESCENDING)])
+                self._index_callbacks()
             except OperationFailure as exc:
                 if is_transient(exc):
                     raise

@@ -88,6 +88,20 @@ def job_view(job: dict[str, Any], settings) -> dict[str, Any]:
     return view
 
 
+def check_callback_url(url: str | None, settings) -> None:
+    """422 naming ``callbackUrl`` when the callback rules refuse it (its host is
+    resolved and checked again before every attempt)."""
+    from vip_worker.services.callbacks import AllowList, Refused
+
+    if url is None:
+        return
+    try:
+        AllowList(settings.callback_allowed_hosts).check(url)
+    except Refused as exc:
+        raise HTTPException(422, [{"loc": ["body", "callbackUrl"], "type": "value_error",
+                                   "msg": str(exc)}]) from exc
+
+
 def acting_user(caller: Caller) -> str:
     if caller.user_id is None:  # an admin key that named nobody
         raise HTTPException(422, [{"loc": ["header", "X-User-Id"], "type": "missing",
@@ -111,6 +125,7 @@ class Jobs:
     async def create(self, kind: str, payload: dict[str, Any], caller: Caller,
                      idempotency_key: str | None) -> JSONResponse:
         user = acting_user(caller)
+        check_callback_url(payload.get("callbackUrl"), self.settings)
         job_id = None
         if idempotency_key is not None:
             job_id = idempotent_job_id(user, idempotency_key)

@@ -20,6 +20,10 @@ Short = Field(default=None, max_length=100)
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Where the job's end is POSTed (docs/api.md, "Completion callbacks"); checked by
+    # the route against the callback rules (422 naming this field).
+    callbackUrl: str | None = Field(default=None, max_length=2000)  # noqa: N815
+
 
 class ArticleFields(Request):
     topic: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
