@@ -65,7 +65,8 @@ def recoveries(kills: list[tuple[datetime, int]], records: list[dict[str, Any]]
         by_job[record["job_id"]].append(record)
     to_running: list[float] = []
     to_done: list[float] = []
-    never_rerun = 0  # settled just before the kill, its line lost with the poller
+    never_rerun = 0  # not started again: it had finished, its lines lost with the poller
+    found_done = 0  # ... and a later delivery found it completed (job.already_completed)
     cut_off = 0
     for kill_at, pid in kills:
         for job in running_at(kill_at, pid, timed):
@@ -75,11 +76,13 @@ def recoveries(kills: list[tuple[datetime, int]], records: list[dict[str, Any]]
             done = next((r for r in later if r.get("event") in DONE), None)
             if started is None:
                 never_rerun += 1
+                found_done += any(r.get("event") == "job.already_completed" for r in later)
             else:
                 to_running.append((when(started) - kill_at).total_seconds())
             if done is not None:
                 to_done.append((when(done) - kill_at).total_seconds())
     return {"kills": len(kills), "jobs_cut_off": cut_off, "not_run_again": never_rerun,
+            "not_run_again_found_completed": found_done,
             "to_running_again_s": spread_s(to_running), "to_completion_s": spread_s(to_done)}
 
 
