@@ -91,7 +91,8 @@ def print_figures(summary: dict, chaos_log: list[str]) -> None:
     print(f"recovery after a poller's SIGKILL (jobs it was running): "
           f"{json.dumps(summary['recovery_after_kill'])}")
     print(f"rescues (job.rescued): {summary['events'].get('job.rescued', 0)}, re-sends "
-          f"(message.resent): {summary['events'].get('message.resent', 0)}")
+          f"(message.resent): {summary['events'].get('message.resent', 0)}, DLQ copies "
+          f"moved by SQS's redrive (no reason): {summary['redriven_by_sqs']}")
     print(f"job-document writes per job: {json.dumps(summary['store_writes_per_job'])}")
     print(f"duration {summary['duration_s']} s")
 

@@ -73,6 +73,8 @@ class Report:
     dead_lettered_not_failed: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     completed_with_dlq_copy: list[str] = field(default_factory=list)
+    # DLQ copies without the daemon's reason: moved there by SQS's redrive policy.
+    redriven_by_sqs: int = 0
     unknown_dlq_messages: int = 0
     queues_left: dict[str, int] = field(default_factory=dict)
     generation_calls: dict[str, float] = field(default_factory=dict)
@@ -103,6 +105,7 @@ class Report:
             "dead_lettered_not_failed": len(self.dead_lettered_not_failed),
             "unexpected": len(self.unexpected),
             "completed_with_dlq_copy": len(self.completed_with_dlq_copy),
+            "redriven_by_sqs": self.redriven_by_sqs,
             "unknown_dlq_messages": self.unknown_dlq_messages,
             "queues_left": self.queues_left,
             "generation_calls_per_job": self.generation_calls,
@@ -163,6 +166,7 @@ def classify(spec: JobSpec, state: JobState, report: Report) -> None:
     content_total = sum(state.content.values())
     own = state.content.get(COLLECTIONS.get(spec.type, ""), 0)
     reasoned = [d for d in state.dlq if d["attributes"].get(REASON_ATTRIBUTE)]
+    report.redriven_by_sqs += len(state.dlq) - len(reasoned)
     problem = None
     if status == "completed":
         report.completed += 1

@@ -56,7 +56,8 @@ def print_recovery(report) -> None:
     print(f"recovery after a poller's SIGKILL: {json.dumps(report.recovery)}")
     print(f"rescues (job.rescued): {report.events.get('job.rescued', 0)}, re-sends "
           f"(message.resent): {report.events.get('message.resent', 0)}, leases lost: "
-          f"{report.events.get('job.lease_lost', 0)}")
+          f"{report.events.get('job.lease_lost', 0)}, DLQ copies moved by SQS's redrive "
+          f"(no reason): {report.redriven_by_sqs}")
     print(f"job-document writes per job: {json.dumps(report.store_writes)}")
     print(f"generation calls per job: {json.dumps(report.generation_calls)}")
 
