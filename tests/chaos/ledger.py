@@ -214,7 +214,8 @@ EVENTS_COUNTED = ("poller.died", "poller.spawned", "poller.recycling", "poller.c
                   "job.completed", "job.already_completed", "consumer.task_crashed",
                   "batch.failed", "queue.dlq_lookup_failed", "poller.blocked",
                   "message.resent", "message.resend_failed", "job.rescued", "job.lease_lost",
-                  "job.settle_failed", "lifeline.send_failed", "lifeline.store_unavailable")
+                  "job.settle_failed", "job.lease_renew_failed", "lifeline.send_failed",
+                  "lifeline.store_unavailable")
 
 
 def build_report(specs: list[JobSpec], states: dict[str, JobState],
