@@ -13,6 +13,7 @@ without running). The consumer writes each transition beside its code.
 from __future__ import annotations
 
 import enum
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,10 +121,27 @@ class InFlight:
 
     def log_fields(self) -> dict[str, Any]:
         env = self.envelope
+        if env is None:  # not parsed yet (a hand-back before dispatch): what the body says
+            job_id, type_ = peek_ids(self.body)
+        else:
+            job_id, type_ = env.job_id, env.type
         return {
             "message_id": self.message_id,
-            "job_id": env.job_id if env else None,
-            "type": env.type if env else None,
+            "job_id": job_id,
+            "type": type_,
             "queue": self.queue.name,
             "receive_count": self.receive_count,
         }
+
+
+def peek_ids(body: str) -> tuple[Any, Any]:
+    """(jobId, type) of a body not parsed yet, for a log line; (None, None) if unreadable."""
+    try:
+        doc = json.loads(body)
+    except (TypeError, ValueError, RecursionError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    job_id, type_ = doc.get("jobId"), doc.get("type")
+    return (job_id if isinstance(job_id, str) else None,
+            type_ if isinstance(type_, str) else None)
