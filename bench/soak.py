@@ -79,7 +79,7 @@ def print_figures(summary: dict, chaos_log: list[str]) -> None:
     for line in chaos_log:
         print("  " + line)
     print(f"jobs {summary['jobs']}: completed {summary['completed']}, failed "
-          f"{summary['failed']} (gave up after max_attempts: {summary['gave_up']}); "
+          f"{summary['failed']} (attempts or poller deaths spent: {summary['gave_up']}); "
           f"lost {summary['lost']}, stuck {summary['stuck']}, duplicates "
           f"{summary['duplicates']}, failed without DLQ {summary['failed_without_dlq']}, "
           f"dead-lettered but not failed {summary['dead_lettered_not_failed']}")
@@ -88,6 +88,12 @@ def print_figures(summary: dict, chaos_log: list[str]) -> None:
           f"{json.dumps(summary['faults']['generation'])} (generation), "
           f"{json.dumps(summary['faults']['chaos'])}")
     print(f"daemon events: {json.dumps(summary['events'])}")
+    print(f"recovery after a poller's SIGKILL (jobs it was running): "
+          f"{json.dumps(summary['recovery_after_kill'])}")
+    print(f"rescues (job.rescued): {summary['events'].get('job.rescued', 0)}, re-sends "
+          f"(message.resent): {summary['events'].get('message.resent', 0)}, DLQ copies "
+          f"moved by SQS's redrive (no reason): {summary['redriven_by_sqs']}")
+    print(f"job-document writes per job: {json.dumps(summary['store_writes_per_job'])}")
     print(f"duration {summary['duration_s']} s")
 
 

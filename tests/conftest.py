@@ -17,4 +17,5 @@ pytest_plugins = [
     "tests.fixtures.store",
     "tests.fixtures.localstack",
     "tests.fixtures.web",
+    "tests.fixtures.callbacks",
 ]

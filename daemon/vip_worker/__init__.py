@@ -6,12 +6,12 @@ the error types that classify outcomes, and the message type handed to handlers.
 ``vip_worker.arbiter``) never loads the plugin system.
 """
 
-from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
+from vip_worker.errors import DependencyUnavailable, JobCancelled, PermanentError, RetryLater
 from vip_worker.message import Envelope
 
 __all__ = [
-    "DependencyUnavailable", "Envelope", "PermanentError", "RetryLater", "hookimpl",
-    "__version__",
+    "DependencyUnavailable", "Envelope", "JobCancelled", "PermanentError", "RetryLater",
+    "hookimpl", "__version__",
 ]
 __version__ = "0.1.0"
 

@@ -13,7 +13,8 @@ Commands (each documented in docs/cli.md; a test keeps the two in step):
   loaded from, and its message types.
 - ``vip-worker enqueue TYPE [--topic ... | --payload JSON | --file JSONL]``: create
   jobs and queue them (inline without SQS); prints the job ids.
-- ``vip-worker jobs show ID [--json]`` / ``jobs list [--status S] [--json]``.
+- ``vip-worker jobs show ID [--json]`` / ``jobs list [--status S] [--json]`` /
+  ``jobs cancel ID``.
 - ``vip-worker status`` / ``vip-worker dlq peek|redrive``: see ``vip_worker.ops.commands``.
 - ``vip-worker web [--host H] [--port N]`` / ``web-key create|list|revoke``: the job API
   (``vip_worker.web``) and its API keys.
@@ -57,7 +58,7 @@ PAYLOAD_FLAGS = {
     "target-audience": str, "language": str, "prompt": str, "size": str, "style": str,
     "seo-optimization": config.boolean, "include-images": config.boolean,
 }
-JOB_STATUSES = ("queued", "processing", "completed", "failed")
+JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
 DEFAULT_WATCH_S = 2.0
 MIN_WATCH_S = 1.0
 
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arg(show_job)
     show_job.add_argument("job_id")
     show_job.add_argument("--json", action="store_true", help="one JSON document")
+    cancel_job = jobs_commands.add_parser("cancel", help="cancel a job (queued: at once; "
+                                          "running: its poller stops it)")
+    add_config_arg(cancel_job)
+    cancel_job.add_argument("job_id")
     list_jobs = jobs_commands.add_parser("list", help="recent jobs, newest first")
     add_config_arg(list_jobs)
     list_jobs.add_argument("--status", type=job_status, metavar="STATUS",

@@ -203,6 +203,11 @@ SPINE_SETTINGS: tuple[Setting, ...] = (
         "On SIGTERM, how long running handlers may finish before they are handed back.",
     ),
     Setting(
+        "cancel_grace_s", 30.0, number(0, 43200),
+        "How long a blocking handler may go on after its job's cancellation before it is "
+        "abandoned.",
+    ),
+    Setting(
         "plugin_dirs", None, str_list,
         "Directories whose packages are loaded as plugins (default: the project's plugins/).",
     ),
@@ -411,6 +416,7 @@ class Settings:
     concurrency: int
     type_limits: dict[str, int]
     grace_period_s: float
+    cancel_grace_s: float
     plugin_dirs: list[str]
     disabled_plugins: list[str]
     region: str

@@ -9,13 +9,13 @@ dead-letter queue, or handed back (visibility 0).
 Over 400 lines because receiving, dispatching and settling share one poller's
 bookkeeping of held messages (slots, the held list, counters); the rule that picks an
 outcome is in ``outcomes.py``, the DLQ lookups in ``sqs/queues.py``, the job ledger
-(claims, settles, leases) in ``ledger.py``, the re-send before SQS's redrive in ``resend.py``.
+(claims, settles, leases) in ``ledger.py``, cancellation in ``cancellation.py``, the
+re-send before SQS's redrive in ``resend.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import random
@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from vip_worker.batching import Batcher
+from vip_worker.cancellation import Cancellations
 from vip_worker.errors import (
     DependencyUnavailable,
     JobTimedOut,
@@ -34,7 +35,7 @@ from vip_worker.errors import (
 )
 from vip_worker.heartbeat import Heartbeat
 from vip_worker.inflight import InFlight, State
-from vip_worker.ledger import BUSY, CLAIMED, COMPLETED, FAILED, Ledger, outcome
+from vip_worker.ledger import BUSY, CANCELLED, CLAIMED, COMPLETED, FAILED, Ledger, outcome
 from vip_worker.message import parse_envelope
 from vip_worker.outcomes import (
     Action,
@@ -108,6 +109,10 @@ class Consumer:
         # Each queue's RedrivePolicy maxReceiveCount: a message about to reach it is re-sent.
         self.resender = Resender(sqs, self.deleters, max_receives or {})
         self.ledger = Ledger.open(context, settings)
+        self.cancels = Cancellations(settings.cancel_grace_s, self.handler_pool, self.deleters,
+                                     heartbeat, self.count_abandoned)
+        if self.ledger is not None:
+            self.ledger.on_cancel = self.cancels.request
         self.held: dict[int, InFlight] = {}
         self.tasks: dict[asyncio.Task, list[InFlight]] = {}
         self.receivers: list[asyncio.Task] = []
@@ -310,16 +315,7 @@ class Consumer:
         error: BaseException | None = None
         try:
             async with asyncio.timeout(queue.max_job_time_s) as timer:
-                if handler.is_async:
-                    await handler.fn(item.envelope, ctx)
-                else:
-                    loop = asyncio.get_running_loop()
-                    result = await loop.run_in_executor(self.handler_pool, handler.fn,
-                                                        item.envelope, ctx)
-                    if inspect.isawaitable(result):
-                        # A callable the registry could not tell was async (e.g. an
-                        # object with async __call__): its work is this awaitable.
-                        await result
+                await self.cancels.execute(handler, item, ctx)  # cancellation.py
         except TimeoutError as exc:
             if not timer.expired():
                 error = exc
@@ -353,6 +349,8 @@ class Consumer:
                 await self.ledger.hand_back([item], "shutdown")
                 return False
             return None
+        if result == CANCELLED:  # cancelled while queued: never run
+            return await self.cancels.drop(item, 0.0)
         if result == COMPLETED:
             log.info("job.already_completed", extra=fields)
             self.ack(item, 0.0, fields)
@@ -373,6 +371,9 @@ class Consumer:
             return True
         return await self.dead_letter(item, PermanentError(f"job failed: {error}"), 0.0)
 
+    def count_abandoned(self) -> None:
+        self.abandoned_threads += 1  # the poller recycles, as after a timed-out handler
+
     # -- outcomes ------------------------------------------------------------------
 
     def decide(self, item: InFlight, error: BaseException | None) -> Decision:
@@ -388,6 +389,8 @@ class Consumer:
             return True
         if decision.action is Action.DEAD_LETTER:
             return await self.dead_letter(item, decision.error, duration_s)
+        if decision.action is Action.CANCEL:
+            return await self.cancels.drop(item, duration_s)
         await self.retry(item, decision, duration_s)
         return False
 

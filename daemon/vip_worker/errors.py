@@ -7,6 +7,8 @@ A handler classifies its failure by the exception it raises:
 - ``RetryLater``: a transient failure with an explicit delay.
 - ``DependencyUnavailable`` (a ``RetryLater``): the worker's own dependency, such
   as its job store, is down; retried, and never dead-lettered for ``max_attempts``.
+- ``JobCancelled``: the job's cancellation was asked for (``ctx.raise_if_cancelled()``):
+  the message is deleted, never retried nor dead-lettered, and the job ends ``cancelled``.
 - any other ``Exception``: transient; retried with exponential backoff until the
   queue's ``max_attempts`` is reached, then dead-lettered.
 """
@@ -67,6 +69,12 @@ class UnknownMessageType(PermanentError):
 
 class JobTimedOut(Exception):
     """The handler ran past the queue's ``max_job_time_s`` and was abandoned (transient)."""
+
+
+class JobCancelled(Exception):
+    """The job's cancellation was asked for: stop. Raised by ``ctx.raise_if_cancelled()``
+    (a handler may raise it itself), and by the daemon for a handler it stopped or
+    abandoned; its message is deleted and the job ends ``cancelled``."""
 
 
 class HookFailed(Exception):

@@ -13,6 +13,7 @@ without running). The consumer writes each transition beside its code.
 from __future__ import annotations
 
 import enum
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,7 @@ class InFlight:
     delivery: str | None = None  # this receive's token, set by a successful claim
     attempts: int | None = None  # the job's attempts after the claim
     lease_lost: bool = False  # another delivery (or a rescue) took the job since
+    cancel_requested: bool = False  # the renewal found a cancel request (cancellation.py)
     received_epoch_s: float = 0.0  # wall time of this receive (a re-sent copy records it)
 
     @classmethod
@@ -127,10 +129,27 @@ class InFlight:
 
     def log_fields(self) -> dict[str, Any]:
         env = self.envelope
+        if env is None:  # not parsed yet (a hand-back before dispatch): what the body says
+            job_id, type_ = peek_ids(self.body)
+        else:
+            job_id, type_ = env.job_id, env.type
         return {
             "message_id": self.message_id,
-            "job_id": env.job_id if env else None,
-            "type": env.type if env else None,
+            "job_id": job_id,
+            "type": type_,
             "queue": self.queue.name,
             "receive_count": self.receive_count,
         }
+
+
+def peek_ids(body: str) -> tuple[Any, Any]:
+    """(jobId, type) of a body not parsed yet, for a log line; (None, None) if unreadable."""
+    try:
+        doc = json.loads(body)
+    except (TypeError, ValueError, RecursionError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    job_id, type_ = doc.get("jobId"), doc.get("type")
+    return (job_id if isinstance(job_id, str) else None,
+            type_ if isinstance(type_, str) else None)

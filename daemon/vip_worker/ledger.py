@@ -8,6 +8,9 @@ interval (``Ledger.run``), at the heartbeat's pace (half the shortest visibility
 The job's ``attempts`` in the store, not SQS's receive count, are the attempts that
 ``outcomes.decide`` counts: a receive whose handler never started spends none.
 
+The renewal also names the held jobs with a cancel request (``on_cancel``, which
+``cancellation.py`` answers); a handler stopped for it settles the job ``cancelled``.
+
 The store is the poller context's "store" resource, reached duck-typed (the spine does
 not import ``vip_worker.store``); its calls block, so they run in a small thread pool of
 their own, never on the loop nor behind long handlers. Without a "store" resource (a
@@ -38,6 +41,7 @@ FAILED = "failed"
 # A message back from a dead-letter queue carries one of these: the consumer's reason
 # attributes (a console redrive keeps them) or ``dlq redrive``'s origin (ops/redrive.py).
 REDRIVE_MARKS = (ERROR_CLASS, "vip_redriven_from")
+CANCELLED = "cancelled"
 LEASE_INTERVALS = 3  # a lease lasts this many renewal intervals
 MIN_INTERVAL_S = 1.0
 LEDGER_THREADS = 4
@@ -79,6 +83,11 @@ class Ledger:
         # handler ended (no poller died), so the message's next claim here takes the job
         # over without counting a lost claim. Oldest first, bounded.
         self.unsettled: dict[str, str] = {}
+        # Told of each held job the renewal finds with a cancel request (cancellation.py).
+        self.on_cancel: Callable[[InFlight], None] = lambda item: None
+        # After a settle that may have ended the job: ``on_ended(job_id, payload)``
+        # records its completion callback (services/callbacks.py); set by the poller.
+        self.on_ended: Callable[[str, Any], Any] | None = None
 
     @classmethod
     def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
@@ -126,6 +135,12 @@ class Ledger:
         if outcome(claim) == CLAIMED:
             item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
             self.claimed[id(item)] = item
+        elif outcome(claim) in (EXHAUSTED, COMPLETED, CANCELLED) and self.on_ended is not None:
+            # EXHAUSTED: the claim failed the job. COMPLETED: a redelivery of a job whose
+            # poller died after the handler saved its result, maybe before its callback
+            # was recorded (recording it again is a no-op). CANCELLED: cancelled while
+            # queued, its message now received.
+            await self.on_ended(env.job_id, env.payload)
         return claim
 
     def busy_delay_s(self, claim: Any) -> float:
@@ -147,6 +162,8 @@ class Ledger:
         try:
             if decision.action is Action.ACK:
                 await self.call("complete", job_id, now, delivery=item.delivery)
+            elif decision.action is Action.CANCEL:  # processing -> cancelled
+                await self.call("cancel_held", job_id, now, delivery=item.delivery)
             elif decision.action is Action.RETRY:
                 await self.call("requeue", job_id, reason_of(decision.error), now,
                                 delivery=item.delivery, delay_s=delay_s)
@@ -158,6 +175,8 @@ class Ledger:
             log.error("job.settle_failed", extra={
                 **item.log_fields(), "action": decision.action.value, "error": str(exc)[:500]})
             return exc
+        if self.on_ended is not None and decision.action is not Action.RETRY:
+            await self.on_ended(job_id, item.envelope.payload)  # never raises
         return None
 
     async def hand_back(self, items: list[InFlight], reason: str) -> None:
@@ -209,7 +228,10 @@ class Ledger:
                                                        "error": str(exc)[:500]})
             return
         self.renewals += 1
+        cancels = getattr(still, "cancel_requested", ())  # a store without cancellation
         for item in held:
+            if item.envelope.job_id in cancels and item.envelope.job_id in still:
+                self.on_cancel(item)
             if item.envelope.job_id not in still and id(item) in self.claimed:
                 item.lease_lost = True
                 self.claimed.pop(id(item), None)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vip_worker.errors import DependencyUnavailable, PermanentError, RetryLater
+from vip_worker.errors import DependencyUnavailable, JobCancelled, PermanentError, RetryLater
 from vip_worker.inflight import InFlight
 from vip_worker.sqs.limits import MAX_ATTRIBUTES, MAX_MESSAGE_BYTES
 
@@ -34,6 +34,7 @@ class Action(enum.Enum):
     ACK = "ack"  # delete it: the handler succeeded
     RETRY = "retry"  # hide it for a delay; SQS delivers it again
     DEAD_LETTER = "dead_letter"  # copy it to the DLQ with the reason, then delete it
+    CANCEL = "cancel"  # delete it: the job was cancelled (never retried, never dead-lettered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ def decide(error: BaseException | None, attempt: int, max_attempts: int,
     the message's deliveries (``InFlight.attempt``).
 
     - no error: ack;
+    - ``JobCancelled``: cancel (delete the message; the job ends ``cancelled``);
     - ``PermanentError`` (a malformed message, an unknown type too): dead-letter;
     - any other error on the last attempt (``attempt >= max_attempts``):
       dead-letter, except ``DependencyUnavailable``: an outage of the worker's own
@@ -74,6 +76,8 @@ def decide(error: BaseException | None, attempt: int, max_attempts: int,
     """
     if error is None:
         return Decision(Action.ACK)
+    if isinstance(error, JobCancelled):
+        return Decision(Action.CANCEL, error=error)
     exhausted = attempt >= max_attempts and not isinstance(error, DependencyUnavailable)
     if isinstance(error, PermanentError) or exhausted:
         return Decision(Action.DEAD_LETTER, error=error)

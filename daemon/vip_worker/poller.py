@@ -32,6 +32,7 @@ from vip_worker.plugins import LoadedPlugins, describe_exception, load_plugins
 from vip_worker.plugins.context import PollerContext
 from vip_worker.plugins.hooks import call_hook
 from vip_worker.services import metrics
+from vip_worker.services.callbacks import Callbacks
 from vip_worker.services.lifeline import Lifeline
 from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
 from vip_worker.sqs.boto import AsyncSqs
@@ -97,6 +98,7 @@ class Poller:
         self.context: PollerContext | None = None
         self.consumer: Consumer | None = None
         self.tasks: list[asyncio.Task] = []  # heartbeat, tick, metrics, leases, lifeline
+        self.callbacks: Callbacks | None = None  # completion callbacks (start_callbacks)
         self.stopping_at = 0.0  # monotonic, when the drain began
         # Per queue: messages taken off it (succeeded, dead-lettered) in the metric lines
         # written so far; the lifeline adds the current line's (``drained``).
@@ -190,6 +192,7 @@ class Poller:
                       loop.create_task(self.report_metrics(consumer, self.sqs), name="metrics")]
         if consumer.ledger is not None:  # the job leases, at the heartbeat's pace
             self.tasks.append(loop.create_task(consumer.ledger.run(), name="leases"))
+        self.start_callbacks(consumer)
         if self.index == 0 and self.settings.lifeline_interval_s:
             # One sweeper per daemon, like the depth readings (see services/lifeline.py).
             self.tasks.append(loop.create_task(self.lifeline(consumer).run(), name="lifeline"))
@@ -203,6 +206,17 @@ class Poller:
             "concurrency": self.settings.concurrency, "sqs_transport": self.transport})
         await self.stop_event.wait()
 
+    def start_callbacks(self, consumer: Consumer) -> None:
+        """Completion callbacks (services/callbacks.py), when on and jobs are tracked:
+        the ledger records each ended job's; poller 0 sweeps for the due ones."""
+        context = self.context
+        self.callbacks = consumer.ledger and Callbacks.open(self.settings, lambda: context.store)
+        if self.callbacks:
+            consumer.ledger.on_ended = self.callbacks.record
+            if self.index == 0:
+                self.tasks.append(asyncio.get_running_loop().create_task(
+                    self.callbacks.run(), name="callbacks"))
+
     def lifeline(self, consumer: Consumer) -> Lifeline:
         """The sweep for orphaned jobs, on this poller's job store and SQS client; its
         rescues are counted in the queues' metric lines (JobsRescued)."""
@@ -214,8 +228,10 @@ class Poller:
             return self.drained_before.get(queue, 0) + counts.succeeded + counts.dead_lettered
 
         context = self.context
-        return Lifeline(self.settings, lambda: context.store, self.sqs, on_rescue=count,
-                        drained=drained, dlq_urls=consumer.dlq_urls)
+        lifeline = Lifeline(self.settings, lambda: context.store, self.sqs, on_rescue=count,
+                            drained=drained, dlq_urls=consumer.dlq_urls)
+        lifeline.on_ended = self.callbacks.record if self.callbacks else None
+        return lifeline
 
     async def drain(self) -> None:
         """Settle what is held as the stop mode says, then stop the other tasks."""
@@ -237,6 +253,8 @@ class Poller:
             await call_hook(self.loaded.manager.hook.vip_worker_poller_stop, context=self.context)
         except Exception as exc:  # noqa: BLE001 - a stop hook must not block the exit
             log.error("poller.stop_hook_failed", extra={"error": str(exc)})
+        if self.callbacks:
+            self.callbacks.close()
         self.consumer.close()
         self.context.close()
         self.sqs.close()

@@ -30,6 +30,10 @@ COLLECTIONS = {"articles": "generated_content", "images": "media"}
 REASON_ATTRIBUTE = "vip_error"
 EVIDENCE_LINES = 20
 GAVE_UP = "gave up after"
+# Reasons a job that could have completed may legitimately fail under chaos: its transient
+# failures spent max_attempts (the consumer's or the lifeline's "...; gave up after N"), or
+# its pollers were killed max_attempts times while running it (the claim's EXHAUSTED).
+SPENT = (GAVE_UP, "poller died")
 
 
 @dataclass
@@ -69,12 +73,16 @@ class Report:
     dead_lettered_not_failed: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     completed_with_dlq_copy: list[str] = field(default_factory=list)
+    # DLQ copies without the daemon's reason: moved there by SQS's redrive policy.
+    redriven_by_sqs: int = 0
     unknown_dlq_messages: int = 0
     queues_left: dict[str, int] = field(default_factory=dict)
     generation_calls: dict[str, float] = field(default_factory=dict)
     completions_per_job: dict[str, int] = field(default_factory=dict)
     faults: dict[str, Any] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
+    recovery: dict[str, Any] = field(default_factory=dict)  # after a poller's SIGKILL
+    store_writes: dict[str, float] = field(default_factory=dict)  # job documents, per job
     duration_s: float = 0.0
     evidence: dict[str, str] = field(default_factory=dict)
 
@@ -97,11 +105,13 @@ class Report:
             "dead_lettered_not_failed": len(self.dead_lettered_not_failed),
             "unexpected": len(self.unexpected),
             "completed_with_dlq_copy": len(self.completed_with_dlq_copy),
+            "redriven_by_sqs": self.redriven_by_sqs,
             "unknown_dlq_messages": self.unknown_dlq_messages,
             "queues_left": self.queues_left,
             "generation_calls_per_job": self.generation_calls,
             "completions_per_job": self.completions_per_job,
             "faults": self.faults, "events": self.events,
+            "recovery_after_kill": self.recovery, "store_writes_per_job": self.store_writes,
             "duration_s": round(self.duration_s, 1),
             "problem_jobs": self.problem_jobs,
         }
@@ -156,6 +166,7 @@ def classify(spec: JobSpec, state: JobState, report: Report) -> None:
     content_total = sum(state.content.values())
     own = state.content.get(COLLECTIONS.get(spec.type, ""), 0)
     reasoned = [d for d in state.dlq if d["attributes"].get(REASON_ATTRIBUTE)]
+    report.redriven_by_sqs += len(state.dlq) - len(reasoned)
     problem = None
     if status == "completed":
         report.completed += 1
@@ -167,13 +178,14 @@ def classify(spec: JobSpec, state: JobState, report: Report) -> None:
             report.unexpected.append(spec.job_id)
     elif status == "failed":
         report.failed += 1
-        if (doc.get("error") or "").startswith(GAVE_UP):
+        spent = any(why in (doc.get("error") or "") for why in SPENT)
+        if spent:
             report.gave_up += 1
         if not doc.get("error") or not reasoned:
             problem = "failed_without_dlq"
         elif content_total:
             problem = "duplicates"
-        if spec.expect == "completed" and not (doc.get("error") or "").startswith(GAVE_UP):
+        if spec.expect == "completed" and not spent:
             report.unexpected.append(spec.job_id)
     elif state.dlq:
         problem = "dead_lettered_not_failed"
@@ -200,7 +212,10 @@ EVENTS_COUNTED = ("poller.died", "poller.spawned", "poller.recycling", "poller.c
                   "message.dead_letter_failed", "message.delete_failed", "message.released",
                   "heartbeat.failed", "heartbeat.entry_failed", "receive.failed",
                   "job.completed", "job.already_completed", "consumer.task_crashed",
-                  "batch.failed", "queue.dlq_lookup_failed", "poller.blocked")
+                  "batch.failed", "queue.dlq_lookup_failed", "poller.blocked",
+                  "message.resent", "message.resend_failed", "job.rescued", "job.lease_lost",
+                  "job.settle_failed", "job.lease_renew_failed", "lifeline.send_failed",
+                  "lifeline.store_unavailable")
 
 
 def build_report(specs: list[JobSpec], states: dict[str, JobState],
@@ -217,6 +232,8 @@ def build_report(specs: list[JobSpec], states: dict[str, JobState],
     retried = Counter(r.get("error_class") for r in records
                       if r.get("event") == "message.retried")
     report.events.update({f"retried:{name}": n for name, n in sorted(retried.items())})
+    rescued = Counter(r.get("outcome") for r in records if r.get("event") == "job.rescued")
+    report.events.update({f"rescued:{name}": n for name, n in sorted(rescued.items())})
     completions = Counter(r["job_id"] for r in records if r.get("event") == "job.completed")
     report.completions_per_job = {
         "jobs_completed_more_than_once": sum(1 for n in completions.values() if n > 1),

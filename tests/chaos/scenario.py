@@ -27,12 +27,14 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 
 from tests.chaos.ledger import COLLECTIONS, JobSpec, JobState, Report, build_report, dlq_entry
+from tests.chaos.recovery import count_store_writes, recoveries, store_writes
 from tests.chaos.sqs_proxy import FaultPlan, SqsFaultProxy
 from tests.support.daemon import Daemon, write_config
 from tests.support.wait import wait_until
@@ -187,8 +189,14 @@ class ChaosConfig:
     concurrency: int = 4
     visibility_timeout_s: int = 4
     max_attempts: int = 6
+    # SQS's redrive at or below max_attempts, as in production: a message handed back or
+    # retried at this receive count must be re-sent (message.resent), and one whose poller
+    # dies holding it may be moved to the DLQ silently, its job left to the lifeline.
+    max_receive_count: int = 3
+    lifeline_interval_s: float = 2.0
+    lifeline_queued_after_s: float = 60.0  # the setting's minimum
     max_job_time_s: float = 30.0
-    kill_every_s: tuple[float, float] = (4.0, 8.0)
+    kill_every_s: tuple[float, float] = (2.0, 4.0)
     restarts: int = 1  # whole-daemon TERM + start, spread over the feed
     store_outages: int = 1
     store_outage_s: float = 12.0  # longer than SQLite's 10 s busy timeout
@@ -229,6 +237,7 @@ class Run:
     stop: threading.Event = field(default_factory=threading.Event)
     started_at: float = field(default_factory=time.monotonic)
     exit_code: int | None = None  # the last daemon's, after the final TERM
+    kills: list[tuple[datetime, int]] = field(default_factory=list)  # (when, poller pid)
 
     @property
     def daemon(self) -> Daemon:
@@ -256,8 +265,8 @@ def make_queues(run: Run) -> None:
         dlq = run.moto.create_queue(QueueName=f"chaos-{name}-{suffix}-dlq")["QueueUrl"]
         arn = run.moto.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
             "Attributes"]["QueueArn"]
-        # maxReceiveCount far above max_attempts: the daemon, not SQS, dead-letters.
-        policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "50"})
+        policy = json.dumps({"deadLetterTargetArn": arn,
+                             "maxReceiveCount": str(run.config.max_receive_count)})
         url = run.moto.create_queue(QueueName=f"chaos-{name}-{suffix}", Attributes={
             "VisibilityTimeout": str(run.config.visibility_timeout_s),
             "RedrivePolicy": policy})["QueueUrl"]
@@ -273,7 +282,10 @@ def write_daemon_config(run: Run) -> Path:
         run.workdir / "vip-worker.toml",
         {name: {"url": u["url"], **queue} for name, u in run.urls.items()},
         processes=c.processes, concurrency=c.concurrency, grace_period_s=5,
-        log_level="INFO", metrics_interval_s=0, respawn_backoff_max_s=2,
+        # DEBUG: message.started (with the poller's pid) times the recovery after a kill.
+        log_level="DEBUG", metrics_interval_s=0, respawn_backoff_max_s=2,
+        lifeline_interval_s=c.lifeline_interval_s,
+        lifeline_queued_after_s=c.lifeline_queued_after_s,
         plugin_dirs=[str(BUNDLED_PLUGINS)], state_dir=str(run.workdir / "state"),
         fastapi_url=run.stub.url, generation_read_timeout_s=3,
         generation_connect_timeout_s=2)
@@ -360,6 +372,7 @@ def kill_a_poller(run: Run) -> None:
     except ProcessLookupError:
         return
     run.chaos["pollers_killed"] += 1
+    run.kills.append((datetime.now(UTC), pid))
     run.note(f"SIGKILL poller {pid}")
 
 
@@ -504,12 +517,19 @@ def account(run: Run, store) -> Report:
         "chaos": dict(run.chaos),
         "store_outages_s": [round(s, 1) for _, s in run.locker.outages],
     }
-    return build_report(
+    report = build_report(
         run.specs, states, records,
         queues_left={name: depth_of(run, u["url"]) for name, u in run.urls.items()},
         generation_calls=dict(run.stub.job_calls), faults=faults,
         unknown_dlq_messages=sum(1 for e in dlq if e["job_id"] not in known),
         duration_s=time.monotonic() - run.started_at)
+    report.recovery = recoveries(run.kills, records)
+    report.store_writes = store_writes(store_path(run), [s.job_id for s in run.specs])
+    return report
+
+
+def store_path(run: Run) -> Path:
+    return run.workdir / "state" / "jobs.sqlite3"
 
 
 def depth_of(run: Run, url: str) -> int:
@@ -537,13 +557,15 @@ def run_scenario(config: ChaosConfig, workdir: Path, moto_endpoint: str) -> tupl
         run.stub.start()
         run.proxy = SqsFaultProxy(moto_endpoint, FaultPlan(config.sqs_faults, seed=seed)).start()
         run.config_path = write_daemon_config(run)
-        run.locker = StoreLocker(run.workdir / "state" / "jobs.sqlite3")
+        run.locker = StoreLocker(store_path(run))
         run.specs = make_specs(run)
         start_daemon(run)
         settings = vip_config.load(str(run.config_path), environ={
             **LOCAL_AWS_ENV, "AWS_ENDPOINT_URL_SQS": run.proxy.url})
         producer = Producer(settings, connect(settings.region, run.proxy.url))
         store = producer.store
+        store.get_job("0" * 24)  # opens the store (its tables) before the triggers
+        count_store_writes(store_path(run))
         until = time.monotonic() + config.feed_s + config.calm_after_s
         errors: list[BaseException] = []
 

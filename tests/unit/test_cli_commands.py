@@ -195,7 +195,7 @@ def test_jobs_list_with_an_unknown_status_lists_the_valid_ones(capsys):
         run(capsys, "jobs", "list", "--status", "done")
     assert exit_.value.code == 2
     assert ("argument --status: invalid status 'done' (choose from queued, processing, "
-            "completed, failed)") in capsys.readouterr().err
+            "completed, failed, cancelled)") in capsys.readouterr().err
 
 
 # -- the command table -------------------------------------------------------------------------

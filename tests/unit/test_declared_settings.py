@@ -14,6 +14,7 @@ from tests.unit.test_layout import PACKAGE, offending
 from vip_worker import config
 from vip_worker.errors import ConfigError
 from vip_worker.pipeline import settings as pipeline_settings
+from vip_worker.services import callback_settings
 from vip_worker.store import settings as store_settings
 from vip_worker.web import settings as web_settings
 
@@ -45,7 +46,8 @@ def test_the_store_and_pipeline_declarations_are_found_through_entry_points():
     # The very objects the two modules declare (Setting is unhashable: its default may be
     # a list), each once.
     assert sorted(map(id, declared)) == sorted(
-        map(id, store_settings.SETTINGS + pipeline_settings.SETTINGS + web_settings.SETTINGS))
+        map(id, store_settings.SETTINGS + pipeline_settings.SETTINGS + web_settings.SETTINGS
+            + callback_settings.SETTINGS))
     names = [s.name for s in config.worker_settings()]
     assert len(names) == len(set(names))
     assert {"fastapi_url", "mongodb_uri", "jobs_collection", "state_dir"} <= set(names)

@@ -135,3 +135,12 @@ def test_an_idle_connection_above_descriptor_1023_is_judged_by_poll_not_select()
         ours.close()
         theirs.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_message_not_parsed_yet_names_its_job_in_log_lines():
+    item = InFlight(queue=make_queue_settings("https://q/work"), message_id="m", receipt="r",
+                    body='{"jobId": "j-1", "type": "articles"}', receive_count=1,
+                    received_at=0.0, visible_until=30.0)
+    assert (item.log_fields()["job_id"], item.log_fields()["type"]) == ("j-1", "articles")
+    item.body = "not json"
+    assert item.log_fields()["job_id"] is None

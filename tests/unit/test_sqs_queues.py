@@ -90,11 +90,18 @@ def test_only_sqs_saying_so_means_the_queue_does_not_exist(exc, missing):
     assert queues.is_missing_queue(exc) is missing
 
 
+def retried(exc):
+    exc.response.setdefault("ResponseMetadata", {})["RetryAttempts"] = 2
+    return exc
+
+
 @pytest.mark.parametrize("exc,sent_nothing", [
     (client_error("AWS.SimpleQueueService.NonExistentQueue"), True),
-    (client_error("ThrottlingException"), True),  # SQS answered: it did nothing
-    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), True),
-    (botocore.exceptions.ConnectTimeoutError(endpoint_url="http://10.0.0.1"), True),
+    (client_error("ThrottlingException"), True),  # SQS answered its only attempt
+    # botocore retried: an earlier attempt may have timed out after SQS took the message.
+    (retried(client_error("InternalError")), False),
+    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), False),
+    (botocore.exceptions.ConnectTimeoutError(endpoint_url="http://10.0.0.1"), False),
     (botocore.exceptions.NoCredentialsError(), True),
     (botocore.exceptions.ReadTimeoutError(endpoint_url="http://127.0.0.1:9"), False),
     (botocore.exceptions.ConnectionClosedError(endpoint_url="http://127.0.0.1:9"), False),

@@ -73,7 +73,7 @@ def test_a_revoked_key_is_refused_without_a_restart(web_api):
 
 
 def test_a_session_token_acts_for_its_user_and_only_its_user(web_api):
-    api = web_api(web_jwt_key=SECRET)
+    api = web_api(web_jwt_key=SECRET, web_jwt_algorithms=["HS256"])
     job_id = api.post("/api/content/generate", ARTICLE, bearer(token("u1"))).json()["jobId"]
     assert api.store.get_job(job_id)["userId"] == "u1"
     assert api.get(f"/api/content/jobs/{job_id}", bearer(token("u1"))).status_code == 200
@@ -89,7 +89,7 @@ def test_a_session_token_acts_for_its_user_and_only_its_user(web_api):
     token(user=""),
 ], ids=["wrong-key", "expired", "no-exp", "no-user"])
 def test_a_bad_session_token_answers_401(web_api, bad):
-    api = web_api(web_jwt_key=SECRET)
+    api = web_api(web_jwt_key=SECRET, web_jwt_algorithms=["HS256"])
     assert api.get("/api/content/jobs", bearer(bad)).status_code == 401
 
 

@@ -22,7 +22,7 @@ def test_every_route_answers_within_its_schema(web_api, web_store):
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
     headers = api.as_user("fuzz")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 6
+    assert len(operations) == 7
 
     for operation in operations:
         @given(case=operation.as_strategy())
@@ -32,6 +32,8 @@ def test_every_route_answers_within_its_schema(web_api, web_store):
             # A cursor is opaque: no schema can tell a valid one from random base64, so a
             # generated one may rightly answer 422.
             opaque = case.query and "cursor" in case.query
+            # Nor can it say which callback hosts the SSRF rules allow (a 422 naming it).
+            opaque = opaque or (isinstance(case.body, dict) and "callbackUrl" in case.body)
             case.call_and_validate(headers=headers, timeout=10, excluded_checks=[
                 positive_data_acceptance] if opaque else [])
 

@@ -43,7 +43,7 @@ WATCH_EVERY_S = 0.1
 # The store can show "completed" before its log lines reach us: hold that line until
 # job.completed arrives (so every step before it was shown), at most this long.
 HOLD_COMPLETED_S = 2.0
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "cancelled")
 
 
 def vip_worker_command(executable: str = sys.executable, cwd: str | None = None,

@@ -1,10 +1,11 @@
-"""``vip-worker enqueue`` and ``vip-worker jobs``: the producer and the job store from a shell."""
+"""``vip-worker enqueue`` and ``vip-worker jobs`` (show, list, cancel): the producer and the
+job store from a shell."""
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from vip_worker import exitcodes
@@ -131,6 +132,8 @@ def cmd_jobs(args, settings) -> int:
                 return exitcodes.NOT_FOUND
             print(json.dumps(job, indent=2, default=str) if args.json else render(job))
             return exitcodes.OK
+        if args.jobs_command == "cancel":
+            return cancel(store, args.job_id)
         jobs = store.list_jobs(status=args.status, limit=args.limit)
         if args.json:
             print(json.dumps(jobs, indent=2, default=str))
@@ -146,6 +149,25 @@ def cmd_jobs(args, settings) -> int:
         store.close()
 
 
+def cancel(store, job_id: str) -> int:
+    """``jobs cancel ID``: the store's ``request_cancel`` (any user's job: an operator's)."""
+    from vip_worker.store import CancelOutcome
+
+    done = store.request_cancel(job_id, datetime.now(UTC))
+    if done.outcome is CancelOutcome.NOT_FOUND:
+        print(f"vip-worker: no job {job_id!r}", file=sys.stderr)
+        return exitcodes.NOT_FOUND
+    if done.outcome is CancelOutcome.REFUSED:
+        print(f"vip-worker: job {job_id!r} is {done.job['status']}: nothing to cancel",
+              file=sys.stderr)
+        return exitcodes.FAILED
+    if done.outcome is CancelOutcome.CANCELLED:
+        print(f"{job_id} cancelled")
+    else:
+        print(f"{job_id} cancel requested: its poller stops it")
+    return exitcodes.OK
+
+
 def render(job: dict[str, Any]) -> str:
     lines = [f"job       {job['_id']}", f"type      {job.get('type')}",
              f"user      {job.get('userId')}", f"status    {job['status']}",
@@ -155,6 +177,9 @@ def render(job: dict[str, Any]) -> str:
         lines.append(f"error     {job['error']}")
     for key in ("createdAt", "startedAt", "updatedAt", "completedAt"):
         lines.append(f"{key:<9} {when(job.get(key))}")
+    if job.get("cancelRequestedAt"):
+        lines.append(f"cancel    asked {when(job['cancelRequestedAt'])}, "
+                     f"done {when(job.get('cancelledAt'))}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,10 @@ content collection, and ``run_job`` does the rest, the same way for both::
     queued --claim--> processing (10 "Generating content...")
            --generate--> (80 "Saving content...") --save--> completed (100)
 
+Cancellation: ``ctx.raise_if_cancelled()`` before generating and before saving, so a
+job cancelled meanwhile stops between its steps (``JobCancelled``: the daemon deletes the
+message, the job ends ``cancelled``) and never saves a result.
+
 Failures: a ``PermanentError`` (bad request, a 4xx from the service, a reply
 that is not the expected JSON) marks the job ``failed`` with the reason before
 the core dead-letters the message. A transient one (5xx, timeout, reset) puts
@@ -70,6 +74,7 @@ def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: st
     guard = {"message_id": ctx.message_id, "delivery": ctx.delivery}
     if ctx.delivery is None and not claim_job(message, ctx):
         return
+    ctx.raise_if_cancelled()  # asked while it waited: never call the service
     ctx.progress(10, "Generating content...")
     try:
         result = generate()
@@ -85,6 +90,7 @@ def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: st
         else:
             store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now(), **guard)
         raise
+    ctx.raise_if_cancelled()  # asked during the generation call: save nothing
     ctx.progress(80, "Saving content...")
     store.save_result(message.job_id, collection, result, now())
     ctx.log.info("job.completed", extra={"collection": collection})
@@ -92,7 +98,7 @@ def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: st
 
 def claim_job(message, ctx) -> bool:
     """``run_job``'s own claim, when the daemon did not claim the job; False: the job
-    is completed already, nothing to do.
+    is completed or cancelled already, nothing to do.
 
     :raises RetryLater: another delivery holds the job.
     """
@@ -101,6 +107,9 @@ def claim_job(message, ctx) -> bool:
                             lease_s=max(ctx.time_left_s, 1.0), now=now())
     if claim.outcome is ClaimOutcome.COMPLETED:
         ctx.log.info("job.already_completed")
+        return False
+    if claim.outcome is ClaimOutcome.CANCELLED:
+        ctx.log.info("job.cancelled")
         return False
     if claim.outcome is ClaimOutcome.BUSY:
         wait_s = (claim.lease_until - now()).total_seconds() if claim.lease_until else 60.0

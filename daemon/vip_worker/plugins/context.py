@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from vip_worker.errors import JobCancelled
+
 log = logging.getLogger("vip_worker.plugins.context")
 
 # The name the job store is provided under.
@@ -145,6 +147,8 @@ class HandlerContext:
     :ivar resources: the poller's shared resources (see ``PollerContext``).
     :ivar plugin_settings: the handling plugin's ``[plugins.<name>]`` table.
     :ivar poller: the poller's context (``settings``, ``store``).
+    :ivar cancel_event: set when the job's cancellation was asked for (the daemon sets it
+        within one heartbeat interval); read it as ``cancelled`` or ``raise_if_cancelled()``.
     """
 
     message_id: str
@@ -159,6 +163,7 @@ class HandlerContext:
     poller: PollerContext
     attempt: int = 0
     delivery: str | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         if not self.attempt:
@@ -168,6 +173,20 @@ class HandlerContext:
     def is_last_attempt(self) -> bool:
         """True when a transient failure now would dead-letter the message."""
         return self.attempt >= self.max_attempts
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job's cancellation was asked for: a blocking handler stops at its
+        next step (``raise_if_cancelled``), or is abandoned after ``cancel_grace_s``."""
+        return self.cancel_event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Stop here if the job's cancellation was asked for.
+
+        :raises JobCancelled: it was; the message is deleted, the job ends ``cancelled``.
+        """
+        if self.cancel_event.is_set():
+            raise JobCancelled(f"job {self.job_id} was cancelled")
 
     @property
     def time_left_s(self) -> float:

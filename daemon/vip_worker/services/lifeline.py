@@ -134,6 +134,9 @@ class Lifeline:
         self.sqs = sqs
         self.clock = clock
         self.on_rescue = on_rescue
+        # ``on_ended(job_id, payload)``: a job this sweeper failed has ended (the poller
+        # sets it to record the job's completion callback).
+        self.on_ended: Callable[[str, Any], Any] | None = None
         self.queues = {q.name: q for q in settings.queues}
         self.by_url = {q.url: q for q in settings.queues}
         self.executor: ThreadPoolExecutor | None = None
@@ -310,6 +313,8 @@ class Lifeline:
             result.failed += 1
             if queue is not None and body is not None:
                 fields["dead_lettered"] = await self.dead_letter(job, queue, body, reason, now)
+            if self.on_ended is not None:  # its completion callback (services/callbacks.py)
+                await self.on_ended(str(job["_id"]), job.get("params"))
         log.info("job.rescued", extra=fields)
         if queue is not None and self.on_rescue is not None:
             self.on_rescue(queue.name, str(outcome))

@@ -29,12 +29,6 @@ log = logging.getLogger("vip_worker.sqs.queues")
 # ``QueryErrorCode``, and the modeled exception's name).
 NONEXISTENT_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue",
                                      "QueueDoesNotExist"})
-# Failures that happen before a request reaches SQS: nothing was done there.
-NOT_SENT_ERRORS = (botocore.exceptions.EndpointConnectionError,
-                   botocore.exceptions.ConnectTimeoutError,
-                   botocore.exceptions.NoCredentialsError)
-
-
 class DlqLookupFailed(Exception):
     """The poller could not read a queue's RedrivePolicy or find its DLQ's URL."""
 
@@ -54,9 +48,15 @@ def is_missing_queue(exc: BaseException) -> bool:
 
 def never_sent(exc: BaseException) -> bool:
     """Whether a failed call certainly did nothing at SQS (so a SendMessage sent nothing):
-    SQS answered with an error, or no connection was ever made. A read timeout or a
-    connection dropped mid-call may come after SQS acted: False."""
-    return isinstance(exc, (ClientError, *NOT_SENT_ERRORS))
+    no request could be signed, or SQS answered the call's only attempt with an error.
+    botocore retries, and raises what the LAST attempt met: an error answer or a refused
+    connection after a retry may follow an attempt that timed out after SQS had acted, so
+    those are not certain (False; a job left ``queued`` is the lifeline's to send again)."""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return True
+    if isinstance(exc, ClientError):
+        return exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) == 0
+    return False
 
 
 def redrive_target(attributes: dict[str, str]) -> tuple[str, str] | None:

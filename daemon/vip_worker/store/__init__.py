@@ -14,13 +14,16 @@ Documents look the same in both (the app's fields, camelCase):
 
 jobs (``jobs_collection``), keyed by the message's ``jobId``::
 
-    {"_id": jobId, "userId", "type", "status": queued|processing|completed|failed,
+    {"_id": jobId, "userId", "type",
+     "status": queued|processing|completed|failed|cancelled,
      "progress": 0..100, "message": "Generating content...", "attempts": int,
      "error": str|None, "createdAt", "updatedAt", "startedAt", "completedAt",
      "params": {...the request payload...}, "messageId": SQS MessageId of the claim,
      "leaseUntil": datetime of the claim's lease,
      "delivery": the claim's delivery token, "queue": the queue it came from,
-     "lostClaims": int, "rescues": int, "rescuedAt", "queuedAt"}
+     "lostClaims": int, "rescues": int, "rescuedAt", "queuedAt",
+     "cancelRequestedAt", "cancelledAt",
+     "callback": the completion callback's outbox entry (``store/outbox.py``)}
 
 - ``delivery``: an opaque token per receive of a message (the caller's, e.g. a hash of
   the receipt handle), set by each claim; it tells two deliveries of one message apart.
@@ -31,6 +34,8 @@ jobs (``jobs_collection``), keyed by the message's ``jobId``::
   ``processing`` (the poller died or froze), counted by the claim or the rescue that
   finds it so. Reset by a claim from ``failed`` (a redriven dead letter starts afresh).
 - ``rescues``, ``rescuedAt``: how many times, and when last, a sweeper re-sent the job.
+- ``cancelRequestedAt``, ``cancelledAt``: when a cancellation was asked for
+  (``request_cancel``), and when the job became ``cancelled`` (``store/cancel.py``).
 - ``queuedAt``: when the job last became ``queued``: its creation, a ``requeue`` (plus
   its retry delay: when the message is visible again), a ``release`` or a rescue. The
   app's own documents lack it; their ``createdAt`` stands in.
@@ -64,6 +69,12 @@ Delivery is at least once, so every write is idempotent:
 - ``save_result`` upserts the content keyed by jobId, then marks the job
   completed: a redelivery can never leave two content documents.
 
+Cancellation (``request_cancel``; the rules in ``store/cancel.py``): a ``queued`` job
+becomes ``cancelled`` at once; a ``processing`` one gets ``cancelRequestedAt`` and stays
+with its holder, which ``renew_leases`` tells (``LeaseRenewal.cancel_requested``) and which
+ends it with ``cancel_held``; a claim of a ``cancelled`` job, or of a requested one nobody
+holds any more, answers ``ClaimOutcome.CANCELLED`` (the message is deleted unrun).
+
 Leases and orphans (the daemon decides attempts from the store, not from SQS's
 receive count):
 
@@ -88,7 +99,7 @@ from typing import Any, Protocol
 
 from vip_worker.errors import DependencyUnavailable
 
-STATUSES = ("queued", "processing", "completed", "failed")
+STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
 
 
 class ClaimOutcome(enum.Enum):
@@ -102,6 +113,33 @@ class ClaimOutcome(enum.Enum):
     # its dead letter (a duplicate, or the failed message itself back after its DLQ send
     # or delete failed). Do not run it; dead-letter it again (or delete it).
     FAILED = "failed"
+    # The job is cancelled (now, if it had a cancel request nobody held): do not run it,
+    # delete the message.
+    CANCELLED = "cancelled"
+
+
+class CancelOutcome(enum.StrEnum):
+    """What ``request_cancel`` did."""
+
+    CANCELLED = "cancelled"  # queued -> cancelled, at once
+    REQUESTED = "requested"  # processing: marked; it ends cancelled when its holder stops
+    REFUSED = "refused"  # completed, failed or cancelled already: nothing changed
+    NOT_FOUND = "not_found"  # no such job (or, with user_id, not that user's)
+
+
+@dataclass(frozen=True)
+class Cancel:
+    outcome: CancelOutcome
+    job: dict[str, Any] | None  # the job document after the request
+
+
+class LeaseRenewal(set):
+    """``renew_leases``' answer: the job ids still held (a ``set``), and in
+    ``cancel_requested`` those of them with a cancel request (the same round trip)."""
+
+    def __init__(self, held=(), cancel_requested=()) -> None:
+        super().__init__(held)
+        self.cancel_requested = frozenset(cancel_requested)
 
 
 class RescueOutcome(enum.StrEnum):
@@ -176,7 +214,8 @@ class JobStore(Protocol):
         """Upsert ``content`` (plus jobId, userId, createdAt) keyed by jobId into
         ``collection``, then mark the job ``completed``, progress 100, lease cleared.
         ``delivery`` does not guard it: a stale delivery's result is saved (into the one
-        content document) and completes the job, idempotently."""
+        content document) and completes the job, idempotently. A ``cancelled`` job is left
+        alone, nothing saved (an abandoned handler's late result)."""
 
     def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
         """The daemon's completion of a job whose handler returned without saving a
@@ -214,7 +253,20 @@ class JobStore(Protocol):
         (job_id, delivery) pairs that is still ``processing`` under that delivery, an
         expired lease included (nobody took it), in one write per call (SQLite: per
         300 pairs, in one transaction). Returns the job ids still held: a missing one
-        was lost (settled, taken over by another delivery, or rescued)."""
+        was lost (settled, taken over by another delivery, or rescued). A
+        ``LeaseRenewal``: its ``cancel_requested`` names the held jobs with a cancel
+        request."""
+
+    def request_cancel(self, job_id: str, now: datetime, *,
+                       user_id: str | None = None) -> Cancel:
+        """Ask for the job's cancellation: ``queued`` -> ``cancelled`` (``cancelledAt``),
+        ``processing``: ``cancelRequestedAt`` = now (kept by a repeated request), the job
+        left to its holder; ``completed``, ``failed``, ``cancelled``: ``REFUSED``. With
+        ``user_id``, another user's job is ``NOT_FOUND``."""
+
+    def cancel_held(self, job_id: str, now: datetime, *, delivery: str) -> bool:
+        """The holder stopped for a cancellation: ``processing`` -> ``cancelled``, lease
+        cleared. Only while ``delivery`` holds the claim; True when it did."""
 
     def expired_leases(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` ``processing`` jobs whose ``leaseUntil`` < ``now``, the oldest
@@ -244,6 +296,25 @@ class JobStore(Protocol):
 
         :raises ValueError: ``job`` is neither ``processing`` nor ``queued``.
         """
+
+    # -- the callback outbox (store/outbox.py: the rules, the entry's fields) ------
+
+    def add_callback(self, job_id: str, url: str, now: datetime, *,
+                     first_at: datetime | None = None) -> dict[str, Any] | None:
+        """Record a terminal job's callback to ``url`` as its ``callback`` entry, due at
+        ``first_at`` (default ``now``); None when the job has not ended or already has an
+        entry for its status."""
+
+    def due_callbacks(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` jobs whose pending callback is due, the earliest first."""
+
+    def hold_callback(self, job_id: str, seen_next_at: datetime, until: datetime) -> bool:
+        """Take a due entry for one attempt: a compare-and-set of ``nextAt``."""
+
+    def callback_attempted(self, job_id: str, callback_id: str, ok: bool,
+                           next_at: datetime | None, error: str | None,
+                           now: datetime) -> bool:
+        """Record one attempt: delivered (``ok``), due again at ``next_at``, or given up."""
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         """Every content document of the job in ``collection`` (tests check it is one)."""

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vip_worker.store import ClaimOutcome, RescueOutcome
+from vip_worker.store.cancel import cancelled_changes
 
 QUEUED_MESSAGE = "Queued"
 PROCESSING_MESSAGE = "Processing"
@@ -23,7 +24,7 @@ COMPLETED_MESSAGE = "Completed"
 RESCUE_DELIVERY = "lifeline"
 # The fields a claim decision reads: a concurrent change to any of them voids it.
 CLAIM_PINNED = ("status", "leaseUntil", "delivery", "messageId", "attempts", "lostClaims",
-                "startedAt")
+                "startedAt", "cancelRequestedAt")
 # The state a sweeper saw: a rescue wins only while all of it is unchanged.
 RESCUE_PINNED = ("status", "leaseUntil", "queuedAt", "delivery", "attempts")
 
@@ -68,6 +69,8 @@ def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | Non
     status = job.get("status")
     if status == "completed":
         return Decision(ClaimOutcome.COMPLETED, None)
+    if status == "cancelled":
+        return Decision(ClaimOutcome.CANCELLED, None)
     if status == "processing" and delivery is not None and job.get("delivery") == delivery:
         # The same delivery again (a claim call retried after an outage): idempotent.
         return Decision(ClaimOutcome.CLAIMED, {"leaseUntil": lease_until, "updatedAt": now})
@@ -98,6 +101,9 @@ def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | Non
         return Decision(ClaimOutcome.BUSY, None)
     elif status not in ("queued", "processing"):  # a status the app invented: not ours
         return Decision(ClaimOutcome.BUSY, None)
+    if job.get("cancelRequestedAt") is not None:
+        # queued | failed | processing (nobody holds it) -> cancelled: asked while held
+        return Decision(ClaimOutcome.CANCELLED, cancelled_changes(job, now))
     if max_attempts is not None and lost >= max_attempts:
         # queued | processing -> failed: a message that kills its poller every time ends
         error = exhausted_error(lost)

@@ -49,13 +49,18 @@ from pymongo.errors import (
 
 from vip_worker.store import (
     STATUSES,
+    Cancel,
+    CancelOutcome,
     Claim,
     ClaimOutcome,
+    LeaseRenewal,
     RescueOutcome,
     StoreUnavailable,
     ledger,
 )
+from vip_worker.store.cancel import CANCEL_PINNED, cancelled_changes, decide_cancel
 from vip_worker.store.ledger import new_job, utc
+from vip_worker.store.outbox import MongoOutbox
 
 DEFAULT_DATABASE = "vipcontent"
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -116,7 +121,7 @@ def is_transient(exc: PyMongoError) -> bool:
         exc.has_error_label(label) for label in TRANSIENT_LABELS)
 
 
-class MongoStore:
+class MongoStore(MongoOutbox):
     """``JobStore`` on MongoDB; see the module docstring for keys and concurrency.
 
     :param uri: the connection string; unused when ``client`` is given, except for
@@ -190,6 +195,7 @@ class MongoStore:
                 self._jobs.create_index([("userId", pymongo.ASCENDING),
                                          ("createdAt", pymongo.DESCENDING),
                                          ("_id", pymongo.DESCENDING)])
+                self._index_callbacks()
             except OperationFailure as exc:
                 if is_transient(exc):
                     raise
@@ -296,7 +302,9 @@ class MongoStore:
         key = to_key(job_id)
         with self._errors():
             target = self._content(collection)
-            job = self._jobs.find_one({"_id": key}, {"userId": 1})
+            job = self._jobs.find_one({"_id": key}, {"userId": 1, "status": 1})
+            if job is not None and job.get("status") == "cancelled":
+                return  # an abandoned handler's late result: the job stays cancelled
             fields = {k: v for k, v in content.items() if k not in ("_id", "createdAt")}
             fields["jobId"] = key
             fields["userId"] = job["userId"] if job and "userId" in job else content.get("userId")
@@ -308,7 +316,8 @@ class MongoStore:
                 # document and updates it (MongoDB's advice for upserts on a unique key).
                 target.update_one({"jobId": key}, upsert, upsert=True)
             # processing -> completed
-            self._jobs.update_one({"_id": key}, {"$set": ledger.completed_changes(now)})
+            self._jobs.update_one({"_id": key, "status": {"$ne": "cancelled"}},
+                                  {"$set": ledger.completed_changes(now)})
 
     def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
         query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}
@@ -360,7 +369,7 @@ class MongoStore:
     def renew_leases(self, held: Sequence[tuple[str, str]], lease_until: datetime,
                      now: datetime) -> set[str]:
         if not held:
-            return set()
+            return LeaseRenewal()
         pairs = [(to_key(job_id), delivery) for job_id, delivery in held]
         # `_id: $in` lets the server walk the _id index; the $or pairs each id with its
         # delivery. One update_many: no read-modify-write per job.
@@ -369,7 +378,35 @@ class MongoStore:
         with self._errors():
             self._jobs.update_many(query, {"$set": {"leaseUntil": utc(lease_until),
                                                     "updatedAt": utc(now)}})
-            return {str(doc["_id"]) for doc in self._jobs.find(query, {"_id": 1})}
+            docs = list(self._jobs.find(query, {"_id": 1, "cancelRequestedAt": 1}))
+        return LeaseRenewal((str(d["_id"]) for d in docs),
+                            (str(d["_id"]) for d in docs if d.get("cancelRequestedAt")))
+
+    def request_cancel(self, job_id: str, now: datetime, *,
+                       user_id: str | None = None) -> Cancel:
+        now, key = utc(now), to_key(job_id)
+        with self._errors():
+            for _ in range(CLAIM_ROUNDS):
+                job = shown(self._jobs.find_one({"_id": key}))
+                outcome, changes = decide_cancel(job, now, user_id)
+                if changes is None:
+                    return Cancel(outcome, job)
+                # A compare-and-set on what the decision read (a claim may race it).
+                done = self._jobs.find_one_and_update(
+                    pinned(key, job, CANCEL_PINNED), {"$set": changes},
+                    return_document=pymongo.ReturnDocument.AFTER)
+                if done is not None:
+                    return Cancel(outcome, shown(done))
+        return Cancel(CancelOutcome.REFUSED, job)  # it kept changing under us
+
+    def cancel_held(self, job_id: str, now: datetime, *, delivery: str) -> bool:
+        query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}
+        with self._errors():  # processing -> cancelled, only for the holder
+            job = self._jobs.find_one(query, {"cancelRequestedAt": 1})
+            if job is None:
+                return False
+            changes = cancelled_changes(aware(job), utc(now))
+            return bool(self._jobs.update_one(query, {"$set": changes}).matched_count)
 
     def expired_leases(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         # {$lt: now} never matches a null or missing lease: a lease-less job is not ours.

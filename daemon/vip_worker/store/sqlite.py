@@ -44,8 +44,19 @@ from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-from vip_worker.store import STATUSES, Claim, ClaimOutcome, RescueOutcome, StoreUnavailable, ledger
+from vip_worker.store import (
+    STATUSES,
+    Cancel,
+    Claim,
+    ClaimOutcome,
+    LeaseRenewal,
+    RescueOutcome,
+    StoreUnavailable,
+    ledger,
+)
+from vip_worker.store.cancel import cancelled_changes, decide_cancel
 from vip_worker.store.ledger import new_job, utc
+from vip_worker.store.outbox import SqliteOutbox
 from vip_worker.store.sqlite_schema import (
     check_version,
     create_content_table,
@@ -73,7 +84,7 @@ def check_name(name: str) -> str:
 MEMORY = ":memory:"
 
 
-class SqliteStore:
+class SqliteStore(SqliteOutbox):
     """``JobStore`` on one SQLite file; see the module docstring for concurrency."""
 
     def __init__(self, path: str | os.PathLike[str], jobs_collection: str = "jobs",
@@ -278,6 +289,8 @@ class SqliteStore:
             if table not in self.collections:
                 create_content_table(conn, table)
             job = self._load_job(conn, job_id)
+            if job is not None and job.get("status") == "cancelled":
+                return  # an abandoned handler's late result: the job stays cancelled
             row = conn.execute(f'SELECT doc FROM "{table}" WHERE job_id = ?',
                                (job_id,)).fetchone()
             # A redelivery updates the one document (MongoDB's $set / $setOnInsert).
@@ -350,8 +363,9 @@ class SqliteStore:
                      now: datetime) -> set[str]:
         lease, updated = (json.dumps({"$date": iso(t)}) for t in (lease_until, now))
         still: set[str] = set()
+        cancels: set[str] = set()
         if not held:
-            return still
+            return LeaseRenewal()
         with self._write() as conn:  # every chunk in one transaction
             for start in range(0, len(held), RENEW_CHUNK):
                 chunk = held[start:start + RENEW_CHUNK]
@@ -364,9 +378,33 @@ class SqliteStore:
                 conn.execute(f'UPDATE "{self.jobs}" SET doc = json_set(doc, '
                              f"'$.leaseUntil', json(?), '$.updatedAt', json(?)) {where}",
                              (lease, updated, *args))
-                still.update(row[0] for row in conn.execute(
-                    f'SELECT id FROM "{self.jobs}" {where}', args))
-        return still
+                for job_id, requested in conn.execute(
+                        f"SELECT id, json_extract(doc, '$.cancelRequestedAt') "
+                        f'FROM "{self.jobs}" {where}', args):
+                    still.add(job_id)
+                    if requested is not None:
+                        cancels.add(job_id)
+        return LeaseRenewal(still, cancels)
+
+    def request_cancel(self, job_id: str, now: datetime, *,
+                       user_id: str | None = None) -> Cancel:
+        now = utc(now)
+        with self._write() as conn:
+            job = self._load_job(conn, job_id)
+            outcome, changes = decide_cancel(job, now, user_id)
+            if changes is not None:
+                job.update(changes)  # the transition is commented in decide_cancel
+                self._save_job(conn, job)
+            return Cancel(outcome, job)
+
+    def cancel_held(self, job_id: str, now: datetime, *, delivery: str) -> bool:
+        with self._write() as conn:
+            job = self._load_job(conn, job_id)
+            if job is None or not ledger.holds(job, delivery):
+                return False
+            job.update(cancelled_changes(job, utc(now)))  # processing -> cancelled
+            self._save_job(conn, job)
+            return True
 
     def expired_leases(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         return self._select("WHERE status = 'processing' AND lease_until < ? "

@@ -6,7 +6,8 @@ document as JSON), plus the columns the ledger's queries need, GENERATED from ``
 
 - ``lease_until``: ``doc.leaseUntil`` (ISO 8601 text, NULL when none);
 - ``delivery``: ``doc.delivery``;
-- ``queued_at``: ``doc.queuedAt``, else ``created_at`` (rows written before it existed).
+- ``queued_at``: ``doc.queuedAt``, else ``created_at`` (rows written before it existed);
+- ``callback_at``: ``doc.callback.nextAt``, a pending callback's next attempt (``outbox``).
 
 Generated rather than written beside ``doc``, so the two cannot drift apart: not even
 when a poller still running the previous version rewrites ``doc`` during an upgrade.
@@ -34,6 +35,7 @@ GENERATED_COLUMNS = (
     ("lease_until", """json_extract(doc, '$.leaseUntil."$date"')"""),
     ("delivery", "json_extract(doc, '$.delivery')"),
     ("queued_at", """COALESCE(json_extract(doc, '$.queuedAt."$date"'), created_at)"""),
+    ("callback_at", """json_extract(doc, '$.callback.nextAt."$date"')"""),
 )
 
 
@@ -74,6 +76,7 @@ def job_indexes(table: str) -> dict[str, str]:
         f"{table}_created": "created_at",  # list_jobs
         f"{table}_status_lease": "status, lease_until",  # expired_leases
         f"{table}_status_queued": "status, queued_at",  # stale_queued
+        f"{table}_callback_at": "callback_at",  # due_callbacks (store/outbox.py)
     }
 
 

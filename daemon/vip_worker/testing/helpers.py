@@ -68,13 +68,19 @@ class Outcome:
         return self.kind == "dead_lettered"
 
     @property
+    def cancelled(self) -> bool:
+        """The handler raised ``JobCancelled``: the message deleted, the job cancelled."""
+        return self.kind == "cancelled"
+
+    @property
     def reason(self) -> str:
         """The reason the daemon would record (``ErrorClass: text``), or ''."""
         return reason_of(self.error) if self.error is not None else ""
 
 
 # How the daemon's decision reads in an Outcome.
-KINDS = {Action.ACK: "succeeded", Action.RETRY: "retried", Action.DEAD_LETTER: "dead_lettered"}
+KINDS = {Action.ACK: "succeeded", Action.RETRY: "retried", Action.DEAD_LETTER: "dead_lettered",
+         Action.CANCEL: "cancelled"}
 
 
 class _RecordingStore:

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from vip_worker.errors import DependencyUnavailable
-from vip_worker.store import STATUSES
+from vip_worker.store import STATUSES, CancelOutcome
 from vip_worker.web import events, models
 from vip_worker.web.auth import Authenticator, Caller
 from vip_worker.web.keys import KeyRing, keys_path
@@ -52,15 +52,20 @@ def idempotent_job_id(user_id: str, key: str) -> str:
 
 
 def encode_cursor(job: dict[str, Any]) -> str:
-    raw = json.dumps([job["createdAt"].isoformat(), str(job["_id"])]).encode()
+    created = job.get("createdAt") or datetime.fromtimestamp(0, UTC)
+    raw = json.dumps([created.isoformat(), str(job["_id"])]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(text: str) -> tuple[datetime, str]:
     try:
         stamp, job_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        return datetime.fromisoformat(stamp), str(job_id)
-    except (ValueError, TypeError, binascii.Error):
+        when = datetime.fromisoformat(stamp)
+        if when.tzinfo is None:
+            raise ValueError("a cursor's time has its zone")
+        when.astimezone(UTC)  # OverflowError at the edges of datetime's range
+        return when, str(job_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise HTTPException(422, [{"loc": ["query", "cursor"], "type": "value_error",
                                    "msg": "not a cursor this API returned"}]) from None
 
@@ -75,12 +80,26 @@ def job_view(job: dict[str, Any], settings) -> dict[str, Any]:
         result = {"collection": collection, "jobId": job_id}
     base = f"/api/content/jobs/{job_id}"
     fields = ("type", "status", "message", "error", "createdAt", "updatedAt",
-              "startedAt", "completedAt")
+              "startedAt", "completedAt", "cancelRequestedAt", "cancelledAt")
     view = {name: job.get(name) for name in fields}
     view.update(jobId=job_id, progress=int(job.get("progress") or 0),
                 attempts=int(job.get("attempts") or 0), result=result,
-                links={"self": base, "events": f"{base}/events"})
+                links={"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"})
     return view
+
+
+def check_callback_url(url: str | None, settings) -> None:
+    """422 naming ``callbackUrl`` when the callback rules refuse it (its host is
+    resolved and checked again before every attempt)."""
+    from vip_worker.services.callbacks import AllowList, Refused
+
+    if url is None:
+        return
+    try:
+        AllowList(settings.callback_allowed_hosts).check(url)
+    except Refused as exc:
+        raise HTTPException(422, [{"loc": ["body", "callbackUrl"], "type": "value_error",
+                                   "msg": str(exc)}]) from exc
 
 
 def acting_user(caller: Caller) -> str:
@@ -106,6 +125,7 @@ class Jobs:
     async def create(self, kind: str, payload: dict[str, Any], caller: Caller,
                      idempotency_key: str | None) -> JSONResponse:
         user = acting_user(caller)
+        check_callback_url(payload.get("callbackUrl"), self.settings)
         job_id = None
         if idempotency_key is not None:
             job_id = idempotent_job_id(user, idempotency_key)
@@ -113,14 +133,29 @@ class Jobs:
             if first is not None:
                 if first.get("params") != payload or first.get("type") != kind:
                     raise HTTPException(409, "Idempotency-Key reused with another request")
+                if first.get("status") == "failed" and not first.get("attempts"):
+                    # Its message never reached the queue (the first answer was a 503):
+                    # saying "queued" now would be a job that never runs.
+                    raise HTTPException(
+                        503, f"the first request with this Idempotency-Key could not be "
+                             f"queued ({first.get('error')}); send it again with a new key",
+                        headers={"Retry-After": "5"})
                 return queued(job_id)
         wait_s = self.limiter.take(user)
         if wait_s:
             raise HTTPException(429, "too many jobs created; retry later",
                                 headers={"Retry-After": retry_after(wait_s)})
         if self.producer.is_sqs_configured(kind):
-            job_id = await self.call(self.producer.enqueue, kind, payload, user_id=user,
-                                     job_id=job_id)
+            from vip_worker.pipeline.producer import SendFailed
+
+            try:
+                job_id = await self.call(self.producer.enqueue, kind, payload, user_id=user,
+                                         job_id=job_id)
+            except SendFailed as exc:  # its job is failed with the reason, or still queued
+                log.error("web.send_failed", extra={"job_id": exc.job_id, "type": kind,
+                                                    "error": str(exc)[:300]})
+                raise HTTPException(503, f"the job could not be queued: {exc}",
+                                    headers={"Retry-After": "5"}) from None
         else:
             job_id = await self.start_inline(kind, payload, user, job_id)
         log.info("web.job_created", extra={"job_id": job_id, "type": kind, "user_id": user})
@@ -160,6 +195,21 @@ class Jobs:
         if job is None or not caller.sees(job):
             raise HTTPException(404, "no such job")
         return job
+
+    async def cancel(self, job_id: str, caller: Caller) -> JSONResponse:
+        """Ask for the job's cancellation: 200 and the job when it is ``cancelled`` now
+        (it was queued), 202 when its poller ends it (running); 409 when it has ended."""
+        await self.owned(job_id, caller)  # another user's job: 404
+        done = await self.call(self.store.request_cancel, job_id, datetime.now(UTC))
+        if done.outcome is CancelOutcome.NOT_FOUND:
+            raise HTTPException(404, "no such job")
+        if done.outcome is CancelOutcome.REFUSED:
+            raise HTTPException(409, f"the job is {done.job.get('status')}: nothing to cancel")
+        log.info("web.job_cancel_requested", extra={
+            "job_id": job_id, "user_id": caller.user_id, "outcome": done.outcome.value})
+        code = 200 if done.outcome is CancelOutcome.CANCELLED else 202
+        return JSONResponse(models.Job(**job_view(done.job, self.settings)).model_dump(
+            mode="json"), status_code=code)
 
     def close(self) -> None:
         self.inline.shutdown(wait=True)
@@ -230,6 +280,15 @@ def create_app(settings, producer=None) -> FastAPI:
              description="One job: status, progress, error, times, result. " + AUTH)
     async def get_job(caller: Who, jobId: str = JOB_ID):  # noqa: N803 (the app's name)
         return job_view(await jobs.owned(jobId, caller), settings)
+
+    @app.post("/api/content/jobs/{jobId}/cancel", status_code=202, response_model=models.Job,
+              responses={**ERRORS, 200: {"model": models.Job}, 409: {"model": models.Error},
+                         503: {"model": models.Error}},
+              description="Cancel a job: a queued one at once (200), a running one when its "
+                          "poller stops it (202, within one heartbeat interval); 409 once "
+                          "it has ended. " + AUTH)
+    async def cancel_job(caller: Who, jobId: str = JOB_ID):  # noqa: N803
+        return await jobs.cancel(jobId, caller)
 
     @app.get("/api/content/jobs/{jobId}/events", responses=ERRORS,
              response_class=StreamingResponse,

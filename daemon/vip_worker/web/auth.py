@@ -53,13 +53,35 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers=BEARER)
 
 
+def check_jwt(settings) -> str | None:
+    """Why the session-token settings cannot be used safely; None when they can."""
+    algorithms = list(settings.web_jwt_algorithms)
+    hmac_algs = [a for a in algorithms if a.upper().startswith("HS")]
+    key = settings.web_jwt_key
+    if key and key.lstrip().startswith("-----BEGIN"):
+        if hmac_algs:
+            return (f"web_jwt_algorithms: {', '.join(hmac_algs)} with a PEM key in "
+                    "web_jwt_key would let anyone holding that (public) key sign tokens")
+    elif key and hmac_algs != algorithms:
+        return ("web_jwt_key is not a PEM key, so it is a shared secret: set "
+                "web_jwt_algorithms to HMAC algorithms only (e.g. [\"HS256\"]), or give "
+                "the public key in PEM form")
+    if settings.web_jwt_jwks_url:
+        if hmac_algs:
+            return "web_jwt_algorithms: a JWKS URL serves public keys; HMAC algorithms refused"
+        if not settings.web_jwt_audience:
+            return ("web_jwt_audience is required with web_jwt_jwks_url: an identity "
+                    "provider's keys also sign tokens meant for other applications")
+    return None
+
+
 class Authenticator:
     def __init__(self, settings, keyring: KeyRing) -> None:
         self.keyring = keyring
         self.jwt_key = settings.web_jwt_key
+        # As configured, never guessed from the key's form: a public key taken for an
+        # HMAC secret would let anyone who has it sign tokens (check_jwt refuses that).
         self.algorithms = list(settings.web_jwt_algorithms)
-        if self.jwt_key and not self.jwt_key.lstrip().startswith("-----BEGIN"):
-            self.algorithms = ["HS256"]  # a shared secret, not a PEM key
         self.jwks = (jwt.PyJWKClient(settings.web_jwt_jwks_url, cache_keys=True)
                      if settings.web_jwt_jwks_url else None)
         self.audience = settings.web_jwt_audience or None
@@ -118,7 +140,7 @@ class Authenticator:
                 key = self.jwt_key
             claims = jwt.decode(token, key, algorithms=self.algorithms, audience=self.audience,
                                 issuer=self.issuer,
-                                options={"require": ["exp"], "verify_aud": bool(self.audience)})
+                                options={"require": ["exp"]})
         except (jwt.PyJWTError, ValueError) as exc:
             raise unauthorized(f"invalid session token: {exc}") from None
         user = claims.get(self.user_claim)

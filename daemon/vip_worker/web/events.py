@@ -8,7 +8,7 @@ instead of poll: a later option (docs/api.md).
 Events::
 
     event: job        data: the job (models.Job), on each status/progress/message change
-    event: end        data: the job, once it is completed or failed; the stream closes
+    event: end        data: the job, once it is completed, failed or cancelled; the stream closes
     : keepalive       a comment every KEEPALIVE_S, so proxies keep the connection open
 """
 
@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "cancelled")
 KEEPALIVE_S = 15.0
 
 

@@ -20,6 +20,10 @@ Short = Field(default=None, max_length=100)
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Where the job's end is POSTed (docs/api.md, "Completion callbacks"); checked by
+    # the route against the callback rules (422 naming this field).
+    callbackUrl: str | None = Field(default=None, max_length=2000)  # noqa: N815
+
 
 class ArticleFields(Request):
     topic: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
@@ -67,6 +71,7 @@ class ResultLocation(BaseModel):
 class JobLinks(BaseModel):
     self: str
     events: str
+    cancel: str | None = None
 
 
 class Job(BaseModel):
@@ -81,6 +86,8 @@ class Job(BaseModel):
     updatedAt: datetime | None = None  # noqa: N815
     startedAt: datetime | None = None  # noqa: N815
     completedAt: datetime | None = None  # noqa: N815
+    cancelRequestedAt: datetime | None = None  # noqa: N815
+    cancelledAt: datetime | None = None  # noqa: N815
     result: ResultLocation | None = None
     links: JobLinks
 

@@ -62,7 +62,9 @@ def cmd_web(args, settings) -> int:
                if v is not None}
     if changes:
         settings = settings.with_values(**changes)
-    refused = check_bind(settings)
+    from vip_worker.web.auth import check_jwt
+
+    refused = check_bind(settings) or check_jwt(settings)
     if refused:
         print(f"vip-worker: configuration error: {refused}", file=sys.stderr)
         return exitcodes.CONFIG
