@@ -125,13 +125,7 @@ def dead_letter_attributes(item: InFlight, error: BaseException,
         SOURCE_QUEUE: string_attr(item.queue.name),
         ERROR_TEXT: string_attr(reason),
     }
-    kept = {}
-    for name, value in item.attributes.items():
-        if name in ours or len(kept) + len(ours) >= MAX_ATTRIBUTES:
-            continue
-        clean = {k: value[k] for k in ("DataType", "StringValue", "BinaryValue") if k in value}
-        if "DataType" in clean:
-            kept[name] = clean
+    kept = carried_attributes(item, ours)
     budget = max_bytes - len(item.body.encode("utf-8", "surrogatepass"))
     if attributes_size(kept) + attributes_size(ours) <= budget:
         return {**kept, **ours}
@@ -160,3 +154,17 @@ def attributes_size(attributes: dict[str, dict[str, Any]]) -> int:
 
 def string_attr(text: str) -> dict[str, str]:
     return {"DataType": "String", "StringValue": text or "-"}
+
+
+def carried_attributes(item: InFlight, ours: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The message's own attributes a copy of it carries (a dead letter, a re-sent copy):
+    as many as fit beside ``ours`` under SQS's limit, those named in ``ours`` left out,
+    each reduced to the fields SendMessage takes."""
+    kept: dict[str, dict[str, Any]] = {}
+    for name, value in item.attributes.items():
+        if name in ours or len(kept) + len(ours) >= MAX_ATTRIBUTES:
+            continue
+        clean = {k: value[k] for k in ("DataType", "StringValue", "BinaryValue") if k in value}
+        if "DataType" in clean:
+            kept[name] = clean
+    return kept

@@ -24,8 +24,8 @@ import uuid
 from typing import Any
 
 from vip_worker.inflight import PRIOR_ATTEMPTS, InFlight
+from vip_worker.outcomes import carried_attributes
 from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
-from vip_worker.sqs.limits import MAX_ATTRIBUTES
 
 log = logging.getLogger("vip_worker.resend")
 FIRST_RECEIVE = "vip_first_receive"
@@ -45,14 +45,7 @@ def copy_attributes(item: InFlight) -> dict[str, dict[str, Any]]:
         first = str(int((item.received_epoch_s or time.time()) * 1000))
     ours = {PRIOR_ATTEMPTS: {"DataType": "Number", "StringValue": str(item.attempt)},
             FIRST_RECEIVE: {"DataType": "Number", "StringValue": first}}
-    kept: dict[str, dict[str, Any]] = {}
-    for name, value in item.attributes.items():
-        if name in ours or len(kept) + len(ours) >= MAX_ATTRIBUTES:
-            continue
-        clean = {k: value[k] for k in ("DataType", "StringValue", "BinaryValue") if k in value}
-        if "DataType" in clean:
-            kept[name] = clean
-    return {**kept, **ours}
+    return {**carried_attributes(item, ours), **ours}
 
 
 class Resender:

@@ -189,8 +189,13 @@ def rescue_changes(job: Mapping[str, Any], now: datetime, *, resend: bool, reaso
 
 
 def rescuable(job: Mapping[str, Any], now: datetime) -> bool:
-    """A state a sweeper may rescue: ``processing`` under an expired lease, or ``queued``."""
+    """A state a sweeper may rescue: ``processing`` under an expired lease, or ``queued``.
+
+    :raises ValueError: the job is in neither status (a sweeper never asks for that).
+    """
     status = job.get("status")
+    if status not in ("processing", "queued"):
+        raise ValueError(f"cannot rescue a {status} job")
     if status == "queued":
         return True
     lease = job.get("leaseUntil")

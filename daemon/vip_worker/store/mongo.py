@@ -427,8 +427,6 @@ class MongoStore(MongoOutbox):
     def rescue(self, job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,
                max_attempts: int, hold_s: float = 0) -> RescueOutcome | None:
         now = utc(now)
-        if job.get("status") not in ("processing", "queued"):
-            raise ValueError(f"cannot rescue a {job.get('status')} job")
         if not ledger.rescuable(job, now):
             return None
         outcome, changes = ledger.rescue_changes(job, now, resend=resend, reason=reason,

@@ -418,8 +418,6 @@ class SqliteStore(SqliteOutbox):
     def rescue(self, job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,
                max_attempts: int, hold_s: float = 0) -> RescueOutcome | None:
         now = utc(now)
-        if job.get("status") not in ("processing", "queued"):
-            raise ValueError(f"cannot rescue a {job.get('status')} job")
         if not ledger.rescuable(job, now):
             return None
         with self._write() as conn:
