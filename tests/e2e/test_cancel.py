@@ -23,16 +23,6 @@ VISIBILITY_S = 2  # the ledger renews (and learns of cancel requests) every seco
 
 
 @pytest.fixture
-def generation():
-    from vip_worker.dev.stubservice import StubGenerationService
-
-    service = StubGenerationService()
-    service.start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture
 def served(tmp_path, make_queue, start_daemon):
     """``served(**settings)`` -> (daemon, queue urls, store, state dir): one poller on one
     queue whose visibility timeout makes the renewal interval 1 s."""

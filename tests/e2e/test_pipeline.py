@@ -20,16 +20,6 @@ PLUGINS = os.path.join(os.path.dirname(TEST_PLUGINS), "..", "..", "plugins")
 
 
 @pytest.fixture
-def generation():
-    from vip_worker.dev.stubservice import StubGenerationService
-
-    service = StubGenerationService()
-    service.start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture
 def pipeline(tmp_path, sqs, make_queue, start_daemon, generation):
     """Start the daemon with the bundled plugins on an articles and an images queue."""
     state = tmp_path / "state"

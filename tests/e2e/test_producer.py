@@ -20,14 +20,6 @@ pytestmark = pytest.mark.e2e
 PROJECT_PLUGINS = os.path.join(os.path.dirname(__file__), "..", "..", "plugins")
 
 
-@pytest.fixture
-def generation():
-    from vip_worker.dev.stubservice import StubGenerationService
-
-    with StubGenerationService() as service:
-        yield service
-
-
 def settings(tmp_path, **env):
     return config.load(environ={"VIP_WORKER_STATE_DIR": str(tmp_path / "state"), **env},
                        require_queues=False)

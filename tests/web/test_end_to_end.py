@@ -20,16 +20,6 @@ USER = {"X-User-Id": "507f1f77bcf86cd799439012"}  # open access: loopback, no ke
 
 
 @pytest.fixture
-def generation():
-    from vip_worker.dev.stubservice import StubGenerationService
-
-    service = StubGenerationService()
-    service.start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture
 def serve(tmp_path):
     started: list[WebServer] = []
 
