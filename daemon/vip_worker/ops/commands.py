@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from vip_worker import exitcodes, statusfile
+from vip_worker.ops.dlq import describe_error
 from vip_worker.outcomes import ERROR_TEXT
 from vip_worker.store.factory import runtime_dir
 
@@ -30,12 +31,6 @@ NO_DLQ_WARNING = ("queue {queue} has no DLQ (no dlq_url, no RedrivePolicy): a me
 
 def fail(text: str) -> None:
     print(f"vip-worker: {text}", file=sys.stderr)
-
-
-def describe_error(exc: BaseException) -> str:
-    from vip_worker.sqs.api import error_code
-
-    return f"{error_code(exc)}: {str(exc)[:300]}"
 
 
 def client_for(settings):

@@ -100,3 +100,10 @@ def summary(message: dict[str, Any]) -> dict[str, Any]:
         "body_chars": len(message.get("Body", "")),
         "body_is_json": body is not None,
     }
+
+
+def describe_error(exc: BaseException) -> str:
+    """An SQS failure in one line for a command's error message: its code and text."""
+    from vip_worker.sqs.api import error_code
+
+    return f"{error_code(exc)}: {str(exc)[:300]}"

@@ -78,7 +78,7 @@ def refusal(exc) -> str:
 
 
 def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
-    from vip_worker.ops.commands import describe_error
+    from vip_worker.ops.dlq import describe_error
     from vip_worker.ops.journal import Journal, JournalBusy
     from vip_worker.sqs.api import TRANSPORT_ERRORS, error_code
     from vip_worker.sqs.queues import queue_name
@@ -116,7 +116,7 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
 def manual_move(args, client, journal, dlq_url: str, target_of) -> int:
     """Plan, move, report; the journal is finished only when nothing is left to do."""
     from vip_worker.ops import redrive
-    from vip_worker.ops.commands import describe_error
+    from vip_worker.ops.dlq import describe_error
     from vip_worker.sqs.api import TRANSPORT_ERRORS
     from vip_worker.sqs.queues import queue_name
 

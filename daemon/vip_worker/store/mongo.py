@@ -29,10 +29,9 @@ its filter and update written out beside the rule it applies.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -60,11 +59,11 @@ from vip_worker.store import (
 )
 from vip_worker.store.cancel import CANCEL_PINNED, cancelled_changes, decide_cancel
 from vip_worker.store.ledger import new_job, utc
+from vip_worker.store.mongo_codec import OBJECT_ID_RE, aware, shown, to_key
 from vip_worker.store.outbox import MongoOutbox
 
 DEFAULT_DATABASE = "vipcontent"
 SERVER_SELECTION_TIMEOUT_MS = 5000
-OBJECT_ID_RE = re.compile(r"^[0-9a-f]{24}$")
 # ConnectionFailure covers AutoReconnect, NetworkTimeout, NotPrimaryError and
 # ServerSelectionTimeoutError: the server is unreachable or changing primaries.
 TRANSIENT_ERRORS = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
@@ -74,34 +73,6 @@ TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError")
 CLAIM_ROUNDS = 5
 # Indexes of the jobs collection, each (status, <field>): the orphan queries'.
 JOB_INDEXES = ("leaseUntil", "queuedAt")
-
-
-def to_key(job_id: str) -> ObjectId | str:
-    """The stored form of a jobId: an ObjectId when it is one, else the string."""
-    return ObjectId(job_id) if OBJECT_ID_RE.match(job_id) else job_id
-
-
-def aware(value: Any) -> Any:
-    """Datetimes anywhere in ``value`` made timezone-aware UTC (a client made
-    without ``tz_aware=True`` hands back naive ones)."""
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-    if isinstance(value, dict):
-        return {k: aware(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [aware(v) for v in value]
-    return value
-
-
-def shown(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A document as the store hands it back: ids as strings, datetimes aware."""
-    if doc is None:
-        return None
-    doc = aware(doc)
-    for field in ("_id", "jobId", "userId"):
-        if isinstance(doc.get(field), ObjectId):
-            doc[field] = str(doc[field])
-    return doc
 
 
 def uri_database(uri: str) -> str:

@@ -130,7 +130,7 @@ class MongoOutbox:
 
     def add_callback(self, job_id: str, url: str, now: datetime, *,
                      first_at: datetime | None = None) -> dict[str, Any] | None:
-        from vip_worker.store.mongo import to_key
+        from vip_worker.store.mongo_codec import to_key
 
         now = utc(now)
         with self._errors():
@@ -150,7 +150,7 @@ class MongoOutbox:
                           [("callback.nextAt", 1)], limit)
 
     def hold_callback(self, job_id: str, seen_next_at: datetime, until: datetime) -> bool:
-        from vip_worker.store.mongo import to_key
+        from vip_worker.store.mongo_codec import to_key
 
         query = {"_id": to_key(job_id), "callback.state": PENDING,
                  "callback.nextAt": utc(seen_next_at)}
@@ -161,7 +161,7 @@ class MongoOutbox:
     def callback_attempted(self, job_id: str, callback_id: str, ok: bool,
                            next_at: datetime | None, error: str | None,
                            now: datetime) -> bool:
-        from vip_worker.store.mongo import shown, to_key
+        from vip_worker.store.mongo_codec import shown, to_key
 
         query = {"_id": to_key(job_id), "callback.id": callback_id,
                  "callback.state": PENDING}
