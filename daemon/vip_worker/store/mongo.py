@@ -1,6 +1,8 @@
 """The MongoDB job store: the collections the existing app reads.
 
-Over 400 lines because it is one backend of one interface, kept whole beside sqlite.py.
+Over 400 lines because each operation of the ``JobStore`` contract is one method here,
+its filter and update written out beside the rule it applies (the rules are in
+``ledger.py``, ``cancel.py``, ``outbox.py``; the document codec in ``mongo_codec.py``).
 
 Keys follow the app: a jobId of 24 lowercase hex digits is an ``ObjectId`` in
 the job's ``_id`` and in content documents' ``jobId`` (the app's
@@ -22,9 +24,6 @@ a redelivered ``save_result`` updates the one document. The jobs collection gets
 
 pymongo's client is thread-safe and pools connections: one ``MongoStore`` per
 poller process, created after fork, serves all of its handler threads.
-
-Over 400 lines because each operation of the ``JobStore`` contract is one method here,
-its filter and update written out beside the rule it applies.
 """
 
 from __future__ import annotations
