@@ -326,6 +326,9 @@ def summarize(bench: Bench, kind: str, idle_result: dict | None) -> dict:
                                           "<": value < bound}[op]
         summary["targets"][key] = {"target": f"{op} {bound:g}", "value": value, "met": met}
     summary["errors"] = bench.results["errors"]
+    # The ledger's rows after each daemon drain (the median's round): a job per message.
+    summary["store_jobs"] = {n: {**r.extra["store_jobs"], "attempts": r.extra["store_attempts"]}
+                             for n, r in drains.items() if r.extra.get("store_jobs")}
     summary["settings"] = {n: r.settings for n, r in drains.items()}
     return summary, drains
 
