@@ -1,16 +1,20 @@
-"""Scenario: the job API (``vip-worker web``) on SQLite, with moto's SQS in its own process.
+"""Scenario: the job API (``vip-worker web``) on SQLite, the SQS endpoint in its own process.
 
-    python -m bench.api [--quick] [--endpoint moto|localstack]
+    python -m bench.api [--quick] [--endpoint moto|localstack] [--get-rate N] [--post-rate N]
+                        [--threads N]
 
-- GET a job at a fixed rate (open loop: requests leave on schedule, latency counts from the
-  scheduled time): p50 / p99.
-- POST /api/content/generate at a fixed rate: p50 / p99, each one a store insert plus a
-  SendMessage to the endpoint.
+- GET a job at a fixed rate (500/s by default; open loop: requests leave on schedule,
+  latency counts from the scheduled time): p50 / p99.
+- POST /api/content/generate at a fixed rate (20/s by default): p50 / p99, each one a store
+  insert plus a SendMessage to the endpoint.
 - SSE freshness: the harness writes a progress step into the store and times its arrival on
   the job's event stream (the server polls the store every ``web_events_poll_s``, 0.5 s).
 
 The web runs as ``vip-worker web`` in a process of its own (one uvicorn worker), the client
-here with one connection per thread. Prints the figures, then a JSON summary as the last line.
+here with one connection per thread. The CPU of the web process and of the harness is
+measured per phase (``*_web_cpu_ms_per_req``, ``*_web_busy``: the web's CPU seconds per wall
+second, 1.0 = one core; ``*_client_busy`` the same for the harness), to tell which side bounds
+a rate on a small machine. Prints the figures, then a JSON summary as the last line.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ def summary(name: str, values: list[float]) -> dict:
 
 
 SIZES = {"smoke": (50, 20, 3), "quick": (300, 100, 10), "full": (3000, 600, 40)}
-GET_RATE, POST_RATE = 100.0, 20.0
+GET_RATE, POST_RATE, THREADS = 500.0, 20.0, 8
 
 
 def wait_healthy(url: str, timeout_s: float = 30.0) -> None:
@@ -114,7 +118,21 @@ def wait_healthy(url: str, timeout_s: float = 30.0) -> None:
             time.sleep(0.1)
 
 
-def run(ep, workdir: str, size: str = "full") -> dict:
+def phase(name: str, web_pid: int, fn) -> tuple[list[float], dict]:
+    """Run ``fn()`` (a ``fixed_rate``), measuring the web's and the harness's CPU over it."""
+    web0, mine0, t0 = procs.cpu_s(web_pid) or 0.0, time.process_time(), time.perf_counter()
+    values = fn()
+    wall = time.perf_counter() - t0
+    web = (procs.cpu_s(web_pid) or 0.0) - web0
+    mine = time.process_time() - mine0
+    return values, {f"{name}_web_cpu_ms_per_req": round(web / len(values) * 1000, 3),
+                    f"{name}_web_busy": round(web / wall, 2),
+                    f"{name}_client_busy": round(mine / wall, 2),
+                    f"{name}_achieved_per_s": round(len(values) / wall, 1)}
+
+
+def run(ep, workdir: str, size: str = "full", get_rate: float = GET_RATE,
+        post_rate: float = POST_RATE, threads: int = THREADS) -> dict:
     """The scenario against the running endpoint ``ep`` (bench.endpoint); the figures."""
     gets, posts, steps = SIZES[size]
     os.makedirs(workdir, exist_ok=True)
@@ -132,12 +150,15 @@ def run(ep, workdir: str, size: str = "full") -> dict:
         wait_healthy(url)
         job_id = httpx.post(f"{url}/api/content/generate", json=ARTICLE, headers=headers,
                             timeout=30).json()["jobId"]
-        get_ms = fixed_rate(lambda c: c.get(f"{url}/api/content/jobs/{job_id}",
-                                            headers=headers).raise_for_status(),
-                            GET_RATE, gets)
-        post_ms = fixed_rate(lambda c: c.post(f"{url}/api/content/generate", json=ARTICLE,
-                                              headers=headers).raise_for_status(),
-                             POST_RATE, posts)
+        # gets / posts scale with the rate: each phase lasts as long as at the old rates.
+        gets = max(gets, int(gets * get_rate / 100))
+        get_ms, get_cpu = phase("get", web.pid, lambda: fixed_rate(
+            lambda c: c.get(f"{url}/api/content/jobs/{job_id}",
+                            headers=headers).raise_for_status(), get_rate, gets, threads))
+        posts = max(posts, int(posts * post_rate / 20))
+        post_ms, post_cpu = phase("post", web.pid, lambda: fixed_rate(
+            lambda c: c.post(f"{url}/api/content/generate", json=ARTICLE,
+                             headers=headers).raise_for_status(), post_rate, posts, threads))
         from vip_worker.store.sqlite import SqliteStore
 
         store = SqliteStore(os.path.join(workdir, "state", "jobs.sqlite3"))
@@ -147,9 +168,10 @@ def run(ep, workdir: str, size: str = "full") -> dict:
             fresh_ms = sse_freshness(url, headers, store, sse_job, steps)
         finally:
             store.close()
-        return {"scenario": "api", "endpoint": ep.kind, "get_rate_per_s": GET_RATE,
-                "post_rate_per_s": POST_RATE, **summary("get", get_ms),
-                **summary("post", post_ms), **summary("sse_fresh", fresh_ms),
+        return {"scenario": "api", "endpoint": ep.kind, "get_rate_per_s": get_rate,
+                "post_rate_per_s": post_rate, "client_threads": threads,
+                **summary("get", get_ms), **get_cpu, **summary("post", post_ms), **post_cpu,
+                **summary("sse_fresh", fresh_ms),
                 "web_cpu_s": round(procs.cpu_s(web.pid) or 0.0, 2)}
     finally:
         procs.stop_group(web)
@@ -157,9 +179,13 @@ def run(ep, workdir: str, size: str = "full") -> dict:
 
 def report(result: dict) -> None:
     print(f"GET job   at {result['get_rate_per_s']:g}/s: p50 {result['get_p50_ms']} ms, "
-          f"p99 {result['get_p99_ms']} ms")
+          f"p99 {result['get_p99_ms']} ms (achieved {result['get_achieved_per_s']}/s; web "
+          f"{result['get_web_cpu_ms_per_req']} ms CPU/req, busy {result['get_web_busy']} "
+          f"cores; harness {result['get_client_busy']})")
     print(f"POST job  at {result['post_rate_per_s']:g}/s: p50 {result['post_p50_ms']} ms, "
-          f"p99 {result['post_p99_ms']} ms (store + SendMessage to {result['endpoint']})")
+          f"p99 {result['post_p99_ms']} ms (store + SendMessage to {result['endpoint']}; "
+          f"web {result['post_web_cpu_ms_per_req']} ms CPU/req, busy {result['post_web_busy']}"
+          f" cores; harness {result['post_client_busy']})")
     print(f"SSE freshness: p50 {result['sse_fresh_p50_ms']} ms, "
           f"p99 {result['sse_fresh_p99_ms']} ms (store polled every 0.5 s)")
 
@@ -169,11 +195,18 @@ def main(argv=None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (about 30 s)")
     parser.add_argument("--endpoint", choices=("moto", "localstack"), default="moto")
+    parser.add_argument("--get-rate", type=float, default=GET_RATE,
+                        help=f"GET job requests per second (default {GET_RATE:g})")
+    parser.add_argument("--post-rate", type=float, default=POST_RATE,
+                        help=f"POST generate requests per second (default {POST_RATE:g})")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help=f"client threads, one connection each (default {THREADS})")
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench-api-")
     ep = endpoints.start(args.endpoint, work)
     try:
-        result = run(ep, os.path.join(work, "api"), "quick" if args.quick else "full")
+        result = run(ep, os.path.join(work, "api"), "quick" if args.quick else "full",
+                     args.get_rate, args.post_rate, args.threads)
     finally:
         ep.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -62,8 +62,11 @@ class DaemonConsumer(Consumer):
         self.name = label or f"vip-worker p={processes}"
         self.settings = (f"processes={processes}, concurrency={settings.get('concurrency', 10)}"
                          f", wait_time_s=20, JSON log at INFO, {message_type} handler")
+        track = (settings.get("queue_settings") or {}).get("track_jobs", True)
+        self.settings += f", track_jobs={'true' if track else 'false'}"
         self.daemon: BenchDaemon | None = None
         self.lock = threading.Lock()
+        self.store_counts: dict = {}  # the job store's rows after the drain (stop())
 
     def start(self, url: str, workdir: Path) -> None:
         self.url = url
@@ -86,9 +89,33 @@ class DaemonConsumer(Consumer):
 
     def stop(self) -> None:
         self.daemon.stop()
+        self.store_counts = store_counts(self.daemon.workdir / "state")
 
     def body(self, n: int) -> str:
         return sqsutil.envelope(self.message_type, f"job-{n}")
+
+
+def store_counts(state_dir: Path) -> dict:
+    """The jobs the ledger left in the daemon's SQLite store, by status ({}: no store file,
+    the ledger was off). With the ledger on, each drained message's job is one row,
+    written twice (the claim before the handler, the completion after it)."""
+    import sqlite3
+
+    path = state_dir / "jobs.sqlite3"
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone():
+            return {}
+        rows = conn.execute("SELECT status, SUM(json_extract(doc, '$.attempts')), COUNT(*) "
+                            "FROM jobs GROUP BY 1").fetchall()
+    except sqlite3.Error as exc:
+        return {"store_error": str(exc)}
+    finally:
+        conn.close()
+    return {"store_jobs": {str(s): n for s, _, n in rows},
+            "store_attempts": sum(a or 0 for _, a, _ in rows)}
 
 
 class BareConsumer(Consumer):

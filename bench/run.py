@@ -86,6 +86,12 @@ def parse_args(argv):
     parser.add_argument("--peers", default="", help="comma-separated subset of: "
                         + ", ".join(ALL_PEERS))
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument("--track-jobs", choices=("on", "off", "both"), default="on",
+                        help="the drained queue's track_jobs (the job ledger): on (the "
+                        "daemon's default), off, or both (interleaved: bare, on, off per "
+                        "round; the off rows are named '... track_jobs off')")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="rounds of the drains (default: the profile's, 1 quick, 3 full)")
     parser.add_argument("--only", default="", help="comma-separated subset of scenarios: "
                         + ", ".join(SCENARIOS) + " (default: all)")
     return parser.parse_args(argv)
@@ -101,12 +107,14 @@ def choose_profile(args) -> tuple[Profile, str]:
     peers = () if args.skip_peers else profile.peers
     if args.peers:
         peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
-    return Profile(**{**profile.__dict__, "peers": peers}), kind
+    rounds = args.rounds or profile.rounds
+    return Profile(**{**profile.__dict__, "peers": peers, "rounds": rounds}), kind
 
 
 class Bench:
-    def __init__(self, profile: Profile, ep, workdir: Path) -> None:
+    def __init__(self, profile: Profile, ep, workdir: Path, track_jobs: str = "on") -> None:
         self.profile = profile
+        self.track_jobs = track_jobs
         self.ep = ep
         self.sqs = sqsutil.client(ep.url)
         self.workdir = workdir
@@ -149,10 +157,17 @@ class Bench:
 
     def drains_vs_bare(self) -> None:
         url = self.ep.url
+        ledger = {"on": (True,), "off": (False,), "both": (True, False)}[self.track_jobs]
         for _ in range(self.profile.rounds):
             for processes in self.profile.processes:
                 self.record(self.measure([drain.BareConsumer(url, processes)]))
-                self.record(self.measure([drain.DaemonConsumer(url, processes)]))
+                for track in ledger:
+                    # The default (on) keeps the plain name: the summary's ratios use it.
+                    label = f"vip-worker p={processes}" + (
+                        " track_jobs off" if not track and self.track_jobs == "both" else "")
+                    daemon = drain.DaemonConsumer(url, processes, label=label,
+                                                  queue_settings={"track_jobs": track})
+                    self.record(self.measure([daemon])).extra.update(daemon.store_counts)
 
     # -- scenario 7: two daemons on one queue ----------------------------------------------
 
@@ -234,11 +249,21 @@ def summarize(bench: Bench, kind: str, idle_result: dict | None) -> dict:
     drains = {name: median_result(rs) for name, rs in bench.drains.items()}
     summary: dict = {"endpoint": kind, "profile": bench.profile.name}
     per_p = {}
+    summary["track_jobs"] = bench.track_jobs
     for p in bench.profile.processes:
         daemon, bare = drains.get(f"vip-worker p={p}"), drains.get(f"bare boto3 p={p}")
         if daemon and bare:
             per_p[p] = (ratio(daemon.msgs_per_s, bare.msgs_per_s),
                         ratio(daemon.cpu_ms_per_msg, bare.cpu_ms_per_msg))
+        off = drains.get(f"vip-worker p={p} track_jobs off")
+        if off and bare:  # --track-jobs both: the ledger-off rows against the same bare
+            summary[f"throughput_ratio_vs_bare_p{p}_track_jobs_off"] = ratio(
+                off.msgs_per_s, bare.msgs_per_s)
+            summary[f"cpu_per_msg_ratio_vs_bare_p{p}_track_jobs_off"] = ratio(
+                off.cpu_ms_per_msg, bare.cpu_ms_per_msg)
+        if off and daemon:
+            summary[f"ledger_cpu_us_per_msg_p{p}"] = round(
+                (daemon.cpu_ms_per_msg - off.cpu_ms_per_msg) * 1000, 1)
     if per_p:
         summary["throughput_ratio_vs_bare"] = min(t for t, _ in per_p.values())
         summary["cpu_per_msg_ratio_vs_bare"] = max(c for _, c in per_p.values())
@@ -301,6 +326,9 @@ def summarize(bench: Bench, kind: str, idle_result: dict | None) -> dict:
                                           "<": value < bound}[op]
         summary["targets"][key] = {"target": f"{op} {bound:g}", "value": value, "met": met}
     summary["errors"] = bench.results["errors"]
+    # The ledger's rows after each daemon drain (the median's round): a job per message.
+    summary["store_jobs"] = {n: {**r.extra["store_jobs"], "attempts": r.extra["store_attempts"]}
+                             for n, r in drains.items() if r.extra.get("store_jobs")}
     summary["settings"] = {n: r.settings for n, r in drains.items()}
     return summary, drains
 
@@ -373,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vip-bench-"))
     started = time.monotonic()
     ep = endpoint.start(kind, str(workdir))
-    bench = Bench(profile, ep, workdir)
+    bench = Bench(profile, ep, workdir, args.track_jobs)
     idle_run = None
     idle_result = None
     try:
