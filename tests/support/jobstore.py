@@ -33,3 +33,18 @@ class RecordingStore:
             return method(*args, **kwargs)
 
         return call
+
+
+def tracked_harness(handler, **kwargs):
+    """A ``ConsumerHarness`` running ``handler`` for "articles" with the ledger on, over a
+    ``RecordingStore`` around a ``MemoryStore``: (harness, store)."""
+    from tests.fakes import ConsumerHarness
+    from vip_worker.testing import MemoryStore
+
+    store = RecordingStore(MemoryStore())
+    return ConsumerHarness({"articles": handler}, store=store, **kwargs), store
+
+
+def events(caplog, name: str) -> list:
+    """The captured records of one log event."""
+    return [r for r in caplog.records if r.getMessage() == name]

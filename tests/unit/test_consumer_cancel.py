@@ -13,13 +13,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.fakes import ConsumerHarness, wait_until
-from tests.support.jobstore import RecordingStore
+from tests.fakes import wait_until
+from tests.support.jobstore import events, tracked_harness
 from tests.support.sqs import envelope
 from vip_worker.errors import JobCancelled, PermanentError
 from vip_worker.outcomes import Action, decide
 from vip_worker.store import CancelOutcome
-from vip_worker.testing import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)
 JOB = "507f1f77bcf86cd799439011"
@@ -31,13 +30,7 @@ def consumer_logs(caplog):
     return caplog
 
 
-def events(caplog, name):
-    return [r for r in caplog.records if r.getMessage() == name]
-
-
-def harness(handler, **kwargs) -> tuple[ConsumerHarness, RecordingStore]:
-    store = RecordingStore(MemoryStore())
-    return ConsumerHarness({"articles": handler}, store=store, **kwargs), store
+harness = tracked_harness
 
 
 def now():

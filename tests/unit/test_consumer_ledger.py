@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.fakes import ConsumerHarness, wait_until
-from tests.support.jobstore import RecordingStore
+from tests.support.jobstore import events, tracked_harness
 from tests.support.sqs import envelope
 from vip_worker.errors import PermanentError
 from vip_worker.ledger import delivery_token
@@ -29,13 +29,7 @@ def consumer_logs(caplog):
     return caplog
 
 
-def events(caplog, name):
-    return [r for r in caplog.records if r.getMessage() == name]
-
-
-def harness(handler, **kwargs) -> tuple[ConsumerHarness, RecordingStore]:
-    store = RecordingStore(MemoryStore())
-    return ConsumerHarness({"articles": handler}, store=store, **kwargs), store
+harness = tracked_harness
 
 
 def settle(h: ConsumerHarness, condition):
