@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.callback_receiver import CallbackReceiver
 from vip_worker import config
+from vip_worker.services import callbacks as callbacks_module
 from vip_worker.services.callbacks import Callbacks
 from vip_worker.testing import MemoryStore
 
@@ -77,7 +78,11 @@ def test_failed_attempts_back_off_then_give_up_and_the_job_is_untouched(
 
 
 def test_a_name_resolving_to_an_internal_address_is_refused_at_send_time(
-        tmp_path, store, receiver):
+        tmp_path, store, receiver, monkeypatch):
+    def never(*args, **kwargs):  # the metadata address must never see a connection attempt
+        raise AssertionError("a request was sent to an address the check should refuse")
+
+    monkeypatch.setattr(callbacks_module.PinnedAdapter, "send", never)
     clock = Clock()
     callbacks = make(tmp_path, store, clock, lookup=lambda host, port: ["169.254.169.254"],
                      callback_allowed_hosts=[])
