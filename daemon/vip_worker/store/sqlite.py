@@ -63,6 +63,7 @@ from vip_worker.store.sqlite_schema import (
     create_schema,
     decode,
     encode,
+    immediate,
     iso,
 )
 
@@ -182,16 +183,8 @@ class SqliteStore(SqliteOutbox):
         """A ``BEGIN IMMEDIATE`` transaction: the write lock is held from the first read,
         so the decision the body takes is still true when it commits."""
         with self._lock, self._errors():
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(self._connection()) as conn:
                 yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
 
     def _load_job(self, conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
         row = conn.execute(f'SELECT doc FROM "{self.jobs}" WHERE id = ?', (job_id,)).fetchone()

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
-from contextlib import suppress
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,12 +94,20 @@ def create_schema(conn: sqlite3.Connection, jobs: str, collections: Iterable[str
     have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     if wanted <= have:
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         # Decided again under the write lock: another poller may have just done it.
         create_jobs_table(conn, jobs)
         for name in collections:
             create_content_table(conn, name)
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A ``BEGIN IMMEDIATE`` transaction: the write lock taken before the body reads,
+    committed after it, rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
