@@ -7,6 +7,10 @@ A handler classifies its failure by the exception it raises:
 - ``RetryLater``: a transient failure with an explicit delay.
 - ``DependencyUnavailable`` (a ``RetryLater``): the worker's own dependency, such
   as its job store, is down; retried, and never dead-lettered for ``max_attempts``.
+- ``Deferred``: not now, and not the job's fault (a quota, a provider's pause, a user's
+  budget or fairness cap): the claim is handed back with its attempt refunded, the
+  message waits ``delay_s`` (plus jitter), and SQS's receive count never takes it to
+  the dead-letter queue for it.
 - ``JobCancelled``: the job's cancellation was asked for (``ctx.raise_if_cancelled()``):
   the message is deleted, never retried nor dead-lettered, and the job ends ``cancelled``.
 - any other ``Exception``: transient; retried with exponential backoff until the
@@ -37,6 +41,19 @@ class DependencyUnavailable(RetryLater):
     Its receives do raise SQS's ApproximateReceiveCount, so a job that meets a real
     failure after an outage has fewer attempts left (see docs/reliability.md).
     """
+
+
+class Deferred(Exception):
+    """Run this message later, spending no attempt: the handler's slot is freed at once.
+
+    :param reason: why (logged and counted, e.g. ``quota:generation:rpm``).
+    :param delay_s: seconds until the message is due again, before jitter.
+    """
+
+    def __init__(self, reason: str, delay_s: float):
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_s = delay_s
 
 
 class ConfigError(Exception):
