@@ -218,14 +218,12 @@ class MongoBuckets:
 
 def ttl_index(db: Any, collection: str, field_name: str, hours: float) -> None:
     """A TTL index on ``field_name`` expiring after ``hours``; an existing one with
-    another expiry is changed in place (``collMod``)."""
-    from pymongo.errors import OperationFailure
-
+    another expiry is changed in place (``collMod``), not dropped and rebuilt."""
     seconds = max(60, int(hours * 3600))
-    try:
-        db[collection].create_index(field_name, expireAfterSeconds=seconds)
-    except OperationFailure as exc:
-        if exc.code not in (85, 86):  # IndexOptionsConflict, IndexKeySpecsConflict
-            raise
-        db.command("collMod", collection,
-                   index={"keyPattern": {field_name: 1}, "expireAfterSeconds": seconds})
+    for index in db[collection].index_information().values():
+        if list(index.get("key", [])) == [(field_name, 1)]:
+            if index.get("expireAfterSeconds") != seconds:
+                db.command({"collMod": collection, "index": {
+                    "keyPattern": {field_name: 1}, "expireAfterSeconds": seconds}})
+            return
+    db[collection].create_index(field_name, expireAfterSeconds=seconds)
