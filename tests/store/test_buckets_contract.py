@@ -73,6 +73,8 @@ def test_read_minutes_window_order_and_labels(store):
         ({"type": "articles", "user": "u1", "model": "m"}, 10)]
     assert store.read_minutes("usage", minute(0), labels={"user": "u2"}) == []
     assert store.read_minutes("nothing", minute(0)) == []
+    with pytest.raises(ValueError, match="'a.b'"):
+        store.read_minutes("queue", minute(0), labels={"a.b": "x"})
 
 
 def test_labels_tell_buckets_apart_whatever_their_order(store):
