@@ -251,6 +251,7 @@ class Arbiter:
         self.stop_deadline = self.clock() + timeout
         log.info("arbiter.stopping", extra={"mode": mode.value, "pollers": len(self.pollers),
                                             "timeout_s": timeout, "reason": self.stop_reason})
+        self.write_status()  # before the pollers hear it: poller 0 reads it (fleet record)
         self.kill_all(signum)
 
     def kill_all(self, signum: int) -> None:

@@ -320,7 +320,7 @@ class Poller:
                 depths = await metrics.read_depths(sqs, self.settings.queues,
                                                    consumer.dlq_urls)
                 if self.fleet is not None and depths:
-                    live = await self.fleet.live_daemons()
+                    live = self.fleet.live  # read by the reporter: no store call here
                     if live is not None:
                         log.info("metrics", extra=metrics.backlog_fields(
                             self.settings.metrics_namespace, depths, live))

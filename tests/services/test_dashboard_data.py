@@ -130,10 +130,10 @@ def test_backlog_per_instance_is_the_backlog_over_the_live_daemons():
 # -- the fleet reporter ------------------------------------------------------------------
 
 
-def write_status(run_dir, stopping=None, stop_reason=None):
+def write_status(run_dir, stopping=None, stop_reason=None, pid=10):
     pollers = [{"index": 0, "pid": 11, "in_flight": 2}, {"index": 1, "pid": 12, "in_flight": 0}]
     statusfile.write(str(run_dir), statusfile.DaemonStatus.build(
-        pollers, {}, ["work"], pid=10, written_at=0.0, uptime_s=120.0, target=2,
+        pollers, {}, ["work"], pid=pid, written_at=0.0, uptime_s=120.0, target=2,
         generation=1, stopping=stopping, ready=True, rate_per_min=None, rate_window_s=0,
         stop_reason=stop_reason))
 
@@ -169,11 +169,24 @@ def test_states_from_the_master_and_the_drain():
 def test_a_clean_stop_is_reported_stopped_and_a_recycle_is_not(tmp_path):
     store = MemoryStore()
     fleet = reporter(tmp_path, store)
+    asyncio.run(fleet.report())
+    # A reload or recycle replaces poller 0 while the master runs on: its drain reports
+    # nothing (its successor reports "running"), and never "stopped".
+    write_status(tmp_path, pid=fleet.master_pid)
+    asyncio.run(fleet.stopping(final=False, timeout_s=5))
+    asyncio.run(fleet.stopping(final=True, timeout_s=5))
+    assert store.daemons()[0]["state"] == "running"
+    # Orphaned: the file is another master's (ours died): no "stopped" either.
+    write_status(tmp_path, stopping="graceful", stop_reason="signal", pid=fleet.master_pid + 1)
+    asyncio.run(fleet.stopping(final=True, timeout_s=5))
+    assert store.daemons()[0]["state"] == "running"
+    # The master itself stops (it writes status.json before it signals its pollers).
+    write_status(tmp_path, stopping="graceful", stop_reason="signal", pid=fleet.master_pid)
     asyncio.run(fleet.stopping(final=False, timeout_s=5))
     assert store.daemons()[0]["state"] == "draining"
     asyncio.run(fleet.stopping(final=True, timeout_s=5))
     [record] = store.daemons()
-    assert (record["state"], record["inflight"]) == ("stopped", [])  # no status.json: []
+    assert (record["state"], record["inflight"]) == ("stopped", [2, 0])
     fleet.close()
 
 

@@ -35,6 +35,16 @@ def test_a_row_is_floored_to_its_minute_and_checked():
         MinuteRow("queue", {}, NOW, {"series": 1})
 
 
+def test_label_values_are_text_on_every_backend(store):
+    with pytest.raises(ValueError, match="'a.b'"):
+        MinuteRow("usage", {"a.b": "x"}, NOW, {"calls": 1})
+    store.bump_minutes([MinuteRow("usage", {"model": None, "user": 42}, minute(0),
+                                  {"calls": 1})])
+    [bucket] = store.read_minutes("usage", minute(0), labels={"model": None, "user": 42})
+    assert bucket["labels"] == {"model": "", "user": "42"}
+    assert store.read_minutes("usage", minute(0), labels={"model": ""}) == [bucket]
+
+
 def test_incs_are_summed_and_maxes_kept_at_their_largest(store):
     store.bump_minutes([MinuteRow("queue", {"queue": "a"}, minute(0) + timedelta(seconds=5),
                                   {"succeeded": 2, "duration_s_sum": 1.5}, {"visible": 7})])

@@ -9,8 +9,10 @@ the master's pid, uptime and stop state) and writes ONE upsert, ``report_daemon`
 - ``draining``: the master is stopping (a signal), or this poller began its drain;
 - ``spot_notice``: the master is stopping for a spot interruption or a termination
   notice (its stop reason is not a signal);
-- ``stopped``: written once by poller 0 at the end of a drain that a signal asked for
-  (TERM, INT, QUIT: a clean shutdown), not when it is only recycled.
+- ``stopped``: written once by poller 0 at the end of its drain when the master itself is
+  stopping (its ``status.json``, written before it signals its pollers, says so: a clean
+  shutdown). A poller 0 that is only replaced (a reload, a recycle) or orphaned (its master
+  died) reports nothing from its drain: its successor reports, or the record goes lost.
 
 The store is reached duck-typed through the poller's ``store`` resource, its calls in a
 thread of their own (it blocks). A store outage skips a report (``fleet.report_failed``);
@@ -83,6 +85,7 @@ class FleetReporter:
         self.draining = False
         self.off = False
         self.executor: ThreadPoolExecutor | None = None
+        self.live: int | None = None  # live daemons, as the last report's read saw them
 
     @classmethod
     def open(cls, settings, store_of: Callable[[], Any]) -> FleetReporter:
@@ -105,7 +108,8 @@ class FleetReporter:
             return
         next_at = time.monotonic()
         while not self.off:
-            await self.report()
+            if await self.report():
+                self.live = await self.live_daemons()
             next_at += self.interval_s
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -172,9 +176,19 @@ class FleetReporter:
 
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
+    def master_stopping(self) -> bool:
+        """Whether this poller's master says it is stopping (its ``status.json``)."""
+        try:
+            status = statusfile.read(self.run_dir)
+        except (OSError, ValueError):
+            return False
+        return bool(status.get("stopping")) and status.get("pid") == self.master_pid
+
     async def stopping(self, final: bool, timeout_s: float) -> None:
-        """The drain's reports (bounded by ``timeout_s``): ``draining`` when it begins,
-        ``stopped`` when it ended a clean shutdown (``final``)."""
+        """The drain's reports (bounded by ``timeout_s``), only while the master stops:
+        ``draining`` when it begins, ``stopped`` when it ended (``final``)."""
+        if not self.master_stopping():
+            return  # replaced or orphaned: not this daemon's stop (see the docstring)
         self.draining = True
         try:
             await asyncio.wait_for(self.report("stopped" if final else None), timeout_s)

@@ -46,8 +46,11 @@ def floor_minute(value: datetime) -> datetime:
 class MinuteRow:
     """What to add to one bucket: ``incs`` are summed, ``maxes`` kept at their largest.
 
-    :raises ValueError: a field named twice, a reserved name, or a value that is not a
-        finite number (the field is named).
+    Label values are kept as text (``None`` as ``""``), so both backends store, and a
+    ``read_minutes`` filter matches, the same labels.
+
+    :raises ValueError: a label name that is not ``[A-Za-z0-9_]+``, a field named twice,
+        a reserved name, or a value that is not a finite number (the field is named).
     """
 
     series: str
@@ -58,6 +61,11 @@ class MinuteRow:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "minute", floor_minute(self.minute))
+        for name in self.labels:
+            if not isinstance(name, str) or not LABEL_RE.match(name):
+                raise ValueError(f"MinuteRow label {name!r} is not a usable name")
+        object.__setattr__(self, "labels", {
+            name: "" if value is None else str(value) for name, value in self.labels.items()})
         if not self.series:
             raise ValueError("MinuteRow.series must not be empty")
         both = set(self.incs) & set(self.maxes)
@@ -100,7 +108,7 @@ def label_filter(labels: Mapping[str, Any] | None) -> dict[str, str]:
     for name, value in (labels or {}).items():
         if not isinstance(name, str) or not LABEL_RE.match(name):
             raise ValueError(f"read_minutes: label name {name!r} is not [A-Za-z0-9_]+")
-        out[name] = str(value)
+        out[name] = "" if value is None else str(value)  # as MinuteRow keeps it
     return out
 
 

@@ -79,7 +79,8 @@ def cancel_entry(changes: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 
 
 def progress_entry(percent: int, message: str, now: datetime) -> dict[str, Any]:
-    return entry("progress", now, progress=percent, message=message)
+    # Capped as a reason is: 200 entries are rewritten with every SQLite write of the job.
+    return entry("progress", now, progress=percent, message=message[:500])
 
 
 def rescue_entry(job: Mapping[str, Any], outcome: Any, changes: Mapping[str, Any],

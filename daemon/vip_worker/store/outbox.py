@@ -10,7 +10,7 @@ finds every entry whose next attempt is due. The entry is the job's ``callback``
      "lastError": str|None, "deliveredAt": datetime|None}
 
 ``id`` is the idempotency id sent with every attempt (``X-VIP-Delivery``): one per job
-and terminal status, so a receiver that sees it twice knows it is the same event.
+and terminal status (and run, for a job retried from the dashboard: ``<jobId>:<status>:<n>``), so a receiver that sees it twice knows it is the same event.
 
 A sender takes an entry for one attempt with ``hold_callback``, a compare-and-set on the
 ``nextAt`` it saw that pushes ``nextAt`` past the attempt, so of several sweepers exactly
@@ -36,8 +36,10 @@ PENDING, DELIVERED, GAVE_UP = "pending", "delivered", "gave_up"
 ERROR_MAX = 500
 
 
-def delivery_id(job_id: str, status: str) -> str:
-    return f"{job_id}:{status}"
+def delivery_id(job_id: str, status: str, retries: int = 0) -> str:
+    """One per job, terminal status and run: a job retried from the dashboard
+    (``retries`` > 0, ``store/search.retry_job``) ends anew, a new event."""
+    return f"{job_id}:{status}" if not retries else f"{job_id}:{status}:{retries}"
 
 
 def new_entry(job: Mapping[str, Any], url: str, now: datetime,
@@ -50,7 +52,7 @@ def new_entry(job: Mapping[str, Any], url: str, now: datetime,
     current = job.get("callback") or {}
     if current.get("status") == status:
         return None
-    return {"id": delivery_id(str(job["_id"]), status), "url": url, "status": status,
+    return {"id": delivery_id(str(job["_id"]), status, job.get("retries") or 0), "url": url, "status": status,
             "state": PENDING, "attempts": 0, "nextAt": first_at, "createdAt": now,
             "lastError": None, "deliveredAt": None}
 

@@ -10,7 +10,9 @@ not show it; ``get_job`` has it).
 
 ``retry_job``: a ``failed`` job -> ``queued`` afresh (attempts, lost claims and error
 cleared, a ``retried`` history entry), a compare-and-set on ``failed``; the caller
-re-sends its message. Any other status: None, nothing changed.
+re-sends its message. Any other status: None, nothing changed. ``retries`` counts these
+runs, and the failed run's ``callback`` entry is dropped: the job is no longer failed, and
+its next end is a new event with a new delivery id (``outbox.delivery_id``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vip_worker.store.ledger import QUEUED_MESSAGE, utc
 MAX_LIMIT = 500
 # MongoDB: (field, direction) lists; each ends with (createdAt, _id) descending.
 SEARCH_INDEXES = (
+    [("userId", 1), ("status", 1), ("createdAt", -1), ("_id", -1)],
     [("status", 1), ("createdAt", -1), ("_id", -1)],
     [("type", 1), ("status", 1), ("createdAt", -1), ("_id", -1)],
     [("type", 1), ("createdAt", -1), ("_id", -1)],
@@ -32,7 +35,8 @@ SEARCH_INDEXES = (
 
 
 def retried_changes(now: datetime) -> dict[str, Any]:
-    """failed -> queued, afresh: a new run through the ledger (the message re-sent)."""
+    """failed -> queued, afresh: a new run through the ledger (the message re-sent).
+    ``retries`` is incremented and ``callback`` removed beside these changes."""
     return {"status": "queued", "attempts": 0, "lostClaims": 0, "error": None,
             "message": QUEUED_MESSAGE, "progress": 0, "leaseUntil": None,
             "cancelRequestedAt": None, "completedAt": None, "queuedAt": now,
@@ -88,6 +92,8 @@ class SqliteSearch:
             if job is None or job.get("status") != "failed":
                 return None
             job.update(retried_changes(now))  # failed -> queued
+            job["retries"] = (job.get("retries") or 0) + 1
+            job.pop("callback", None)
             job["history"] = history.appended(job, history.entry("retried", now))
             self._save_job(conn, job)
             return job
@@ -145,7 +151,8 @@ class MongoSearch:
         from vip_worker.store.mongo_codec import shown, to_key
 
         now = utc(now)
-        update = {"$set": retried_changes(now),
+        update = {"$set": retried_changes(now), "$inc": {"retries": 1},
+                  "$unset": {"callback": ""},
                   **history.push(history.entry("retried", now))}
         with self._errors():  # failed -> queued: a compare-and-set on the status
             return shown(self._jobs.find_one_and_update(

@@ -85,6 +85,7 @@ def job_indexes(table: str) -> dict[str, str]:
         f"{table}_callback_at": "callback_at",  # due_callbacks (store/outbox.py)
         # search_jobs (store/search.py) and user_jobs: newest first by (created_at, id)
         f"{table}_user_created": "user_id, created_at, id",
+        f"{table}_user_status_created": "user_id, status, created_at, id",
         f"{table}_type_status_created": "type, status, created_at, id",
         f"{table}_type_created": "type, created_at, id",
     }
