@@ -138,6 +138,10 @@ def test_actions_without_csrf_or_from_a_viewer_are_refused(web_api, page):
     assert "Read-only session" in page.content()
     assert page.locator("text=Cancel job…").count() == 0
     screenshot(page, "viewer-job")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.goto(f"{api.url}/dashboard/jobs")
+    assert page.locator("#jobs").is_visible()
+    screenshot(page, "jobs-phone")
     answer = page.request.post(f"{api.url}/dashboard/jobs/{job_id}/cancel", form={
         "csrf": page.locator("input[name=csrf]").first.input_value(), "confirm": "yes"})
     assert answer.status == 403
