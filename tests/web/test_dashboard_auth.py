@@ -161,3 +161,4 @@ def test_sign_in_never_redirects_off_the_dashboard(web_api):
         kept = client.post("/dashboard/login", data={"key": api.keys["admin"],
                                                      "next": "/dashboard/dlq?queue=a"})
         assert kept.headers["location"] == "/dashboard/dlq?queue=a"
+
