@@ -4,7 +4,7 @@ The CloudWatch agent (or Lambda/ECS log drivers) turns a log line carrying an
 ``_aws`` object into metrics, so no PutMetricData call, credential or extra
 network hop is needed. One line per queue per ``metrics_interval_s`` and poller:
 
-    MessagesSucceeded, MessagesRetried, MessagesDeadLettered (Count),
+    MessagesSucceeded, MessagesRetried, MessagesDeadLettered, MessagesDeferred (Count),
     ProcessingTime (Milliseconds, up to 100 sampled values),
     JobsRescued (Count: orphaned jobs of the queue that this poller's lifeline re-sent or
     failed; only poller 0 runs the lifeline, the others report 0),
@@ -18,18 +18,20 @@ from collections.abc import Iterable
 
 SAMPLES_MAX = 100
 OUTCOME_METRICS = {"succeeded": "MessagesSucceeded", "retried": "MessagesRetried",
-                   "dead_lettered": "MessagesDeadLettered", "rescued": "JobsRescued"}
+                   "dead_lettered": "MessagesDeadLettered", "deferred": "MessagesDeferred",
+                   "rescued": "JobsRescued"}
 
 
 class QueueMetrics:
     """Counts of one queue since the last emitted line."""
 
-    __slots__ = ("succeeded", "retried", "dead_lettered", "rescued", "times_ms")
+    __slots__ = ("succeeded", "retried", "dead_lettered", "deferred", "rescued", "times_ms")
 
     def __init__(self) -> None:
         self.succeeded = 0
         self.retried = 0
         self.dead_lettered = 0
+        self.deferred = 0
         self.rescued = 0
         self.times_ms: list[float] = []
 
@@ -39,7 +41,8 @@ class QueueMetrics:
             self.times_ms.append(round(duration_s * 1000, 1))
 
     def empty(self) -> bool:
-        return not (self.succeeded or self.retried or self.dead_lettered or self.rescued)
+        return not (self.succeeded or self.retried or self.dead_lettered or self.deferred
+                    or self.rescued)
 
 
 def emf_fields(namespace: str, queue: str, counts: QueueMetrics | None,
