@@ -316,6 +316,22 @@ class JobStore(Protocol):
                            now: datetime) -> bool:
         """Record one attempt: delivered (``ok``), due again at ``next_at``, or given up."""
 
+    # -- the quota governor (store/quota.py: the rules, the record's fields) ----------
+
+    def acquire_permit(self, provider: str, permit: str, now: datetime, *, user: str = "",
+                       tokens: int = 0, limits: Any) -> Any:
+        """One call to ``provider`` under ``limits`` (``QuotaLimits``), in one round trip:
+        a ``Grant`` (granted, or refused with the reason and when to ask again)."""
+
+    def report_call(self, provider: str, permit: str, now: datetime, *, outcome: str,
+                    tokens: int | None = None, retry_after_s: float | None = None,
+                    limits: Any) -> None:
+        """The call under ``permit`` ended: release it, correct its tokens, update the
+        breaker, pause the provider (``outcome`` "throttled") for ``retry_after_s``."""
+
+    def quota_record(self, provider: str) -> dict[str, Any] | None:
+        """The provider's governor record, or None."""
+
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         """Every content document of the job in ``collection`` (tests check it is one)."""
 

@@ -60,6 +60,7 @@ from vip_worker.store.cancel import CANCEL_PINNED, cancelled_changes, decide_can
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.mongo_codec import OBJECT_ID_RE, aware, shown, to_key
 from vip_worker.store.outbox import MongoOutbox
+from vip_worker.store.quota import MongoQuota
 
 DEFAULT_DATABASE = "vipcontent"
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -91,7 +92,7 @@ def is_transient(exc: PyMongoError) -> bool:
         exc.has_error_label(label) for label in TRANSIENT_LABELS)
 
 
-class MongoStore(MongoOutbox):
+class MongoStore(MongoOutbox, MongoQuota):
     """``JobStore`` on MongoDB; see the module docstring for keys and concurrency.
 
     :param uri: the connection string; unused when ``client`` is given, except for

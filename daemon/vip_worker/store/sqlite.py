@@ -57,6 +57,7 @@ from vip_worker.store import (
 from vip_worker.store.cancel import cancelled_changes, decide_cancel
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.outbox import SqliteOutbox
+from vip_worker.store.quota import SqliteQuota
 from vip_worker.store.sqlite_schema import (
     check_version,
     create_content_table,
@@ -85,7 +86,7 @@ def check_name(name: str) -> str:
 MEMORY = ":memory:"
 
 
-class SqliteStore(SqliteOutbox):
+class SqliteStore(SqliteOutbox, SqliteQuota):
     """``JobStore`` on one SQLite file; see the module docstring for concurrency."""
 
     def __init__(self, path: str | os.PathLike[str], jobs_collection: str = "jobs",
