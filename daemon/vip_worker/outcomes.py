@@ -54,9 +54,9 @@ class Action(enum.Enum):
 class Decision:
     """``decide``'s answer.
 
-    :ivar action: ack, retry or dead-letter.
-    :ivar delay_s: for a retry or a deferral, seconds before the message is visible again (before the
-        consumer clips it to SQS's limits); None otherwise.
+    :ivar action: ack, retry, defer, cancel or dead-letter.
+    :ivar delay_s: for a retry or a deferral, seconds before the message is visible again
+        (before the consumer clips it to SQS's limits); None otherwise.
     :ivar error: the handler's exception, None for an ack.
     """
 

@@ -60,7 +60,7 @@ from vip_worker.store.cancel import CANCEL_PINNED, cancelled_changes, decide_can
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.mongo_codec import OBJECT_ID_RE, aware, shown, to_key
 from vip_worker.store.outbox import MongoOutbox
-from vip_worker.store.quota import MongoQuota
+from vip_worker.store.quota_mongo import MongoQuota
 
 DEFAULT_DATABASE = "vipcontent"
 SERVER_SELECTION_TIMEOUT_MS = 5000
