@@ -200,3 +200,29 @@ def test_the_producer_sends_the_user_as_message_group_on_a_standard_queue(tmp_pa
     (sent,) = client.sent
     assert sent.get("MessageGroupId") == ("user-7" if fair else None)
     assert "MessageDeduplicationId" not in sent  # a standard queue takes none
+
+
+# -- the stub service's 429 mode and call log -------------------------------------------
+
+
+def test_the_stub_answers_every_nth_call_429_and_logs_every_call(generation):
+    import requests
+
+    generation.throttle(every=3, retry_after_s=7)
+    url = generation.url + "/api/generation/topic"
+    answers = [requests.post(url, json={"topic": "t", "word_count": 5}, timeout=5)
+               for _ in range(6)]
+    assert [a.status_code for a in answers] == [200, 200, 429, 200, 200, 429]
+    assert answers[2].headers["Retry-After"] == "7"
+    assert generation.throttled_calls == 2 and len(generation.call_times()) == 6
+    assert generation.most_in_window(60) == 6
+    generation.throttle(window_s=60)
+    assert requests.post(url, json={"topic": "t"}, timeout=5).status_code == 429
+    generation.throttle()
+    assert requests.post(url, json={"topic": "t"}, timeout=5).status_code == 200
+
+
+def test_most_in_window_slides(generation):
+    generation._times = [0.0, 10.0, 59.0, 60.0, 61.0, 130.0]
+    assert generation.most_in_window(60) == 4  # 10, 59, 60, 61
+    assert generation.most_in_window(2) == 2
