@@ -223,6 +223,6 @@ def test_the_stub_answers_every_nth_call_429_and_logs_every_call(generation):
 
 
 def test_most_in_window_slides(generation):
-    generation._times = [0.0, 10.0, 59.0, 60.0, 61.0, 130.0]
+    generation._log = [(t, None) for t in (0.0, 10.0, 59.0, 60.0, 61.0, 130.0)]
     assert generation.most_in_window(60) == 4  # 10, 59, 60, 61
     assert generation.most_in_window(2) == 2

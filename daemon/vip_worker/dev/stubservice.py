@@ -338,7 +338,7 @@ class StubGenerationService:
         self._calls: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
         # The 429 mode (``throttle``) and the generation calls' wall-clock times.
-        self._times: list[float] = []
+        self._log: list[tuple[float, str | None]] = []  # (epoch s, the body's topic)
         self._throttle_every = 0
         self._throttle_until = 0.0
         self._retry_after_s = 10.0
@@ -414,7 +414,8 @@ class StubGenerationService:
     def record(self, path: str, body: Any) -> None:
         with self._called:
             if path.startswith(PREFIX):
-                self._times.append(time.time())
+                topic = body.get("topic") if isinstance(body, dict) else None
+                self._log.append((time.time(), topic if isinstance(topic, str) else None))
             self._calls[path] += 1
             if body is not None or path.startswith(PREFIX):
                 self.last_path, self.last_body = path, body
@@ -435,7 +436,7 @@ class StubGenerationService:
         """The Retry-After of this call if the 429 mode refuses it, else None (the call
         was recorded already: the count is the calls seen, this one included)."""
         with self._lock:
-            nth = len(self._times)
+            nth = len(self._log)
             if (self._throttle_until and time.monotonic() < self._throttle_until) or (
                     self._throttle_every and nth % self._throttle_every == 0):
                 self._throttled += 1
@@ -450,7 +451,12 @@ class StubGenerationService:
     def call_times(self) -> list[float]:
         """Wall-clock times (epoch seconds) of the generation calls seen, in order."""
         with self._lock:
-            return list(self._times)
+            return [at for at, _ in self._log]
+
+    def call_topics(self) -> list[str | None]:
+        """Each generation call's ``topic`` (None without one), in order."""
+        with self._lock:
+            return [topic for _, topic in self._log]
 
     def most_in_window(self, window_s: float = 60.0) -> int:
         """The most generation calls seen in any window of ``window_s`` seconds."""
