@@ -226,3 +226,15 @@ def test_most_in_window_slides(generation):
     generation._log = [(t, None) for t in (0.0, 10.0, 59.0, 60.0, 61.0, 130.0)]
     assert generation.most_in_window(60) == 4  # 10, 59, 60, 61
     assert generation.most_in_window(2) == 2
+
+
+def test_a_store_outage_at_the_report_keeps_the_calls_result(caplog):
+    gov, store, _ = governor(rpm=10)
+    store.failing.add("report_call")
+    with caplog.at_level(logging.ERROR, logger="vip_worker.quota"):
+        with gov.permit() as permit:
+            result = "generated"
+        permit.used(5)
+    assert result == "generated"
+    (record,) = events(caplog, "quota.report_failed")
+    assert (record.provider, record.outcome) == ("generation", "ok")

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from vip_worker.errors import Deferred
+from vip_worker.errors import Deferred, DependencyUnavailable
 from vip_worker.plugins.context import QUOTA
 from vip_worker.store.quota import ERROR, OK, OTHER, THROTTLED, Grant, QuotaLimits
 
@@ -151,12 +151,19 @@ class Governor:
         return Deferred(tag, math.ceil(delay_s * 1000) / 1000)
 
     def report(self, permit: Permit, outcome: str, retry_after_s: float | None) -> None:
-        """The call ended: one store write (see ``store.report_call``)."""
+        """The call ended: one store write (see ``store.report_call``). A store outage
+        here is logged, never raised: the call's result must not be lost (and paid for
+        again) for it; the permit's lease runs out on its own."""
         limits = self.limits[permit.provider]
         now = self.clock()
         tokens = permit.actual
-        self.store().report_call(permit.provider, permit.permit, now, outcome=outcome,
-                                 tokens=tokens, retry_after_s=retry_after_s, limits=limits)
+        try:
+            self.store().report_call(permit.provider, permit.permit, now, outcome=outcome,
+                                     tokens=tokens, retry_after_s=retry_after_s,
+                                     limits=limits)
+        except DependencyUnavailable as exc:
+            log.error("quota.report_failed", extra={
+                "provider": permit.provider, "outcome": outcome, "error": str(exc)[:500]})
         if outcome == THROTTLED:
             until = now.timestamp() + (retry_after_s or 0.0)
             self.paused[permit.provider] = datetime.fromtimestamp(until, UTC)
