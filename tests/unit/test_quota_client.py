@@ -238,3 +238,14 @@ def test_a_store_outage_at_the_report_keeps_the_calls_result(caplog):
     assert result == "generated"
     (record,) = events(caplog, "quota.report_failed")
     assert (record.provider, record.outcome) == ("generation", "ok")
+
+
+def test_run_handler_reports_a_deferral():
+    from vip_worker.testing import make_message, run_handler
+
+    def handler(message, ctx):
+        raise Deferred("budget exceeded", 30)
+
+    outcome = run_handler(handler, make_message("articles"))
+    assert outcome.deferred and outcome.kind == "deferred"
+    assert 30 <= outcome.delay_s <= 36 and outcome.reason == "Deferred: budget exceeded"

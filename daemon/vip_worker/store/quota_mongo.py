@@ -1,7 +1,8 @@
 """The quota governor's rules (``store/quota.py``) as MongoDB update pipelines: each
 acquire and each report is one atomic ``find_one_and_update`` / ``update_one`` whose
 decision runs on the server. Written field by field (no ``$mergeObjects``) so that
-mongomock runs them too; the contract tests hold them to the Python rules' answers."""
+mongomock runs them too; the contract tests hold them to the Python rules' answers.
+Update pipelines need MongoDB 4.2 or later."""
 
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ def acquire_pipeline(now: float, permit: str, user: str, tokens: int,
                 for name, cond, retry in checks]
     decision = {"$switch": {"branches": branches, "default": {"reason": None, "retry": None}}}
     stage2 = {"$set": {"grant": decision}}
-    granted = {"$eq": ["$grant.reason", None]}
+    # $ifNull: in an expression a missing field is not null ($eq would say "refused").
+    granted = {"$eq": [{"$ifNull": ["$grant.reason", None]}, None]}
     stage3 = {"$set": {
         "log": {"$cond": [granted, {"$concatArrays": [
             "$log", [{"t": now, "p": permit, "u": user, "k": tokens}]]}, "$log"]},
