@@ -249,3 +249,13 @@ def test_run_handler_reports_a_deferral():
     outcome = run_handler(handler, make_message("articles"))
     assert outcome.deferred and outcome.kind == "deferred"
     assert 30 <= outcome.delay_s <= 36 and outcome.reason == "Deferred: budget exceeded"
+
+
+def test_a_permits_lease_is_the_shorter_of_the_providers_and_the_callers():
+    gov, store, clock = governor(concurrency=1, lease_s=900)
+    gov.permit(lease_s=40)  # its poller dies: never reported
+    (held,) = store.quota_record("generation")["held"]
+    assert held["until"] == (clock.now + timedelta(seconds=40)).timestamp()
+    clock.advance(41)
+    with gov.permit():  # the place is free again
+        pass

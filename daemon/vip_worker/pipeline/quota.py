@@ -30,6 +30,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,8 +117,12 @@ class Governor:
         self.acquires = 0  # store round trips spent on acquires (the benchmark reads it)
 
     def permit(self, provider: str = DEFAULT_PROVIDER, *, tokens: int = 0, user: str = "",
-               job_id: str | None = None) -> Permit:
+               job_id: str | None = None, lease_s: float | None = None) -> Permit:
         """A permit to call ``provider`` now, or ``Deferred`` (see the module docstring).
+
+        :param lease_s: the permit's lease when shorter than the provider's ``lease_s``
+            (``ctx.quota`` passes the job's time left): a permit whose poller died frees
+            its place when the call could not be running any more.
 
         :raises Deferred: not now; ``delay_s`` is until the budget refills.
         :raises DependencyUnavailable: the store is down (the message is retried).
@@ -125,6 +130,8 @@ class Governor:
         limits = self.limits.get(provider)
         if limits is None:
             return Permit(None, provider, "", tokens)
+        if lease_s is not None:
+            limits = replace(limits, lease_s=max(1.0, min(limits.lease_s, lease_s)))
         now = self.clock()
         paused = self.paused.get(provider)
         if paused is not None and paused > now:

@@ -25,6 +25,8 @@ log = logging.getLogger("vip_worker.plugins.context")
 STORE = "store"
 # The name the quota governor is provided under (vip_worker.pipeline.quota.provide_quota).
 QUOTA = "quota"
+# A permit's lease past the job's time left (the call may end a little after it).
+PERMIT_MARGIN_S = 30.0
 
 
 class FreePermit:
@@ -268,8 +270,9 @@ class HandlerContext:
         """
         if not self.poller.provides(QUOTA):
             return FreePermit()
-        return self.poller.resource(QUOTA).permit(provider, tokens=tokens,
-                                                  user=self.user_id, job_id=self.job_id)
+        return self.poller.resource(QUOTA).permit(
+            provider, tokens=tokens, user=self.user_id, job_id=self.job_id,
+            lease_s=self.time_left_s + PERMIT_MARGIN_S)
 
     def progress(self, percent: int, message: str) -> None:
         """Record the job's progress (0-100) and a human message, as the app shows it.
