@@ -147,8 +147,9 @@ def throttle_quota(args, generation, env: dict[str, str]) -> None:
     generation.throttle(every=every, retry_after_s=getattr(args, "retry_after", 10.0))
     if every or rpm:
         env["VIP_WORKER_QUOTAS"] = json.dumps({"generation": {"rpm": rpm}})
+        throttling = f"one call in {every}" if every else "no call"
         print(f"dev: quota on generation calls: {rpm or 'no'} rpm limit; the stub answers "
-              f"every {every or 'no'}th call 429", flush=True)
+              f"{throttling} with 429 (Retry-After {args.retry_after:g} s)", flush=True)
 
 
 def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_dir: str,
