@@ -175,3 +175,16 @@ def test_a_deferral_during_shutdown_still_frees_the_job(consumer_logs):
     job = store.get_job(JOB)
     assert (job["status"], job["attempts"]) == ("queued", 0)
     assert events(consumer_logs, "message.deferred")
+
+
+def test_deferrals_are_an_emf_metric():
+    from vip_worker.services import metrics
+
+    counts = metrics.QueueMetrics()
+    assert counts.empty()
+    counts.record("deferred", None)
+    assert not counts.empty()
+    fields = metrics.emf_fields("VipWorker", "work", counts, None, now_ms=1)
+    assert fields["MessagesDeferred"] == 1
+    names = {m["Name"] for m in fields["aws_emf"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert "MessagesDeferred" in names
