@@ -108,7 +108,7 @@ def test_a_429_pauses_every_poller_of_both_daemons_until_retry_after(sqs, fleet,
 
 
 def test_one_users_bulk_does_not_hold_back_anothers_single_job(sqs, fleet, generation):
-    generation.latency_s = 2.0  # one job's duration
+    generation.latency_s = 4.0  # one job's duration
     cap = 2
     daemons, urls, store = fleet(1, {"generation": {"user_max_inflight": cap}})
     bulk = [uuid.uuid4().hex[:24] for _ in range(100)]
