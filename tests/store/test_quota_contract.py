@@ -148,6 +148,16 @@ def test_when_places_are_short_the_user_with_fewer_recent_calls_goes_first(store
     assert caller.acquire(7, "bulk").ok  # nobody with fewer calls waits any more
 
 
+def test_a_user_at_its_own_cap_holds_no_place_for_itself(store):
+    caller = Caller(store, QuotaLimits(concurrency=2, user_max_inflight=1))
+    for n in range(3):  # "busy" made three calls in the window, all ended
+        caller.report(caller.acquire(n, "busy"), n + 0.5)
+    assert caller.acquire(4, "capped").ok
+    assert caller.acquire(5, "capped").reason == "user_inflight"  # not waiting for a place
+    # One place is free and the only other asker cannot take it: "busy" gets it.
+    assert caller.acquire(6, "busy").ok
+
+
 def test_an_unknown_outcome_is_refused(store):
     import pytest
 

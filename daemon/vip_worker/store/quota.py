@@ -32,7 +32,8 @@ answers. In order, an acquire is refused when:
    window than this user are at least as many as the free places: shortly. When the
    budget is short, the user with fewer recent calls goes first (a deficit rule).
 
-A refused user is noted in ``waiting``; a granted one leaves it. Permits are leases:
+A refused user is noted in ``waiting`` (not when refused for its own cap); a granted one
+leaves it. Permits are leases:
 one whose poller died expires at ``until`` on its own. Times are epoch seconds inside
 the record; the methods take and give timezone-aware UTC datetimes.
 """
@@ -54,6 +55,9 @@ SHORT_RETRY_S = 5.0
 # What a call's report says happened.
 OK, ERROR, THROTTLED, OTHER = "ok", "error", "throttled", "other"
 OUTCOMES = (OK, ERROR, THROTTLED, OTHER)
+# A user refused for its own cap is not waiting for a place: fairness must not keep one
+# free for it (nobody else could have it, and it could not take it).
+NOT_WAITING = ("user_inflight",)
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ def acquire_rule(record: dict[str, Any] | None, now: float, permit: str, user: s
     if reason is None:
         log.append({"t": now, "p": permit, "u": user, "k": tokens})
         held.append({"p": permit, "u": user, "until": now + limits.lease_s})
-    else:
+    elif reason not in NOT_WAITING:
         waiting.append({"u": user, "t": now})
     record.update(log=log, held=held, waiting=waiting, breaker=breaker)
     paused = record.get("pausedUntil")

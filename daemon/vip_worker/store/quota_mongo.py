@@ -12,6 +12,7 @@ from typing import Any
 from vip_worker.store.quota import (
     ERROR,
     OK,
+    NOT_WAITING,
     QUOTAS,
     SHORT_RETRY_S,
     THROTTLED,
@@ -101,8 +102,9 @@ def acquire_pipeline(now: float, permit: str, user: str, tokens: int,
             "$log", [{"t": now, "p": permit, "u": user, "k": tokens}]]}, "$log"]},
         "held": {"$cond": [granted, {"$concatArrays": [
             "$held", [{"p": permit, "u": user, "until": now + limits.lease_s}]]}, "$held"]},
-        "waiting": {"$cond": [granted, "$waiting", {"$concatArrays": [
-            "$waiting", [{"u": user, "t": now}]]}]},
+        "waiting": {"$cond": [
+            {"$or": [granted, {"$in": ["$grant.reason", list(NOT_WAITING)]}]}, "$waiting",
+            {"$concatArrays": ["$waiting", [{"u": user, "t": now}]]}]},
         "grant": {"reason": "$grant.reason", "retry": "$grant.retry", "p": permit}}}
     return [stage1, stage2, stage3]
 
