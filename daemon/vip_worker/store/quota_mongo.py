@@ -11,8 +11,8 @@ from typing import Any
 
 from vip_worker.store.quota import (
     ERROR,
-    OK,
     NOT_WAITING,
+    OK,
     QUOTAS,
     SHORT_RETRY_S,
     THROTTLED,
