@@ -6,12 +6,18 @@ the error types that classify outcomes, and the message type handed to handlers.
 ``vip_worker.arbiter``) never loads the plugin system.
 """
 
-from vip_worker.errors import DependencyUnavailable, JobCancelled, PermanentError, RetryLater
+from vip_worker.errors import (
+    Deferred,
+    DependencyUnavailable,
+    JobCancelled,
+    PermanentError,
+    RetryLater,
+)
 from vip_worker.message import Envelope
 
 __all__ = [
-    "DependencyUnavailable", "Envelope", "JobCancelled", "PermanentError", "RetryLater",
-    "hookimpl", "__version__",
+    "Deferred", "DependencyUnavailable", "Envelope", "JobCancelled", "PermanentError",
+    "RetryLater", "hookimpl", "__version__",
 ]
 __version__ = "0.1.0"
 

@@ -58,10 +58,13 @@ def cmd_run(args, settings) -> int:
 
     def poller_main(poller_settings, index, shm):
         from vip_worker import poller
+        from vip_worker.pipeline.quota import provide_quota
         from vip_worker.store.factory import provide_store
 
-        # The job store is a resource the spine does not open itself: ctx.store.
-        return poller.main(poller_settings, index, shm, providers=[provide_store])
+        # The job store and the quota governor are resources the spine does not open
+        # itself: ctx.store, ctx.quota.
+        return poller.main(poller_settings, index, shm,
+                           providers=[provide_store, provide_quota])
 
     from vip_worker.store.factory import runtime_dir
 

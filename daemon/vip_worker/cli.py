@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds the stub generation service takes per call")
     dev.add_argument("--failure-rate", type=float, default=0.0,
                      help="share of generation calls the stub answers with 503")
+    dev.add_argument("--throttle-every", type=int, default=0, metavar="N",
+                     help="the stub answers every Nth generation call 429 (the fleet pauses)")
+    dev.add_argument("--retry-after", type=float, default=10.0, metavar="SECONDS",
+                     help="the Retry-After of those 429 answers")
+    dev.add_argument("--quota-rpm", type=int, default=0, metavar="N",
+                     help="a fleet-wide limit of generation calls per minute (quotas)")
     dev.add_argument("--exit-when-done", action="store_true",
                      help="stop and exit 0 once the demo batch is done")
     dev.add_argument("--timeout", type=float, default=120.0,

@@ -11,6 +11,12 @@ bookkeeping of held messages (slots, the held list, counters); the rule that pic
 outcome is in ``outcomes.py``, the DLQ lookups in ``sqs/queues.py``, the job ledger
 (claims, settles, leases) in ``ledger.py``, cancellation in ``cancellation.py``, the
 re-send before SQS's redrive in ``resend.py``.
+
+A handler raising ``Deferred`` (a quota, a provider's pause, a budget) is deferred:
+its job released with the attempt refunded, the message hidden for the delay plus
+jitter (re-sent instead from ``DEFER_RESEND_MARGIN`` receives before the redrive, since
+a message may be deferred any number of times), its slot freed at once, counted as
+``deferred``, never as an attempt.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from functools import partial
 from vip_worker.batching import Batcher
 from vip_worker.cancellation import Cancellations
 from vip_worker.errors import (
+    Deferred,
     DependencyUnavailable,
     JobTimedOut,
     PermanentError,
@@ -60,6 +67,10 @@ TOO_LARGE_CODES = {"InvalidParameterValue", "MessageTooLong"}
 # How long a receive waits for handlers about to finish, to ask for a full batch.
 RECEIVE_FILL_WAIT_S = 0.01
 SETTLED_TASKS_WAIT_S = 10.0
+# A deferred message is re-sent this many receives before SQS's redrive would take it, not
+# at the last one: deferrals repeat, and one receive lost with a killed poller must not be
+# what takes a never-attempted message to the DLQ.
+DEFER_RESEND_MARGIN = 1
 
 
 def traceback_of(error: BaseException) -> BaseException | None:
@@ -124,7 +135,7 @@ class Consumer:
         self.handled = 0
         # Outcome counters, copied to shared memory every second by the poller.
         self.stats = {"succeeded": 0, "retried": 0, "dead_lettered": 0, "released": 0,
-                      "busy_s": 0.0}
+                      "deferred": 0, "busy_s": 0.0}
         # Per-queue counts for the CloudWatch metric lines (vip_worker.services.metrics).
         self.queue_metrics = {q.name: QueueMetrics() for q in settings.queues}
         self.abandoned_threads = 0
@@ -309,7 +320,8 @@ class Consumer:
             max_attempts=queue.max_attempts, max_job_time_s=queue.max_job_time_s,
             log_fields=fields, started=started,
             plugin_settings=self.registry.plugin_settings.get(handler.plugin, {}),
-            logger=plugin_log, attempt=item.attempt, delivery=item.delivery)
+            logger=plugin_log, attempt=item.attempt, delivery=item.delivery,
+            user_id=item.envelope.user_id or "")
         if log.isEnabledFor(logging.DEBUG):
             log.debug("message.started", extra=fields)
         error: BaseException | None = None
@@ -331,7 +343,7 @@ class Consumer:
         if item.delivery is not None and not item.settled:
             delay_s = self.clip(item, decision.delay_s) if decision.delay_s is not None else 0
             outage = await self.ledger.settle(item, decision, delay_s)
-            if outage is not None and decision.action is not Action.RETRY:
+            if outage is not None and decision.action not in (Action.RETRY, Action.DEFER):
                 decision = self.decide(item, outage)  # never lost to our store's outage
         return await self.settle(item, decision, self.clock() - started, fields)
 
@@ -391,6 +403,9 @@ class Consumer:
             return await self.dead_letter(item, decision.error, duration_s)
         if decision.action is Action.CANCEL:
             return await self.cancels.drop(item, duration_s)
+        if decision.action is Action.DEFER:
+            await self.defer(item, decision, duration_s)
+            return False
         await self.retry(item, decision, duration_s)
         return False
 
@@ -462,6 +477,27 @@ class Consumer:
         log.warning("message.retried", exc_info=traceback_of(error), extra={
             **item.log_fields(), "delay_s": delay_s, "duration_s": round(duration_s, 4),
             "error_class": type(error).__name__, "error": reason_of(error),
+            "visibility_failed": failure.code if failure else None})
+
+    async def defer(self, item: InFlight, decision: Decision, duration_s: float) -> None:
+        """Hide the message for the deferral's delay (its job was released by
+        ``Ledger.settle``): a visibility change, or a re-send when the redrive is within
+        ``DEFER_RESEND_MARGIN`` receives. Counted as deferred, not retried."""
+        if not item.settle():  # RUNNING -> SETTLING, unless already handed back
+            return
+        self.heartbeat.untrack(item)  # a heartbeat now would undo the delay
+        queue = item.queue
+        error = decision.error
+        delay_s = self.clip(item, decision.delay_s)
+        failure = None
+        if not await self.resender.resend(item, delay_s, "deferred", DEFER_RESEND_MARGIN):
+            failure = await self.visibility[queue.name].add((item.receipt, delay_s))
+        self.stats["deferred"] += 1
+        self.stats["busy_s"] += duration_s
+        self.queue_metrics[queue.name].record("deferred", None)
+        log.info("message.deferred", extra={
+            **item.log_fields(), "delay_s": delay_s, "duration_s": round(duration_s, 4),
+            "reason": error.reason if isinstance(error, Deferred) else reason_of(error),
             "visibility_failed": failure.code if failure else None})
 
     def clip(self, item: InFlight, delay_s: float) -> int:

@@ -159,8 +159,9 @@ class Ledger:
     async def settle(self, item: InFlight, decision: Decision,
                      delay_s: float = 0) -> BaseException | None:
         """Record the message's outcome on the job: completed (when the handler did not),
-        queued again (visible again after ``delay_s``, the delay SQS is given), or failed
-        with the reason. Guarded by the item's delivery (the store
+        queued again (visible again after ``delay_s``, the delay SQS is given), released
+        with its attempt refunded (deferred: ``Deferred``'s reason as its message), or
+        failed with the reason. Guarded by the item's delivery (the store
         refuses a delivery that lost its claim). The store's outage, or None."""
         self.claimed.pop(id(item), None)
         if item.lease_lost:
@@ -171,6 +172,10 @@ class Ledger:
                 await self.call("complete", job_id, now, delivery=item.delivery)
             elif decision.action is Action.CANCEL:  # processing -> cancelled
                 await self.call("cancel_held", job_id, now, delivery=item.delivery)
+            elif decision.action is Action.DEFER:  # processing -> queued, attempt refunded
+                reason = getattr(decision.error, "reason", None) or reason_of(decision.error)
+                await self.call("release", job_id, item.delivery, now, reason,
+                                event="deferred", delay_s=delay_s)
             elif decision.action is Action.RETRY:
                 await self.call("requeue", job_id, reason_of(decision.error), now,
                                 delivery=item.delivery, delay_s=delay_s)
@@ -182,7 +187,7 @@ class Ledger:
             log.error("job.settle_failed", extra={
                 **item.log_fields(), "action": decision.action.value, "error": str(exc)[:500]})
             return exc
-        if self.on_ended is not None and decision.action is not Action.RETRY:
+        if self.on_ended is not None and decision.action not in (Action.RETRY, Action.DEFER):
             await self.on_ended(job_id, item.envelope.payload)  # never raises
         return None
 

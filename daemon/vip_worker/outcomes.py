@@ -1,5 +1,5 @@
-"""Pure decisions about a handled message: ack, retry or dead-letter (``decide``),
-backoff delays and dead-letter attributes.
+"""Pure decisions about a handled message: ack, retry, defer or dead-letter (``decide``),
+backoff and deferral delays, and dead-letter attributes.
 
 ``decide`` is the one rule: the consumer acts on it and ``vip_worker.testing.run_handler``
 reports it, so a plugin's tests see what the daemon would do.
@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vip_worker.errors import DependencyUnavailable, JobCancelled, PermanentError, RetryLater
+from vip_worker.errors import (
+    Deferred,
+    DependencyUnavailable,
+    JobCancelled,
+    PermanentError,
+    RetryLater,
+)
 from vip_worker.inflight import InFlight
 from vip_worker.sqs.limits import MAX_ATTRIBUTES, MAX_MESSAGE_BYTES
 
@@ -26,6 +32,10 @@ ERROR_TEXT = "vip_error"
 ATTEMPTS = "vip_attempts"  # not a re-sent message's (inflight.PRIOR_ATTEMPTS)
 SOURCE_QUEUE = "vip_source_queue"
 SOURCE_MESSAGE_ID = "vip_source_message_id"
+# A deferral's jitter: up to this fraction of its delay, and at least DEFER_JITTER_MIN_S, so
+# messages deferred together (a provider's pause) come back spread out, not in one wave.
+DEFER_JITTER = 0.2
+DEFER_JITTER_MIN_S = 1.0
 
 
 class Action(enum.Enum):
@@ -35,15 +45,18 @@ class Action(enum.Enum):
     RETRY = "retry"  # hide it for a delay; SQS delivers it again
     DEAD_LETTER = "dead_letter"  # copy it to the DLQ with the reason, then delete it
     CANCEL = "cancel"  # delete it: the job was cancelled (never retried, never dead-lettered)
+    # hide it for a delay, its job released with the attempt refunded: not the job's fault
+    # (a quota, a provider's pause, a budget); never dead-lettered, never an attempt
+    DEFER = "defer"
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """``decide``'s answer.
 
-    :ivar action: ack, retry or dead-letter.
-    :ivar delay_s: for a retry, seconds before the message is visible again (before the
-        consumer clips it to SQS's limits); None otherwise.
+    :ivar action: ack, retry, defer, cancel or dead-letter.
+    :ivar delay_s: for a retry or a deferral, seconds before the message is visible again
+        (before the consumer clips it to SQS's limits); None otherwise.
     :ivar error: the handler's exception, None for an ack.
     """
 
@@ -67,6 +80,8 @@ def decide(error: BaseException | None, attempt: int, max_attempts: int,
 
     - no error: ack;
     - ``JobCancelled``: cancel (delete the message; the job ends ``cancelled``);
+    - ``Deferred``: defer after its ``delay_s`` plus jitter (``defer_delay``), whatever
+      the attempt: a deferral is not an attempt;
     - ``PermanentError`` (a malformed message, an unknown type too): dead-letter;
     - any other error on the last attempt (``attempt >= max_attempts``):
       dead-letter, except ``DependencyUnavailable``: an outage of the worker's own
@@ -78,6 +93,8 @@ def decide(error: BaseException | None, attempt: int, max_attempts: int,
         return Decision(Action.ACK)
     if isinstance(error, JobCancelled):
         return Decision(Action.CANCEL, error=error)
+    if isinstance(error, Deferred):
+        return Decision(Action.DEFER, delay_s=defer_delay(error.delay_s, rand), error=error)
     exhausted = attempt >= max_attempts and not isinstance(error, DependencyUnavailable)
     if isinstance(error, PermanentError) or exhausted:
         return Decision(Action.DEAD_LETTER, error=error)
@@ -99,6 +116,14 @@ def retry_delay(attempt: int, base_s: float, max_s: float,
     exponent = min(max(attempt - 1, 0), MAX_EXPONENT)
     ceiling = min(max_s, base_s * 2**exponent)
     return ceiling / 2 + rand() * ceiling / 2
+
+
+def defer_delay(delay_s: float, rand: Callable[[], float] = random.random) -> float:
+    """A deferral's delay: ``delay_s`` (never below 0) plus up to ``DEFER_JITTER`` of it,
+    at least up to ``DEFER_JITTER_MIN_S``: when a budget refills or a pause ends, the
+    messages that waited for it restart spread out, not all at once."""
+    delay_s = max(0.0, delay_s)
+    return delay_s + rand() * max(DEFER_JITTER_MIN_S, delay_s * DEFER_JITTER)
 
 
 def reason_of(error: BaseException) -> str:

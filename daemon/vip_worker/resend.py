@@ -62,15 +62,17 @@ class Resender:
         self.max_receives = max_receives
         self.resent = 0
 
-    def due(self, item: InFlight) -> bool:
-        """Whether the next receive of this message would let SQS move it to the DLQ."""
+    def due(self, item: InFlight, margin: int = 0) -> bool:
+        """Whether the next receive of this message would let SQS move it to the DLQ (with
+        ``margin``: whether it would within ``margin`` more receives)."""
         limit = self.max_receives.get(item.queue.name)
-        return limit is not None and item.receive_count >= limit
+        return limit is not None and item.receive_count >= limit - margin
 
-    async def resend(self, item: InFlight, delay_s: int, reason: str) -> bool:
-        """When ``due``: send the copy, then delete this message. True when the copy was
-        sent; False: not due, or the send failed (the caller changes the visibility)."""
-        if not self.due(item):
+    async def resend(self, item: InFlight, delay_s: int, reason: str, margin: int = 0) -> bool:
+        """When ``due`` (with ``margin``): send the copy, then delete this message. True when
+        the copy was sent; False: not due, or the send failed (the caller changes the
+        visibility)."""
+        if not self.due(item, margin):
             return False
         fifo = item.queue.fifo
         try:

@@ -14,7 +14,9 @@ def handle_article(message, ctx):
     client = pipeline.generation_client(ctx.poller)
 
     def generate():
-        result = client.article(message.payload, read_timeout_s=ctx.time_left_s)
+        # Under the fleet's quota (pipeline/quota.py): refused -> Deferred, no attempt spent.
+        result = pipeline.gated_call(ctx, message.payload, lambda: client.article(
+            message.payload, read_timeout_s=ctx.time_left_s))
         return {"mode": message.payload.get("mode", "topic"), **result}
 
     pipeline.run_job(message, ctx, generate, ctx.settings.content_collection)

@@ -13,7 +13,8 @@ def handle_image(message, ctx):
     client = pipeline.generation_client(ctx.poller)
 
     def generate():
-        return client.image(message.payload, read_timeout_s=ctx.time_left_s)
+        return pipeline.gated_call(ctx, message.payload, lambda: client.image(
+            message.payload, read_timeout_s=ctx.time_left_s), tokens=0)
 
     pipeline.run_job(message, ctx, generate, ctx.settings.media_collection)
 

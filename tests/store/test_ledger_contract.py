@@ -487,6 +487,18 @@ def test_mongo_stale_queued_finds_the_apps_jobs_without_queued_at(mongo_backend)
     assert store.get_job("app-old")["queuedAt"] == at(101)
 
 
+def test_a_deferral_is_queued_from_when_its_message_is_due_again(store):
+    claim(store, delivery="d1")
+    assert store.release("job-1", "d1", at(2), "quota:generation:rpm", event="deferred",
+                         delay_s=600) is True
+    job = store.get_job("job-1")
+    assert fields(job, "status", "attempts", "queuedAt") == ("queued", 0, at(602))
+    assert job["history"][-1]["event"] == "deferred"
+    # The lifeline's stale-queued sweep does not take it for lost while it waits.
+    assert store.stale_queued(at(300), 10) == []
+    assert [j["_id"] for j in store.stale_queued(at(700), 10)] == ["job-1"]
+
+
 def test_mongo_release_never_takes_attempts_below_zero(mongo_backend):
     store = mongo_backend.new_store()
     mongo_backend.db["jobs"].insert_one({"_id": "odd", "status": "processing",

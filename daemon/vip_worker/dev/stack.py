@@ -128,6 +128,7 @@ def main(args) -> int:
     port = args.port or int(env.get("VIP_DEV_SQS_PORT", "0"))
     server, endpoint = start_sqs(port)
     generation = StubGenerationService(latency_s=args.latency, failure_rate=args.failure_rate)
+    throttle_quota(args, generation, env)
     generation.start()
     try:
         with state_directory(args.state_dir) as state_dir:
@@ -136,6 +137,19 @@ def main(args) -> int:
     finally:
         generation.stop()
         server.stop()
+
+
+def throttle_quota(args, generation, env: dict[str, str]) -> None:
+    """``--throttle-every`` / ``--quota-rpm``: the stub's 429 mode and a ``generation``
+    quota table, so the demo shows deferrals and the fleet-wide pause."""
+    every = getattr(args, "throttle_every", 0)
+    rpm = getattr(args, "quota_rpm", 0)
+    generation.throttle(every=every, retry_after_s=getattr(args, "retry_after", 10.0))
+    if every or rpm:
+        env["VIP_WORKER_QUOTAS"] = json.dumps({"generation": {"rpm": rpm}})
+        throttling = f"one call in {every}" if every else "no call"
+        print(f"dev: quota on generation calls: {rpm or 'no'} rpm limit; the stub answers "
+              f"{throttling} with 429 (Retry-After {args.retry_after:g} s)", flush=True)
 
 
 def serve(args, env: dict[str, str], endpoint: str, generation_url: str, state_dir: str,

@@ -15,7 +15,13 @@ Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
 - ``reset``: the connection is reset (RST) without a response.
 - ``garbage``: 200 with a non-JSON body.
 
-Standalone: ``python -m vip_worker.dev.stubservice --port 8000 --latency 0.5 --failure-rate 0.1``.
+A 429 mode for the quota governor (``throttle``): every Nth generation call, or every
+call for a window, answers 429 with ``Retry-After``. Every generation call is logged with
+its wall-clock time (``call_times``, ``most_in_window``), so tests can check the fleet's
+calls against a rate limit window by window.
+
+Standalone: ``python -m vip_worker.dev.stubservice --port 8000 --latency 0.5 --failure-rate 0.1``
+(``--throttle-every N --retry-after S`` for the 429 mode).
 
 Over 400 lines because it is a standalone service (``python -m``), its fault modes
 and its command line in one file that tests and the dev stack start as a process.
@@ -260,6 +266,9 @@ class StubHandler(BaseHTTPRequestHandler):
         name = path[len(PREFIX):] if path.startswith(PREFIX) else ""
         if not name or "/" in name:
             self.send_json(404, {"detail": "Not Found"})
+        elif (retry_after := self.service.throttled()) is not None:
+            self.send_json(429, {"detail": "rate limited (stub throttle)"},
+                           {"Retry-After": f"{retry_after:g}"})
         elif self.inject_fault():
             return
         elif invalid:
@@ -328,6 +337,12 @@ class StubGenerationService:
         self._called = threading.Condition(self._lock)
         self._calls: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
+        # The 429 mode (``throttle``) and the generation calls' wall-clock times.
+        self._log: list[tuple[float, str | None]] = []  # (epoch s, the body's topic)
+        self._throttle_every = 0
+        self._throttle_until = 0.0
+        self._retry_after_s = 10.0
+        self._throttled = 0
         self._server: StubServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -398,10 +413,59 @@ class StubGenerationService:
 
     def record(self, path: str, body: Any) -> None:
         with self._called:
+            if path.startswith(PREFIX):
+                topic = body.get("topic") if isinstance(body, dict) else None
+                self._log.append((time.time(), topic if isinstance(topic, str) else None))
             self._calls[path] += 1
             if body is not None or path.startswith(PREFIX):
                 self.last_path, self.last_body = path, body
             self._called.notify_all()
+
+    # -- the 429 mode and the call log (the quota governor's tests) --------------------
+
+    def throttle(self, *, every: int = 0, window_s: float = 0.0,
+                 retry_after_s: float = 10.0) -> None:
+        """Answer 429 with ``Retry-After: retry_after_s`` to every ``every``-th generation
+        call, and to every call for the next ``window_s`` seconds. ``throttle()`` stops."""
+        with self._lock:
+            self._throttle_every = max(0, int(every))
+            self._throttle_until = time.monotonic() + window_s if window_s > 0 else 0.0
+            self._retry_after_s = retry_after_s
+
+    def throttled(self) -> float | None:
+        """The Retry-After of this call if the 429 mode refuses it, else None (the call
+        was recorded already: the count is the calls seen, this one included)."""
+        with self._lock:
+            nth = len(self._log)
+            if (self._throttle_until and time.monotonic() < self._throttle_until) or (
+                    self._throttle_every and nth % self._throttle_every == 0):
+                self._throttled += 1
+                return self._retry_after_s
+        return None
+
+    @property
+    def throttled_calls(self) -> int:
+        with self._lock:
+            return self._throttled
+
+    def call_times(self) -> list[float]:
+        """Wall-clock times (epoch seconds) of the generation calls seen, in order."""
+        with self._lock:
+            return [at for at, _ in self._log]
+
+    def call_topics(self) -> list[str | None]:
+        """Each generation call's ``topic`` (None without one), in order."""
+        with self._lock:
+            return [topic for _, topic in self._log]
+
+    def most_in_window(self, window_s: float = 60.0) -> int:
+        """The most generation calls seen in any window of ``window_s`` seconds."""
+        times, most, first = self.call_times(), 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] >= window_s:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
     def track(self, conn: socket.socket, opened: bool) -> None:
         with self._lock:
@@ -430,12 +494,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of generation calls answering 503 (0..1)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random choices")
     parser.add_argument("--fault", choices=FAULT_MODES, default="ok", help="fault to inject")
+    parser.add_argument("--throttle-every", type=int, default=0, metavar="N",
+                        help="answer every Nth generation call 429 (0: never)")
+    parser.add_argument("--retry-after", type=float, default=10.0, metavar="S",
+                        help="the Retry-After of those 429 answers")
     args = parser.parse_args(argv)
     if not 0.0 <= args.failure_rate <= 1.0:
         parser.error("--failure-rate must be in 0..1")
     service = StubGenerationService(args.host, args.port, args.latency, args.failure_rate,
                                     args.seed)
     service.mode = args.fault
+    service.throttle(every=args.throttle_every, retry_after_s=args.retry_after)
     try:
         service.start()
     except OSError as exc:

@@ -211,7 +211,8 @@ def render(doc: dict[str, Any]) -> str:
     totals = daemon.get("totals") or {}
     lines.append("  Totals: " + ", ".join(
         f"{name.replace('_', '-')} {int(totals.get(name, 0))}"
-        for name in ("handled", "succeeded", "retried", "dead_lettered", "released")))
+        for name in ("handled", "succeeded", "retried", "dead_lettered", "released",
+                     "deferred")))
     return "\n".join(lines)
 
 

@@ -127,6 +127,8 @@ class Producer:
         from vip_worker.sqs.api import TRANSPORT_ERRORS
 
         group, dedup = (user_id, job_id) if queue.fifo else (None, None)
+        if not queue.fifo and getattr(self.settings, "fair_message_groups", False):
+            group = user_id  # SQS fair queues: one user's backlog does not hold back others
         try:
             message_id = self.client().send(queue.url, envelope.to_body(), group_id=group,
                                             dedup_id=dedup)

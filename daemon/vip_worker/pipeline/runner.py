@@ -30,7 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from vip_worker.errors import PermanentError, RetryLater
+from vip_worker.errors import Deferred, PermanentError, RetryLater
 from vip_worker.store import ClaimOutcome, StoreUnavailable
 
 GENERATION_CLIENT = "vip_worker.pipeline.generation"  # key in the poller's resources
@@ -81,7 +81,7 @@ def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: st
     except PermanentError as exc:
         store.fail(message.job_id, readable(exc), now(), **guard)
         raise
-    except StoreUnavailable:
+    except (StoreUnavailable, Deferred):  # Deferred: the daemon releases the job, unsettled
         raise
     except Exception as exc:
         if ctx.is_last_attempt:

@@ -8,8 +8,31 @@ They are read like every other top-level setting: from the config file, then
 
 from __future__ import annotations
 
-from vip_worker.config import Setting, number, str_list, string, url
+import json
+from typing import Any
+
+from vip_worker.config import Setting, boolean, number, str_list, string, url
 from vip_worker.sqs.limits import MAX_VISIBILITY_S
+
+
+def quotas(value: Any) -> dict[str, dict[str, Any]]:
+    """``{"generation": {"rpm": 60, "tpm": 100000, "concurrency": 4}}`` in TOML (a table of
+    tables), or the same as JSON in the environment; each table checked here."""
+    from vip_worker.pipeline.quota import parse_limits
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as exc:
+            raise ValueError(f"must be a JSON object of provider tables: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+        raise ValueError(f"must be a table of provider tables, got {value!r}")
+    for provider, table in value.items():
+        parse_limits(table, str(provider))
+    return {str(p): dict(t) for p, t in value.items()}
+
+
+quotas.kind = "table of provider tables (JSON in the environment)"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -26,5 +49,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "generation_read_timeout_s", 900.0, number(1, MAX_VISIBILITY_S),
         "Read timeout of generation calls (clipped to the queue's max_job_time_s).",
+    ),
+    Setting(
+        "quotas", {}, quotas,
+        "Fleet-wide limits per provider ('generation', or a model's name): rpm, tpm, "
+        "concurrency, user_max_inflight, lease_s, breaker_failures, breaker_cooldown_s, "
+        "breaker_probes, fair_wait_s. A provider without a table is unlimited.",
+    ),
+    Setting("quota_tokens_per_word", 1.5, number(0, 100),
+            "Tokens estimated per word asked for (wordCount) before a generation call."),
+    Setting(
+        "fair_message_groups", False, boolean,
+        "The producer sends the userId as MessageGroupId on standard queues (SQS fair "
+        "queues).",
     ),
 )

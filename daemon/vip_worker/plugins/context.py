@@ -23,6 +23,24 @@ log = logging.getLogger("vip_worker.plugins.context")
 
 # The name the job store is provided under.
 STORE = "store"
+# The name the quota governor is provided under (vip_worker.pipeline.quota.provide_quota).
+QUOTA = "quota"
+# A permit's lease past the job's time left (the call may end a little after it).
+PERMIT_MARGIN_S = 30.0
+
+
+class FreePermit:
+    """``ctx.quota``'s permit where no governor is provided (a plugin's own tests): no
+    limit, nothing recorded."""
+
+    def used(self, tokens: int | None) -> None:
+        """The call's real usage (ignored here)."""
+
+    def __enter__(self) -> FreePermit:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
 
 
 class MessageLogger(logging.LoggerAdapter):
@@ -149,6 +167,7 @@ class HandlerContext:
     :ivar poller: the poller's context (``settings``, ``store``).
     :ivar cancel_event: set when the job's cancellation was asked for (the daemon sets it
         within one heartbeat interval); read it as ``cancelled`` or ``raise_if_cancelled()``.
+    :ivar user_id: the envelope's userId ('' when unknown): ``quota`` counts it.
     """
 
     message_id: str
@@ -164,6 +183,7 @@ class HandlerContext:
     attempt: int = 0
     delivery: str | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    user_id: str = ""
 
     def __post_init__(self) -> None:
         if not self.attempt:
@@ -208,7 +228,7 @@ class HandlerContext:
                     log_fields: dict[str, Any], started: float | None = None,
                     plugin_settings: dict[str, Any] | None = None,
                     logger: logging.Logger | None = None, attempt: int | None = None,
-                    delivery: str | None = None) -> HandlerContext:
+                    delivery: str | None = None, user_id: str = "") -> HandlerContext:
         """The context of one handler call (the consumer, ``run_handler`` and the
         producer's inline run all build it here).
 
@@ -221,6 +241,7 @@ class HandlerContext:
         :param logger: the plugin's logger, when the caller keeps it.
         :param attempt: the ledger's attempt (default: ``receive_count``).
         :param delivery: the delivery token of the daemon's claim, if it claimed the job.
+        :param user_id: the envelope's userId (the quota's per-user cap and fairness).
         """
         if started is None:
             started = time.monotonic()
@@ -232,7 +253,26 @@ class HandlerContext:
                    receive_count=receive_count, max_attempts=max_attempts,
                    deadline=started + max_job_time_s, log=MessageLogger(logger, log_fields),
                    resources=poller.resources, plugin_settings=plugin_settings, poller=poller,
-                   attempt=attempt or receive_count, delivery=delivery)
+                   attempt=attempt or receive_count, delivery=delivery, user_id=user_id or "")
+
+    def quota(self, provider: str = "generation", *, tokens: int = 0):
+        """A permit to call ``provider`` now, shared with every poller of the fleet (the
+        ``quotas`` setting; ``vip_worker.pipeline.quota``). Use it as a context manager
+        around the call; ``permit.used(n)`` records the tokens really used::
+
+            with ctx.quota("generation", tokens=1200) as permit:
+                result = call_the_service()
+                permit.used(result["usage"]["total_tokens"])
+
+        :param tokens: the call's estimated tokens (for ``tpm``).
+        :raises Deferred: not now (budget spent, provider paused, breaker open, the user's
+            cap): the message comes back when the budget refills, no attempt spent.
+        """
+        if not self.poller.provides(QUOTA):
+            return FreePermit()
+        return self.poller.resource(QUOTA).permit(
+            provider, tokens=tokens, user=self.user_id, job_id=self.job_id,
+            lease_s=self.time_left_s + PERMIT_MARGIN_S)
 
     def progress(self, percent: int, message: str) -> None:
         """Record the job's progress (0-100) and a human message, as the app shows it.

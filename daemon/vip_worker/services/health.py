@@ -23,7 +23,7 @@ from vip_worker.statusfile import DaemonStatus
 log = logging.getLogger("vip_worker.services.health")
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OUTCOMES = ("succeeded", "retried", "dead_lettered", "released")
+OUTCOMES = ("succeeded", "retried", "dead_lettered", "released", "deferred")
 
 # Returns the last published status, or None before the master's first loop pass.
 Published = Callable[[], DaemonStatus | None]

@@ -4,7 +4,7 @@ The CloudWatch agent (or Lambda/ECS log drivers) turns a log line carrying an
 ``_aws`` object into metrics, so no PutMetricData call, credential or extra
 network hop is needed. One line per queue per ``metrics_interval_s`` and poller:
 
-    MessagesSucceeded, MessagesRetried, MessagesDeadLettered (Count),
+    MessagesSucceeded, MessagesRetried, MessagesDeadLettered, MessagesDeferred (Count),
     ProcessingTime (Milliseconds, up to 100 sampled values),
     JobsRescued (Count: orphaned jobs of the queue that this poller's lifeline re-sent or
     failed; only poller 0 runs the lifeline, the others report 0),
@@ -36,7 +36,8 @@ log = logging.getLogger("vip_worker.metrics")
 
 SAMPLES_MAX = 100
 OUTCOME_METRICS = {"succeeded": "MessagesSucceeded", "retried": "MessagesRetried",
-                   "dead_lettered": "MessagesDeadLettered", "rescued": "JobsRescued"}
+                   "dead_lettered": "MessagesDeadLettered", "deferred": "MessagesDeferred",
+                   "rescued": "JobsRescued"}
 
 
 class QueueMetrics:

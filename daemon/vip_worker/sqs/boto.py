@@ -125,8 +125,9 @@ class SqsClient:
             kwargs["MessageAttributes"] = attributes
         if group_id is not None:
             kwargs["MessageGroupId"] = group_id
-            kwargs["MessageDeduplicationId"] = dedup_id or ""
-        elif delay_s:
+            if dedup_id is not None or queue_url.endswith(".fifo"):
+                kwargs["MessageDeduplicationId"] = dedup_id or ""
+        if delay_s and not queue_url.endswith(".fifo"):  # a standard queue's group (fair)
             kwargs["DelaySeconds"] = delay_s
         return self.client.send_message(**kwargs)["MessageId"]
 

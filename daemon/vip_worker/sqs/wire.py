@@ -316,8 +316,9 @@ class WireSqs:
                 for name, value in attributes.items()}
         if group_id is not None:
             params["MessageGroupId"] = group_id
-            params["MessageDeduplicationId"] = dedup_id or ""
-        elif delay_s:
+            if dedup_id is not None or queue_url.endswith(".fifo"):
+                params["MessageDeduplicationId"] = dedup_id or ""
+        if delay_s and not queue_url.endswith(".fifo"):  # a standard queue's group (fair)
             params["DelaySeconds"] = delay_s
         response = await self.request("SendMessage", params)
         with unusable("SendMessage"):

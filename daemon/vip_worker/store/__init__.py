@@ -257,10 +257,11 @@ class JobStore(Protocol):
         message."""
 
     def release(self, job_id: str, delivery: str, now: datetime, reason: str, *,
-                event: str = "released") -> bool:
+                event: str = "released", delay_s: float = 0) -> bool:
         """The holder hands the job back unrun (a quota deferral, shutdown before any
         work): ``processing`` -> ``queued``, ``attempts`` -= 1 (never below 0), lease
-        cleared, progress 0, ``message`` = ``reason``, ``queuedAt`` = now. Only while
+        cleared, progress 0, ``message`` = ``reason``, ``queuedAt`` = now + ``delay_s``
+        (when its message is due again: a deferral's wait is not staleness). Only while
         ``delivery`` holds the claim; True when it did. ``event``: the history entry's
         (``"deferred"`` for a deferral)."""
 
@@ -360,6 +361,22 @@ class JobStore(Protocol):
     def retry_job(self, job_id: str, now: datetime) -> dict[str, Any] | None:
         """A ``failed`` job -> ``queued`` afresh (compare-and-set), the job after; the
         caller re-sends its message. None (nothing changed) for any other status."""
+
+    # -- the quota governor (store/quota.py: the rules, the record's fields) ----------
+
+    def acquire_permit(self, provider: str, permit: str, now: datetime, *, user: str = "",
+                       tokens: int = 0, limits: Any) -> Any:
+        """One call to ``provider`` under ``limits`` (``QuotaLimits``), in one round trip:
+        a ``Grant`` (granted, or refused with the reason and when to ask again)."""
+
+    def report_call(self, provider: str, permit: str, now: datetime, *, outcome: str,
+                    tokens: int | None = None, retry_after_s: float | None = None,
+                    limits: Any) -> None:
+        """The call under ``permit`` ended: release it, correct its tokens, update the
+        breaker, pause the provider (``outcome`` "throttled") for ``retry_after_s``."""
+
+    def quota_record(self, provider: str) -> dict[str, Any] | None:
+        """The provider's governor record, or None."""
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         """Every content document of the job in ``collection`` (tests check it is one)."""

@@ -157,11 +157,14 @@ def completed_changes(now: datetime) -> dict[str, Any]:
             "error": None, "completedAt": now, "updatedAt": now, "leaseUntil": None}
 
 
-def release_changes(job: Mapping[str, Any], reason: str, now: datetime) -> dict[str, Any]:
-    """processing -> queued, the claim's attempt refunded (never below 0)."""
+def release_changes(job: Mapping[str, Any], reason: str, now: datetime,
+                    delay_s: float = 0) -> dict[str, Any]:
+    """processing -> queued, the claim's attempt refunded (never below 0). ``queuedAt``
+    is when its message is visible again (``delay_s`` on: a deferral's wait), so the
+    lifeline does not take a job waiting out its deferral for a lost one."""
     return {"status": "queued", "attempts": max(0, (job.get("attempts") or 0) - 1),
-            "leaseUntil": None, "progress": 0, "message": reason, "queuedAt": now,
-            "updatedAt": now}
+            "leaseUntil": None, "progress": 0, "message": reason,
+            "queuedAt": now + timedelta(seconds=max(0.0, delay_s)), "updatedAt": now}
 
 
 def rescue_changes(job: Mapping[str, Any], now: datetime, *, resend: bool, reason: str,

@@ -64,6 +64,7 @@ from vip_worker.store.history import push
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.mongo_codec import OBJECT_ID_RE, aware, shown, to_key
 from vip_worker.store.outbox import MongoOutbox
+from vip_worker.store.quota_mongo import MongoQuota
 from vip_worker.store.search import MongoSearch
 
 DEFAULT_DATABASE = "vipcontent"
@@ -96,7 +97,7 @@ def is_transient(exc: PyMongoError) -> bool:
         exc.has_error_label(label) for label in TRANSIENT_LABELS)
 
 
-class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch):
+class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch, MongoQuota):
     """``JobStore`` on MongoDB; see the module docstring for keys and concurrency.
 
     :param uri: the connection string; unused when ``client`` is given, except for
@@ -353,8 +354,8 @@ class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch):
             self._jobs.update_one(query, {"$set": update, **push(step)})
 
     def release(self, job_id: str, delivery: str, now: datetime, reason: str, *,
-                event: str = "released") -> bool:
-        refund = ledger.release_changes({}, reason, utc(now))  # its attempts: 0
+                event: str = "released", delay_s: float = 0) -> bool:
+        refund = ledger.release_changes({}, reason, utc(now), delay_s)  # its attempts: 0
         step = push(history.entry(event, utc(now), reason=reason))
         query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}
         with self._errors():

@@ -61,6 +61,7 @@ from vip_worker.store.fleet import SqliteFleet
 from vip_worker.store.history import appended
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.outbox import SqliteOutbox
+from vip_worker.store.quota import SqliteQuota
 from vip_worker.store.search import SqliteSearch
 from vip_worker.store.sqlite_schema import (
     check_version,
@@ -90,7 +91,7 @@ def check_name(name: str) -> str:
 MEMORY = ":memory:"
 
 
-class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch):
+class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch, SqliteQuota):
     """``JobStore`` on one SQLite file; see the module docstring for concurrency."""
 
     def __init__(self, path: str | os.PathLike[str], jobs_collection: str = "jobs",
@@ -361,14 +362,14 @@ class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch):
             self._save_job(conn, job)
 
     def release(self, job_id: str, delivery: str, now: datetime, reason: str, *,
-                event: str = "released") -> bool:
+                event: str = "released", delay_s: float = 0) -> bool:
         now = utc(now)
         step = history.entry(event, now, reason=reason)
         with self._write() as conn:
             job = self._load_job(conn, job_id)
             if job is None or not ledger.holds(job, delivery):
                 return False
-            job.update(ledger.release_changes(job, reason, now))  # processing -> queued
+            job.update(ledger.release_changes(job, reason, now, delay_s))  # processing -> queued
             job["history"] = appended(job, step)
             self._save_job(conn, job)
             return True

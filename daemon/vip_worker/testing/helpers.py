@@ -49,9 +49,10 @@ def make_message(type: str, payload: dict[str, Any] | None = None, *,
 class Outcome:
     """What the daemon would do with the message after this run of the handler."""
 
-    kind: str  # "succeeded" | "retried" | "dead_lettered" (KINDS)
+    kind: str  # "succeeded" | "retried" | "dead_lettered" | "cancelled" | "deferred" (KINDS)
     error: BaseException | None = None
-    delay_s: float | None = None  # when retried: the visibility delay before the next try
+    # when retried or deferred: the visibility delay before the next try
+    delay_s: float | None = None
     progress: list[tuple[int, str]] = field(default_factory=list)
     store: MemoryStore | None = None
 
@@ -73,6 +74,11 @@ class Outcome:
         return self.kind == "cancelled"
 
     @property
+    def deferred(self) -> bool:
+        """The handler raised ``Deferred``: run later, no attempt spent."""
+        return self.kind == "deferred"
+
+    @property
     def reason(self) -> str:
         """The reason the daemon would record (``ErrorClass: text``), or ''."""
         return reason_of(self.error) if self.error is not None else ""
@@ -80,7 +86,7 @@ class Outcome:
 
 # How the daemon's decision reads in an Outcome.
 KINDS = {Action.ACK: "succeeded", Action.RETRY: "retried", Action.DEAD_LETTER: "dead_lettered",
-         Action.CANCEL: "cancelled"}
+         Action.CANCEL: "cancelled", Action.DEFER: "deferred"}
 
 
 class _RecordingStore:
