@@ -17,6 +17,7 @@ from vip_worker.pipeline import settings as pipeline_settings
 from vip_worker.services import callback_settings
 from vip_worker.store import settings as store_settings
 from vip_worker.web import settings as web_settings
+from vip_worker.web.dashboard import settings as dashboard_settings
 
 QUEUE = {"ARTICLES_QUEUE_URL": "http://127.0.0.1:1/1/articles"}
 GROUP = config.SETTINGS_ENTRY_POINT_GROUP
@@ -47,7 +48,7 @@ def test_the_store_and_pipeline_declarations_are_found_through_entry_points():
     # a list), each once.
     assert sorted(map(id, declared)) == sorted(
         map(id, store_settings.SETTINGS + pipeline_settings.SETTINGS + web_settings.SETTINGS
-            + callback_settings.SETTINGS))
+            + callback_settings.SETTINGS + dashboard_settings.SETTINGS))
     names = [s.name for s in config.worker_settings()]
     assert len(names) == len(set(names))
     assert {"fastapi_url", "mongodb_uri", "jobs_collection", "state_dir"} <= set(names)
