@@ -1,0 +1,109 @@
+"""Live updates: ONE producer task per web process, fanned out to every open browser.
+
+``Hub`` runs the producer while at least one browser listens (none: no SQS or store
+reads at all). Every ``dashboard_refresh_s`` it calls ``produce()`` once (the overview's
+counts through the shared queue-attributes cache, one ``read_minutes``, one ``daemons()``,
+the fragments rendered once), frames the result as one Server-Sent Event, and wakes every
+subscriber, which writes that same frame. A subscriber that is slow to read skips to the
+newest frame: nothing queues up per browser, and no browser causes a read of its own.
+
+Events on ``/dashboard/events``::
+
+    event: update     data: {"at": ISO time, "fragments": {element id: HTML}}
+    : keepalive       a comment every KEEPALIVE_S of silence, so proxies keep it open
+
+The page's script (static/live.js) replaces the inner HTML of each element whose id is a
+key of ``fragments``; elements a page does not have are skipped, so one stream serves the
+overview and the fleet page. Without JavaScript the pages are the same HTML on a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("vip_worker.web.dashboard")
+KEEPALIVE_S = 15.0
+
+
+def frame(event: str, data: dict[str, Any], event_id: int) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+class Hub:
+    """The one producer of live updates and its subscribers.
+
+    ``produce`` returns the update's data (a JSON-able dict); ``sleep`` waits one interval
+    (injected by tests, which tick it by hand).
+    """
+
+    def __init__(self, produce: Callable[[], Awaitable[dict[str, Any]]], interval_s: float,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.produce = produce
+        self.interval_s = interval_s
+        self.sleep = sleep
+        self.version = 0
+        self.latest: str | None = None
+        self.subscribers = 0
+        self.produced = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def publish(self, text: str) -> None:
+        self.version += 1
+        self.latest = text
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()  # wakes every subscriber waiting on this version
+
+    async def run(self) -> None:
+        """The producer: one update per interval while anyone listens."""
+        while self.subscribers:
+            try:
+                data = await self.produce()
+            except Exception as exc:  # noqa: BLE001 (one failed refresh must not end the stream)
+                log.warning("dashboard.refresh_failed", extra={"error": repr(exc)[:300]})
+            else:
+                self.produced += 1
+                self.publish(frame("update", data, self.version + 1))
+            await self.sleep(self.interval_s)
+
+    def _join(self) -> None:
+        self.subscribers += 1
+        if self._task is None or self._task.done():
+            # idle -> producing: the first browser starts the one producer
+            self._task = asyncio.ensure_future(self.run())
+
+    def _leave(self) -> None:
+        self.subscribers -= 1
+        if not self.subscribers and self._task is not None:
+            # producing -> idle: the last browser left; no reads until one comes back
+            self._task.cancel()
+            self._task = None
+
+    async def subscribe(self, keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[str]:
+        """The frames one browser receives: the latest update at once (if any), then each
+        newer one; a keepalive comment after ``keepalive_s`` without one."""
+        self._join()
+        try:
+            seen = 0
+            while True:
+                if self.latest is not None and self.version != seen:
+                    seen = self.version
+                    yield self.latest
+                    continue
+                changed = self._changed
+                try:
+                    await asyncio.wait_for(changed.wait(), keepalive_s)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+        finally:
+            self._leave()
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,150 @@
+"""Live updates: one producer per process however many browsers listen; fan-out; idle
+without listeners; a slow browser skips to the newest update."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.support.wait import wait_until_async
+from vip_worker.web.dashboard.live import Hub
+
+
+class Ticker:
+    """The hub's sleep, advanced by hand: ``tick()`` ends one interval."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.waiting = 0
+
+    async def __call__(self, _interval_s: float) -> None:
+        self.waiting += 1
+        await self.event.wait()
+        self.event = asyncio.Event()
+
+    def tick(self) -> None:
+        self.waiting = 0
+        self.event.set()
+
+
+class Source:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail = False
+
+    async def __call__(self) -> dict:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("store down")
+        return {"n": self.calls}
+
+
+def data(text: str) -> dict:
+    line = next(x for x in text.splitlines() if x.startswith("data: "))
+    return json.loads(line[len("data: "):])
+
+
+async def take(stream, count: int) -> list[dict]:
+    return [data(await anext(stream)) for _ in range(count)]
+
+
+def test_twenty_browsers_one_producer_call_per_interval():
+    async def scenario() -> tuple[int, list[list[dict]]]:
+        source, ticker = Source(), Ticker()
+        hub = Hub(source, 5.0, sleep=ticker)
+        streams = [hub.subscribe() for _ in range(20)]
+        firsts = [asyncio.ensure_future(take(s, 1)) for s in streams]
+        got = [await f for f in firsts]
+        for _ in range(3):
+            await wait_until_async(lambda: ticker.waiting, 5, message="the producer sleeps")
+            nexts = [asyncio.ensure_future(take(s, 1)) for s in streams]
+            ticker.tick()
+            for i, f in enumerate(nexts):
+                got[i] += await f
+        for s in streams:
+            await s.aclose()
+        await hub.close()
+        return source.calls, got
+
+    calls, got = asyncio.run(scenario())
+    assert calls == 4  # not 80: every browser got the same four updates
+    assert all(g == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}] for g in got)
+
+
+def test_no_listener_no_reads_and_the_producer_stops_with_the_last_one():
+    async def scenario() -> None:
+        source, ticker = Source(), Ticker()
+        hub = Hub(source, 5.0, sleep=ticker)
+        await asyncio.sleep(0)
+        assert source.calls == 0  # nobody listens: nothing is read
+        stream = hub.subscribe()
+        assert data(await anext(stream)) == {"n": 1}
+        await stream.aclose()
+        assert hub.subscribers == 0 and hub._task is None
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert source.calls == 1  # stopped: nothing more was read
+        again = hub.subscribe()  # a new browser restarts it
+        assert data(await anext(again)) == {"n": 1}  # the last update at once
+        await wait_until_async(lambda: source.calls == 2, 5, message="a fresh producer")
+        await again.aclose()
+        await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_browser_skips_to_the_newest_update():
+    async def scenario() -> list[dict]:
+        source, ticker = Source(), Ticker()
+        hub = Hub(source, 5.0, sleep=ticker)
+        fast, slow = hub.subscribe(), hub.subscribe()
+        await take(fast, 1)
+        await take(slow, 1)
+        for _ in range(3):  # the slow one reads nothing meanwhile
+            await wait_until_async(lambda: ticker.waiting, 5, message="the producer sleeps")
+            pending = asyncio.ensure_future(take(fast, 1))
+            ticker.tick()
+            await pending
+        got = await take(slow, 1)
+        await fast.aclose()
+        await slow.aclose()
+        await hub.close()
+        return got
+
+    assert asyncio.run(scenario()) == [{"n": 4}]
+
+
+def test_a_failed_refresh_is_skipped_and_the_stream_goes_on():
+    async def scenario() -> list[dict]:
+        source, ticker = Source(), Ticker()
+        source.fail = True
+        hub = Hub(source, 5.0, sleep=ticker)
+        stream = hub.subscribe(keepalive_s=0.01)
+        assert await anext(stream) == ": keepalive\n\n"  # nothing yet, but alive
+        source.fail = False
+        await wait_until_async(lambda: ticker.waiting, 5, message="the producer sleeps")
+        ticker.tick()
+        got = await take(stream, 1)
+        await stream.aclose()
+        await hub.close()
+        return got
+
+    assert asyncio.run(scenario()) == [{"n": 2}]
+
+
+def test_frames_are_server_sent_events_with_increasing_ids():
+    async def scenario() -> list[str]:
+        source, ticker = Source(), Ticker()
+        hub = Hub(source, 5.0, sleep=ticker)
+        stream = hub.subscribe()
+        first = await anext(stream)
+        await wait_until_async(lambda: ticker.waiting, 5, message="the producer sleeps")
+        ticker.tick()
+        second = await anext(stream)
+        await stream.aclose()
+        await hub.close()
+        return [first, second]
+
+    first, second = asyncio.run(scenario())
+    assert first.startswith("id: 1\nevent: update\ndata: ") and first.endswith("\n\n")
+    assert second.startswith("id: 2\n")
