@@ -13,7 +13,7 @@ export AWS_ACCESS_KEY_ID ?= testing
 export AWS_SECRET_ACCESS_KEY ?= testing
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: run test lint bench clean systemd-analyze
+.PHONY: run test lint bench clean systemd-analyze chromium
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(BIN)/vip-worker dev $(ARGS)
 
-test: $(STAMP) systemd-analyze
+test: $(STAMP) systemd-analyze chromium
 	$(BIN)/python -m pytest $(ARGS)
 
 # tests/ops verifies systemd/vip-worker.service with `systemd-analyze verify`. Install
@@ -36,6 +36,16 @@ systemd-analyze:
 	  { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install \
 	    -y -qq --no-install-recommends systemd >/dev/null; } || \
 	  echo "warning: could not install systemd; the unit's verify test will skip" >&2
+
+# tests/browser drives Debian's Chromium through Playwright (never Playwright's own browser
+# download). Install the package the same way, only when it is missing and we are root with
+# apt; otherwise the browser tests skip and say why.
+chromium:
+	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || \
+	  ! command -v apt-get >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install \
+	    -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "warning: could not install chromium; the browser tests will skip" >&2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

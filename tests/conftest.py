@@ -18,4 +18,5 @@ pytest_plugins = [
     "tests.fixtures.localstack",
     "tests.fixtures.web",
     "tests.fixtures.callbacks",
+    "tests.fixtures.browser",
 ]

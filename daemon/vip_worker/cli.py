@@ -184,8 +184,9 @@ def add_web_commands(commands) -> None:
     add_config_arg(create)
     create.add_argument("--user", dest="name", required=True,
                         help="who the key is for (a label, e.g. app-backend)")
-    create.add_argument("--role", choices=("backend", "admin"), default="backend",
-                        help="backend: acts for X-User-Id; admin: sees every job")
+    create.add_argument("--role", choices=("backend", "admin", "viewer"), default="backend",
+                        help="backend: acts for X-User-Id; admin: sees every job and signs "
+                             "in to the dashboard; viewer: the dashboard, read-only")
     listing = actions.add_parser("list", help="the keys: id, role, label, creation")
     add_config_arg(listing)
     revoke = actions.add_parser("revoke", help="remove a key (takes effect at once)")

@@ -233,7 +233,8 @@ def start_web(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     if web.poll() is not None:
         print(f"dev: the job API did not start (exit {web.returncode})", flush=True)
         return web, url
-    print(f"dev: job API on {url} (open access on loopback, no key configured; "
+    print(f"dev: dashboard on {url}/dashboard/ (open access on loopback)\n"
+          f"dev: job API on {url} (open access on loopback, no key configured; "
           f"{url}/docs)\n"
           f"dev:   curl -s -X POST {url}/api/content/generate -H 'X-User-Id: demo-user' "
           f"-H 'Content-Type: application/json' -d '{{\"mode\": \"topic\", \"topic\": "

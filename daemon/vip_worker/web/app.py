@@ -302,4 +302,7 @@ def create_app(settings, producer=None) -> FastAPI:
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
 
+    from vip_worker.web.dashboard import create_dashboard  # docs/dashboard.md
+
+    app.mount("/dashboard", create_dashboard(settings, jobs, auth))
     return app

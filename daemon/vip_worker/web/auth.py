@@ -2,7 +2,7 @@
 
 - An API key (``Authorization: Bearer vwk_...`` or ``X-API-Key``): a ``backend`` key acts
   for the user it names in ``X-User-Id`` (required); an ``admin`` key sees every job and
-  may name a user to create jobs for.
+  may name a user to create jobs for; a ``viewer`` key (the dashboard's) is refused (403).
 - The app's session token (``Authorization: Bearer <JWT>``), verified with PyJWT against
   ``web_jwt_key`` or the keys at ``web_jwt_jwks_url``; the user is the
   ``web_jwt_user_claim`` claim. ``X-User-Id`` is refused (403): a browser acts for itself.
@@ -119,6 +119,8 @@ class Authenticator:
                 raise unauthorized("unknown or revoked API key")
             if key.role == "admin":
                 return Caller(named, "admin")
+            if key.role != "backend":  # a viewer key: the dashboard's, read-only
+                raise HTTPException(403, f"a {key.role} key is for the dashboard only")
             if named is None:
                 raise HTTPException(422, [{"loc": ["header", "X-User-Id"], "type": "missing",
                                            "msg": "a backend key names the user it acts for"}])

@@ -9,7 +9,9 @@ when its modification time changes, so a key made or revoked takes effect withou
 Roles:
 
 - ``backend``: the app's server; acts for the user it names in ``X-User-Id``.
-- ``admin``: sees every user's jobs (the dashboard, later); may also name a user.
+- ``admin``: sees every user's jobs; may also name a user; signs in to the dashboard
+  (web/dashboard/) and acts there.
+- ``viewer``: signs in to the dashboard, read-only; refused by the job API (403).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from datetime import UTC, datetime
 from vip_worker import exitcodes
 
 PREFIX = "vwk_"
-ROLES = ("backend", "admin")
+ROLES = ("backend", "admin", "viewer")
 KEYS_FILE = "web-keys.json"
 
 

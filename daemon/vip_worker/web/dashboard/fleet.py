@@ -1,4 +1,4 @@
-"""The fleet page's figures: every daemon the registry knows (``store.daemons()``), and the
+"""The fleet page (``/dashboard/fleet``) and its figures: every daemon the registry knows (``store.daemons()``), and the
 autoscaling signal.
 
 A daemon is "lost" by the registry's one rule, ``vip_worker.store.fleet.is_lost`` (its
@@ -9,11 +9,15 @@ spot-noticed daemon is leaving, a stopped or lost one is gone). With none, there
 figure ("-").
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the route's types, which name
+# the dependency made inside add_routes.
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from vip_worker.web.dashboard.session import Session
 
 LEAVING = ("draining", "spot_notice")
 
@@ -81,3 +85,16 @@ def build(records: Sequence[dict[str, Any]], now: datetime, backlog: int | None,
             "backlog": backlog,
             "backlog_per_instance": None if per is None else round(per, 1),
             "backlog_per_instance_text": "-" if per is None else f"{per:.1f}"}
+
+
+def add_routes(app, dash) -> None:
+    from vip_worker.web.dashboard import live
+
+    Viewer = Annotated[Session, Depends(dash.viewer)]
+
+    @app.get("/fleet", name="fleet")
+    async def fleet_page(request: Request, session: Viewer):
+        """Auth: a dashboard session (any role). Every daemon, and the backlog per instance."""
+        _, doc = await live.shared(dash).both()
+        return dash.render(request, "fleet.html", session, active="fleet", fleet=doc,
+                           refresh_s=dash.settings.dashboard_refresh_s)

@@ -17,13 +17,21 @@ key of ``fragments``; elements a page does not have are skipped, so one stream s
 overview and the fleet page. Without JavaScript the pages are the same HTML on a reload.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the route's types, which name
+# the dependency made inside add_routes.
 import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import StreamingResponse
+
+from vip_worker.web.dashboard import fleet, overview
+from vip_worker.web.dashboard.queuestats import QueueStats, sqs_reader_factory
+from vip_worker.web.dashboard.session import Session
 
 log = logging.getLogger("vip_worker.web.dashboard")
 KEEPALIVE_S = 15.0
@@ -107,3 +115,71 @@ class Hub:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Live:
+    """The dashboard's shared state in one web process: the queue-attributes cache, the
+    hub, and how one update is gathered (used by the pages too, so a reload and the stream
+    show the same figures from the same reads)."""
+
+    def __init__(self, dash, clock: Callable[[], datetime] = utc_now,
+                 stats: QueueStats | None = None) -> None:
+        settings = dash.settings
+        self.dash = dash
+        self.clock = clock
+        self.stats = stats or QueueStats(settings.queues, sqs_reader_factory(settings),
+                                         settings.dashboard_refresh_s)
+        self.hub = Hub(self.update, settings.dashboard_refresh_s)
+
+    async def overview(self, now: datetime | None = None) -> dict[str, Any]:
+        """The overview: counts through the shared cache, one read of the "queue" buckets."""
+        settings = self.dash.settings
+        now = now or self.clock()
+        since = now - timedelta(hours=settings.dashboard_history_h)
+        counts = await self.stats.read()
+        rows = await self.dash.call(self.dash.store.read_minutes, "queue", since)
+        return overview.build(counts, rows, now, settings.dashboard_history_h,
+                              settings.dashboard_rate_window_min)
+
+    async def both(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The overview and the fleet (whose backlog per instance needs the queues' counts)."""
+        now = self.clock()
+        doc = await self.overview(now)
+        totals = doc["totals"]
+        records = await self.dash.call(self.dash.store.daemons)
+        return doc, fleet.build(records, now, totals["backlog"] if totals["complete"] else None)
+
+    def fragment(self, name: str, **context: Any) -> str:
+        return self.dash.templates.env.get_template(name).render(**context)
+
+    async def update(self) -> dict[str, Any]:
+        """One live update: both pages' live fragments, rendered once for every browser."""
+        doc, fleet_doc = await self.both()
+        return {"at": doc["at"].isoformat(),
+                "fragments": {"overview-live": self.fragment("_overview_live.html",
+                                                             overview=doc),
+                              "fleet-live": self.fragment("_fleet_live.html", fleet=fleet_doc)}}
+
+
+def shared(dash) -> Live:
+    """This process's ``Live`` (made at first use, after any fork)."""
+    found = dash.resources.get("live")
+    if found is None:
+        found = dash.resources["live"] = Live(dash)
+    return found
+
+
+def add_routes(app, dash) -> None:
+    Viewer = Annotated[Session, Depends(dash.viewer)]
+
+    @app.get("/events", name="events")
+    async def events(request: Request, session: Viewer):
+        """Auth: a dashboard session (any role). Server-Sent Events: the live fragments of
+        the overview and the fleet page, every ``dashboard_refresh_s``."""
+        return StreamingResponse(shared(dash).hub.subscribe(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})

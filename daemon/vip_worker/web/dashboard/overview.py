@@ -1,4 +1,4 @@
-"""The overview's figures: per queue its counts, processing rate and ETA to clear, and the
+"""The overview page (``/dashboard/overview``) and its figures: per queue its counts, processing rate and ETA to clear, and the
 charts of the last hours, from the queue counts (``queuestats``) and the "queue" series of
 per-minute buckets (``store.read_minutes``). Pure functions: the caller reads SQS and the
 store once per refresh, for every browser (``live.py``).
@@ -13,16 +13,18 @@ store once per refresh, for every browser (``live.py``).
   (the most messages visible seen in the minute; a gap when no daemon looked).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the route's types, which name
+# the dependency made inside add_routes.
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends, Request
 from markupsafe import Markup
 
 from vip_worker.web.dashboard.charts import Series, line_chart
 from vip_worker.web.dashboard.queuestats import QueueCounts
+from vip_worker.web.dashboard.session import Session
 
 MINUTE = timedelta(minutes=1)
 
@@ -158,3 +160,16 @@ def build(counts: Sequence[QueueCounts], bucket_rows: Iterable[dict[str, Any]],
               "rate_per_min": round(sum(r["rate_per_min"] for r in rows), 2)}
     return {"queues": rows, "totals": totals, "at": now,
             "charts": charts([c.name for c in counts], buckets, since, now)}
+
+
+def add_routes(app, dash) -> None:
+    from vip_worker.web.dashboard import live
+
+    Viewer = Annotated[Session, Depends(dash.viewer)]
+
+    @app.get("/overview", name="overview")
+    async def overview_page(request: Request, session: Viewer):
+        """Auth: a dashboard session (any role). The queues, their counts and charts."""
+        doc = await live.shared(dash).overview()
+        return dash.render(request, "overview.html", session, active="overview",
+                           overview=doc, refresh_s=dash.settings.dashboard_refresh_s)
