@@ -118,7 +118,7 @@ def create_dashboard(settings, jobs, auth) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException):
         return dash.render(request, "error.html", dash.sessions.read(request),
                            status=exc.status_code, title=_TITLES.get(exc.status_code, "Error"),
-                           detail=exc.detail, headers=exc.headers)
+                           detail=_describe(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_input(request: Request, exc: RequestValidationError):
@@ -140,6 +140,14 @@ def create_dashboard(settings, jobs, auth) -> FastAPI:
 _TITLES = {400: "Bad request", 401: "Sign in first", 403: "Not allowed", 404: "Not found",
            409: "Conflict", 415: "Unsupported form", 422: "Bad input",
            503: "Unavailable"}
+
+
+def _describe(detail: Any) -> str:
+    """An HTTPException's detail as one line (the API's 422s carry a list of errors)."""
+    if isinstance(detail, list):
+        return "; ".join(f"{e.get('loc', ['?'])[-1]}: {e.get('msg')}" if isinstance(e, dict)
+                         else str(e) for e in detail)
+    return str(detail)
 
 
 def _quote(text: str) -> str:
