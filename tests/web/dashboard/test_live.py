@@ -148,3 +148,41 @@ def test_frames_are_server_sent_events_with_increasing_ids():
     first, second = asyncio.run(scenario())
     assert first.startswith("id: 1\nevent: update\ndata: ") and first.endswith("\n\n")
     assert second.startswith("id: 2\n")
+
+
+def test_the_producer_ticks_on_the_intervals_boundaries():
+    async def scenario() -> list[float]:
+        slept: list[float] = []
+        gate = asyncio.Event()
+
+        async def sleep(delay_s: float) -> None:
+            slept.append(delay_s)
+            await gate.wait()
+
+        hub = Hub(Source(), 5.0, sleep=sleep, clock=lambda: 1002.25)
+        stream = hub.subscribe()
+        await anext(stream)
+        await wait_until_async(lambda: slept, 5, message="the producer sleeps")
+        await stream.aclose()
+        await hub.close()
+        return slept
+
+    assert asyncio.run(scenario()) == [2.75]  # until 1005.0, not 1002.25 + 5
+
+
+def test_an_answer_is_fresh_until_its_interval_ends():
+    from tests.web.dashboard.test_queuestats import URLS, Clock, make, sqs_with_dlq
+
+    sqs, clock = sqs_with_dlq(), Clock()
+    stats = make(sqs, clock, refresh_s=5.0)
+    clock.now = 1004.9  # late in the interval [1000, 1005)
+
+    async def scenario() -> None:
+        await stats.attributes(URLS["articles"])
+        clock.now = 1005.0  # the next interval: read afresh, though 0.1 s old
+        await stats.attributes(URLS["articles"])
+        clock.now = 1009.99
+        await stats.attributes(URLS["articles"])
+
+    asyncio.run(scenario())
+    assert sqs.calls[URLS["articles"]] == 2

@@ -22,6 +22,7 @@ overview and the fleet page. Without JavaScript the pages are the same HTML on a
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -49,8 +50,10 @@ class Hub:
     """
 
     def __init__(self, produce: Callable[[], Awaitable[dict[str, Any]]], interval_s: float,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.produce = produce
+        self.clock = clock
         self.interval_s = interval_s
         self.sleep = sleep
         self.version = 0
@@ -67,7 +70,9 @@ class Hub:
         changed.set()  # wakes every subscriber waiting on this version
 
     async def run(self) -> None:
-        """The producer: one update per interval while anyone listens."""
+        """The producer: one update per interval while anyone listens, on the intervals'
+        boundaries (aligned on the monotonic clock, as the queue-attributes cache's: each
+        tick finds the last answers one interval old, so every update reads afresh)."""
         while self.subscribers:
             try:
                 data = await self.produce()
@@ -76,7 +81,7 @@ class Hub:
             else:
                 self.produced += 1
                 self.publish(frame("update", data, self.version + 1))
-            await self.sleep(self.interval_s)
+            await self.sleep(self.interval_s - self.clock() % self.interval_s)
 
     def _join(self) -> None:
         self.subscribers += 1

@@ -2,7 +2,8 @@
 
 However many browsers are open, SQS's GetQueueAttributes is called at most once per queue
 per ``dashboard_refresh_s``: every reader of a queue's counts goes through ``QueueStats``,
-which keeps each queue's last answer for that long (by the monotonic clock) and lets
+which keeps each queue's last answer until the interval it was asked in ends (intervals
+aligned on the monotonic clock, ``QueueStats.slot``) and lets
 concurrent readers of an expired queue wait for the ONE call in progress (single-flight)
 instead of making their own. A failed call is kept for the interval too, so an SQS outage
 is not hammered by every open page.
@@ -18,6 +19,7 @@ process at first use, never inherited across a fork), in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -107,7 +109,7 @@ class QueueStats:
         :raises TRANSPORT_ERRORS: SQS's failure (kept for the interval, as answers are).
         """
         entry = self._cache.get(url)
-        if entry is not None and self.clock() - entry.at_s < self.refresh_s:
+        if entry is not None and self.slot(entry.at_s) == self.slot(self.clock()):
             if entry.error is not None:
                 raise entry.error
             return entry.value or {}
@@ -119,15 +121,24 @@ class QueueStats:
         # shield: a reader that goes away (a closed page) must not cancel the others' call
         return await asyncio.shield(pending)
 
+    def slot(self, at_s: float) -> int:
+        """The refresh interval ``at_s`` falls in: intervals are aligned on the clock,
+        [k x refresh_s, (k + 1) x refresh_s), so "at most one call per interval" holds for
+        every interval, and the live producer (which ticks on their boundaries) finds each
+        tick's answers one interval old and reads afresh."""
+        return math.floor(at_s / self.refresh_s)
+
     async def _refresh(self, url: str) -> dict[str, str]:
+        # Stamped with the call's start: the interval the call was made in.
+        started_s = self.clock()
         try:
             value = await asyncio.to_thread(self._get, url)
         except TRANSPORT_ERRORS as exc:
-            self._cache[url] = Entry(self.clock(), error=exc)
+            self._cache[url] = Entry(started_s, error=exc)
             raise
         finally:
             self._pending.pop(url, None)
-        self._cache[url] = Entry(self.clock(), value=value)
+        self._cache[url] = Entry(started_s, value=value)
         return value
 
     def _get(self, url: str) -> dict[str, str]:
