@@ -33,4 +33,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_retention_h", 48.0, number(1, 24 * 366),
             "Hours the dashboard's per-minute buckets and fleet records are kept (a TTL "
             "index in MongoDB, a prune in SQLite)."),
+    Setting("fleet_report_interval_s", 10.0, number(0, 3600),
+            "Seconds between a daemon's reports to the fleet registry in the job store "
+            "(one upsert each, by poller 0); a daemon silent for 3 intervals is lost; 0: off."),
 )
