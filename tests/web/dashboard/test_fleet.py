@@ -40,14 +40,14 @@ def test_a_silent_daemon_is_lost_whatever_it_last_said_and_listed_last():
     assert (doc["live"], doc["lost"]) == (1, 1)
 
 
-def test_backlog_per_instance_counts_only_running_daemons():
+def test_backlog_per_instance_counts_live_daemons_as_the_emf_metric_does():
     records = [record("a", 1), record("b", 2), record("c", 3, state="draining"),
                record("d", 4, state="spot_notice"), record("e", 5, seen_s=100),
                record("f", 6, state="stopped")]
     doc = fleet.build(records, NOW, backlog=150, is_lost=three_intervals)
-    assert doc["live"] == 2
-    assert doc["backlog_per_instance"] == 75
-    assert doc["backlog_per_instance_text"] == "75.0"
+    assert doc["live"] == 4  # not the lost one, not the stopped one
+    assert doc["backlog_per_instance"] == 37.5
+    assert doc["backlog_per_instance_text"] == "37.5"
 
 
 def test_no_live_daemon_or_no_backlog_means_no_figure():

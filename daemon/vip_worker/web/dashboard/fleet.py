@@ -4,9 +4,9 @@ autoscaling signal.
 A daemon is "lost" by the registry's one rule, ``vip_worker.store.fleet.is_lost`` (its
 last report older than three of its own intervals); a lost daemon shows as lost whatever
 state it last reported. The backlog per instance is the queues' visible + in-flight
-messages over the daemons that can take work: running and not lost (a draining or
-spot-noticed daemon is leaving, a stopped or lost one is gone). With none, there is no
-figure ("-").
+messages over the live daemons: neither lost nor stopped (draining and spot-noticed ones
+still count), the same figure as the daemons' ``BacklogPerInstance`` EMF metric
+(services/fleet.py ``live_daemons``). With no live daemon there is no figure ("-").
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route's types, which name
@@ -18,9 +18,6 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from vip_worker.web.dashboard.session import Session
-
-LEAVING = ("draining", "spot_notice")
-
 
 def ago_text(seconds: float) -> str:
     """"4 s", "3 min", "2 h 5 min", "3 d 4 h"."""
@@ -59,8 +56,8 @@ def daemon_row(record: dict[str, Any], now: datetime, lost: bool) -> dict[str, A
 
 
 def live(rows: Iterable[dict[str, Any]]) -> int:
-    """How many daemons can take work now."""
-    return sum(1 for row in rows if row["state"] == "running")
+    """How many daemons are live: neither lost nor stopped."""
+    return sum(1 for row in rows if row["state"] not in ("lost", "stopped"))
 
 
 def backlog_per_instance(backlog: int | None, live_daemons: int) -> float | None:
