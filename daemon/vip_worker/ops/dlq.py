@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from vip_worker import outcomes as retry
@@ -59,6 +60,14 @@ def peek(client: SqsClient, url: str, count: int, visibility_s: int = PEEK_VISIB
     Returns the summaries and the messages SQS would not release (those come back
     after ``visibility_s``). Peeking counts as a receive (ApproximateReceiveCount).
     """
+    held, problems = peek_messages(client, url, count, visibility_s)
+    return [summary(m) for m in held], problems
+
+
+def peek_messages(client: SqsClient, url: str, count: int,
+                  visibility_s: int = PEEK_VISIBILITY_S
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+    """``peek``, the messages whole (body and attributes; their receipt handles are spent)."""
     held: list[dict[str, Any]] = []
     problems: list[str] = []
     try:
@@ -71,7 +80,35 @@ def peek(client: SqsClient, url: str, count: int, visibility_s: int = PEEK_VISIB
     finally:
         if held:
             problems = release(client, url, held)
-    return [summary(m) for m in held[:count]], problems
+    return held[:count], problems
+
+
+def discard(client: SqsClient, url: str, select: Callable[[dict[str, Any]], bool],
+            limit: int, visibility_s: int = PEEK_VISIBILITY_S) -> tuple[int, list[str]]:
+    """Delete up to ``limit`` messages of ``url`` that ``select`` picks; the others
+    received on the way are held (so each receive reaches new ones) and released at the
+    end, also on an error. Returns how many were deleted and "id: code" of the refused."""
+    deleted, problems = 0, []
+    held: dict[str, dict[str, Any]] = {}
+    try:
+        while deleted < limit:
+            batch = receive(client, url, BATCH_MAX, visibility_s)
+            if not batch:
+                break
+            chosen = [m for m in batch if m["MessageId"] not in held and select(m)]
+            chosen = chosen[:limit - deleted]
+            picked = {m["MessageId"] for m in chosen}
+            held.update({m["MessageId"]: m for m in batch if m["MessageId"] not in picked})
+            if not chosen:
+                continue
+            failed = client.delete_batch(url, [(str(n), m["ReceiptHandle"])
+                                               for n, m in enumerate(chosen)])
+            deleted += len(chosen) - len(failed)
+            problems += [f"{chosen[int(f.id)]['MessageId']}: {f.code}" for f in failed]
+    finally:
+        if held:
+            problems += release(client, url, list(held.values()))
+    return deleted, problems
 
 
 def summary(message: dict[str, Any]) -> dict[str, Any]:

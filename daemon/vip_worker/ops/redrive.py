@@ -90,10 +90,12 @@ def came_back(message: dict[str, Any], journal: Journal) -> bool:
 def move_messages(client: SqsClient, dlq_url: str, target_of: Callable[[dict], str],
                   journal: Journal, result: RedriveResult, limit: int | None = None,
                   visibility_s: int = MOVE_VISIBILITY_S, wait_s: int | None = None,
-                  stop: Callable[[], bool] = lambda: False, batch_max: int = BATCH_MAX) -> str:
+                  stop: Callable[[], bool] = lambda: False, batch_max: int = BATCH_MAX,
+                  select: Callable[[dict], bool] = lambda message: True) -> str:
     """Move messages from ``dlq_url`` to ``target_of(message)``, at most ``limit`` (the
     ``plan``), until a receive comes back empty; return why it stopped: ``DONE_BUDGET``,
-    ``DONE_EMPTY`` or ``STOPPED``.
+    ``DONE_EMPTY`` or ``STOPPED``. Only the messages ``select`` picks move (the
+    dashboard's selection); the others are held as copies that came back are.
 
     Updates ``result`` as it goes, so the counts survive an exception. A batch
     interrupted by an exception or by ``stop()`` is released (visibility 0). Messages
@@ -115,6 +117,10 @@ def move_messages(client: SqsClient, dlq_url: str, target_of: Callable[[dict], s
             back = {m["MessageId"]: m for m in messages if came_back(m, journal)}
             result.came_back += len(back.keys() - held.keys())
             held.update(back)  # the latest receipt handle of each, for the release
+            passed = {m["MessageId"]: m for m in messages
+                      if m["MessageId"] not in back and not select(m)}
+            held.update(passed)
+            back.update(passed)
             batch = [m for m in messages
                      if m["MessageId"] not in back and m["MessageId"] not in given_up]
             if not batch:
