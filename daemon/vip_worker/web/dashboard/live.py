@@ -36,6 +36,10 @@ from vip_worker.web.dashboard.session import Session
 
 log = logging.getLogger("vip_worker.web.dashboard")
 KEEPALIVE_S = 15.0
+# The producer ticks this long after each interval's boundary: uvloop's timers (libuv's,
+# in whole milliseconds) may wake a sleep slightly before its time by time.monotonic(),
+# which would put the tick in the previous interval and serve its cached counts again.
+TICK_MARGIN_S = 0.02
 
 
 def frame(event: str, data: dict[str, Any], event_id: int) -> str:
@@ -81,7 +85,7 @@ class Hub:
             else:
                 self.produced += 1
                 self.publish(frame("update", data, self.version + 1))
-            await self.sleep(self.interval_s - self.clock() % self.interval_s)
+            await self.sleep(self.interval_s - self.clock() % self.interval_s + TICK_MARGIN_S)
 
     def _join(self) -> None:
         self.subscribers += 1
