@@ -73,6 +73,8 @@ def test_read_minutes_window_order_and_labels(store):
         ({"type": "articles", "user": "u1", "model": "m"}, 10)]
     assert store.read_minutes("usage", minute(0), labels={"user": "u2"}) == []
     assert store.read_minutes("nothing", minute(0)) == []
+    with pytest.raises(ValueError, match="'a.b'"):
+        store.read_minutes("queue", minute(0), labels={"a.b": "x"})
 
 
 def test_labels_tell_buckets_apart_whatever_their_order(store):
@@ -92,10 +94,36 @@ def test_mongodb_keeps_buckets_by_a_ttl_index(mongo_backend):
 def test_sqlite_prunes_buckets_older_than_the_retention(tmp_path):
     store = SqliteStore(tmp_path / "jobs.sqlite3", metrics_retention_h=2)
     store.bump_minutes([queue_row("a", -200, succeeded=1), queue_row("a", -100, succeeded=1)])
+    store.report_daemon("old", {"state": "stopped"}, minute(-200))  # fleet records go too
+    store.report_daemon("new", {"state": "running"}, minute(-100))
     store._pruned_at = None  # the next bump is due to prune (at most once per 5 minutes)
     store.bump_minutes([queue_row("a", 0, succeeded=1)])
     assert [b["minute"] for b in store.read_minutes("queue", minute(-300))] == [
         minute(-100), minute(0)]
+    assert [d["daemonId"] for d in store.daemons()] == ["new"]
     store.bump_minutes([queue_row("a", 200, succeeded=1)])  # pruned a moment ago: not yet
     assert len(store.read_minutes("queue", minute(-300))) == 3
     store.close()
+
+
+def test_mongodb_changes_the_ttl_in_place_when_the_retention_changes(mongo_backend,
+                                                                    monkeypatch):
+    from vip_worker.store.mongo import MongoStore
+
+    mongo_backend.new_store()  # 48 h
+    sent = []
+    if mongo_backend.id.startswith("mongodb-standin"):
+        # mongomock has no collMod: record what the store sends.
+        import mongomock
+
+        monkeypatch.setattr(mongomock.database.Database, "command",
+                            lambda self, spec: sent.append(spec))
+    store = MongoStore(database=mongo_backend.db.name, client=mongo_backend.db.client,
+                       metrics_retention_h=24)
+    mongo_backend.opened.append(store)
+    if sent:
+        assert {(c["collMod"], c["index"]["expireAfterSeconds"]) for c in sent} == {
+            ("metrics_minutes", 86400), ("daemons", 86400)}
+    else:  # a real server applied it
+        indexes = mongo_backend.db["metrics_minutes"].index_information()
+        assert indexes["minute_1"]["expireAfterSeconds"] == 86400

@@ -97,7 +97,8 @@ def test_retry_job_turns_a_failed_job_queued_afresh(store):
 @pytest.mark.parametrize("filters", [
     {"user_id": "u1"}, {"user_id": "u1", "status": "queued"}, {"type": "articles"},
     {"type": "articles", "status": "failed"}, {"status": "queued"}, {},
-    {"job_id": "x"}, {"since": T0, "until": at(9)},
+    {"job_id": "x"}, {"since": T0, "until": at(9)}, {"after": (T0, "x")},
+    {"status": "failed", "after": (T0, "x")}, {"user_id": "u1", "after": (T0, "x")},
 ])
 def test_sqlite_searches_read_an_index(tmp_path, filters):
     store = SqliteStore(tmp_path / "jobs.sqlite3")

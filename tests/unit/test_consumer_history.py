@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
+from tests.fakes import wait_until
 from tests.support.jobstore import tracked_harness
 from tests.support.sqs import envelope
-from tests.fakes import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 JOB = "507f1f77bcf86cd799439011"

@@ -77,7 +77,8 @@ class FleetReporter:
         self.wall = wall
         self.hostname = hostname or socket.gethostname()
         self.master_pid = os.getppid()
-        self.started_at = wall()
+        self.started_at = wall()  # this poller's, until status.json gives the master's
+        self.master_started = False
         self.version = version()
         self.draining = False
         self.off = False
@@ -116,9 +117,12 @@ class FleetReporter:
         except (OSError, ValueError):
             status = None
         pollers = list((status or {}).get("pollers") or [])
+        if status and status.get("uptime_s") is not None and not self.master_started:
+            # The master's start, once: status.json is rewritten every few seconds, so
+            # the uptime it holds lags by up to that much.
+            self.master_started = True
+            self.started_at = self.wall() - timedelta(seconds=float(status["uptime_s"]))
         started_at = self.started_at
-        if status and status.get("uptime_s") is not None:
-            started_at = self.wall() - timedelta(seconds=float(status["uptime_s"]))
         return {"hostname": self.hostname, "pid": self.master_pid, "version": self.version,
                 "pollers": int((status or {}).get("target") or self.settings.processes),
                 "inflight": [int(p.get("in_flight") or 0) for p in pollers],

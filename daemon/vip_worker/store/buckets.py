@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ PRUNE_EVERY_S = 300.0
 SQLITE_TABLE = "metrics_minutes"
 MONGO_COLLECTION = "metrics_minutes"
 RESERVED = ("series", "labels", "minute")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def floor_minute(value: datetime) -> datetime:
@@ -89,8 +91,17 @@ def merged(values: dict[str, float], row: MinuteRow) -> dict[str, float]:
     return out
 
 
-def matches(labels: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
-    return not wanted or all(labels.get(k) == str(v) for k, v in wanted.items())
+def label_filter(labels: Mapping[str, Any] | None) -> dict[str, str]:
+    """``read_minutes``' ``labels``, checked: names of letters, digits and ``_``.
+
+    :raises ValueError: a label name that is not one (named).
+    """
+    out = {}
+    for name, value in (labels or {}).items():
+        if not isinstance(name, str) or not LABEL_RE.match(name):
+            raise ValueError(f"read_minutes: label name {name!r} is not [A-Za-z0-9_]+")
+        out[name] = str(value)
+    return out
 
 
 class SqliteBuckets:
@@ -146,9 +157,9 @@ class SqliteBuckets:
         where, args = "series = ? AND minute >= ?", [series, iso(floor_minute(since))]
         if until is not None:
             where, args = where + " AND minute < ?", [*args, iso(utc(until))]
-        for name, value in (labels or {}).items():
+        for name, value in label_filter(labels).items():
             where += " AND json_extract(labels, ?) = ?"
-            args += [f'$."{name}"', str(value)]
+            args += [f'$."{name}"', value]
         with self._read() as conn:
             found = conn.execute(f"SELECT minute, labels, vals FROM {SQLITE_TABLE} "
                                  f"WHERE {where} ORDER BY minute, labels", args).fetchall()
@@ -207,8 +218,8 @@ class MongoBuckets:
         if until is not None:
             window["$lt"] = utc(until)
         query: dict[str, Any] = {"series": series, "minute": window}
-        for name, value in (labels or {}).items():
-            query[f"labels.{name}"] = str(value)
+        for name, value in label_filter(labels).items():
+            query[f"labels.{name}"] = value
         with self._errors():
             docs = list(self._db[MONGO_COLLECTION].find(query).sort(
                 [("minute", 1), ("labelsKey", 1)]))
@@ -218,14 +229,12 @@ class MongoBuckets:
 
 def ttl_index(db: Any, collection: str, field_name: str, hours: float) -> None:
     """A TTL index on ``field_name`` expiring after ``hours``; an existing one with
-    another expiry is changed in place (``collMod``)."""
-    from pymongo.errors import OperationFailure
-
+    another expiry is changed in place (``collMod``), not dropped and rebuilt."""
     seconds = max(60, int(hours * 3600))
-    try:
-        db[collection].create_index(field_name, expireAfterSeconds=seconds)
-    except OperationFailure as exc:
-        if exc.code not in (85, 86):  # IndexOptionsConflict, IndexKeySpecsConflict
-            raise
-        db.command("collMod", collection,
-                   index={"keyPattern": {field_name: 1}, "expireAfterSeconds": seconds})
+    for index in db[collection].index_information().values():
+        if list(index.get("key", [])) == [(field_name, 1)]:
+            if index.get("expireAfterSeconds") != seconds:
+                db.command({"collMod": collection, "index": {
+                    "keyPattern": {field_name: 1}, "expireAfterSeconds": seconds}})
+            return
+    db[collection].create_index(field_name, expireAfterSeconds=seconds)

@@ -26,6 +26,7 @@ MAX_LIMIT = 500
 SEARCH_INDEXES = (
     [("status", 1), ("createdAt", -1), ("_id", -1)],
     [("type", 1), ("status", 1), ("createdAt", -1), ("_id", -1)],
+    [("type", 1), ("createdAt", -1), ("_id", -1)],
     [("createdAt", -1), ("_id", -1)],
 )
 
@@ -71,7 +72,8 @@ class SqliteSearch:
             args.append(iso(until))
         if after is not None:
             stamp = iso(after[0])
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            # The first term is a range an index reads; the second drops the ties before.
+            where.append("created_at <= ? AND (created_at < ? OR id < ?)")
             args += [stamp, stamp, after[1]]
         sql = (f"SELECT json_remove(doc, '$.history') FROM \"{self.jobs}\" "
                f"WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ?")

@@ -237,7 +237,7 @@ class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch):
             where, args = where + "AND status = ? ", [*args, status]
         if after is not None:
             stamp = iso(after[0])
-            where += "AND (created_at < ? OR (created_at = ? AND id < ?)) "
+            where += "AND created_at <= ? AND (created_at < ? OR id < ?) "  # an index range
             args += [stamp, stamp, after[1]]
         return self._select(f"{where}ORDER BY created_at DESC, id DESC LIMIT ?", (*args, limit))
 
