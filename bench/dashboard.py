@@ -142,20 +142,20 @@ def render(url: str, job_ids: list[str], users: list[str], count: int) -> dict:
 
 
 def seed(store_path: str, jobs: int) -> tuple[list[str], list[str], float]:
+    """``jobs`` jobs in the SQLite store; (job ids to open, users to search for, seconds)."""
     from bench.dashboard_store import seed_jobs
+    from vip_worker.store.sqlite import SqliteStore
 
     started = time.perf_counter()
     seeded = seed_jobs(store_path, jobs)
     took = time.perf_counter() - started
-    from vip_worker.store.sqlite import SqliteStore
-
     store = SqliteStore(store_path)
-    try:
-        sample = store.search_jobs(limit=200)
+    try:  # the newest page's jobs, and the oldest job (the far end of the index)
+        sample = store.search_jobs(limit=100)
     finally:
         store.close()
-    job_ids = [str(j["_id"]) for j in sample] or list(getattr(seeded, "job_ids", []))
-    users = sorted({str(j.get("userId")) for j in sample if j.get("userId")}) or ["user-1"]
+    job_ids = [str(j["_id"]) for j in sample] + [seeded["first_id"], seeded["last_id"]]
+    users = sorted({seeded["user_id"], *(str(j["userId"]) for j in sample if j.get("userId"))})
     return job_ids, users, took
 
 

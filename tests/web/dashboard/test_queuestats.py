@@ -186,3 +186,58 @@ def test_the_client_is_made_once_and_only_when_first_read():
     assert made == []
     asyncio.run(stats.read())
     assert made == [1]
+
+
+def test_a_page_load_takes_last_intervals_answer_and_refreshes_in_the_background():
+    sqs, clock = sqs_with_dlq(), Clock()
+    stats = make(sqs, clock)
+
+    async def scenario() -> None:
+        await stats.attributes(URLS["articles"])
+        sqs.attrs[URLS["articles"]]["ApproximateNumberOfMessages"] = "99"
+        sqs.gate.clear()  # SQS is slow now
+        clock.now += 5  # the next interval
+        page = await stats.attributes(URLS["articles"], stale_ok=True)
+        assert page["ApproximateNumberOfMessages"] == "150"  # at once, not after SQS
+        assert sqs.calls[URLS["articles"]] == 2 or URLS["articles"] in stats._pending
+        sqs.gate.set()
+        fresh = await stats.attributes(URLS["articles"])  # the producer: waits for it
+        assert fresh["ApproximateNumberOfMessages"] == "99"
+
+    asyncio.run(scenario())
+    assert sqs.calls[URLS["articles"]] == 2  # the background refresh was the one call
+
+
+def test_a_page_load_waits_when_the_answer_is_older_than_two_intervals():
+    sqs, clock = sqs_with_dlq(), Clock()
+    stats = make(sqs, clock)
+
+    async def scenario() -> str:
+        await stats.attributes(URLS["articles"])
+        sqs.attrs[URLS["articles"]]["ApproximateNumberOfMessages"] = "99"
+        clock.now += 10  # two intervals on: too old to show
+        return (await stats.attributes(URLS["articles"], stale_ok=True))[
+            "ApproximateNumberOfMessages"]
+
+    assert asyncio.run(scenario()) == "99"
+
+
+def test_once_the_dlq_is_known_queue_and_dlq_are_asked_at_once():
+    sqs, clock = sqs_with_dlq(), Clock()
+    stats = make(sqs, clock)
+    queue = stats.queues[0]
+
+    async def scenario() -> None:
+        await stats.read_queue(queue)  # learns the DLQ from the RedrivePolicy
+        clock.now += 5
+        sqs.gate.clear()
+        reading = asyncio.ensure_future(stats.read_queue(queue))
+        # both calls are in progress before either has answered
+        await wait_until_async(lambda: sqs.calls[URLS["articles"]] == 2
+                               and sqs.calls[URLS["articles-dlq"]] == 2, 10,
+                               message="the queue's and the DLQ's calls both started")
+        sqs.gate.set()
+        row = await reading
+        assert row.dlq_depth == 8
+
+    asyncio.run(scenario())

@@ -92,6 +92,6 @@ def add_routes(app, dash) -> None:
     @app.get("/fleet", name="fleet")
     async def fleet_page(request: Request, session: Viewer):
         """Auth: a dashboard session (any role). Every daemon, and the backlog per instance."""
-        _, doc = await live.shared(dash).both()
+        _, doc = await live.shared(dash).both(stale_ok=True)
         return dash.render(request, "fleet.html", session, active="fleet", fleet=doc,
                            refresh_s=dash.settings.dashboard_refresh_s)

@@ -144,20 +144,22 @@ class Live:
                                          settings.dashboard_refresh_s)
         self.hub = Hub(self.update, settings.dashboard_refresh_s)
 
-    async def overview(self, now: datetime | None = None) -> dict[str, Any]:
-        """The overview: counts through the shared cache, one read of the "queue" buckets."""
+    async def overview(self, now: datetime | None = None,
+                       stale_ok: bool = False) -> dict[str, Any]:
+        """The overview: counts through the shared cache (``stale_ok`` for a page load: see
+        ``QueueStats.attributes``), one read of the "queue" buckets."""
         settings = self.dash.settings
         now = now or self.clock()
         since = now - timedelta(hours=settings.dashboard_history_h)
-        counts = await self.stats.read()
+        counts = await self.stats.read(stale_ok)
         rows = await self.dash.call(self.dash.store.read_minutes, "queue", since)
         return overview.build(counts, rows, now, settings.dashboard_history_h,
                               settings.dashboard_rate_window_min)
 
-    async def both(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def both(self, stale_ok: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
         """The overview and the fleet (whose backlog per instance needs the queues' counts)."""
         now = self.clock()
-        doc = await self.overview(now)
+        doc = await self.overview(now, stale_ok)
         totals = doc["totals"]
         records = await self.dash.call(self.dash.store.daemons)
         return doc, fleet.build(records, now, totals["backlog"] if totals["complete"] else None)

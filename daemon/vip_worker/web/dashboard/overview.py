@@ -170,6 +170,6 @@ def add_routes(app, dash) -> None:
     @app.get("/overview", name="overview")
     async def overview_page(request: Request, session: Viewer):
         """Auth: a dashboard session (any role). The queues, their counts and charts."""
-        doc = await live.shared(dash).overview()
+        doc = await live.shared(dash).overview(stale_ok=True)
         return dash.render(request, "overview.html", session, active="overview",
                            overview=doc, refresh_s=dash.settings.dashboard_refresh_s)

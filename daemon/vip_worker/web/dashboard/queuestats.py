@@ -6,7 +6,8 @@ which keeps each queue's last answer until the interval it was asked in ends (in
 aligned on the monotonic clock, ``QueueStats.slot``) and lets
 concurrent readers of an expired queue wait for the ONE call in progress (single-flight)
 instead of making their own. A failed call is kept for the interval too, so an SQS outage
-is not hammered by every open page.
+is not hammered by every open page. A page load takes an answer up to two intervals old
+and leaves the refresh to the background, so it never waits on SQS but the first time.
 
 One call per queue gives everything a page needs: the three counts and the RedrivePolicy
 that names its DLQ (whose URL is looked up once, with GetQueueUrl, and kept). A DLQ's
@@ -30,6 +31,7 @@ from vip_worker.sqs.api import TRANSPORT_ERRORS, error_code
 from vip_worker.sqs.queues import COUNT_ATTRIBUTES, queue_name, redrive_target
 
 ATTRIBUTES = [*COUNT_ATTRIBUTES, "RedrivePolicy"]
+STALE_INTERVALS = 2  # how old an answer a page load takes (refreshed in the background)
 
 
 class AttributeReader(Protocol):
@@ -95,6 +97,7 @@ class QueueStats:
         self._cache: dict[str, Entry] = {}
         self._pending: dict[str, asyncio.Future] = {}
         self._dlq_urls: dict[tuple[str, str], str] = {}
+        self._queue_dlqs: dict[str, str | None] = {}  # queue URL -> its DLQ's, once known
 
     def reader(self) -> AttributeReader:
         with self._reader_lock:  # two queues' first calls run in two threads at once
@@ -102,22 +105,29 @@ class QueueStats:
                 self._reader = self._factory()
             return self._reader
 
-    async def attributes(self, url: str) -> dict[str, str]:
-        """The queue's ``ATTRIBUTES``: cached if younger than ``refresh_s``, else the answer of
+    async def attributes(self, url: str, stale_ok: bool = False) -> dict[str, str]:
+        """The queue's ``ATTRIBUTES``: the answer asked in this interval, else the answer of
         the one GetQueueAttributes in progress (started here if none is).
+
+        ``stale_ok`` (a page load): an answer up to ``STALE_INTERVALS`` intervals old is
+        returned at once, the refresh started in the background (the live producer never
+        passes it, so each update has this interval's counts).
 
         :raises TRANSPORT_ERRORS: SQS's failure (kept for the interval, as answers are).
         """
         entry = self._cache.get(url)
-        if entry is not None and self.slot(entry.at_s) == self.slot(self.clock()):
-            if entry.error is not None:
-                raise entry.error
-            return entry.value or {}
+        now_s = self.clock()
+        fresh = entry is not None and self.slot(entry.at_s) == self.slot(now_s)
         pending = self._pending.get(url)
-        if pending is None:
+        if not fresh and pending is None:
             pending = asyncio.ensure_future(self._refresh(url))
             pending.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
             self._pending[url] = pending
+        if fresh or (stale_ok and entry is not None
+                     and now_s - entry.at_s < STALE_INTERVALS * self.refresh_s):
+            if entry.error is not None:
+                raise entry.error
+            return entry.value or {}
         # shield: a reader that goes away (a closed page) must not cancel the others' call
         return await asyncio.shield(pending)
 
@@ -156,28 +166,43 @@ class QueueStats:
             self._dlq_urls[target] = await asyncio.to_thread(self.reader().queue_url, *target)
         return self._dlq_urls[target]
 
-    async def read_queue(self, queue: Any) -> QueueCounts:
-        """One queue's counts and its DLQ's depth; an SQS failure is the row's ``error``."""
+    async def read_queue(self, queue: Any, stale_ok: bool = False) -> QueueCounts:
+        """One queue's counts and its DLQ's depth; an SQS failure is the row's ``error``.
+        Once the DLQ is known, both are asked at once (one round trip, not two)."""
+        guess = queue.dlq_url or self._queue_dlqs.get(queue.url)
+        early = None
+        if guess:
+            early = asyncio.ensure_future(self.attributes(guess, stale_ok))
+            early.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
         try:
-            attrs = await self.attributes(queue.url)
+            attrs = await self.attributes(queue.url, stale_ok)
         except TRANSPORT_ERRORS as exc:
+            if early is not None:
+                early.cancel()  # the call itself goes on (shielded) for other readers
             return QueueCounts(queue.name, queue.url, error=describe(exc))
         visible, in_flight, delayed = counts_of(attrs)
-        row = QueueCounts(queue.name, queue.url, visible, in_flight, delayed)
         try:
             dlq = await self.dlq_url(queue, attrs)
-            if dlq is None:
-                return row
-            depth = sum(counts_of(await self.attributes(dlq)))
+            self._queue_dlqs[queue.url] = dlq
+            if dlq is not None:
+                if early is not None and dlq == guess:
+                    dlq_attrs = await early
+                else:  # the RedrivePolicy names another DLQ now
+                    dlq_attrs = await self.attributes(dlq, stale_ok)
         except (*TRANSPORT_ERRORS, ValueError) as exc:
             return QueueCounts(queue.name, queue.url, visible, in_flight, delayed,
                                error=f"DLQ: {describe(exc)}")
+        finally:
+            if early is not None and not early.done():
+                early.cancel()
+        if dlq is None:
+            return QueueCounts(queue.name, queue.url, visible, in_flight, delayed)
         return QueueCounts(queue.name, queue.url, visible, in_flight, delayed,
-                           queue_name(dlq), depth)
+                           queue_name(dlq), sum(counts_of(dlq_attrs)))
 
-    async def read(self) -> list[QueueCounts]:
+    async def read(self, stale_ok: bool = False) -> list[QueueCounts]:
         """Every configured queue, in the settings' order (their calls run concurrently)."""
-        return list(await asyncio.gather(*(self.read_queue(q) for q in self.queues)))
+        return list(await asyncio.gather(*(self.read_queue(q, stale_ok) for q in self.queues)))
 
 
 def sqs_reader_factory(settings) -> Callable[[], AttributeReader]:
