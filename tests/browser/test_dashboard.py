@@ -6,6 +6,7 @@ Each page is saved as a screenshot (tests/support/browser.py ``screenshot``)."""
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 
 import httpx
@@ -55,7 +56,8 @@ def test_a_job_found_by_id_shows_its_timeline_and_a_running_job_is_cancelled(
     steps = events(page)
     assert steps[0] == "created" and steps[-1] == "completed", steps
     assert "claimed" in steps and "progress" in steps, steps
-    assert "pid" in page.locator("#timeline").inner_text()  # each attempt's host and poller
+    claimed = page.locator("#timeline li[data-event=claimed]").inner_text()
+    assert f"{socket.gethostname()} " in claimed and "/poller 0" in claimed  # host, poller
     assert page.locator("#result").count() == 1
     screenshot(page, "job")
 
@@ -115,6 +117,7 @@ def test_a_dead_letter_redriven_from_the_page_completes(dashboard_stack, page, s
     assert queue_counts(sqs, stack.urls["dlq"]) == (1, 0)  # the other dead letter stays
 
 
+@pytest.mark.parametrize("web_store", ["sqlite"], indirect=True)
 def test_actions_without_csrf_or_from_a_viewer_are_refused(web_api, page):
     api = web_api(keys=True)
     from vip_worker.web.keys import create_key
@@ -135,6 +138,10 @@ def test_actions_without_csrf_or_from_a_viewer_are_refused(web_api, page):
     assert "Read-only session" in page.content()
     assert page.locator("text=Cancel job…").count() == 0
     screenshot(page, "viewer-job")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.goto(f"{api.url}/dashboard/jobs")
+    assert page.locator("#jobs").is_visible()
+    screenshot(page, "jobs-phone")
     answer = page.request.post(f"{api.url}/dashboard/jobs/{job_id}/cancel", form={
         "csrf": page.locator("input[name=csrf]").first.input_value(), "confirm": "yes"})
     assert answer.status == 403

@@ -151,6 +151,8 @@ def test_readme_run_command_completes_its_demo_batch():
     lines = result.stdout.splitlines()
     # The job API ran beside the daemon, with a curl line to try it.
     assert [line for line in lines if line.startswith("dev: job API on http://127.0.0.1:")]
+    assert [line for line in lines if line.startswith("dev: dashboard on http://127.0.0.1:")
+            and line.split()[3].endswith("/dashboard/")]
     assert [line for line in lines if "curl -s -X POST http://127.0.0.1:" in line]
     assert len([line for line in lines if " completed  100%" in line]) == 4
     # Every step each job records is shown, the 80 % one too (the store keeps only the last).

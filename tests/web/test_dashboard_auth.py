@@ -148,3 +148,17 @@ def test_pages_send_security_headers(web_api):
         headers = client.get("/dashboard/jobs").headers
         assert "default-src 'self'" in headers["content-security-policy"]
         assert headers["x-frame-options"] == "DENY" and headers["cache-control"] == "no-store"
+
+
+def test_sign_in_never_redirects_off_the_dashboard(web_api):
+    api = web_api()
+    with api.client() as client:
+        for target in ("//evil.example/x", "https://evil.example/", "/api/content/jobs",
+                       "/dashboard\\..\\x", ""):
+            answer = client.post("/dashboard/login", data={"key": api.keys["admin"],
+                                                           "next": target})
+            assert answer.headers["location"] == "/dashboard/", target
+        kept = client.post("/dashboard/login", data={"key": api.keys["admin"],
+                                                     "next": "/dashboard/dlq?queue=a"})
+        assert kept.headers["location"] == "/dashboard/dlq?queue=a"
+

@@ -103,3 +103,16 @@ def test_bad_forms_and_viewers_are_refused(dlq_api, sqs):
         assert post(client, {"action": "delete", "scope": "matching",
                              "confirm": "yes"}).status_code == 403
     assert queue_counts(sqs, urls["dlq"]) == (3, 0)
+
+
+def test_sqs_unreachable_is_a_page_and_a_503_never_a_500(web_api):
+    dead_end = "http://127.0.0.1:9"  # discard port: nothing listens
+    api = web_api(queues=False, environ={
+        "ARTICLES_QUEUE_URL": f"{dead_end}/000000000000/articles",
+        "AWS_ENDPOINT_URL_SQS": dead_end})
+    with signed_in(api, api.keys["admin"]) as client:
+        page = client.get("/dashboard/dlq")
+        assert page.status_code == 200 and "Cannot read this queue" in page.text
+        assert client.get("/dashboard/dlq/articles/messages/m-1").status_code == 503
+        assert post(client, {"action": "delete", "scope": "matching",
+                             "confirm": "yes"}).status_code == 503

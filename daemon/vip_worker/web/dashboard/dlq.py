@@ -140,6 +140,17 @@ def add_routes(app, dash) -> None:
                 return queue
         raise HTTPException(404, f"no queue named {name!r} is configured")
 
+    async def sqs_call(fn, *args):
+        """``fn`` in the thread pool; SQS unreachable or refusing: 503 naming why."""
+        from vip_worker.ops.dlq import describe_error
+        from vip_worker.sqs.api import TRANSPORT_ERRORS
+
+        try:
+            return await dash.call(fn, *args)
+        except (*TRANSPORT_ERRORS, ValueError, OSError) as exc:
+            raise HTTPException(503, f"SQS or the redrive journal: {describe_error(exc)}",
+                                headers={"Retry-After": "5"}) from None
+
     def checked(reason: str, type_: str) -> None:
         if len(reason) > FILTER_MAX or len(type_) > FILTER_MAX:
             raise HTTPException(422, f"a filter is longer than {FILTER_MAX} characters")
@@ -160,7 +171,7 @@ def add_routes(app, dash) -> None:
     async def message(request: Request, session: Viewer, queue: str, message_id: str):
         if not MESSAGE_ID_RE.match(message_id):
             raise HTTPException(404, "no such message")
-        found = await dash.call(dead.message, queue_of(queue), message_id)
+        found = await sqs_call(dead.message, queue_of(queue), message_id)
         if found is None:
             raise HTTPException(404, f"message {message_id} is not among the first "
                                      f"{PEEK_MAX} of the dead-letter queue of {queue}")
@@ -199,7 +210,7 @@ def add_routes(app, dash) -> None:
         from vip_worker.ops.journal import JournalBusy
 
         try:
-            outcome = await dash.call(dead.act, target, action, select, limit)
+            outcome = await sqs_call(dead.act, target, action, select, limit)
         except JournalBusy as exc:
             raise HTTPException(409, f"another redrive of this DLQ is running: {exc}") from None
         log_action(session, f"dlq.{action}", queue=queue, scope=scope,

@@ -181,10 +181,15 @@ def add_routes(app, dash) -> None:
         session, _ = await dash.act(request)
         await get(job_id)
         job = await dash.call(dash.store.retry_job, job_id, datetime.now(UTC))
-        log_action(session, "retry", job_id=job_id, outcome="queued" if job else "refused")
         if job is None:
+            log_action(session, "retry", job_id=job_id, outcome="refused")
             raise HTTPException(409, "only a failed job can be retried")
-        await resend(job)
+        try:
+            await resend(job)
+        except HTTPException:
+            log_action(session, "retry", job_id=job_id, outcome="send_failed")
+            raise
+        log_action(session, "retry", job_id=job_id, outcome="queued")
         return RedirectResponse(f"{request.scope['root_path']}/jobs/{job_id}?done=retried",
                                 status_code=303)
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -67,22 +68,38 @@ def load_secret(settings) -> bytes:
         return settings.dashboard_session_secret.encode()
     from vip_worker.store.factory import state_dir
 
-    folder = state_dir(settings)
-    path = os.path.join(folder, SECRET_FILE)
-    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(state_dir(settings), SECRET_FILE)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # made before, or by another web process just now
-        with open(path, encoding="ascii") as handle:
-            text = handle.read().strip()
-        if text:
-            return text.encode()
-        raise RuntimeError(f"{path} is empty: delete it (a new one is made) or set "
-                           f"dashboard_session_secret") from None
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(secrets.token_urlsafe(48))
+        return kept_secret(path)
+    except OSError as exc:  # a read-only state directory: sign-ins last until a restart
+        log.warning("dashboard.ephemeral_secret", extra={"path": path, "error": str(exc)})
+        return secrets.token_bytes(32)
+
+
+def kept_secret(path: str) -> bytes:
+    """The secret in ``path``, made (mode 0600) by the first web process that needs it.
+
+    Written whole to a temporary file, then linked to ``path``: a second process starting
+    at the same moment reads the first one's complete secret, never a half-written file.
+    """
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    if not os.path.exists(path):
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".dashboard-secret.")
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:  # mkstemp: mode 0600
+                handle.write(secrets.token_urlsafe(48))
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another web process made it first: use theirs
+        finally:
+            os.unlink(temp)
     with open(path, encoding="ascii") as handle:
-        return handle.read().strip().encode()
+        text = handle.read().strip()
+    if not text:
+        raise OSError(f"{path} is empty: delete it (a new one is made) or set "
+                      f"dashboard_session_secret")
+    return text.encode()
 
 
 def b64(raw: bytes) -> str:
