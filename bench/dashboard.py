@@ -9,8 +9,9 @@
   browsers are open. Also counted: the updates each browser received, and the web
   process's CPU over the window.
 - render: ``--jobs`` jobs (100,000) in the SQLite store (``bench.dashboard_store.seed_jobs``)
-  and three hours of per-minute buckets for both queues (full charts), then sequential GETs of the jobs page (unfiltered, and by user and status), a job's page,
-  and the overview: p50 / p99 server round trip (target: under 200 ms at p99).
+  and three hours of per-minute buckets for both queues (full charts), then sequential GETs
+  of the jobs page (unfiltered, and by user and status), a job's page, and the overview:
+  p50 / p99 server round trip (target: under 200 ms at p99).
 
 The endpoint is moto's server in a process of its own, the web a ``vip-worker web`` process
 (one uvicorn worker, open access on loopback), the browsers threads of this harness

@@ -1,5 +1,5 @@
-"""The fleet page (``/dashboard/fleet``) and its figures: every daemon the registry knows (``store.daemons()``), and the
-autoscaling signal.
+"""The fleet page (``/dashboard/fleet``) and its figures: every daemon the registry knows
+(``store.daemons()``), and the autoscaling signal.
 
 A daemon is "lost" by the registry's one rule, ``vip_worker.store.fleet.is_lost`` (its
 last report older than three of its own intervals); a lost daemon shows as lost whatever
@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from vip_worker.web.dashboard.session import Session
+
 
 def ago_text(seconds: float) -> str:
     """"4 s", "3 min", "2 h 5 min", "3 d 4 h"."""

@@ -1,7 +1,8 @@
-"""The overview page (``/dashboard/overview``) and its figures: per queue its counts, processing rate and ETA to clear, and the
-charts of the last hours, from the queue counts (``queuestats``) and the "queue" series of
-per-minute buckets (``store.read_minutes``). Pure functions: the caller reads SQS and the
-store once per refresh, for every browser (``live.py``).
+"""The overview page (``/dashboard/overview``) and its figures: per queue its counts,
+processing rate and ETA to clear, and the charts of the last hours, from the queue counts
+(``queuestats``) and the "queue" series of per-minute buckets (``store.read_minutes``).
+Pure functions: the caller reads SQS and the store once per refresh, for every browser
+(``live.py``).
 
 - processing rate: messages finished (succeeded + failed) per minute over the last
   ``dashboard_rate_window_min`` minutes, the current one included. A window that starts
