@@ -83,6 +83,11 @@ def test_the_overview_counts_change_while_a_batch_runs_without_a_reload(
     assert still_same_document(page)  # every change came through the event stream
     assert page.locator(f"{card} .q-rate").inner_text() != "0 messages/minute"
     docs_image(screenshot(page, "dashboard-overview"), "dashboard-overview.png")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.reload()
+    page.wait_for_selector(card)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    screenshot(page, "dashboard-overview-phone")
 
 
 @pytest.mark.parametrize("web_store", ["sqlite"], indirect=True)
@@ -114,3 +119,8 @@ def test_the_fleet_shows_two_daemons_then_one_lost_after_a_sigkill(
         "class").split()[-1] == "state-running"
     assert page.locator(".live-count").inner_text() == "1"
     screenshot(page, "dashboard-fleet-lost")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.reload()
+    page.wait_for_selector("tr.daemon")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    screenshot(page, "dashboard-fleet-phone")
