@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from tests.support.mongomock_compat import allow_bulk_sort
+from tests.support.wait import wait_until
 from tests.support.web import sse_events
 from vip_worker.store.buckets import MinuteRow
 
@@ -24,13 +25,14 @@ def seed(store, now: datetime) -> None:
                         now - timedelta(minutes=1))
 
 
-def start(web_api, make_queue, sqs):
+def start(web_api, make_queue, sqs, **values):
     allow_bulk_sort()  # bump_minutes' bulk_write on mongomock
     urls = make_queue("articles", dlq=True)
     for n in range(3):
         sqs.send_message(QueueUrl=urls["url"], MessageBody=f'{{"n": {n}}}')
     sqs.send_message(QueueUrl=urls["dlq"], MessageBody="{}")
-    api = web_api(queues=False, keys=False, environ={"ARTICLES_QUEUE_URL": urls["url"]})
+    api = web_api(queues=False, keys=False, environ={"ARTICLES_QUEUE_URL": urls["url"]},
+                  **values)
     seed(api.store, datetime.now(UTC))
     return api, urls
 
@@ -62,6 +64,12 @@ def test_the_fleet_page_lists_the_daemons_and_the_lost_one(web_api, make_queue, 
     assert '<b class="backlog-per-instance">3.0</b>' in page.text  # 3 visible, 1 running
 
 
+def hub_of(api):
+    """The web process's live hub (made at the first page or stream)."""
+    mount = next(r for r in api.server.app.routes if getattr(r, "path", "") == "/dashboard")
+    return mount.app.state.dashboard.resources["live"].hub
+
+
 def test_the_event_stream_sends_both_pages_fragments(web_api, make_queue, sqs):
     api, _ = start(web_api, make_queue, sqs)
     with api.client() as client, client.stream("GET", "/dashboard/events") as response:
@@ -72,6 +80,24 @@ def test_the_event_stream_sends_both_pages_fragments(web_api, make_queue, sqs):
     assert set(data["fragments"]) == {"overview-live", "fleet-live"}
     assert 'data-queue="articles"' in data["fragments"]["overview-live"]
     assert 'data-daemon="alpha-1"' in data["fragments"]["fleet-live"]
+
+
+def test_three_streams_share_one_producer_which_stops_when_they_close(web_api, make_queue,
+                                                                      sqs):
+    # one interval spans the whole test: the three streams certainly share one update
+    api, _ = start(web_api, make_queue, sqs, dashboard_refresh_s=300.0)
+    with api.client() as a, api.client() as b, api.client() as c, \
+            a.stream("GET", "/dashboard/events") as one, \
+            b.stream("GET", "/dashboard/events") as two, \
+            c.stream("GET", "/dashboard/events") as three:
+        readers = [sse_events(r) for r in (one, two, three)]  # kept: closing one closes it
+        frames = [next(reader) for reader in readers]
+        hub = hub_of(api)
+        assert hub.subscribers == 3
+        assert hub.produced == 1  # one update gathered, sent to all three
+    assert frames[0] == frames[1] == frames[2]
+    wait_until(lambda: hub.subscribers == 0 and hub._task is None, 15,
+               message="the closed streams unsubscribed and the producer stopped")
 
 
 def test_the_pages_need_a_session_when_keys_exist(web_api):
