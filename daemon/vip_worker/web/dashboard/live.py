@@ -96,13 +96,16 @@ class Hub:
     def _leave(self) -> None:
         self.subscribers -= 1
         if not self.subscribers and self._task is not None:
-            # producing -> idle: the last browser left; no reads until one comes back
+            # producing -> idle: the last browser left; no reads until one comes back, and
+            # then a fresh update first (the last one may be hours old by then)
             self._task.cancel()
             self._task = None
+            self.latest = None
 
     async def subscribe(self, keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[str]:
-        """The frames one browser receives: the latest update at once (if any), then each
-        newer one; a keepalive comment after ``keepalive_s`` without one."""
+        """The frames one browser receives: the latest update at once (if the producer is
+        running), then each newer one; a keepalive comment after ``keepalive_s`` without
+        one."""
         self._join()
         try:
             seen = 0
