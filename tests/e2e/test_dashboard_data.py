@@ -68,6 +68,13 @@ def test_buckets_and_fleet_records_from_two_daemons(sqs, make_queue, start_daemo
                                           if d["pid"] == first.pid)["inflight"]) == 2,
                          timeout=30, what="the first daemon's in-flight per poller")
         assert not any(is_lost(r, datetime.now(UTC)) for r in records)
+        # BacklogPerInstance: the queue's backlog over the two live daemons.
+        line = first.wait_until(lambda: [r for r in first.events("metrics")
+                                         if r.get("LiveDaemons") == 2], timeout=30,
+                                what="a BacklogPerInstance line counting two daemons")[0]
+        assert line["BacklogPerInstance"] == line["Backlog"] / 2
+        assert line["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [
+            {"Name": "BacklogPerInstance", "Unit": "Count"}]
 
         first.send(signal.SIGTERM)
         assert first.wait_exit(timeout=30) == 0

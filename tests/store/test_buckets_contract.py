@@ -127,3 +127,15 @@ def test_mongodb_changes_the_ttl_in_place_when_the_retention_changes(mongo_backe
     else:  # a real server applied it
         indexes = mongo_backend.db["metrics_minutes"].index_information()
         assert indexes["minute_1"]["expireAfterSeconds"] == 86400
+
+
+def test_the_factory_passes_the_retention_setting(tmp_path):
+    from vip_worker import config
+    from vip_worker.store.factory import open_store
+
+    settings = config.load(environ={"VIP_WORKER_STATE_DIR": str(tmp_path),
+                                    "VIP_WORKER_METRICS_RETENTION_H": "5"},
+                           require_queues=False)
+    store = open_store(settings)
+    assert store.metrics_retention_h == 5.0
+    store.close()
