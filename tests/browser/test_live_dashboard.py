@@ -4,29 +4,23 @@ fleet shows two daemons, then one lost after the other is SIGKILLed.
 
 The daemons and the web share one SQLite store (one state directory). Every wait is on the
 page's content (Playwright's wait_for_function, bounded by a generous timeout), never a
-fixed sleep. Screenshots go to the artifacts directory and to docs/images/.
+fixed sleep. Screenshots go to the artifacts directory (build/artifacts); the ones in
+docs/images/ are copies of them.
 """
 
 from __future__ import annotations
 
-import shutil
 import uuid
 
 import pytest
 
-from tests.support.browser import REPO, screenshot, sign_in
+from tests.support.browser import screenshot, sign_in
 from tests.support.sqs import envelope
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 WAIT_MS = 60_000  # a bound on each wait, not a timing assertion
 DAEMON_SETTINGS = {"metrics_interval_s": 1, "fleet_report_interval_s": 1,
                    "lifeline_interval_s": 0, "log_level": "INFO"}
-
-
-def docs_image(path, name: str) -> None:
-    images = REPO / "docs" / "images"
-    images.mkdir(exist_ok=True)
-    shutil.copyfile(path, images / name)
 
 
 def no_reload_marker(page) -> None:
@@ -82,7 +76,7 @@ def test_the_overview_counts_change_while_a_batch_runs_without_a_reload(
         arg=card, timeout=WAIT_MS)
     assert still_same_document(page)  # every change came through the event stream
     assert page.locator(f"{card} .q-rate").inner_text() != "0 messages/minute"
-    docs_image(screenshot(page, "dashboard-overview"), "dashboard-overview.png")
+    screenshot(page, "dashboard-overview")  # docs/images/ holds a copy
     page.set_viewport_size({"width": 390, "height": 844})  # a phone
     page.reload()
     page.wait_for_selector(card)
@@ -105,7 +99,7 @@ def test_the_fleet_shows_two_daemons_then_one_lost_after_a_sigkill(
         assert row.count() == 1
         assert "running" in row.inner_text()
     assert page.locator(".live-count").inner_text() == "2"
-    docs_image(screenshot(page, "dashboard-fleet"), "dashboard-fleet.png")
+    screenshot(page, "dashboard-fleet")  # docs/images/ holds a copy
 
     second.kill()  # SIGKILL to the whole group: nothing says goodbye
     page.wait_for_function(
