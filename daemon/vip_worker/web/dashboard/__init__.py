@@ -5,7 +5,10 @@ shares the job API's ``Jobs`` (store, producer, thread pool) and ``Authenticator
 open access). Each page is a module with ``add_routes(app, dash)``, listed in ``PAGES``:
 
 - ``session``: sign-in, sign-out (session.py also holds the roles and CSRF checks);
-- ``overview`` and ``fleet`` (their templates ``overview.html``, ``fleet.html``);
+- ``overview`` and ``fleet`` (their templates ``overview.html``, ``fleet.html``, and the
+  live parts ``_overview_live.html``, ``_fleet_live.html``); ``live``: ``/dashboard/events``,
+  the Server-Sent Events that update them (one producer per process, ``static/live.js``),
+  with ``queuestats`` (the shared queue-attributes cache) and ``charts`` (inline SVG);
 - ``jobs``: search, a job's timeline, cancel and retry;
 - ``dlq``: the dead-letter queues, their messages, redrive and delete.
 
@@ -31,7 +34,7 @@ from vip_worker.web.dashboard import session as sessions
 from vip_worker.web.dashboard.session import Session, SignInRequired
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PAGES = ("session", "overview", "jobs", "dlq", "fleet")
+PAGES = ("session", "overview", "jobs", "dlq", "fleet", "live")
 NAV = (("overview", "Overview"), ("jobs", "Jobs"), ("dlq", "Dead letters"),
        ("fleet", "Fleet"))
 # No inline script or style: everything comes from /dashboard/static/.
