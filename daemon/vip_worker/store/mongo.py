@@ -57,9 +57,11 @@ from vip_worker.store import (
     ledger,
 )
 from vip_worker.store.cancel import CANCEL_PINNED, cancelled_changes, decide_cancel
+from vip_worker.store.checkpoints import MongoCheckpoints
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.mongo_codec import OBJECT_ID_RE, aware, shown, to_key
 from vip_worker.store.outbox import MongoOutbox
+from vip_worker.store.usage import MongoUsage, usage_changes
 
 DEFAULT_DATABASE = "vipcontent"
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -91,7 +93,7 @@ def is_transient(exc: PyMongoError) -> bool:
         exc.has_error_label(label) for label in TRANSIENT_LABELS)
 
 
-class MongoStore(MongoOutbox):
+class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage):
     """``JobStore`` on MongoDB; see the module docstring for keys and concurrency.
 
     :param uri: the connection string; unused when ``client`` is given, except for
@@ -286,8 +288,8 @@ class MongoStore(MongoOutbox):
                 # document and updates it (MongoDB's advice for upserts on a unique key).
                 target.update_one({"jobId": key}, upsert, upsert=True)
             # processing -> completed
-            self._jobs.update_one({"_id": key, "status": {"$ne": "cancelled"}},
-                                  {"$set": ledger.completed_changes(now)})
+            self._jobs.update_one({"_id": key, "status": {"$ne": "cancelled"}}, {"$set": {
+                **ledger.completed_changes(now), **usage_changes(content)}})
 
     def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
         query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}

@@ -55,6 +55,7 @@ from vip_worker.store import (
     ledger,
 )
 from vip_worker.store.cancel import cancelled_changes, decide_cancel
+from vip_worker.store.checkpoints import SqliteCheckpoints
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.outbox import SqliteOutbox
 from vip_worker.store.sqlite_schema import (
@@ -66,6 +67,7 @@ from vip_worker.store.sqlite_schema import (
     immediate,
     iso,
 )
+from vip_worker.store.usage import SqliteUsage, usage_changes
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_BUSY_TIMEOUT_S = 10.0
@@ -85,7 +87,7 @@ def check_name(name: str) -> str:
 MEMORY = ":memory:"
 
 
-class SqliteStore(SqliteOutbox):
+class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage):
     """``JobStore`` on one SQLite file; see the module docstring for concurrency."""
 
     def __init__(self, path: str | os.PathLike[str], jobs_collection: str = "jobs",
@@ -296,8 +298,8 @@ class SqliteStore(SqliteOutbox):
                 "ON CONFLICT(job_id) DO UPDATE SET doc = excluded.doc",
                 (doc["_id"], job_id, iso(doc["createdAt"]), encode(doc)),
             )
-            if job is not None:
-                job.update(ledger.completed_changes(now))  # processing -> completed
+            if job is not None:  # processing -> completed
+                job.update(ledger.completed_changes(now), **usage_changes(content))
                 self._save_job(conn, job)
 
     def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
