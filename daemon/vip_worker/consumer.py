@@ -309,7 +309,8 @@ class Consumer:
             max_attempts=queue.max_attempts, max_job_time_s=queue.max_job_time_s,
             log_fields=fields, started=started,
             plugin_settings=self.registry.plugin_settings.get(handler.plugin, {}),
-            logger=plugin_log, attempt=item.attempt, delivery=item.delivery)
+            logger=plugin_log, attempt=item.attempt, delivery=item.delivery,
+            checkpoints=item.checkpoints)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("message.started", extra=fields)
         error: BaseException | None = None

@@ -134,6 +134,7 @@ class Ledger:
         self.unsettled.pop(item.message_id, None)  # the store has heard of it again
         if outcome(claim) == CLAIMED:
             item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
+            item.checkpoints = claim.job.get("checkpoints") or None  # ctx.checkpoints
             self.claimed[id(item)] = item
         elif outcome(claim) in (EXHAUSTED, COMPLETED, CANCELLED) and self.on_ended is not None:
             # EXHAUSTED: the claim failed the job. COMPLETED: a redelivery of a job whose

@@ -14,7 +14,8 @@ def handle_article(message, ctx):
     client = pipeline.generation_client(ctx.poller)
 
     def generate():
-        result = client.article(message.payload, read_timeout_s=ctx.time_left_s)
+        result = client.article(message.payload, read_timeout_s=ctx.time_left_s,
+                                job_id=message.job_id)
         return {"mode": message.payload.get("mode", "topic"), **result}
 
     pipeline.run_job(message, ctx, generate, ctx.settings.content_collection)

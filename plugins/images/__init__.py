@@ -13,7 +13,8 @@ def handle_image(message, ctx):
     client = pipeline.generation_client(ctx.poller)
 
     def generate():
-        return client.image(message.payload, read_timeout_s=ctx.time_left_s)
+        return client.image(message.payload, read_timeout_s=ctx.time_left_s,
+                            job_id=message.job_id)
 
     pipeline.run_job(message, ctx, generate, ctx.settings.media_collection)
 

@@ -256,7 +256,7 @@ class StubHandler(BaseHTTPRequestHandler):
                                    "msg": "JSON decode error", "input": {}}]}
         else:
             invalid = None
-        self.service.record(path, body)
+        self.service.record(path, body, self.headers.get("X-Job-Id"))
         name = path[len(PREFIX):] if path.startswith(PREFIX) else ""
         if not name or "/" in name:
             self.send_json(404, {"detail": "Not Found"})
@@ -305,6 +305,7 @@ class StubGenerationService:
     """The stub server, run in a background thread. ``start()``, ``url``, ``stop()``.
 
     :ivar calls: requests seen per path (a snapshot, thread-safe).
+    :ivar calls_by_job: generation calls per ``X-Job-Id`` (a snapshot).
     :ivar last_path: path of the last request; ``last_body`` its parsed JSON body.
     :ivar latency_s: seconds each generation call waits before answering.
     :ivar failure_rate: share (0..1) of generation calls that answer 503.
@@ -327,6 +328,7 @@ class StubGenerationService:
         self._lock = threading.Lock()
         self._called = threading.Condition(self._lock)
         self._calls: Counter[str] = Counter()
+        self._job_calls: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
         self._server: StubServer | None = None
         self._thread: threading.Thread | None = None
@@ -345,6 +347,12 @@ class StubGenerationService:
     def calls(self) -> dict[str, int]:
         with self._lock:
             return dict(self._calls)
+
+    @property
+    def calls_by_job(self) -> dict[str, int]:
+        """Generation calls per job (the client's ``X-Job-Id`` header), a snapshot."""
+        with self._lock:
+            return dict(self._job_calls)
 
     @property
     def total_calls(self) -> int:
@@ -396,9 +404,11 @@ class StubGenerationService:
         with self._called:
             return self._called.wait_for(lambda: seen() >= count, timeout_s)
 
-    def record(self, path: str, body: Any) -> None:
+    def record(self, path: str, body: Any, job_id: str | None = None) -> None:
         with self._called:
             self._calls[path] += 1
+            if job_id and path.startswith(PREFIX):
+                self._job_calls[job_id] += 1
             if body is not None or path.startswith(PREFIX):
                 self.last_path, self.last_body = path, body
             self._called.notify_all()

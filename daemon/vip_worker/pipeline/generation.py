@@ -38,6 +38,7 @@ MAX_BODY_BYTES = 256 * 1024
 SNIPPET_CHARS = 200
 DETAIL_MAX_CHARS = 500
 RETRY_AFTER_MAX_S = 900.0
+JOB_ID_HEADER = "X-Job-Id"
 # Refusals that say "not now" rather than "never".
 TRANSIENT_4XX = frozenset({408, 425, 429})
 CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -254,11 +255,14 @@ class GenerationClient:
         if self.owns_session:
             self.session.close()
 
-    def article(self, payload: dict[str, Any], read_timeout_s: float | None = None) -> dict:
+    def article(self, payload: dict[str, Any], read_timeout_s: float | None = None,
+                job_id: str | None = None) -> dict:
         """Generate an article from the app's camelCase payload; the service's JSON object.
 
         :param payload: the message's payload (``mode``, ``topic``, ``wordCount``...).
         :param read_timeout_s: this call's read timeout if shorter than the client's.
+        :param job_id: sent as ``X-Job-Id`` (the service, and the stub's call log, can
+            tell a job's calls apart).
         :raises PermanentError: unknown mode, oversized field, 4xx, non-JSON answer.
         :raises GenerationUnavailable: the service could not answer now.
         """
@@ -273,16 +277,17 @@ class GenerationClient:
             path = self.article_path.replace("{mode}", quote(mode, safe=""))
         else:
             path, fields = self.article_path, payload
-        return self.post(path, payload, snake_keys(fields), read_timeout_s)
+        return self.post(path, payload, snake_keys(fields), read_timeout_s, job_id)
 
-    def image(self, payload: dict[str, Any], read_timeout_s: float | None = None) -> dict:
+    def image(self, payload: dict[str, Any], read_timeout_s: float | None = None,
+              job_id: str | None = None) -> dict:
         """Generate an image from the payload (``prompt`` and options, camelCase mapped).
 
-        Same outcomes as :meth:`article`.
+        Same outcomes and parameters as :meth:`article`.
         """
         if not isinstance(payload, dict):
             raise PermanentError(f"payload must be an object, got {type(payload).__name__}")
-        return self.post(self.image_path, payload, snake_keys(payload), read_timeout_s)
+        return self.post(self.image_path, payload, snake_keys(payload), read_timeout_s, job_id)
 
     def timeouts(self, read_timeout_s: float | None) -> tuple[float, float]:
         """(connect, read) for one call: the shorter of the client's and the call's read."""
@@ -291,15 +296,18 @@ class GenerationClient:
         return self.connect_timeout_s, read
 
     def post(self, path: str, payload: dict[str, Any], body: dict[str, Any],
-             read_timeout_s: float | None) -> dict:
+             read_timeout_s: float | None, job_id: str | None = None) -> dict:
         data = encode_body(payload, body)
         timeout = self.timeouts(read_timeout_s)
         if timeout[1] <= 0:
             raise GenerationUnavailable("no time left for the call")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if job_id:
+            headers[JOB_ID_HEADER] = job_id
         try:
             response = self.session.post(
                 self.base_url + path, data=data, timeout=timeout, allow_redirects=False,
-                headers={"Content-Type": "application/json", "Accept": "application/json"})
+                headers=headers)
         except requests.ConnectTimeout:
             raise self.unavailable(f"connect timed out after {timeout[0]:g}s") from None
         except requests.ReadTimeout:

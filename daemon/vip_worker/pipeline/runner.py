@@ -6,6 +6,11 @@ content collection, and ``run_job`` does the rest, the same way for both::
     queued --claim--> processing (10 "Generating content...")
            --generate--> (80 "Saving content...") --save--> completed (100)
 
+Checkpoints: the generated content is checkpointed on the job (``ctx.checkpoint``,
+name ``generated``) right after the call succeeds, before it is saved; an attempt that
+finds that checkpoint (a store write, a poller or an instance failed after a paid
+generation) saves it without calling the service again (``job.checkpoint_used``).
+
 Cancellation: ``ctx.raise_if_cancelled()`` before generating and before saving, so a
 job cancelled meanwhile stops between its steps (``JobCancelled``: the daemon deletes the
 message, the job ends ``cancelled``) and never saves a result.
@@ -31,11 +36,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vip_worker.errors import PermanentError, RetryLater
-from vip_worker.store import ClaimOutcome, StoreUnavailable
+from vip_worker.store import Claim, ClaimOutcome, StoreUnavailable
+from vip_worker.store.checkpoints import CheckpointError
 
 GENERATION_CLIENT = "vip_worker.pipeline.generation"  # key in the poller's resources
 BUSY_RETRY_MAX_S = 300.0
 ERROR_MAX = 1000
+GENERATED = "generated"  # the checkpoint of the generation call's result
 
 
 def now() -> datetime:
@@ -69,12 +76,32 @@ def close_generation_client(context) -> None:
 
 
 def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: str) -> None:
-    """Claim the job, call ``generate()``, save its result; classify every failure."""
+    """Claim the job, call ``generate()`` (or take its checkpoint), save its result;
+    classify every failure."""
+    store = ctx.store
+    if ctx.delivery is None:
+        claim = claim_job(message, ctx)
+        if claim is None:
+            return
+        ctx.load_checkpoints(claim.job)
+    ctx.raise_if_cancelled()  # asked while it waited: never call the service
+    result = ctx.checkpoints.get(GENERATED)
+    if isinstance(result, dict):
+        # An earlier attempt paid for this generation and failed after it (the store
+        # write, its poller, its instance): save that content, never call again.
+        ctx.log.info("job.checkpoint_used", extra={"checkpoint": GENERATED})
+    else:
+        result = generate_once(message, ctx, generate)
+    ctx.raise_if_cancelled()  # asked during the generation call: save nothing
+    ctx.progress(80, "Saving content...")
+    store.save_result(message.job_id, collection, result, now())
+    ctx.log.info("job.completed", extra={"collection": collection})
+
+
+def generate_once(message, ctx, generate: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Call ``generate()``, checkpoint its result before anything else can fail."""
     store = ctx.store
     guard = {"message_id": ctx.message_id, "delivery": ctx.delivery}
-    if ctx.delivery is None and not claim_job(message, ctx):
-        return
-    ctx.raise_if_cancelled()  # asked while it waited: never call the service
     ctx.progress(10, "Generating content...")
     try:
         result = generate()
@@ -90,14 +117,22 @@ def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: st
         else:
             store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now(), **guard)
         raise
-    ctx.raise_if_cancelled()  # asked during the generation call: save nothing
-    ctx.progress(80, "Saving content...")
-    store.save_result(message.job_id, collection, result, now())
-    ctx.log.info("job.completed", extra={"collection": collection})
+    keep_generated(ctx, result)
+    return result
 
 
-def claim_job(message, ctx) -> bool:
-    """``run_job``'s own claim, when the daemon did not claim the job; False: the job
+def keep_generated(ctx, result: dict[str, Any]) -> None:
+    """Checkpoint the generated content. Too large for a checkpoint: logged and saved
+    without one (a failure before the save then pays for the generation again)."""
+    try:
+        ctx.checkpoint(GENERATED, result)
+    except CheckpointError as exc:
+        ctx.log.warning("job.checkpoint_skipped", extra={"checkpoint": GENERATED,
+                                                         "error": str(exc)})
+
+
+def claim_job(message, ctx) -> Claim | None:
+    """``run_job``'s own claim, when the daemon did not claim the job; None: the job
     is completed or cancelled already, nothing to do.
 
     :raises RetryLater: another delivery holds the job.
@@ -107,15 +142,15 @@ def claim_job(message, ctx) -> bool:
                             lease_s=max(ctx.time_left_s, 1.0), now=now())
     if claim.outcome is ClaimOutcome.COMPLETED:
         ctx.log.info("job.already_completed")
-        return False
+        return None
     if claim.outcome is ClaimOutcome.CANCELLED:
         ctx.log.info("job.cancelled")
-        return False
+        return None
     if claim.outcome is ClaimOutcome.BUSY:
         wait_s = (claim.lease_until - now()).total_seconds() if claim.lease_until else 60.0
         raise RetryLater("job is being processed by another delivery",
                          delay_s=min(max(wait_s, 1.0), BUSY_RETRY_MAX_S))
-    return True
+    return claim
 
 
 def readable(exc: BaseException) -> str:
