@@ -43,6 +43,7 @@ GENERATION_CLIENT = "vip_worker.pipeline.generation"  # key in the poller's reso
 BUSY_RETRY_MAX_S = 300.0
 ERROR_MAX = 1000
 GENERATED = "generated"  # the checkpoint of the generation call's result
+CHECKPOINT_RETRY_S = (1.0, 2.0, 4.0, 8.0)  # waits between checkpoint writes in an outage
 
 
 def now() -> datetime:
@@ -117,18 +118,36 @@ def generate_once(message, ctx, generate: Callable[[], dict[str, Any]]) -> dict[
         else:
             store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now(), **guard)
         raise
+    ctx.log.info("job.generated")  # paid for: the chaos test counts these per job
     keep_generated(ctx, result)
     return result
 
 
 def keep_generated(ctx, result: dict[str, Any]) -> None:
-    """Checkpoint the generated content. Too large for a checkpoint: logged and saved
-    without one (a failure before the save then pays for the generation again)."""
-    try:
-        ctx.checkpoint(GENERATED, result)
-    except CheckpointError as exc:
-        ctx.log.warning("job.checkpoint_skipped", extra={"checkpoint": GENERATED,
-                                                         "error": str(exc)})
+    """Checkpoint the generated content before anything else can fail.
+
+    The generation is paid for: while the store is down the checkpoint is tried again
+    (``CHECKPOINT_RETRY_S``, as long as the job has time and is not cancelled) rather
+    than lose the result. Too large for a checkpoint, or the store still down: logged,
+    and the content is saved without one (a failure before that save then pays for the
+    generation again).
+    """
+    for delay_s in (*CHECKPOINT_RETRY_S, None):
+        try:
+            ctx.checkpoint(GENERATED, result)
+            return
+        except CheckpointError as exc:
+            ctx.log.warning("job.checkpoint_skipped", extra={"checkpoint": GENERATED,
+                                                             "error": str(exc)})
+            return
+        except StoreUnavailable as exc:
+            if delay_s is None or ctx.time_left_s < 2 * delay_s or ctx.cancelled:
+                ctx.log.warning("job.checkpoint_failed", extra={"checkpoint": GENERATED,
+                                                                "error": str(exc)[:300]})
+                return
+            ctx.log.warning("job.checkpoint_retry", extra={"checkpoint": GENERATED,
+                                                           "delay_s": delay_s})
+            ctx.cancel_event.wait(delay_s)  # a cancellation ends the wait
 
 
 def claim_job(message, ctx) -> Claim | None:
