@@ -2,7 +2,9 @@
 
 ``POST /api/generation/{topic|keywords|trends|spin}`` answers a plausible article
 of ``word_count`` words, ``POST /api/generation/image`` an image URL served by the
-stub itself, ``GET /health`` ``{"ok": true}``. Errors look like FastAPI's: 404 and
+stub itself, both with a ``usage`` object (``promptTokens``, ``completionTokens``,
+``images``, ``model``), ``GET /health`` ``{"ok": true}``. Generation calls are counted per
+path and per job (the ``X-Job-Id`` header). Errors look like FastAPI's: 404 and
 422 with ``{"detail": ...}``. Binds to 127.0.0.1 unless told otherwise.
 
 Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
@@ -49,6 +51,7 @@ PREFIX = "/api/generation/"
 MAX_REQUEST_BYTES = 1024 * 1024
 WORDS_MIN, WORDS_MAX, WORDS_DEFAULT = 1, 20000, 1000
 SIDE_MIN, SIDE_MAX, SIDE_DEFAULT = 64, 4096, 1024
+ARTICLE_MODEL, IMAGE_MODEL = "stub-writer-1", "stub-image-1"  # named in its usage reports
 SENTENCES = (
     "Most {audience} underestimate how much {topic} depends on steady, repeatable habits.",
     "A good first step is to write down what success with {topic} looks like in numbers.",
@@ -149,7 +152,15 @@ def article_response(mode: str, body: Any, rng: random.Random) -> tuple[int, dic
            "keywords": keywords or subject.lower().split()[:5], "slug": slug,
            "optimized": bool(body.get("seo_optimization", True))}
     return 200, {"title": title, "content": content, "word_count": len(content.split()),
-                 "mode": mode, "tone": tone, "seo": seo}
+                 "mode": mode, "tone": tone, "seo": seo,
+                 "usage": article_usage(body, len(content.split()))}
+
+
+def article_usage(body: dict, words: int) -> dict:
+    """What a language model would report: ~4 characters a token in, ~4/3 tokens a word out."""
+    prompt = len(json.dumps(body, separators=(",", ":")))
+    return {"promptTokens": -(-prompt // 4), "completionTokens": -(-words * 4 // 3),
+            "model": ARTICLE_MODEL}
 
 
 def image_response(body: Any, base_url: str) -> tuple[int, dict]:
@@ -164,7 +175,9 @@ def image_response(body: Any, base_url: str) -> tuple[int, dict]:
     if errors:
         return 422, {"detail": errors}
     return 200, {"url": f"{base_url}/media/{uuid.uuid4()}.png", "prompt": prompt,
-                 "width": width, "height": height}
+                 "width": width, "height": height,
+                 "usage": {"images": 1, "promptTokens": -(-len(prompt) // 4),
+                           "model": IMAGE_MODEL}}
 
 
 def tiny_png() -> bytes:

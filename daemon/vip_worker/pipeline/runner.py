@@ -35,7 +35,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from vip_worker.errors import PermanentError, RetryLater
+from vip_worker.errors import Deferred, PermanentError, RetryLater
+from vip_worker.pipeline import usage
 from vip_worker.store import Claim, ClaimOutcome, StoreUnavailable
 from vip_worker.store.checkpoints import CheckpointError
 
@@ -92,11 +93,61 @@ def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: st
         # write, its poller, its instance): save that content, never call again.
         ctx.log.info("job.checkpoint_used", extra={"checkpoint": GENERATED})
     else:
+        check_budget(message, ctx)
         result = generate_once(message, ctx, generate)
     ctx.raise_if_cancelled()  # asked during the generation call: save nothing
     ctx.progress(80, "Saving content...")
     store.save_result(message.job_id, collection, result, now())
+    spend(message, ctx, result.get("usage"))
     ctx.log.info("job.completed", extra={"collection": collection})
+
+
+def check_budget(message, ctx) -> None:
+    """Before a generation call: stop a user whose spending today reached their budget.
+
+    :raises Deferred: ``budget_outcome = "defer"``: until the next UTC day.
+    :raises PermanentError: ``budget_outcome = "fail"``; the job is failed first.
+    """
+    budget = usage.daily_budget(ctx.settings, message.user_id)
+    if budget <= 0:
+        return
+    started = now()
+    spent = ctx.store.spent(message.user_id, started.date())
+    if spent < budget:
+        return
+    fields = {"user_id": message.user_id, "spent": round(spent, 6), "budget": budget}
+    reason = usage.BUDGET_EXCEEDED
+    if getattr(ctx.settings, "budget_outcome", "defer") == "fail":
+        ctx.log.warning("job.budget_exceeded", extra={**fields, "outcome": "fail"})
+        ctx.store.fail(message.job_id, reason, started, message_id=ctx.message_id,
+                       delivery=ctx.delivery)
+        raise PermanentError(reason)
+    delay_s = usage.until_next_day_s(started)
+    ctx.log.info("job.budget_exceeded", extra={**fields, "outcome": "defer",
+                                                "delay_s": round(delay_s)})
+    if ctx.delivery is None:  # run_job's own claim: no consumer to hand the job back
+        ctx.store.requeue(message.job_id, reason, started, message_id=ctx.message_id,
+                          delay_s=delay_s)
+    raise Deferred(reason, delay_s)
+
+
+def with_usage(ctx, result: dict[str, Any]) -> dict[str, Any]:
+    """The result with its ``usage`` in the job's shape (tokens, images, model, cost),
+    when the service reported any."""
+    prices = getattr(ctx.settings, "prices", None) or {}
+    found = usage.job_usage(result, prices)
+    if found is None:
+        return result
+    if found["cost"] is None:
+        ctx.log.info("usage.unpriced", extra={"model": found["model"]})
+    return {**result, "usage": found}
+
+
+def spend(message, ctx, found: Any) -> None:
+    """Add a completed job's cost to its user's spending today (one atomic increment)."""
+    if not isinstance(found, dict) or not found.get("cost"):
+        return
+    ctx.store.add_spend(message.user_id, now().date(), float(found["cost"]), now())
 
 
 def generate_once(message, ctx, generate: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -119,6 +170,7 @@ def generate_once(message, ctx, generate: Callable[[], dict[str, Any]]) -> dict[
             store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now(), **guard)
         raise
     ctx.log.info("job.generated")  # paid for: the chaos test counts these per job
+    result = with_usage(ctx, result)
     keep_generated(ctx, result)
     return result
 
