@@ -114,3 +114,25 @@ def test_spend_is_shared_by_stores_on_the_same_data(backend):
     first.add_spend("u1", day, 1.0, T0)
     second.add_spend("u1", day, 2.0, T0)
     assert first.spent("u1", day) == pytest.approx(3.0)
+
+
+def test_progress_many_writes_the_held_jobs_in_one_call(store):
+    for job_id in ("job-1", "job-2", "job-3"):
+        store.create_job(job_id, "u1", "articles", {}, T0)
+        store.claim(job_id, user_id="u1", type="articles", params={}, message_id=job_id,
+                    lease_s=60, now=T0, delivery=f"d-{job_id}")
+    store.complete("job-3", at(1), delivery="d-job-3")
+    written = store.progress_many([
+        ("job-1", "d-job-1", 40, "Writing... 400 of 1000 words", False),
+        ("job-2", "d-job-2", 25, "Generating content (estimated)...", True),
+        ("job-3", "d-job-3", 50, "late", False),  # completed: untouched
+        ("job-2", "stale", 99, "not the holder", False),  # another delivery: untouched
+        ("missing", None, 10, "no such job", False),
+    ], at(2))
+    assert written == 2
+    one, two, three = (store.get_job(j) for j in ("job-1", "job-2", "job-3"))
+    assert (one["progress"], one["message"], one["progressEstimated"]) == (
+        40, "Writing... 400 of 1000 words", False)
+    assert (two["progress"], two["progressEstimated"], two["updatedAt"]) == (25, True, at(2))
+    assert (three["status"], three["progress"]) == ("completed", 100)
+    assert store.progress_many([], at(3)) == 0

@@ -127,7 +127,8 @@ def main(args) -> int:
         env.pop(name, None)  # the embedded stack never uses a real database or account
     port = args.port or int(env.get("VIP_DEV_SQS_PORT", "0"))
     server, endpoint = start_sqs(port)
-    generation = StubGenerationService(latency_s=args.latency, failure_rate=args.failure_rate)
+    generation = StubGenerationService(latency_s=args.latency, failure_rate=args.failure_rate,
+                                        stream=True)  # so progress moves
     generation.start()
     try:
         with state_directory(args.state_dir) as state_dir:

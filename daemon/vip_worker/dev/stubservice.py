@@ -17,6 +17,9 @@ Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
 - ``reset``: the connection is reset (RST) without a response.
 - ``garbage``: 200 with a non-JSON body.
 
+``stream``: an article call whose ``Accept`` names ``application/x-ndjson`` or
+``text/event-stream`` is answered as a stream of its words (``send_stream``).
+
 Standalone: ``python -m vip_worker.dev.stubservice --port 8000 --latency 0.5 --failure-rate 0.1``.
 
 Over 400 lines because it is a standalone service (``python -m``), its fault modes
@@ -52,6 +55,7 @@ MAX_REQUEST_BYTES = 1024 * 1024
 WORDS_MIN, WORDS_MAX, WORDS_DEFAULT = 1, 20000, 1000
 SIDE_MIN, SIDE_MAX, SIDE_DEFAULT = 64, 4096, 1024
 ARTICLE_MODEL, IMAGE_MODEL = "stub-writer-1", "stub-image-1"  # named in its usage reports
+STREAM_MEDIA = {"ndjson": "application/x-ndjson", "sse": "text/event-stream"}
 SENTENCES = (
     "Most {audience} underestimate how much {topic} depends on steady, repeatable habits.",
     "A good first step is to write down what success with {topic} looks like in numbers.",
@@ -180,6 +184,14 @@ def image_response(body: Any, base_url: str) -> tuple[int, dict]:
                            "model": IMAGE_MODEL}}
 
 
+def stream_event(kind: str, name: str, doc: dict) -> bytes:
+    """One streamed event: an NDJSON line, or an SSE ``event:``/``data:`` block."""
+    data = json.dumps(doc)
+    if kind == "ndjson":
+        return (data + "\n").encode()
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
 def tiny_png() -> bytes:
     """A valid 1x1 grey PNG, so an image URL the stub hands out can be fetched."""
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -280,7 +292,47 @@ class StubHandler(BaseHTTPRequestHandler):
         elif name == "image":
             self.send_json(*image_response(body, self.service.url))
         else:
-            self.send_json(*article_response(name, body, self.service.text_rng()))
+            status, doc = article_response(name, body, self.service.text_rng())
+            kind = self.stream_kind()
+            if status == 200 and kind:
+                self.send_stream(doc, kind)
+            else:
+                self.send_json(status, doc)
+
+    # -- streaming (NDJSON or SSE, as the Accept header asks, when ``stream`` is on) ----
+
+    def stream_kind(self) -> str | None:
+        """``"ndjson"`` or ``"sse"`` when the service streams and the client accepts it
+        (the first of the two named in ``Accept``), else None: one JSON answer."""
+        if not self.service.stream:
+            return None
+        accept = self.headers.get("Accept") or ""
+        found = {kind: accept.find(media) for kind, media in STREAM_MEDIA.items()}
+        found = {kind: at for kind, at in found.items() if at >= 0}
+        return min(found, key=found.get) if found else None
+
+    def send_stream(self, doc: dict, kind: str) -> None:
+        """The article as it is "written": ``{"delta": "<words>"}`` events of
+        ``stream_chunk_words`` words, ``stream_step_s`` apart, then ``{"done": true,
+        "result": {...}}``; chunked transfer encoding, so the connection stays open."""
+        self.send_response(200)
+        self.send_header("Content-Type", STREAM_MEDIA[kind])
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        words = doc["content"].split(" ")
+        step = max(1, self.service.stream_chunk_words)
+        for start in range(0, len(words), step):
+            delta = " ".join(words[start:start + step])
+            self.send_chunk(stream_event(kind, "delta", {"delta": delta}))
+            if self.service.stopping.wait(self.service.stream_step_s):
+                break
+        self.send_chunk(stream_event(kind, "done", {"done": True, "result": doc}))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def send_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def inject_fault(self) -> bool:
         """Apply latency, the fault mode and the failure rate; True if the call is answered."""
@@ -324,15 +376,23 @@ class StubGenerationService:
     :ivar failure_rate: share (0..1) of generation calls that answer 503.
     :ivar mode: the injected fault, one of ``FAULT_MODES``.
     :ivar hang_s: how long a ``hang`` call waits (``stop()`` ends the wait).
+    :ivar stream: stream articles (NDJSON or SSE) to a client whose ``Accept`` asks.
+    :ivar stream_chunk_words: words per streamed event; ``stream_step_s``: the pause
+        after each (a 1,000-word article at the defaults streams over 4 s).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_s: float = 0.0,
-                 failure_rate: float = 0.0, seed: int | None = None, hang_s: float = 60.0):
+                 failure_rate: float = 0.0, seed: int | None = None, hang_s: float = 60.0,
+                 stream: bool = False, stream_chunk_words: int = 25,
+                 stream_step_s: float = 0.1):
         self.host = host
         self.port = port
         self.latency_s = latency_s
         self.failure_rate = failure_rate
         self.hang_s = hang_s
+        self.stream = stream
+        self.stream_chunk_words = stream_chunk_words
+        self.stream_step_s = stream_step_s
         self.stopping = threading.Event()
         self.last_path: str | None = None
         self.last_body: Any = None
@@ -453,12 +513,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of generation calls answering 503 (0..1)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random choices")
     parser.add_argument("--fault", choices=FAULT_MODES, default="ok", help="fault to inject")
+    parser.add_argument("--stream", action="store_true",
+                        help="stream articles (NDJSON or SSE) when the client accepts it")
     args = parser.parse_args(argv)
     if not 0.0 <= args.failure_rate <= 1.0:
         parser.error("--failure-rate must be in 0..1")
     service = StubGenerationService(args.host, args.port, args.latency, args.failure_rate,
                                     args.seed)
     service.mode = args.fault
+    service.stream = args.stream
     try:
         service.start()
     except OSError as exc:

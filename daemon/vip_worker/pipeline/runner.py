@@ -66,6 +66,7 @@ def generation_client(context):
             connect_timeout_s=settings.generation_connect_timeout_s,
             read_timeout_s=settings.generation_read_timeout_s,
             pool_maxsize=settings.concurrency,  # one connection per handler thread
+            stream=getattr(settings, "generation_stream", "off"),
         )
         context.resources[GENERATION_CLIENT] = client
     return client

@@ -328,6 +328,12 @@ class JobStore(Protocol):
         ``MAX_CHECKPOINT_BYTES``) while it is ``processing`` (and, with ``delivery``, held
         by it); True when written. :raises CheckpointError: a bad name or value."""
 
+    def progress_many(self, updates: Sequence[tuple[str, str | None, int, str, bool]],
+                      now: datetime) -> int:
+        """Write many jobs' latest progress in one write (``store/progress.py``): each
+        (job_id, delivery, percent, message, estimated) sets ``progress``, ``message``,
+        ``progressEstimated`` of a ``processing`` job its delivery holds; how many."""
+
     def add_spend(self, user_id: str, day: date, amount: float, now: datetime) -> float:
         """Add ``amount`` to what ``user_id`` spent on the UTC ``day`` (one atomic
         increment); the new total."""

@@ -58,6 +58,7 @@ from vip_worker.store import (
 )
 from vip_worker.store.cancel import CANCEL_PINNED, cancelled_changes, decide_cancel
 from vip_worker.store.checkpoints import MongoCheckpoints
+from vip_worker.store.progress import MongoProgress
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.mongo_codec import OBJECT_ID_RE, aware, shown, to_key
 from vip_worker.store.outbox import MongoOutbox
@@ -93,7 +94,7 @@ def is_transient(exc: PyMongoError) -> bool:
         exc.has_error_label(label) for label in TRANSIENT_LABELS)
 
 
-class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage):
+class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
     """``JobStore`` on MongoDB; see the module docstring for keys and concurrency.
 
     :param uri: the connection string; unused when ``client`` is given, except for

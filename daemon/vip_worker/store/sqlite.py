@@ -56,6 +56,7 @@ from vip_worker.store import (
 )
 from vip_worker.store.cancel import cancelled_changes, decide_cancel
 from vip_worker.store.checkpoints import SqliteCheckpoints
+from vip_worker.store.progress import SqliteProgress
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.outbox import SqliteOutbox
 from vip_worker.store.sqlite_schema import (
@@ -87,7 +88,7 @@ def check_name(name: str) -> str:
 MEMORY = ":memory:"
 
 
-class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage):
+class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
     """``JobStore`` on one SQLite file; see the module docstring for concurrency."""
 
     def __init__(self, path: str | os.PathLike[str], jobs_collection: str = "jobs",
