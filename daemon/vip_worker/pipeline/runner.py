@@ -31,12 +31,14 @@ inline run, a queue with ``track_jobs`` off) it claims the job itself, as before
 
 from __future__ import annotations
 
+import inspect
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from vip_worker.errors import Deferred, PermanentError, RetryLater
-from vip_worker.pipeline import usage
+from vip_worker.pipeline import progress, usage
 from vip_worker.store import Claim, ClaimOutcome, StoreUnavailable
 from vip_worker.store.checkpoints import CheckpointError
 
@@ -78,9 +80,11 @@ def close_generation_client(context) -> None:
         client.close()
 
 
-def run_job(message, ctx, generate: Callable[[], dict[str, Any]], collection: str) -> None:
+def run_job(message, ctx, generate: Callable[..., dict[str, Any]], collection: str) -> None:
     """Claim the job, call ``generate()`` (or take its checkpoint), save its result;
-    classify every failure."""
+    classify every failure. A ``generate(on_words)`` is handed a callback for the words
+    a streamed answer has produced so far (progress follows them, ``pipeline/progress.py``);
+    any other ``generate`` gets estimated progress."""
     store = ctx.store
     if ctx.delivery is None:
         claim = claim_job(message, ctx)
@@ -151,13 +155,21 @@ def spend(message, ctx, found: Any) -> None:
     ctx.store.add_spend(message.user_id, now().date(), float(found["cost"]), now())
 
 
-def generate_once(message, ctx, generate: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def generate_once(message, ctx, generate: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """Call ``generate()``, checkpoint its result before anything else can fail."""
     store = ctx.store
     guard = {"message_id": ctx.message_id, "delivery": ctx.delivery}
     ctx.progress(10, "Generating content...")
+    reporter = progress.ProgressReporter(ctx)
+    estimator = progress.Estimator(reporter, progress.median_duration_s(ctx, message.type))
+    wanted = progress.wanted_words(message.payload)
+    started = time.monotonic()
     try:
-        result = generate()
+        estimator.start()
+        if takes_on_words(generate):
+            result = generate(on_words=lambda count: reporter.words(count, wanted))
+        else:
+            result = generate()
     except PermanentError as exc:
         store.fail(message.job_id, readable(exc), now(), **guard)
         raise
@@ -170,10 +182,22 @@ def generate_once(message, ctx, generate: Callable[[], dict[str, Any]]) -> dict[
         else:
             store.requeue(message.job_id, f"Retrying after: {readable(exc)}", now(), **guard)
         raise
+    finally:
+        estimator.stop()
+    progress.record_duration(ctx, message.type, time.monotonic() - started)
     ctx.log.info("job.generated")  # paid for: the chaos test counts these per job
     result = with_usage(ctx, result)
     keep_generated(ctx, result)
     return result
+
+
+def takes_on_words(generate: Callable[..., dict[str, Any]]) -> bool:
+    """Whether the plugin's ``generate`` takes ``on_words`` (a streamed call's word count,
+    for progress that follows it); older ones take no argument."""
+    try:
+        return "on_words" in inspect.signature(generate).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def keep_generated(ctx, result: dict[str, Any]) -> None:
