@@ -156,6 +156,8 @@ class Poller:
                         if (limit := await max_receive_count(sqs, q)) is not None}
         context = PollerContext(index=self.index, settings=self.settings,
                                 plugin_values=loaded.registry.plugin_settings)
+        # Handlers add their generations' usage; emit_metrics drains it (metrics.usage).
+        context.resources[metrics.USAGE] = metrics.UsageMetrics()
         started_plugins: list[str] = []
         try:
             for provide in self.providers:
@@ -317,6 +319,9 @@ class Poller:
                 continue
             log.info("metrics", extra=metrics.emf_fields(
                 self.settings.metrics_namespace, name, counts, depth))
+        usage = self.context.resources.get(metrics.USAGE) if self.context else None
+        for fields in usage.drain_emf(self.settings.metrics_namespace) if usage else ():
+            log.info("metrics.usage", extra=fields)
 
     def task_ended(self, task: asyncio.Task) -> None:
         """A task that must run as long as the poller does died of an error: without

@@ -154,3 +154,24 @@ def test_bad_budget_and_price_settings_name_the_key(env, problem):
     with pytest.raises(config.ConfigError) as raised:
         config.load(None, environ=env, require_queues=False)
     assert problem in str(raised.value) or problem in raised.value.key.lower()
+
+
+def test_a_completed_job_s_usage_is_counted_for_the_metrics(generation, store):
+    from vip_worker.services.metrics import USAGE, UsageMetrics
+
+    settings, registry = bundled(generation)
+    counter = UsageMetrics()
+    resources = {USAGE: counter}
+    try:
+        outcome = run_handler(registry.get("articles").fn,
+                              envelope("m1", "articles", {"topic": "tea", "wordCount": 30}),
+                              settings=settings, store=store, resources=resources)
+    finally:
+        close_generation_client(PollerContext(0, settings, resources))
+    assert outcome.succeeded, outcome.error
+    (line,) = counter.drain_emf("VipWorker")
+    assert (line["Type"], line["Model"], line["Jobs"], line["TokensOut"]) == (
+        "articles", "stub-writer-1", 1, 40)
+    assert line["Cost"] == pytest.approx(store.get_job("m1")["usage"]["cost"])
+    (key,) = counter.take_minutes()
+    assert key[:3] == ("articles", "u1", "stub-writer-1")

@@ -39,6 +39,7 @@ from typing import Any
 
 from vip_worker.errors import Deferred, PermanentError, RetryLater
 from vip_worker.pipeline import progress, usage
+from vip_worker.services.metrics import USAGE as USAGE_METRICS
 from vip_worker.store import Claim, ClaimOutcome, StoreUnavailable
 from vip_worker.store.checkpoints import CheckpointError
 
@@ -149,10 +150,17 @@ def with_usage(ctx, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def spend(message, ctx, found: Any) -> None:
-    """Add a completed job's cost to its user's spending today (one atomic increment)."""
-    if not isinstance(found, dict) or not found.get("cost"):
+    """A completed job's usage: counted for the metrics and the per-minute buckets (in
+    memory, ``services/metrics.UsageMetrics``), and its cost added to its user's
+    spending today (one atomic increment)."""
+    if not isinstance(found, dict):
         return
-    ctx.store.add_spend(message.user_id, now().date(), float(found["cost"]), now())
+    at = now()
+    counter = ctx.resources.get(USAGE_METRICS)
+    if counter is not None:
+        counter.record(message.type, message.user_id, found, at)
+    if found.get("cost"):
+        ctx.store.add_spend(message.user_id, at.date(), float(found["cost"]), at)
 
 
 def generate_once(message, ctx, generate: Callable[..., dict[str, Any]]) -> dict[str, Any]:
