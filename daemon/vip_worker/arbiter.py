@@ -498,7 +498,8 @@ class Arbiter:
             totals=self.counters(), rate_per_min=rate,
             rate_window_s=round(self.rate_samples[-1][0] - self.rate_samples[0][0])
             if self.rate_samples else 0,
-            queues=[q.name for q in self.settings.queues])
+            queues=[q.name for q in self.settings.queues],
+            stop_reason=self.stop_reason if self.stopping else None)
 
     def write_status(self) -> None:
         self.status_written_at = self.clock()

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -142,7 +144,7 @@ class Ledger:
             "claim", env.job_id, user_id=env.user_id, type=env.type, params=env.payload,
             message_id=item.message_id, lease_s=self.lease_s(item.queue), now=self.wall(),
             delivery=delivery, queue=item.queue.name, max_attempts=item.queue.max_attempts,
-            redriven=redriven(item), **extra)
+            redriven=redriven(item), by=self.by, **extra)
         self.unsettled.pop(item.message_id, None)  # the store has heard of it again
         if outcome(claim) == CLAIMED:
             item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
@@ -155,6 +157,11 @@ class Ledger:
             # queued, its message now received.
             await self.on_ended(env.job_id, env.payload)
         return claim
+
+    @property
+    def by(self) -> str:
+        """Who claims, for the job's history: ``"hostname pid/poller N"``."""
+        return f"{socket.gethostname()} {os.getpid()}/poller {self.context.index}"
 
     def busy_delay_s(self, claim: Any) -> float:
         """Until the other delivery's lease ends (at least a second)."""

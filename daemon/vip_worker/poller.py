@@ -33,8 +33,9 @@ from vip_worker.plugins.context import PollerContext
 from vip_worker.plugins.hooks import call_hook
 from vip_worker.services import metrics
 from vip_worker.services.callbacks import Callbacks
+from vip_worker.services.fleet import FleetReporter
 from vip_worker.services.lifeline import Lifeline
-from vip_worker.sqs.api import TRANSPORT_ERRORS, SqsApi, error_code
+from vip_worker.sqs.api import SqsApi
 from vip_worker.sqs.boto import AsyncSqs
 from vip_worker.sqs.queues import (
     DlqLookupFailed,
@@ -47,6 +48,7 @@ from vip_worker.sqs.wire import WireSqs, open_sqs
 log = logging.getLogger("vip_worker.poller")
 TICK_S = 1.0
 RSS_CHECK_EVERY = 5  # ticks
+STOP_REPORT_TIMEOUT_S = 5.0  # the drain's last buckets and fleet reports wait this long
 
 
 class StopMode(enum.StrEnum):
@@ -99,6 +101,8 @@ class Poller:
         self.consumer: Consumer | None = None
         self.tasks: list[asyncio.Task] = []  # heartbeat, tick, metrics, leases, lifeline
         self.callbacks: Callbacks | None = None  # completion callbacks (start_callbacks)
+        self.minutes = metrics.MinuteWriter(lambda: self.context.store)  # dashboard buckets
+        self.fleet: FleetReporter | None = None  # poller 0: the fleet registry's reports
         self.stopping_at = 0.0  # monotonic, when the drain began
         # Per queue: messages taken off it (succeeded, dead-lettered) in the metric lines
         # written so far; the lifeline adds the current line's (``drained``).
@@ -156,8 +160,6 @@ class Poller:
                         if (limit := await max_receive_count(sqs, q)) is not None}
         context = PollerContext(index=self.index, settings=self.settings,
                                 plugin_values=loaded.registry.plugin_settings)
-        # Handlers add their generations' usage; emit_metrics drains it (metrics.usage).
-        context.resources[metrics.USAGE] = metrics.UsageMetrics()
         started_plugins: list[str] = []
         try:
             for provide in self.providers:
@@ -195,6 +197,7 @@ class Poller:
         if consumer.ledger is not None:  # the job leases, at the heartbeat's pace
             self.tasks.append(loop.create_task(consumer.ledger.run(), name="leases"))
         self.start_callbacks(consumer)
+        self.start_fleet()
         if self.index == 0 and self.settings.lifeline_interval_s:
             # One sweeper per daemon, like the depth readings (see services/lifeline.py).
             self.tasks.append(loop.create_task(self.lifeline(consumer).run(), name="lifeline"))
@@ -219,6 +222,13 @@ class Poller:
                 self.tasks.append(asyncio.get_running_loop().create_task(
                     self.callbacks.run(), name="callbacks"))
 
+    def start_fleet(self) -> None:
+        """Poller 0: the daemon's fleet record (services/fleet.py), one per daemon."""
+        if self.index == 0 and self.settings.fleet_report_interval_s:
+            self.fleet = FleetReporter.open(self.settings, lambda: self.context.store)
+            self.tasks.append(asyncio.get_running_loop().create_task(
+                self.fleet.run(), name="fleet"))
+
     def lifeline(self, consumer: Consumer) -> Lifeline:
         """The sweep for orphaned jobs, on this poller's job store and SQS client; its
         rescues are counted in the queues' metric lines (JobsRescued)."""
@@ -241,6 +251,9 @@ class Poller:
         self.stopping_at = time.monotonic()
         log.info("poller.stopping", extra={"mode": self.stop_mode, "in_flight": len(consumer.held)})
         fast = self.stop_mode is StopMode.FAST
+        if self.fleet is not None:  # "draining", without holding up the drain
+            self.tasks.append(asyncio.get_running_loop().create_task(
+                self.fleet.stopping(final=False, timeout_s=STOP_REPORT_TIMEOUT_S)))
         await consumer.drain(grace_s=0 if fast else self.settings.grace_period_s,
                              wait_for_polls=not fast)
         for task in self.tasks:
@@ -248,6 +261,11 @@ class Poller:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.publish(consumer)  # what the drain settled: the tick has stopped
         self.emit_metrics(consumer, depths={})  # the last interval's counts
+        await self.minutes.finish(STOP_REPORT_TIMEOUT_S)
+        if self.fleet is not None:  # "stopped" after a clean shutdown (not a recycle)
+            await self.fleet.stopping(final=self.stop_mode in (StopMode.GRACEFUL, StopMode.FAST),
+                                      timeout_s=STOP_REPORT_TIMEOUT_S)
+            self.fleet.close()
 
     async def close(self) -> int:
         """Run the stop hooks, close the resources and the SQS client; the exit code."""
@@ -289,39 +307,40 @@ class Poller:
             self.shm[COUNTERS[name]] = value
 
     async def report_metrics(self, consumer: Consumer, sqs: SqsApi) -> None:
-        """Every metrics_interval_s: one EMF line per queue (see vip_worker.services.metrics)."""
+        """Every metrics_interval_s: one EMF line per queue (see vip_worker.services.metrics)
+        and the interval's per-minute buckets; from poller 0 the queues' depths too, and
+        BacklogPerInstance."""
         interval = self.settings.metrics_interval_s
         if not interval:
             return
         while True:
             await asyncio.sleep(interval)
-            depths: dict[str, int] = {}
+            depths: dict[str, dict[str, int]] = {}
             if self.index == 0:  # one depth reading per host is enough
-                for queue in self.settings.queues:
-                    try:
-                        attrs = await sqs.queue_attributes(queue.url,
-                                                           ["ApproximateNumberOfMessages"])
-                        depths[queue.name] = int(attrs.get("ApproximateNumberOfMessages", 0))
-                    except TRANSPORT_ERRORS as exc:
-                        log.warning("metrics.depth_failed", extra={
-                            "queue": queue.name, "error_code": error_code(exc)})
+                depths = await metrics.read_depths(sqs, self.settings.queues,
+                                                   consumer.dlq_urls)
+                if self.fleet is not None and depths:
+                    live = await self.fleet.live_daemons()
+                    if live is not None:
+                        log.info("metrics", extra=metrics.backlog_fields(
+                            self.settings.metrics_namespace, depths, live))
             self.emit_metrics(consumer, depths)
 
-    def emit_metrics(self, consumer: Consumer, depths: dict[str, int]) -> None:
+    def emit_metrics(self, consumer: Consumer, depths: dict[str, dict[str, int]]) -> None:
         if not self.settings.metrics_interval_s:
             return
         names = [q.name for q in self.settings.queues]
-        for name, counts in metrics.drain(consumer.queue_metrics, names).items():
+        taken = metrics.drain(consumer.queue_metrics, names)
+        for name, counts in taken.items():
             self.drained_before[name] = (self.drained_before.get(name, 0) + counts.succeeded
                                          + counts.dead_lettered)
-            depth = depths.get(name)
+            depth = depths.get(name, {}).get("visible")
             if counts.empty() and depth is None:
                 continue
             log.info("metrics", extra=metrics.emf_fields(
                 self.settings.metrics_namespace, name, counts, depth))
-        usage = self.context.resources.get(metrics.USAGE) if self.context else None
-        for fields in usage.drain_emf(self.settings.metrics_namespace) if usage else ():
-            log.info("metrics.usage", extra=fields)
+        self.minutes.write(metrics.minute_rows(taken, depths)  # + usage: one store call
+                           + metrics.usage_flush(self.context, self.settings.metrics_namespace))
 
     def task_ended(self, task: asyncio.Task) -> None:
         """A task that must run as long as the poller does died of an error: without

@@ -29,6 +29,8 @@ class DaemonStatus:
     :param pid: the master's pid.
     :param written_at: Unix time it was built.
     :param stopping: ``None``, or the stop mode (``"graceful"``, ``"fast"``).
+    :param stop_reason: while stopping, why: ``"signal"``, or the spot watcher's notice
+        (``"spot_interruption"``, ``"asg_termination"``); else ``None``.
     :param ready: READY=1 was announced for the current generation.
     :param pollers: one read-only mapping per poller, by index (keys: ``POLLER_KEYS``).
     :param totals: counters since the master started, exited pollers included.
@@ -47,6 +49,7 @@ class DaemonStatus:
     rate_per_min: float | None
     rate_window_s: int
     queues: tuple[str, ...]
+    stop_reason: str | None = None
 
     @classmethod
     def build(cls, pollers: list[dict[str, Any]], totals: dict[str, float],

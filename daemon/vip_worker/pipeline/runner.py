@@ -40,6 +40,7 @@ from typing import Any
 from vip_worker.errors import Deferred, PermanentError, RetryLater
 from vip_worker.pipeline import progress, usage
 from vip_worker.services.metrics import USAGE as USAGE_METRICS
+from vip_worker.services.metrics import UsageMetrics
 from vip_worker.store import Claim, ClaimOutcome, StoreUnavailable
 from vip_worker.store.checkpoints import CheckpointError
 
@@ -156,9 +157,9 @@ def spend(message, ctx, found: Any) -> None:
     if not isinstance(found, dict):
         return
     at = now()
-    counter = ctx.resources.get(USAGE_METRICS)
-    if counter is not None:
-        counter.record(message.type, message.user_id, found, at)
+    # The poller's usage counter (drained with the metrics); setdefault is atomic.
+    ctx.resources.setdefault(USAGE_METRICS, UsageMetrics()).record(
+        message.type, message.user_id, found, at)
     if found.get("cost"):
         ctx.store.add_spend(message.user_id, at.date(), float(found["cost"]), at)
 

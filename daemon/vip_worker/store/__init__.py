@@ -26,7 +26,8 @@ jobs (``jobs_collection``), keyed by the message's ``jobId``::
      "callback": the completion callback's outbox entry (``store/outbox.py``),
      "checkpoints": {name: JSON value} (``store/checkpoints.py``),
      "usage": {"tokensIn", "tokensOut", "images", "model", "cost"} (``store/usage.py``),
-     "progressEstimated": bool (progress estimated from durations, not measured)}
+     "progressEstimated": bool (progress estimated from durations, not measured),
+     "history": [the job's timeline, the last 200 transitions (``store/history.py``)]}
 
 - ``delivery``: an opaque token per receive of a message (the caller's, e.g. a hash of
   the receipt handle), set by each claim; it tells two deliveries of one message apart.
@@ -39,6 +40,10 @@ jobs (``jobs_collection``), keyed by the message's ``jobId``::
 - ``rescues``, ``rescuedAt``: how many times, and when last, a sweeper re-sent the job.
 - ``cancelRequestedAt``, ``cancelledAt``: when a cancellation was asked for
   (``request_cancel``), and when the job became ``cancelled`` (``store/cancel.py``).
+- ``history``: one entry per transition ``{"at", "event", "attempt", "by", "reason"}``
+  (created, claimed with "host pid/poller N", progress steps, requeued, released,
+  deferred, rescued, cancel_requested, cancelled, completed, failed, retried, callback),
+  appended in the same write as the transition, capped at 200 (``store/history.py``).
 - ``queuedAt``: when the job last became ``queued``: its creation, a ``requeue`` (plus
   its retry delay: when the message is visible again), a ``release`` or a rescue. The
   app's own documents lack it; their ``createdAt`` stands in.
@@ -88,6 +93,14 @@ receive count):
   ``rescue`` is a compare-and-set on the state the sweeper saw, so of several
   sweepers exactly one acts on an orphan: it re-sends the job's message, or the job
   is failed once its attempts are spent.
+
+Beside the jobs, for the dashboard (each in its own module, mixed into both backends):
+
+- per-minute buckets (``store/buckets.py``): ``bump_minutes`` (one write per call) and
+  ``read_minutes``, kept ``metrics_retention_h`` hours;
+- the fleet registry (``store/fleet.py``): ``report_daemon`` (one upsert) and
+  ``daemons``; ``fleet.is_lost`` decides who stopped reporting;
+- job search and retry (``store/search.py``): ``search_jobs``, ``retry_job``.
 
 Times are timezone-aware UTC datetimes in and out.
 """
@@ -189,7 +202,8 @@ class JobStore(Protocol):
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
               queue: str | None = None, max_attempts: int | None = None,
-              redriven: bool | None = None, unsettled: str | None = None) -> Claim:
+              redriven: bool | None = None, unsettled: str | None = None,
+              by: str | None = None) -> Claim:
         """Take the job for this delivery (see the module docstring); sets ``processing``,
         ``startedAt`` (first claim only), ``attempts`` += 1 (from ``failed``: 1, a redriven
         job starts afresh), ``error`` = None, ``progress``
@@ -205,6 +219,7 @@ class JobStore(Protocol):
             whose handler ended but whose settle a store outage lost: a job still
             ``processing`` under it is taken over at once, its lease live or not, with
             no lost claim counted (no poller died).
+        :param by: who claims, ``"hostname pid/poller N"``: the ``claimed`` history entry's.
         """
 
     def progress(self, job_id: str, percent: int, message: str, now: datetime, *,
@@ -245,11 +260,13 @@ class JobStore(Protocol):
         message ever claimed (a payload refused before the claim) is failed by any
         message."""
 
-    def release(self, job_id: str, delivery: str, now: datetime, reason: str) -> bool:
+    def release(self, job_id: str, delivery: str, now: datetime, reason: str, *,
+                event: str = "released") -> bool:
         """The holder hands the job back unrun (a quota deferral, shutdown before any
         work): ``processing`` -> ``queued``, ``attempts`` -= 1 (never below 0), lease
         cleared, progress 0, ``message`` = ``reason``, ``queuedAt`` = now. Only while
-        ``delivery`` holds the claim; True when it did."""
+        ``delivery`` holds the claim; True when it did. ``event``: the history entry's
+        (``"deferred"`` for a deferral)."""
 
     def renew_leases(self, held: Sequence[tuple[str, str]], lease_until: datetime,
                      now: datetime) -> set[str]:
@@ -319,6 +336,34 @@ class JobStore(Protocol):
                            next_at: datetime | None, error: str | None,
                            now: datetime) -> bool:
         """Record one attempt: delivered (``ok``), due again at ``next_at``, or given up."""
+
+    # -- the dashboard (store/buckets.py, store/fleet.py, store/search.py) ---------
+
+    def bump_minutes(self, rows: Sequence[Any]) -> None:
+        """Add ``MinuteRow`` s to their per-minute buckets: ONE store write per call."""
+
+    def read_minutes(self, series: str, since: datetime, until: datetime | None = None,
+                     labels: dict | None = None) -> list[dict[str, Any]]:
+        """Buckets of ``series`` in [``since``, ``until``), oldest first, each
+        ``{"series", "labels", "minute", **values}``; ``labels``: a subset to match."""
+
+    def report_daemon(self, daemon_id: str, record: dict[str, Any], now: datetime) -> None:
+        """Upsert the daemon's fleet record (``lastSeen`` = now): one write."""
+
+    def daemons(self) -> list[dict[str, Any]]:
+        """Every daemon's fleet record (``fleet.is_lost`` tells the lost ones)."""
+
+    def search_jobs(self, *, job_id: str | None = None, user_id: str | None = None,
+                    status: str | None = None, type: str | None = None,
+                    since: datetime | None = None, until: datetime | None = None,
+                    after: tuple[datetime, str] | None = None,
+                    limit: int = 50) -> list[dict[str, Any]]:
+        """Jobs matching every filter given, newest first by (``createdAt``, ``_id``),
+        ``after`` as ``user_jobs``' cursor; without their ``history``."""
+
+    def retry_job(self, job_id: str, now: datetime) -> dict[str, Any] | None:
+        """A ``failed`` job -> ``queued`` afresh (compare-and-set), the job after; the
+        caller re-sends its message. None (nothing changed) for any other status."""
 
     # -- checkpoints (store/checkpoints.py) and spending (store/usage.py) -------------
 

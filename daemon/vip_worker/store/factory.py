@@ -71,7 +71,8 @@ def open_store(settings: Any, environ: Mapping[str, str] | None = None) -> JobSt
         from vip_worker.store.mongo import MongoStore
 
         try:
-            return MongoStore(settings.mongodb_uri, settings.mongodb_database, **names)
+            return MongoStore(settings.mongodb_uri, settings.mongodb_database, **names,
+                              metrics_retention_h=retention_h(settings))
         except InvalidName as exc:
             raise ConfigError("mongodb_database/collections", str(exc)) from None
         except (ConfigurationError, ValueError) as exc:
@@ -90,7 +91,15 @@ def open_store(settings: Any, environ: Mapping[str, str] | None = None) -> JobSt
             check_name(name)
         except ValueError as exc:
             raise ConfigError(key, str(exc)) from None
-    return SqliteStore(sqlite_path(settings, environ), **names)
+    return SqliteStore(sqlite_path(settings, environ), **names,
+                       metrics_retention_h=retention_h(settings))
+
+
+def retention_h(settings: Any) -> float:
+    """``metrics_retention_h`` (a settings object without it: the default)."""
+    from vip_worker.store.buckets import DEFAULT_RETENTION_H
+
+    return float(getattr(settings, "metrics_retention_h", DEFAULT_RETENTION_H))
 
 
 def provide_store(context: Any) -> None:

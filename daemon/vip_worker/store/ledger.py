@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vip_worker.store import ClaimOutcome, RescueOutcome
+from vip_worker.store import ClaimOutcome, RescueOutcome, history
 from vip_worker.store.cancel import cancelled_changes
 
 QUEUED_MESSAGE = "Queued"
@@ -44,6 +44,7 @@ def new_job(job_id: str, user_id: str, type: str, params: dict[str, Any], now: d
         "updatedAt": now, "startedAt": None, "completedAt": None, "params": params,
         "messageId": None, "leaseUntil": None, "delivery": None, "queue": queue,
         "lostClaims": 0, "rescues": 0, "rescuedAt": None, "queuedAt": now,
+        "history": [history.entry("created", now)],
     }
 
 

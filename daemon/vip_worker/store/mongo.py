@@ -54,14 +54,19 @@ from vip_worker.store import (
     LeaseRenewal,
     RescueOutcome,
     StoreUnavailable,
+    history,
     ledger,
 )
+from vip_worker.store.buckets import DEFAULT_RETENTION_H, MongoBuckets
 from vip_worker.store.cancel import CANCEL_PINNED, cancelled_changes, decide_cancel
 from vip_worker.store.checkpoints import MongoCheckpoints
-from vip_worker.store.progress import MongoProgress
+from vip_worker.store.fleet import MongoFleet
+from vip_worker.store.history import push
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.mongo_codec import OBJECT_ID_RE, aware, shown, to_key
 from vip_worker.store.outbox import MongoOutbox
+from vip_worker.store.progress import MongoProgress
+from vip_worker.store.search import MongoSearch
 from vip_worker.store.usage import MongoUsage, usage_changes
 
 DEFAULT_DATABASE = "vipcontent"
@@ -94,7 +99,8 @@ def is_transient(exc: PyMongoError) -> bool:
         exc.has_error_label(label) for label in TRANSIENT_LABELS)
 
 
-class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
+class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch, MongoCheckpoints,
+                 MongoUsage, MongoProgress):
     """``JobStore`` on MongoDB; see the module docstring for keys and concurrency.
 
     :param uri: the connection string; unused when ``client`` is given, except for
@@ -106,7 +112,9 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
 
     def __init__(self, uri: str = "", database: str = "", jobs_collection: str = "jobs",
                  content_collection: str = "generated_content",
-                 media_collection: str = "media", client: Any = None) -> None:
+                 media_collection: str = "media", client: Any = None,
+                 metrics_retention_h: float = DEFAULT_RETENTION_H) -> None:
+        self.metrics_retention_h = metrics_retention_h
         if jobs_collection in (content_collection, media_collection):
             raise ValueError(f"{jobs_collection!r} cannot hold both jobs and content")
         if client is None and not uri:
@@ -169,6 +177,9 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
                                          ("createdAt", pymongo.DESCENDING),
                                          ("_id", pymongo.DESCENDING)])
                 self._index_callbacks()
+                self._index_search()
+                self._index_buckets()
+                self._index_fleet()
             except OperationFailure as exc:
                 if is_transient(exc):
                     raise
@@ -225,7 +236,8 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
               queue: str | None = None, max_attempts: int | None = None,
-              redriven: bool | None = None, unsettled: str | None = None) -> Claim:
+              redriven: bool | None = None, unsettled: str | None = None,
+              by: str | None = None) -> Claim:
         now = utc(now)
         key = to_key(job_id)
         lease_until = utc(now + timedelta(seconds=lease_s))
@@ -243,8 +255,12 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
                     busy = decision.outcome is ClaimOutcome.BUSY
                     return Claim(decision.outcome, current,
                                  lease_until=current.get("leaseUntil") if busy else None)
+                step = history.claim_entry(current, decision.outcome, decision.changes,
+                                           now, by)
+                steps = [] if step is None else [step]
                 if found is None:
-                    job = {**current, **decision.changes, "_id": key}
+                    job = {**current, **decision.changes, "_id": key,
+                           "history": history.appended(current, *steps)}
                     try:
                         self._jobs.insert_one(job)
                     except DuplicateKeyError:
@@ -252,7 +268,8 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
                     return Claim(decision.outcome, shown(job))
                 # The decision holds only while what it read is unchanged: compare-and-set.
                 job = self._jobs.find_one_and_update(
-                    pinned(key, current, ledger.CLAIM_PINNED), {"$set": decision.changes},
+                    pinned(key, current, ledger.CLAIM_PINNED),
+                    {"$set": decision.changes, **(push(*steps) if steps else {})},
                     return_document=pymongo.ReturnDocument.AFTER)
                 if job is not None:
                     return Claim(decision.outcome, shown(job))
@@ -262,11 +279,17 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
 
     def progress(self, job_id: str, percent: int, message: str, now: datetime, *,
                  delivery: str | None = None) -> None:
-        update = {"progress": max(0, min(100, int(percent))), "message": message,
-                  "updatedAt": utc(now)}
+        percent = max(0, min(100, int(percent)))
+        update = {"progress": percent, "message": message, "updatedAt": utc(now)}
+        query = {"_id": to_key(job_id), "status": "processing", **guard(None, delivery)}
         with self._errors():
-            self._jobs.update_one({"_id": to_key(job_id), "status": "processing",
-                                   **guard(None, delivery)}, {"$set": update})
+            # The same message (most calls): one write. A new one: a history step too.
+            if not self._jobs.update_one({**query, "message": message},
+                                         {"$set": update}).matched_count:
+                self._jobs.update_one(
+                    {**query, "message": {"$ne": message}},
+                    {"$set": update, **push(history.progress_entry(percent, message,
+                                                                   utc(now)))})
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
                     now: datetime, *, delivery: str | None = None) -> None:
@@ -288,15 +311,19 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
                 # Two upserts raced to insert: the loser's retry finds the winner's
                 # document and updates it (MongoDB's advice for upserts on a unique key).
                 target.update_one({"jobId": key}, upsert, upsert=True)
-            # processing -> completed
-            self._jobs.update_one({"_id": key, "status": {"$ne": "cancelled"}}, {"$set": {
-                **ledger.completed_changes(now), **usage_changes(content)}})
+            # processing -> completed, a history step; a redelivered result: no new step
+            done = {**ledger.completed_changes(now), **usage_changes(content)}
+            if not self._jobs.update_one(
+                    {"_id": key, "status": {"$nin": ["cancelled", "completed"]}},
+                    {"$set": done, **push(history.entry("completed", now))}).matched_count:
+                self._jobs.update_one({"_id": key, "status": "completed"}, {"$set": done})
 
     def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:
         query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}
         with self._errors():  # processing -> completed, only for the holder
             return bool(self._jobs.update_one(
-                query, {"$set": ledger.completed_changes(utc(now))}).matched_count)
+                query, {"$set": ledger.completed_changes(utc(now)),
+                        **push(history.entry("completed", utc(now)))}).matched_count)
 
     def requeue(self, job_id: str, error: str, now: datetime, *,
                 message_id: str | None = None, delivery: str | None = None,
@@ -324,11 +351,15 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
                   "updatedAt": now}
         if status == "queued":
             update["queuedAt"] = utc(now + timedelta(seconds=delay_s))  # visible again
+        step = history.entry("requeued" if status == "queued" else "failed", now,
+                             reason=error)
         with self._errors():
-            self._jobs.update_one(query, {"$set": update})
+            self._jobs.update_one(query, {"$set": update, **push(step)})
 
-    def release(self, job_id: str, delivery: str, now: datetime, reason: str) -> bool:
+    def release(self, job_id: str, delivery: str, now: datetime, reason: str, *,
+                event: str = "released") -> bool:
         refund = ledger.release_changes({}, reason, utc(now))  # its attempts: 0
+        step = push(history.entry(event, utc(now), reason=reason))
         query = {"_id": to_key(job_id), "status": "processing", "delivery": delivery}
         with self._errors():
             # processing -> queued, attempts - 1 in the same write (no read-modify-write),
@@ -336,8 +367,8 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
             return bool(self._jobs.update_one(
                 {**query, "attempts": {"$gte": 1}},
                 {"$set": {k: v for k, v in refund.items() if k != "attempts"},
-                 "$inc": {"attempts": -1}}).matched_count
-                or self._jobs.update_one(query, {"$set": refund}).matched_count)
+                 "$inc": {"attempts": -1}, **step}).matched_count
+                or self._jobs.update_one(query, {"$set": refund, **step}).matched_count)
 
     def renew_leases(self, held: Sequence[tuple[str, str]], lease_until: datetime,
                      now: datetime) -> set[str]:
@@ -366,7 +397,8 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
                     return Cancel(outcome, job)
                 # A compare-and-set on what the decision read (a claim may race it).
                 done = self._jobs.find_one_and_update(
-                    pinned(key, job, CANCEL_PINNED), {"$set": changes},
+                    pinned(key, job, CANCEL_PINNED),
+                    {"$set": changes, **push(history.cancel_entry(changes, now))},
                     return_document=pymongo.ReturnDocument.AFTER)
                 if done is not None:
                     return Cancel(outcome, shown(done))
@@ -379,7 +411,8 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
             if job is None:
                 return False
             changes = cancelled_changes(aware(job), utc(now))
-            return bool(self._jobs.update_one(query, {"$set": changes}).matched_count)
+            return bool(self._jobs.update_one(query, {
+                "$set": changes, **push(history.entry("cancelled", utc(now)))}).matched_count)
 
     def expired_leases(self, now: datetime, limit: int) -> list[dict[str, Any]]:
         # {$lt: now} never matches a null or missing lease: a lease-less job is not ours.
@@ -405,9 +438,10 @@ class MongoStore(MongoOutbox, MongoCheckpoints, MongoUsage, MongoProgress):
         outcome, changes = ledger.rescue_changes(job, now, resend=resend, reason=reason,
                                                  max_attempts=max_attempts, hold_s=hold_s)
         query = pinned(to_key(str(job["_id"])), job, ledger.RESCUE_PINNED)
+        step = push(history.rescue_entry(job, outcome, changes, now))
         with self._errors():
             # One compare-and-set on the state the sweeper saw: one sweeper matches.
-            done = self._jobs.update_one(query, {"$set": changes})
+            done = self._jobs.update_one(query, {"$set": changes, **step})
         return outcome if done.matched_count == 1 else None
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:

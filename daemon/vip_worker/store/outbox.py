@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from vip_worker.store import history
 from vip_worker.store.ledger import utc
 
 # Statuses a job ends in; "cancelled" is among them for the cancellation work.
@@ -68,6 +69,16 @@ def attempted(entry: Mapping[str, Any], ok: bool, next_at: datetime | None,
     else:  # pending -> pending, due again
         entry["nextAt"] = utc(next_at)
     return entry
+
+
+def callback_entry(entry: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
+    """The history entry of an attempt that ended the entry (delivered or given up), or
+    None (due again: no step on the timeline)."""
+    if entry.get("state") == DELIVERED:
+        return history.entry("callback", now, reason="delivered")
+    if entry.get("state") == GAVE_UP:
+        return history.entry("callback", now, reason=f"gave up: {entry.get('lastError')}")
+    return None
 
 
 class SqliteOutbox:
@@ -117,6 +128,9 @@ class SqliteOutbox:
             if entry.get("id") != callback_id or entry.get("state") != PENDING:
                 return False
             job["callback"] = attempted(entry, ok, next_at, error, utc(now))
+            step = callback_entry(job["callback"], utc(now))
+            if step is not None:
+                job["history"] = history.appended(job, step)
             self._save_job(conn, job)
             return True
 
@@ -171,5 +185,6 @@ class MongoOutbox:
                 return False
             entry = attempted(job["callback"], ok, next_at, error, utc(now))
             query["callback.nextAt"] = job["callback"].get("nextAt")
-            return bool(self._jobs.update_one(query, {"$set": {"callback": entry}})
-                        .matched_count)
+            step = callback_entry(entry, utc(now))
+            update = {"$set": {"callback": entry}, **(history.push(step) if step else {})}
+            return bool(self._jobs.update_one(query, update).matched_count)

@@ -7,7 +7,7 @@ They are read like every other top-level setting: from the config file, then
 
 from __future__ import annotations
 
-from vip_worker.config import Setting, identifier, string
+from vip_worker.config import Setting, identifier, number, string
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -30,4 +30,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("content_collection", "generated_content", identifier,
             "Collection of generated articles."),
     Setting("media_collection", "media", identifier, "Collection of generated images."),
+    Setting("metrics_retention_h", 48.0, number(1, 24 * 366),
+            "Hours the dashboard's per-minute buckets and fleet records are kept (a TTL "
+            "index in MongoDB, a prune in SQLite)."),
+    Setting("fleet_report_interval_s", 10.0, number(0, 3600),
+            "Seconds between a daemon's reports to the fleet registry in the job store "
+            "(one upsert each, by poller 0); a daemon silent for 3 intervals is lost; 0: off."),
 )

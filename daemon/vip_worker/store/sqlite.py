@@ -52,13 +52,18 @@ from vip_worker.store import (
     LeaseRenewal,
     RescueOutcome,
     StoreUnavailable,
+    history,
     ledger,
 )
+from vip_worker.store.buckets import DEFAULT_RETENTION_H, SqliteBuckets
 from vip_worker.store.cancel import cancelled_changes, decide_cancel
 from vip_worker.store.checkpoints import SqliteCheckpoints
 from vip_worker.store.progress import SqliteProgress
+from vip_worker.store.fleet import SqliteFleet
+from vip_worker.store.history import appended
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.outbox import SqliteOutbox
+from vip_worker.store.search import SqliteSearch
 from vip_worker.store.sqlite_schema import (
     check_version,
     create_content_table,
@@ -88,13 +93,16 @@ def check_name(name: str) -> str:
 MEMORY = ":memory:"
 
 
-class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
+class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch,
+                  SqliteCheckpoints, SqliteUsage, SqliteProgress):
     """``JobStore`` on one SQLite file; see the module docstring for concurrency."""
 
     def __init__(self, path: str | os.PathLike[str], jobs_collection: str = "jobs",
                  content_collection: str = "generated_content",
                  media_collection: str = "media", *,
-                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+                 metrics_retention_h: float = DEFAULT_RETENTION_H) -> None:
+        self.metrics_retention_h = metrics_retention_h
         self.path = os.fspath(path)
         self.jobs = check_name(jobs_collection)
         self.collections = {check_name(content_collection), check_name(media_collection)}
@@ -228,8 +236,7 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
                   after: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
         if limit < 1 or (status is not None and status not in STATUSES):
             return []
-        # No index on userId: a scan, acceptable for the embedded store's sizes.
-        where, args = "WHERE json_extract(doc, '$.userId') = ? ", [user_id]
+        where, args = "WHERE user_id = ? ", [user_id]  # the generated column, indexed
         if status:
             where, args = where + "AND status = ? ", [*args, status]
         if after is not None:
@@ -246,7 +253,8 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
     def claim(self, job_id: str, *, user_id: str, type: str, params: dict[str, Any],
               message_id: str, lease_s: float, now: datetime, delivery: str | None = None,
               queue: str | None = None, max_attempts: int | None = None,
-              redriven: bool | None = None, unsettled: str | None = None) -> Claim:
+              redriven: bool | None = None, unsettled: str | None = None,
+              by: str | None = None) -> Claim:
         now = utc(now)
         with self._write() as conn:
             # Another app may have produced the message without creating the job.
@@ -260,7 +268,10 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
                 busy = decision.outcome is ClaimOutcome.BUSY
                 return Claim(decision.outcome, job,
                              lease_until=job.get("leaseUntil") if busy else None)
+            step = history.claim_entry(job, decision.outcome, decision.changes, now, by)
             job.update(decision.changes)  # the transition is commented in decide_claim
+            if step is not None:
+                job["history"] = appended(job, step)
             self._save_job(conn, job)
             return Claim(decision.outcome, job)
 
@@ -272,8 +283,11 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
                 return
             if not ledger.may_settle(job, None, delivery):
                 return
-            job.update(progress=max(0, min(100, int(percent))), message=message,
-                       updatedAt=utc(now))
+            percent = max(0, min(100, int(percent)))
+            if message != job.get("message"):  # a step, not every percent
+                job["history"] = appended(job, history.progress_entry(percent, message,
+                                                                       utc(now)))
+            job.update(progress=percent, message=message, updatedAt=utc(now))
             self._save_job(conn, job)
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
@@ -299,7 +313,10 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
                 "ON CONFLICT(job_id) DO UPDATE SET doc = excluded.doc",
                 (doc["_id"], job_id, iso(doc["createdAt"]), encode(doc)),
             )
-            if job is not None:  # processing -> completed
+            if job is not None:
+                if job.get("status") != "completed":  # a redelivered result: no new step
+                    job["history"] = appended(job, history.entry("completed", now))
+                # processing -> completed
                 job.update(ledger.completed_changes(now), **usage_changes(content))
                 self._save_job(conn, job)
 
@@ -309,6 +326,7 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
             if job is None or not ledger.holds(job, delivery):
                 return False
             job.update(ledger.completed_changes(utc(now)))  # processing -> completed
+            job["history"] = appended(job, history.entry("completed", utc(now)))
             self._save_job(conn, job)
             return True
 
@@ -343,15 +361,20 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
                        updatedAt=now)
             if status == "queued":
                 job["queuedAt"] = utc(now + timedelta(seconds=delay_s))  # visible again
+            event = "requeued" if status == "queued" else "failed"
+            job["history"] = appended(job, history.entry(event, now, reason=error))
             self._save_job(conn, job)
 
-    def release(self, job_id: str, delivery: str, now: datetime, reason: str) -> bool:
+    def release(self, job_id: str, delivery: str, now: datetime, reason: str, *,
+                event: str = "released") -> bool:
         now = utc(now)
+        step = history.entry(event, now, reason=reason)
         with self._write() as conn:
             job = self._load_job(conn, job_id)
             if job is None or not ledger.holds(job, delivery):
                 return False
             job.update(ledger.release_changes(job, reason, now))  # processing -> queued
+            job["history"] = appended(job, step)
             self._save_job(conn, job)
             return True
 
@@ -390,6 +413,7 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
             outcome, changes = decide_cancel(job, now, user_id)
             if changes is not None:
                 job.update(changes)  # the transition is commented in decide_cancel
+                job["history"] = appended(job, history.cancel_entry(changes, now))
                 self._save_job(conn, job)
             return Cancel(outcome, job)
 
@@ -399,6 +423,7 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
             if job is None or not ledger.holds(job, delivery):
                 return False
             job.update(cancelled_changes(job, utc(now)))  # processing -> cancelled
+            job["history"] = appended(job, history.entry("cancelled", utc(now)))
             self._save_job(conn, job)
             return True
 
@@ -424,7 +449,9 @@ class SqliteStore(SqliteOutbox, SqliteCheckpoints, SqliteUsage, SqliteProgress):
             outcome, changes = ledger.rescue_changes(current, now, resend=resend,
                                                      reason=reason, max_attempts=max_attempts,
                                                      hold_s=hold_s)
+            step = history.rescue_entry(current, outcome, changes, now)
             current.update(changes)  # the transition is commented in rescue_changes
+            current["history"] = appended(current, step)
             self._save_job(conn, current)
             return outcome
 

@@ -7,7 +7,11 @@ document as JSON), plus the columns the ledger's queries need, GENERATED from ``
 - ``lease_until``: ``doc.leaseUntil`` (ISO 8601 text, NULL when none);
 - ``delivery``: ``doc.delivery``;
 - ``queued_at``: ``doc.queuedAt``, else ``created_at`` (rows written before it existed);
-- ``callback_at``: ``doc.callback.nextAt``, a pending callback's next attempt (``outbox``).
+- ``callback_at``: ``doc.callback.nextAt``, a pending callback's next attempt (``outbox``);
+- ``user_id``, ``type``: ``doc.userId``, ``doc.type`` (``search_jobs``, ``user_jobs``).
+
+Beside the jobs, the dashboard's tables (``create_metrics_tables``): ``metrics_minutes``
+(``store/buckets.py``) and ``daemons`` (``store/fleet.py``).
 
 Generated rather than written beside ``doc``, so the two cannot drift apart: not even
 when a poller still running the previous version rewrites ``doc`` during an upgrade.
@@ -36,6 +40,8 @@ GENERATED_COLUMNS = (
     ("delivery", "json_extract(doc, '$.delivery')"),
     ("queued_at", """COALESCE(json_extract(doc, '$.queuedAt."$date"'), created_at)"""),
     ("callback_at", """json_extract(doc, '$.callback.nextAt."$date"')"""),
+    ("user_id", "json_extract(doc, '$.userId')"),  # search_jobs, user_jobs
+    ("type", "json_extract(doc, '$.type')"),  # search_jobs
 )
 
 
@@ -77,6 +83,10 @@ def job_indexes(table: str) -> dict[str, str]:
         f"{table}_status_lease": "status, lease_until",  # expired_leases
         f"{table}_status_queued": "status, queued_at",  # stale_queued
         f"{table}_callback_at": "callback_at",  # due_callbacks (store/outbox.py)
+        # search_jobs (store/search.py) and user_jobs: newest first by (created_at, id)
+        f"{table}_user_created": "user_id, created_at, id",
+        f"{table}_type_status_created": "type, status, created_at, id",
+        f"{table}_type_created": "type, created_at, id",
     }
 
 
@@ -90,7 +100,7 @@ def check_version() -> None:
 def create_schema(conn: sqlite3.Connection, jobs: str, collections: Iterable[str]) -> None:
     """Tables, columns and indexes, created only when missing: opening a store that
     exists must not wait for the write lock (a reader should not queue behind writers)."""
-    wanted = {jobs, *job_indexes(jobs), *collections}
+    wanted = {jobs, *job_indexes(jobs), *collections, *METRICS_TABLES}
     have = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     if wanted <= have:
         return
@@ -99,6 +109,7 @@ def create_schema(conn: sqlite3.Connection, jobs: str, collections: Iterable[str
         create_jobs_table(conn, jobs)
         for name in collections:
             create_content_table(conn, name)
+        create_metrics_tables(conn)
 
 
 @contextmanager
@@ -133,3 +144,17 @@ def create_content_table(conn: sqlite3.Connection, name: str) -> None:
     conn.execute(f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, '
                  "job_id TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, "
                  "doc TEXT NOT NULL)")
+
+
+# The dashboard's tables and their indexes (store/buckets.py, store/fleet.py).
+METRICS_TABLES = ("metrics_minutes", "metrics_minutes_minute", "daemons")
+
+
+def create_metrics_tables(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS metrics_minutes (series TEXT NOT NULL, "
+                 "minute TEXT NOT NULL, labels TEXT NOT NULL, vals TEXT NOT NULL, "
+                 "PRIMARY KEY (series, minute, labels)) WITHOUT ROWID")
+    conn.execute("CREATE INDEX IF NOT EXISTS metrics_minutes_minute "
+                 "ON metrics_minutes (minute)")  # the prune
+    conn.execute("CREATE TABLE IF NOT EXISTS daemons (id TEXT PRIMARY KEY, "
+                 "last_seen TEXT NOT NULL, doc TEXT NOT NULL)")
