@@ -8,6 +8,11 @@ interval (``Ledger.run``), at the heartbeat's pace (half the shortest visibility
 The job's ``attempts`` in the store, not SQS's receive count, are the attempts that
 ``outcomes.decide`` counts: a receive whose handler never started spends none.
 
+Progress that moves while a handler generates (``pipeline/progress.py``) is handed to the
+ledger (``note_progress``, the poller resource ``PROGRESS_SINK``), which keeps the latest
+per job and writes all of them in one ``progress_many`` store call every
+``progress_interval_s`` (``flush_progress``), on the renewal's thread.
+
 The renewal also names the held jobs with a cancel request (``on_cancel``, which
 ``cancellation.py`` answers); a handler stopped for it settles the job ``cancelled``.
 
