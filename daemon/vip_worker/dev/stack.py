@@ -127,8 +127,11 @@ def main(args) -> int:
         env.pop(name, None)  # the embedded stack never uses a real database or account
     port = args.port or int(env.get("VIP_DEV_SQS_PORT", "0"))
     server, endpoint = start_sqs(port)
+    # Articles streamed (a 300-word one over ~5 s) and progress written every second, so
+    # the demo shows progress moving (the user's own settings win).
     generation = StubGenerationService(latency_s=args.latency, failure_rate=args.failure_rate,
-                                        stream=True)  # so progress moves
+                                       stream=True, stream_step_s=0.4)
+    env.setdefault("VIP_WORKER_PROGRESS_INTERVAL_S", "1")
     generation.start()
     try:
         with state_directory(args.state_dir) as state_dir:
