@@ -17,8 +17,8 @@ def test_usage_is_summed_per_type_and_model_and_drained_once():
     metrics.record("articles", "u2", {**used, "cost": None}, T0)
     metrics.record("images", "u1", {"images": 1, "model": "img", "cost": 0.04}, T0)
     lines = metrics.drain_emf("VipWorker", now_ms=1)
-    assert [(l["Type"], l["Model"], l["TokensIn"], l["TokensOut"], l["Images"], l["Jobs"],
-             l["Cost"]) for l in lines] == [("articles", "m1", 20, 200, 0, 2, 0.25),
+    assert [(x["Type"], x["Model"], x["TokensIn"], x["TokensOut"], x["Images"], x["Jobs"],
+             x["Cost"]) for x in lines] == [("articles", "m1", 20, 200, 0, 2, 0.25),
                                             ("images", "img", 0, 0, 1, 1, 0.04)]
     emf = lines[0]["aws_emf"]["CloudWatchMetrics"][0]
     assert emf["Dimensions"] == [["Type", "Model"]] and emf["Namespace"] == "VipWorker"

@@ -22,12 +22,12 @@ failed: retried or dead-lettered), ``retried``, ``dead_lettered``, ``deferred``,
 reached duck-typed (this package does not import ``vip_worker.store`` at import time).
 
 Usage (``UsageMetrics``, made and filled by the content pipeline in the poller's resource
-``USAGE``; ``usage_flush`` drains it with the queue counts): one line per job type and model with usage in the interval, event
-``metrics.usage``, dimensions ``[Type, Model]``: TokensIn, TokensOut, Images, Jobs (Count)
-and Cost (None: the money of the ``prices`` table). It also keeps the same sums per
-(type, user, model, minute) for the store's per-minute "usage" buckets, taken by
-``take_minutes`` and written as the ``usage`` series (``usage_rows``) in the same
-``MinuteWriter`` call as the queue buckets.
+``USAGE``; ``usage_flush`` drains it with the queue counts): one line per job type and
+model with usage in the interval, event ``metrics.usage``, dimensions ``[Type, Model]``:
+TokensIn, TokensOut, Images, Jobs (Count) and Cost (None: the money of the ``prices``
+table). It also keeps the same sums per (type, user, model, minute) for the store's
+per-minute "usage" buckets, taken by ``take_minutes`` and written as the ``usage`` series
+(``usage_rows``) in the same ``MinuteWriter`` call as the queue buckets.
 """
 
 from __future__ import annotations

@@ -58,11 +58,11 @@ from vip_worker.store import (
 from vip_worker.store.buckets import DEFAULT_RETENTION_H, SqliteBuckets
 from vip_worker.store.cancel import cancelled_changes, decide_cancel
 from vip_worker.store.checkpoints import SqliteCheckpoints
-from vip_worker.store.progress import SqliteProgress
 from vip_worker.store.fleet import SqliteFleet
 from vip_worker.store.history import appended
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.outbox import SqliteOutbox
+from vip_worker.store.progress import SqliteProgress
 from vip_worker.store.search import SqliteSearch
 from vip_worker.store.sqlite_schema import (
     check_version,
