@@ -220,7 +220,49 @@ EVENTS_COUNTED = ("poller.died", "poller.spawned", "poller.recycling", "poller.c
                   "message.resent", "message.resend_failed", "job.rescued", "job.lease_lost",
                   "job.settle_failed", "job.lease_renew_failed", "lifeline.send_failed",
                   "lifeline.store_unavailable", "job.checkpoint_used", "job.checkpoint_retry",
-                  "job.checkpoint_failed")
+                  "job.checkpoint_failed", "job.checkpoint_refused")
+
+
+def generations(specs: list[JobSpec], states: dict[str, JobState],
+                records: list[dict[str, Any]], generation_calls: dict[str, int],
+                generation_faults: dict[str, int] | None, events: dict[str, int]
+                ) -> dict[str, Any]:
+    """Per completed job: the generation calls that succeeded as the daemon saw them (its
+    ``job.generated`` lines), and the calls the service answered with content (its calls
+    less the faults injected: a poller killed while its call ran never read that answer).
+
+    ``after_checkpoint``: jobs generated again after a generation of theirs was
+    checkpointed (``job.checkpointed``): the checkpoints' promise, which must be empty.
+    ``not_exactly_one``: jobs generated more than once for any reason (a poller killed, or
+    a store outage, between the answer and its checkpoint): a figure, explained by
+    ``uncheckpointed`` (generations never checkpointed).
+    """
+    faulted = generation_faults or {}
+    done = [s.job_id for s in specs if (states[s.job_id].doc or {}).get("status") == "completed"]
+    wanted = {"job.generated", "job.checkpointed"}
+    timeline: dict[str, list[tuple[str, str]]] = {}
+    for r in records:
+        if r.get("event") in wanted:
+            timeline.setdefault(r.get("job_id"), []).append((r.get("time") or "", r["event"]))
+    generated = Counter(r.get("job_id") for r in records if r.get("event") == "job.generated")
+    checkpointed = Counter(r.get("job_id") for r in records
+                           if r.get("event") == "job.checkpointed")
+    again = []
+    for job in done:
+        seen_checkpoint = False
+        for _, event in sorted(timeline.get(job, [])):
+            if event == "job.checkpointed":
+                seen_checkpoint = True
+            elif seen_checkpoint:  # job.generated after a checkpoint of the job
+                again.append(job)
+                break
+    return {**spread([generated[job] for job in done]),
+            "not_exactly_one": sorted(job for job in done if generated[job] != 1),
+            "uncheckpointed": sum(max(0, generated[j] - checkpointed[j]) for j in done),
+            "after_checkpoint": sorted(again),
+            "answered_by_service": spread([generation_calls.get(job, 0) - faulted.get(job, 0)
+                                           for job in done]),
+            "saved_by_checkpoints": events.get("job.checkpoint_used", 0)}
 
 
 def build_report(specs: list[JobSpec], states: dict[str, JobState],
@@ -245,19 +287,9 @@ def build_report(specs: list[JobSpec], states: dict[str, JobState],
         "jobs_completed_more_than_once": sum(1 for n in completions.values() if n > 1),
         "max": max(completions.values(), default=0)}
     report.generation_calls = spread([generation_calls.get(s.job_id, 0) for s in specs])
-    # Per completed job: the generation calls that succeeded as the daemon saw them (its
-    # ``job.generated`` lines; checkpoints make it exactly 1), and the calls the service
-    # answered with content (its calls less the faults injected into them: a poller killed
-    # while its call ran never read that answer, so this one may exceed 1).
-    faulted = generation_faults or {}
-    done = [s.job_id for s in specs if (states[s.job_id].doc or {}).get("status") == "completed"]
-    generated = Counter(r.get("job_id") for r in records if r.get("event") == "job.generated")
-    answered = [generation_calls.get(job, 0) - faulted.get(job, 0) for job in done]
-    report.generations_per_completed_job = {
-        **spread([generated[job] for job in done]),
-        "not_exactly_one": sorted(job for job in done if generated[job] != 1),
-        "answered_by_service": spread(answered),
-        "saved_by_checkpoints": report.events.get("job.checkpoint_used", 0)}
+    report.generations_per_completed_job = generations(specs, states, records,
+                                                       generation_calls, generation_faults,
+                                                       report.events)
     for job_id in report.problem_jobs:
         spec = next(s for s in specs if s.job_id == job_id)
         report.evidence[job_id] = evidence(spec, states[job_id], records)

@@ -220,7 +220,10 @@ def keep_generated(ctx, result: dict[str, Any]) -> None:
     """
     for delay_s in (*CHECKPOINT_RETRY_S, None):
         try:
-            ctx.checkpoint(GENERATED, result)
+            if ctx.checkpoint(GENERATED, result):
+                ctx.log.info("job.checkpointed", extra={"checkpoint": GENERATED})
+            else:  # another delivery took the job meanwhile: not ours to write
+                ctx.log.warning("job.checkpoint_refused", extra={"checkpoint": GENERATED})
             return
         except CheckpointError as exc:
             ctx.log.warning("job.checkpoint_skipped", extra={"checkpoint": GENERATED,
