@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vip_worker.errors import Deferred, PermanentError, RetryLater
-from vip_worker.pipeline import progress, usage
+from vip_worker.pipeline import progress, spill, usage
 from vip_worker.services.metrics import USAGE as USAGE_METRICS
 from vip_worker.services.metrics import UsageMetrics
 from vip_worker.store import Claim, ClaimOutcome, StoreUnavailable
@@ -94,17 +94,20 @@ def run_job(message, ctx, generate: Callable[..., dict[str, Any]], collection: s
             return
         ctx.load_checkpoints(claim.job)
     ctx.raise_if_cancelled()  # asked while it waited: never call the service
-    result = ctx.checkpoints.get(GENERATED)
+    result, source = ctx.checkpoints.get(GENERATED), "store"
+    if not isinstance(result, dict):
+        result, source = spill.recover(ctx, message.job_id), "disk"
     if isinstance(result, dict):
         # An earlier attempt paid for this generation and failed after it (the store
         # write, its poller, its instance): save that content, never call again.
-        ctx.log.info("job.checkpoint_used", extra={"checkpoint": GENERATED})
+        ctx.log.info("job.checkpoint_used", extra={"checkpoint": GENERATED, "source": source})
     else:
         check_budget(message, ctx)
         result = generate_once(message, ctx, generate)
     ctx.raise_if_cancelled()  # asked during the generation call: save nothing
     ctx.progress(80, "Saving content...")
     store.save_result(message.job_id, collection, result, now())
+    spill.clear(ctx, message.job_id)
     spend(message, ctx, result.get("usage"))
     ctx.log.info("job.completed", extra={"collection": collection})
 
@@ -212,12 +215,14 @@ def takes_on_words(generate: Callable[..., dict[str, Any]]) -> bool:
 def keep_generated(ctx, result: dict[str, Any]) -> None:
     """Checkpoint the generated content before anything else can fail.
 
-    The generation is paid for: while the store is down the checkpoint is tried again
-    (``CHECKPOINT_RETRY_S``, as long as the job has time and is not cancelled) rather
-    than lose the result. Too large for a checkpoint, or the store still down: logged,
+    The generation is paid for: while the store is down the result is kept on local disk
+    (``pipeline/spill.py``, for an attempt after this poller's death) and the checkpoint
+    is tried again (``CHECKPOINT_RETRY_S``, as long as the job has time and is not
+    cancelled) rather than lose the result. Too large for a checkpoint, or the store still down: logged,
     and the content is saved without one (a failure before that save then pays for the
     generation again).
     """
+    spilled = False
     for delay_s in (*CHECKPOINT_RETRY_S, None):
         try:
             if ctx.checkpoint(GENERATED, result):
@@ -230,6 +235,8 @@ def keep_generated(ctx, result: dict[str, Any]) -> None:
                                                              "error": str(exc)})
             return
         except StoreUnavailable as exc:
+            if not spilled:  # the poller may die before the store is back: keep it on disk
+                spilled = spill.spill(ctx, ctx.job_id, result)
             if delay_s is None or ctx.time_left_s < 2 * delay_s or ctx.cancelled:
                 ctx.log.warning("job.checkpoint_failed", extra={"checkpoint": GENERATED,
                                                                 "error": str(exc)[:300]})
