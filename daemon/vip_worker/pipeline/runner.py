@@ -218,9 +218,9 @@ def keep_generated(ctx, result: dict[str, Any]) -> None:
     The generation is paid for: while the store is down the result is kept on local disk
     (``pipeline/spill.py``, for an attempt after this poller's death) and the checkpoint
     is tried again (``CHECKPOINT_RETRY_S``, as long as the job has time and is not
-    cancelled) rather than lose the result. Too large for a checkpoint, or the store still down: logged,
-    and the content is saved without one (a failure before that save then pays for the
-    generation again).
+    cancelled) rather than lose the result. Too large for a checkpoint, or the store still
+    down: logged, and the content is saved without one (a failure before that save then
+    pays for the generation again, unless it finds the file on this host).
     """
     spilled = False
     for delay_s in (*CHECKPOINT_RETRY_S, None):
