@@ -84,6 +84,9 @@ def print_figures(summary: dict, chaos_log: list[str]) -> None:
           f"{summary['duplicates']}, failed without DLQ {summary['failed_without_dlq']}, "
           f"dead-lettered but not failed {summary['dead_lettered_not_failed']}")
     print(f"generation calls per job: {summary['generation_calls_per_job']}")
+    generations = summary["generations_per_completed_job"]
+    print(f"generations per completed job: {json.dumps(generations)}; generation calls "
+          f"saved by checkpoints: {generations.get('saved_by_checkpoints', 0)}")
     print(f"faults injected: {json.dumps(summary['faults']['sqs'])} (SQS), "
           f"{json.dumps(summary['faults']['generation'])} (generation), "
           f"{json.dumps(summary['faults']['chaos'])}")

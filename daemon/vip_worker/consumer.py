@@ -321,7 +321,7 @@ class Consumer:
             log_fields=fields, started=started,
             plugin_settings=self.registry.plugin_settings.get(handler.plugin, {}),
             logger=plugin_log, attempt=item.attempt, delivery=item.delivery,
-            user_id=item.envelope.user_id or "")
+            user_id=item.envelope.user_id or "", checkpoints=item.checkpoints)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("message.started", extra=fields)
         error: BaseException | None = None

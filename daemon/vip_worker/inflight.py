@@ -69,6 +69,7 @@ class InFlight:
     # The ledger (vip_worker.ledger), when the daemon claimed the message's job:
     delivery: str | None = None  # this receive's token, set by a successful claim
     attempts: int | None = None  # the job's attempts after the claim
+    checkpoints: dict[str, Any] | None = None  # the job's checkpoints, as the claim read them
     lease_lost: bool = False  # another delivery (or a rescue) took the job since
     cancel_requested: bool = False  # the renewal found a cancel request (cancellation.py)
     received_epoch_s: float = 0.0  # wall time of this receive (a re-sent copy records it)

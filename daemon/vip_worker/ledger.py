@@ -8,6 +8,11 @@ interval (``Ledger.run``), at the heartbeat's pace (half the shortest visibility
 The job's ``attempts`` in the store, not SQS's receive count, are the attempts that
 ``outcomes.decide`` counts: a receive whose handler never started spends none.
 
+Progress that moves while a handler generates (``pipeline/progress.py``) is handed to the
+ledger (``note_progress``, the poller resource ``PROGRESS_SINK``), which keeps the latest
+per job and writes all of them in one ``progress_many`` store call every
+``progress_interval_s`` (``flush_progress``), on the renewal's thread.
+
 The renewal also names the held jobs with a cancel request (``on_cancel``, which
 ``cancellation.py`` answers); a handler stopped for it settles the job ``cancelled``.
 
@@ -25,6 +30,7 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -49,6 +55,9 @@ MIN_INTERVAL_S = 1.0
 LEDGER_THREADS = 4
 BUSY_MIN_S = 1.0
 UNSETTLED_MAX = 10_000  # message ids remembered after a settle lost to a store outage
+PROGRESS_INTERVAL_S = 3.0  # without a progress_interval_s setting
+# The poller resource handlers hand their progress to (``note_progress``).
+PROGRESS_SINK = "vip_worker.ledger.progress"
 
 
 def delivery_token(receipt: str) -> str:
@@ -90,6 +99,14 @@ class Ledger:
         # After a settle that may have ended the job: ``on_ended(job_id, payload)``
         # records its completion callback (services/callbacks.py); set by the poller.
         self.on_ended: Callable[[str, Any], Any] | None = None
+        # Handlers' latest progress per job, written in one store call per
+        # ``progress_interval_s`` (``flush_progress``); filled from handler threads.
+        self.progress_interval_s = float(
+            getattr(context.settings, "progress_interval_s", 0) or PROGRESS_INTERVAL_S)
+        self.pending_progress: dict[str, tuple[str, str | None, int, str, bool]] = {}
+        self.progress_lock = threading.Lock()
+        self.progress_writes = 0  # progress_many calls made
+        context.resources[PROGRESS_SINK] = self.note_progress
 
     @classmethod
     def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
@@ -136,6 +153,7 @@ class Ledger:
         self.unsettled.pop(item.message_id, None)  # the store has heard of it again
         if outcome(claim) == CLAIMED:
             item.delivery, item.attempts = delivery, int(claim.job.get("attempts") or 1)
+            item.checkpoints = claim.job.get("checkpoints") or None  # ctx.checkpoints
             self.claimed[id(item)] = item
         elif outcome(claim) in (EXHAUSTED, COMPLETED, CANCELLED) and self.on_ended is not None:
             # EXHAUSTED: the claim failed the job. COMPLETED: a redelivery of a job whose
@@ -164,6 +182,8 @@ class Ledger:
         failed with the reason. Guarded by the item's delivery (the store
         refuses a delivery that lost its claim). The store's outage, or None."""
         self.claimed.pop(id(item), None)
+        with self.progress_lock:  # a late progress must not follow the settle
+            self.pending_progress.pop(item.envelope.job_id, None)
         if item.lease_lost:
             return None  # another delivery or a rescue holds the job now: not ours to settle
         job_id, now = item.envelope.job_id, self.wall()
@@ -218,10 +238,39 @@ class Ledger:
     # -- leases ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Until cancelled: renew the held leases every ``interval_s``."""
+        """Until cancelled: renew the held leases every ``interval_s``, and write the
+        handlers' pending progress every ``progress_interval_s`` (one call each)."""
+        clock = asyncio.get_running_loop().time
+        renew_at = clock() + self.interval_s
         while True:
-            await asyncio.sleep(self.interval_s)
-            await self.renew()
+            await asyncio.sleep(max(0.0, min(renew_at - clock(), self.progress_interval_s)))
+            await self.flush_progress()
+            if clock() >= renew_at:
+                await self.renew()
+                renew_at = clock() + self.interval_s
+
+    # -- progress --------------------------------------------------------------------
+
+    def note_progress(self, job_id: str, delivery: str | None, percent: int, message: str,
+                      estimated: bool) -> None:
+        """A handler's latest progress of its job (``pipeline/progress.py``), from its
+        thread; the next ``flush_progress`` writes it with every other job's."""
+        with self.progress_lock:
+            self.pending_progress[job_id] = (job_id, delivery, percent, message, estimated)
+
+    async def flush_progress(self) -> None:
+        """One ``progress_many`` store call for every job with progress pending."""
+        with self.progress_lock:
+            updates, self.pending_progress = list(self.pending_progress.values()), {}
+        if not updates:
+            return
+        try:
+            await self.call_in(self.renew_pool, "progress_many", updates, self.wall())
+        except DependencyUnavailable as exc:  # the next update of each job tries again
+            log.warning("job.progress_failed", extra={"count": len(updates),
+                                                      "error": str(exc)[:500]})
+            return
+        self.progress_writes += 1
 
     async def renew(self) -> None:
         """One ``renew_leases`` call for every held claim; a claim the store no longer

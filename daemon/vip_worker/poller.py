@@ -339,8 +339,8 @@ class Poller:
                 continue
             log.info("metrics", extra=metrics.emf_fields(
                 self.settings.metrics_namespace, name, counts, depth))
-        # One store call for every queue's bucket (services/metrics.py).
-        self.minutes.write(metrics.minute_rows(taken, depths))
+        self.minutes.write(metrics.minute_rows(taken, depths)  # + usage: one store call
+                           + metrics.usage_flush(self.context, self.settings.metrics_namespace))
 
     def task_ended(self, task: asyncio.Task) -> None:
         """A task that must run as long as the poller does died of an error: without

@@ -13,10 +13,11 @@ from vip_worker import hookimpl, pipeline
 def handle_article(message, ctx):
     client = pipeline.generation_client(ctx.poller)
 
-    def generate():
+    def generate(on_words=None):  # on_words: progress follows a streamed answer
         # Under the fleet's quota (pipeline/quota.py): refused -> Deferred, no attempt spent.
         result = pipeline.gated_call(ctx, message.payload, lambda: client.article(
-            message.payload, read_timeout_s=ctx.time_left_s))
+            message.payload, read_timeout_s=ctx.time_left_s, job_id=message.job_id,
+            on_words=on_words))
         return {"mode": message.payload.get("mode", "topic"), **result}
 
     pipeline.run_job(message, ctx, generate, ctx.settings.content_collection)

@@ -14,7 +14,8 @@ def handle_image(message, ctx):
 
     def generate():
         return pipeline.gated_call(ctx, message.payload, lambda: client.image(
-            message.payload, read_timeout_s=ctx.time_left_s), tokens=0)
+            message.payload, read_timeout_s=ctx.time_left_s, job_id=message.job_id),
+            tokens=0)
 
     pipeline.run_job(message, ctx, generate, ctx.settings.media_collection)
 

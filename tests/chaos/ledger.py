@@ -83,6 +83,9 @@ class Report:
     events: dict[str, int] = field(default_factory=dict)
     recovery: dict[str, Any] = field(default_factory=dict)  # after a poller's SIGKILL
     store_writes: dict[str, float] = field(default_factory=dict)  # job documents, per job
+    # Successful generation calls per completed job; "saved_by_checkpoints": retries that
+    # saved a checkpointed result instead of calling again (job.checkpoint_used).
+    generations_per_completed_job: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
     evidence: dict[str, str] = field(default_factory=dict)
 
@@ -112,6 +115,7 @@ class Report:
             "completions_per_job": self.completions_per_job,
             "faults": self.faults, "events": self.events,
             "recovery_after_kill": self.recovery, "store_writes_per_job": self.store_writes,
+            "generations_per_completed_job": self.generations_per_completed_job,
             "duration_s": round(self.duration_s, 1),
             "problem_jobs": self.problem_jobs,
         }
@@ -215,13 +219,57 @@ EVENTS_COUNTED = ("poller.died", "poller.spawned", "poller.recycling", "poller.c
                   "batch.failed", "queue.dlq_lookup_failed", "poller.blocked",
                   "message.resent", "message.resend_failed", "job.rescued", "job.lease_lost",
                   "job.settle_failed", "job.lease_renew_failed", "lifeline.send_failed",
-                  "lifeline.store_unavailable")
+                  "lifeline.store_unavailable", "job.checkpoint_used", "job.checkpoint_retry",
+                  "job.checkpoint_failed", "job.checkpoint_refused")
+
+
+def generations(specs: list[JobSpec], states: dict[str, JobState],
+                records: list[dict[str, Any]], generation_calls: dict[str, int],
+                generation_faults: dict[str, int] | None, events: dict[str, int]
+                ) -> dict[str, Any]:
+    """Per completed job: the generation calls that succeeded as the daemon saw them (its
+    ``job.generated`` lines), and the calls the service answered with content (its calls
+    less the faults injected: a poller killed while its call ran never read that answer).
+
+    ``after_checkpoint``: jobs generated again after a generation of theirs was
+    checkpointed (``job.checkpointed``): the checkpoints' promise, which must be empty.
+    ``not_exactly_one``: jobs generated more than once for any reason (a poller killed, or
+    a store outage, between the answer and its checkpoint): a figure, explained by
+    ``uncheckpointed`` (generations never checkpointed).
+    """
+    faulted = generation_faults or {}
+    done = [s.job_id for s in specs if (states[s.job_id].doc or {}).get("status") == "completed"]
+    wanted = {"job.generated", "job.checkpointed"}
+    timeline: dict[str, list[tuple[str, str]]] = {}
+    for r in records:
+        if r.get("event") in wanted:
+            timeline.setdefault(r.get("job_id"), []).append((r.get("time") or "", r["event"]))
+    generated = Counter(r.get("job_id") for r in records if r.get("event") == "job.generated")
+    checkpointed = Counter(r.get("job_id") for r in records
+                           if r.get("event") == "job.checkpointed")
+    again = []
+    for job in done:
+        seen_checkpoint = False
+        for _, event in sorted(timeline.get(job, [])):
+            if event == "job.checkpointed":
+                seen_checkpoint = True
+            elif seen_checkpoint:  # job.generated after a checkpoint of the job
+                again.append(job)
+                break
+    return {**spread([generated[job] for job in done]),
+            "not_exactly_one": sorted(job for job in done if generated[job] != 1),
+            "uncheckpointed": sum(max(0, generated[j] - checkpointed[j]) for j in done),
+            "after_checkpoint": sorted(again),
+            "answered_by_service": spread([generation_calls.get(job, 0) - faulted.get(job, 0)
+                                           for job in done]),
+            "saved_by_checkpoints": events.get("job.checkpoint_used", 0)}
 
 
 def build_report(specs: list[JobSpec], states: dict[str, JobState],
                  records: list[dict[str, Any]], *, queues_left: dict[str, int],
                  generation_calls: dict[str, int], faults: dict[str, Any],
-                 unknown_dlq_messages: int = 0, duration_s: float = 0.0) -> Report:
+                 unknown_dlq_messages: int = 0, duration_s: float = 0.0,
+                 generation_faults: dict[str, int] | None = None) -> Report:
     """Account for every job of ``specs``; see the module docstring."""
     report = Report(jobs=len(specs), queues_left=dict(queues_left), faults=faults,
                     unknown_dlq_messages=unknown_dlq_messages, duration_s=duration_s)
@@ -239,6 +287,9 @@ def build_report(specs: list[JobSpec], states: dict[str, JobState],
         "jobs_completed_more_than_once": sum(1 for n in completions.values() if n > 1),
         "max": max(completions.values(), default=0)}
     report.generation_calls = spread([generation_calls.get(s.job_id, 0) for s in specs])
+    report.generations_per_completed_job = generations(specs, states, records,
+                                                       generation_calls, generation_faults,
+                                                       report.events)
     for job_id in report.problem_jobs:
         spec = next(s for s in specs if s.job_id == job_id)
         report.evidence[job_id] = evidence(spec, states[job_id], records)

@@ -77,7 +77,7 @@ class ChaosGenerationService(StubGenerationService):
     def mode(self, value: str) -> None:
         StubGenerationService.mode.fset(self, value)
 
-    def record(self, path: str, body: Any) -> None:
+    def record(self, path: str, body: Any, job_id: str | None = None) -> None:
         fault = None
         if path.startswith(PREFIX):
             with self._lock:
@@ -95,7 +95,7 @@ class ChaosGenerationService(StubGenerationService):
                     self.job_faults[job][fault] += 1
                     self.fault_counts[fault] += 1
         self.local.fault = fault
-        super().record(path, body)
+        super().record(path, body, job_id)
 
     def roll_failure(self) -> bool:
         failed = super().roll_failure()
@@ -521,6 +521,7 @@ def account(run: Run, store) -> Report:
         run.specs, states, records,
         queues_left={name: depth_of(run, u["url"]) for name, u in run.urls.items()},
         generation_calls=dict(run.stub.job_calls), faults=faults,
+        generation_faults={job: sum(c.values()) for job, c in run.stub.job_faults.items()},
         unknown_dlq_messages=sum(1 for e in dlq if e["job_id"] not in known),
         duration_s=time.monotonic() - run.started_at)
     report.recovery = recoveries(run.kills, records)

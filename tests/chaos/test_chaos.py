@@ -52,6 +52,13 @@ def test_every_job_is_accounted_for_under_chaos(tmp_path, sqs_endpoint):
     # Payloads that can never succeed ended failed, with their reason in the DLQ.
     invalid = [s for s in run.specs if s.expect == "failed"]
     assert invalid and not {s.job_id for s in invalid} & set(report.problem_jobs)
+    # Never paid twice once checkpointed: no completed job was generated again after a
+    # generation of it was checkpointed (a retry saved the checkpoint instead). Jobs
+    # generated twice for want of a checkpoint (a poller killed, or the store locked,
+    # between the answer and its checkpoint) are a figure (not_exactly_one, uncheckpointed).
+    generations = report.generations_per_completed_job
+    assert not generations["after_checkpoint"], report.explain()
+    assert len(generations["not_exactly_one"]) <= generations["uncheckpointed"]
 
 
 def print_recovery(report) -> None:
@@ -63,6 +70,7 @@ def print_recovery(report) -> None:
           f"(no reason): {report.redriven_by_sqs}")
     print(f"job-document writes per job: {json.dumps(report.store_writes)}")
     print(f"generation calls per job: {json.dumps(report.generation_calls)}")
+    print(f"generations per completed job: {json.dumps(report.generations_per_completed_job)}")
 
 
 @pytest.fixture

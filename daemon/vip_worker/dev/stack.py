@@ -127,7 +127,11 @@ def main(args) -> int:
         env.pop(name, None)  # the embedded stack never uses a real database or account
     port = args.port or int(env.get("VIP_DEV_SQS_PORT", "0"))
     server, endpoint = start_sqs(port)
-    generation = StubGenerationService(latency_s=args.latency, failure_rate=args.failure_rate)
+    # Articles streamed (a 300-word one over ~5 s) and progress written every second, so
+    # the demo shows progress moving (the user's own settings win).
+    generation = StubGenerationService(latency_s=args.latency, failure_rate=args.failure_rate,
+                                       stream=True, stream_step_s=0.4)
+    env.setdefault("VIP_WORKER_PROGRESS_INTERVAL_S", "1")
     throttle_quota(args, generation, env)
     generation.start()
     try:

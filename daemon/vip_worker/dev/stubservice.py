@@ -2,7 +2,9 @@
 
 ``POST /api/generation/{topic|keywords|trends|spin}`` answers a plausible article
 of ``word_count`` words, ``POST /api/generation/image`` an image URL served by the
-stub itself, ``GET /health`` ``{"ok": true}``. Errors look like FastAPI's: 404 and
+stub itself, both with a ``usage`` object (``promptTokens``, ``completionTokens``,
+``images``, ``model``), ``GET /health`` ``{"ok": true}``. Generation calls are counted per
+path and per job (the ``X-Job-Id`` header). Errors look like FastAPI's: 404 and
 422 with ``{"detail": ...}``. Binds to 127.0.0.1 unless told otherwise.
 
 Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
@@ -20,8 +22,11 @@ call for a window, answers 429 with ``Retry-After``. Every generation call is lo
 its wall-clock time (``call_times``, ``most_in_window``), so tests can check the fleet's
 calls against a rate limit window by window.
 
+``stream``: an article call whose ``Accept`` names ``application/x-ndjson`` or
+``text/event-stream`` is answered as a stream of its words (``send_stream``).
+
 Standalone: ``python -m vip_worker.dev.stubservice --port 8000 --latency 0.5 --failure-rate 0.1``
-(``--throttle-every N --retry-after S`` for the 429 mode).
+(``--throttle-every N --retry-after S`` for the 429 mode, ``--stream`` to stream).
 
 Over 400 lines because it is a standalone service (``python -m``), its fault modes
 and its command line in one file that tests and the dev stack start as a process.
@@ -55,6 +60,8 @@ PREFIX = "/api/generation/"
 MAX_REQUEST_BYTES = 1024 * 1024
 WORDS_MIN, WORDS_MAX, WORDS_DEFAULT = 1, 20000, 1000
 SIDE_MIN, SIDE_MAX, SIDE_DEFAULT = 64, 4096, 1024
+ARTICLE_MODEL, IMAGE_MODEL = "stub-writer-1", "stub-image-1"  # named in its usage reports
+STREAM_MEDIA = {"ndjson": "application/x-ndjson", "sse": "text/event-stream"}
 SENTENCES = (
     "Most {audience} underestimate how much {topic} depends on steady, repeatable habits.",
     "A good first step is to write down what success with {topic} looks like in numbers.",
@@ -155,7 +162,15 @@ def article_response(mode: str, body: Any, rng: random.Random) -> tuple[int, dic
            "keywords": keywords or subject.lower().split()[:5], "slug": slug,
            "optimized": bool(body.get("seo_optimization", True))}
     return 200, {"title": title, "content": content, "word_count": len(content.split()),
-                 "mode": mode, "tone": tone, "seo": seo}
+                 "mode": mode, "tone": tone, "seo": seo,
+                 "usage": article_usage(body, len(content.split()))}
+
+
+def article_usage(body: dict, words: int) -> dict:
+    """What a language model would report: ~4 characters a token in, ~4/3 tokens a word out."""
+    prompt = len(json.dumps(body, separators=(",", ":")))
+    return {"promptTokens": -(-prompt // 4), "completionTokens": -(-words * 4 // 3),
+            "model": ARTICLE_MODEL}
 
 
 def image_response(body: Any, base_url: str) -> tuple[int, dict]:
@@ -170,7 +185,17 @@ def image_response(body: Any, base_url: str) -> tuple[int, dict]:
     if errors:
         return 422, {"detail": errors}
     return 200, {"url": f"{base_url}/media/{uuid.uuid4()}.png", "prompt": prompt,
-                 "width": width, "height": height}
+                 "width": width, "height": height,
+                 "usage": {"images": 1, "promptTokens": -(-len(prompt) // 4),
+                           "model": IMAGE_MODEL}}
+
+
+def stream_event(kind: str, name: str, doc: dict) -> bytes:
+    """One streamed event: an NDJSON line, or an SSE ``event:``/``data:`` block."""
+    data = json.dumps(doc)
+    if kind == "ndjson":
+        return (data + "\n").encode()
+    return f"event: {name}\ndata: {data}\n\n".encode()
 
 
 def tiny_png() -> bytes:
@@ -262,7 +287,7 @@ class StubHandler(BaseHTTPRequestHandler):
                                    "msg": "JSON decode error", "input": {}}]}
         else:
             invalid = None
-        self.service.record(path, body)
+        self.service.record(path, body, self.headers.get("X-Job-Id"))
         name = path[len(PREFIX):] if path.startswith(PREFIX) else ""
         if not name or "/" in name:
             self.send_json(404, {"detail": "Not Found"})
@@ -276,7 +301,47 @@ class StubHandler(BaseHTTPRequestHandler):
         elif name == "image":
             self.send_json(*image_response(body, self.service.url))
         else:
-            self.send_json(*article_response(name, body, self.service.text_rng()))
+            status, doc = article_response(name, body, self.service.text_rng())
+            kind = self.stream_kind()
+            if status == 200 and kind:
+                self.send_stream(doc, kind)
+            else:
+                self.send_json(status, doc)
+
+    # -- streaming (NDJSON or SSE, as the Accept header asks, when ``stream`` is on) ----
+
+    def stream_kind(self) -> str | None:
+        """``"ndjson"`` or ``"sse"`` when the service streams and the client accepts it
+        (the first of the two named in ``Accept``), else None: one JSON answer."""
+        if not self.service.stream:
+            return None
+        accept = self.headers.get("Accept") or ""
+        found = {kind: accept.find(media) for kind, media in STREAM_MEDIA.items()}
+        found = {kind: at for kind, at in found.items() if at >= 0}
+        return min(found, key=found.get) if found else None
+
+    def send_stream(self, doc: dict, kind: str) -> None:
+        """The article as it is "written": ``{"delta": "<words>"}`` events of
+        ``stream_chunk_words`` words, ``stream_step_s`` apart, then ``{"done": true,
+        "result": {...}}``; chunked transfer encoding, so the connection stays open."""
+        self.send_response(200)
+        self.send_header("Content-Type", STREAM_MEDIA[kind])
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        words = doc["content"].split(" ")
+        step = max(1, self.service.stream_chunk_words)
+        for start in range(0, len(words), step):
+            delta = " ".join(words[start:start + step])
+            self.send_chunk(stream_event(kind, "delta", {"delta": delta}))
+            if self.service.stopping.wait(self.service.stream_step_s):
+                break
+        self.send_chunk(stream_event(kind, "done", {"done": True, "result": doc}))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def send_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def inject_fault(self) -> bool:
         """Apply latency, the fault mode and the failure rate; True if the call is answered."""
@@ -314,20 +379,29 @@ class StubGenerationService:
     """The stub server, run in a background thread. ``start()``, ``url``, ``stop()``.
 
     :ivar calls: requests seen per path (a snapshot, thread-safe).
+    :ivar calls_by_job: generation calls per ``X-Job-Id`` (a snapshot).
     :ivar last_path: path of the last request; ``last_body`` its parsed JSON body.
     :ivar latency_s: seconds each generation call waits before answering.
     :ivar failure_rate: share (0..1) of generation calls that answer 503.
     :ivar mode: the injected fault, one of ``FAULT_MODES``.
     :ivar hang_s: how long a ``hang`` call waits (``stop()`` ends the wait).
+    :ivar stream: stream articles (NDJSON or SSE) to a client whose ``Accept`` asks.
+    :ivar stream_chunk_words: words per streamed event; ``stream_step_s``: the pause
+        after each (a 1,000-word article at the defaults streams over 4 s).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_s: float = 0.0,
-                 failure_rate: float = 0.0, seed: int | None = None, hang_s: float = 60.0):
+                 failure_rate: float = 0.0, seed: int | None = None, hang_s: float = 60.0,
+                 stream: bool = False, stream_chunk_words: int = 25,
+                 stream_step_s: float = 0.1):
         self.host = host
         self.port = port
         self.latency_s = latency_s
         self.failure_rate = failure_rate
         self.hang_s = hang_s
+        self.stream = stream
+        self.stream_chunk_words = stream_chunk_words
+        self.stream_step_s = stream_step_s
         self.stopping = threading.Event()
         self.last_path: str | None = None
         self.last_body: Any = None
@@ -336,6 +410,7 @@ class StubGenerationService:
         self._lock = threading.Lock()
         self._called = threading.Condition(self._lock)
         self._calls: Counter[str] = Counter()
+        self._job_calls: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
         # The 429 mode (``throttle``) and the generation calls' wall-clock times.
         self._log: list[tuple[float, str | None]] = []  # (epoch s, the body's topic)
@@ -360,6 +435,12 @@ class StubGenerationService:
     def calls(self) -> dict[str, int]:
         with self._lock:
             return dict(self._calls)
+
+    @property
+    def calls_by_job(self) -> dict[str, int]:
+        """Generation calls per job (the client's ``X-Job-Id`` header), a snapshot."""
+        with self._lock:
+            return dict(self._job_calls)
 
     @property
     def total_calls(self) -> int:
@@ -411,12 +492,14 @@ class StubGenerationService:
         with self._called:
             return self._called.wait_for(lambda: seen() >= count, timeout_s)
 
-    def record(self, path: str, body: Any) -> None:
+    def record(self, path: str, body: Any, job_id: str | None = None) -> None:
         with self._called:
             if path.startswith(PREFIX):
                 topic = body.get("topic") if isinstance(body, dict) else None
                 self._log.append((time.time(), topic if isinstance(topic, str) else None))
             self._calls[path] += 1
+            if job_id and path.startswith(PREFIX):
+                self._job_calls[job_id] += 1
             if body is not None or path.startswith(PREFIX):
                 self.last_path, self.last_body = path, body
             self._called.notify_all()
@@ -498,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="answer every Nth generation call 429 (0: never)")
     parser.add_argument("--retry-after", type=float, default=10.0, metavar="S",
                         help="the Retry-After of those 429 answers")
+    parser.add_argument("--stream", action="store_true",
+                        help="stream articles (NDJSON or SSE) when the client accepts it")
     args = parser.parse_args(argv)
     if not 0.0 <= args.failure_rate <= 1.0:
         parser.error("--failure-rate must be in 0..1")
@@ -505,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                                     args.seed)
     service.mode = args.fault
     service.throttle(every=args.throttle_every, retry_after_s=args.retry_after)
+    service.stream = args.stream
     try:
         service.start()
     except OSError as exc:

@@ -171,8 +171,17 @@ def cancel(store, job_id: str) -> int:
 def render(job: dict[str, Any]) -> str:
     lines = [f"job       {job['_id']}", f"type      {job.get('type')}",
              f"user      {job.get('userId')}", f"status    {job['status']}",
-             f"progress  {job.get('progress', 0)}%", f"message   {job.get('message') or '-'}",
+             f"progress  {job.get('progress', 0)}%"
+             + (" (estimated)" if job.get("progressEstimated") else ""),
+             f"message   {job.get('message') or '-'}",
              f"attempts  {job.get('attempts', 0)}"]
+    usage = job.get("usage")
+    if isinstance(usage, dict):
+        cost = usage.get("cost")
+        lines.append(f"usage     {usage.get('tokensIn', 0)} tokens in, "
+                     f"{usage.get('tokensOut', 0)} out, {usage.get('images', 0)} images, "
+                     f"model {usage.get('model') or '-'}, cost "
+                     f"{'-' if cost is None else f'{cost:.6f}'}")
     if job.get("error"):
         lines.append(f"error     {job['error']}")
     for key in ("createdAt", "startedAt", "updatedAt", "completedAt"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -32,12 +32,14 @@ from requests.adapters import HTTPAdapter
 
 from vip_worker import __version__
 from vip_worker.errors import PermanentError, RetryLater
+from vip_worker.pipeline import streaming
 
 MAX_FIELD_CHARS = 20_000
 MAX_BODY_BYTES = 256 * 1024
 SNIPPET_CHARS = 200
 DETAIL_MAX_CHARS = 500
 RETRY_AFTER_MAX_S = 900.0
+JOB_ID_HEADER = "X-Job-Id"
 # Refusals that say "not now" rather than "never".
 TRANSIENT_4XX = frozenset({408, 425, 429})
 CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -220,11 +222,14 @@ class GenerationClient:
     :param read_timeout_s: longest read timeout of a call (a call may ask for less).
     :param session: a ``requests.Session`` to use (default: a new one, closed by ``close``).
     :param pool_maxsize: connections kept to the service; match the poller's concurrency.
+    :param stream: ``generation_stream``: ``auto``, ``ndjson``, ``sse`` (ask for a
+        streamed answer when the caller reads it, ``on_words``) or ``off``.
     """
 
     def __init__(self, base_url: str, *, article_path: str, image_path: str,
                  modes: Iterable[str], connect_timeout_s: float, read_timeout_s: float,
-                 session: requests.Session | None = None, pool_maxsize: int = 10) -> None:
+                 session: requests.Session | None = None, pool_maxsize: int = 10,
+                 stream: str = "off") -> None:
         if urlsplit(base_url).scheme not in ("http", "https"):
             raise ValueError("base_url must be an http(s) URL")
         self.base_url = base_url.rstrip("/")
@@ -234,6 +239,7 @@ class GenerationClient:
         self.modes = tuple(modes)
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.stream = stream
         self.owns_session = session is None
         if session is None:
             session = requests.Session()
@@ -254,11 +260,17 @@ class GenerationClient:
         if self.owns_session:
             self.session.close()
 
-    def article(self, payload: dict[str, Any], read_timeout_s: float | None = None) -> dict:
+    def article(self, payload: dict[str, Any], read_timeout_s: float | None = None,
+                job_id: str | None = None,
+                on_words: Callable[[int], None] | None = None) -> dict:
         """Generate an article from the app's camelCase payload; the service's JSON object.
 
         :param payload: the message's payload (``mode``, ``topic``, ``wordCount``...).
         :param read_timeout_s: this call's read timeout if shorter than the client's.
+        :param job_id: sent as ``X-Job-Id`` (the service, and the stub's call log, can
+            tell a job's calls apart).
+        :param on_words: with ``stream`` on, called with the words received so far while
+            the service streams its answer (``pipeline/streaming.py``).
         :raises PermanentError: unknown mode, oversized field, 4xx, non-JSON answer.
         :raises GenerationUnavailable: the service could not answer now.
         """
@@ -273,16 +285,17 @@ class GenerationClient:
             path = self.article_path.replace("{mode}", quote(mode, safe=""))
         else:
             path, fields = self.article_path, payload
-        return self.post(path, payload, snake_keys(fields), read_timeout_s)
+        return self.post(path, payload, snake_keys(fields), read_timeout_s, job_id, on_words)
 
-    def image(self, payload: dict[str, Any], read_timeout_s: float | None = None) -> dict:
+    def image(self, payload: dict[str, Any], read_timeout_s: float | None = None,
+              job_id: str | None = None) -> dict:
         """Generate an image from the payload (``prompt`` and options, camelCase mapped).
 
-        Same outcomes as :meth:`article`.
+        Same outcomes and parameters as :meth:`article`.
         """
         if not isinstance(payload, dict):
             raise PermanentError(f"payload must be an object, got {type(payload).__name__}")
-        return self.post(self.image_path, payload, snake_keys(payload), read_timeout_s)
+        return self.post(self.image_path, payload, snake_keys(payload), read_timeout_s, job_id)
 
     def timeouts(self, read_timeout_s: float | None) -> tuple[float, float]:
         """(connect, read) for one call: the shorter of the client's and the call's read."""
@@ -291,15 +304,25 @@ class GenerationClient:
         return self.connect_timeout_s, read
 
     def post(self, path: str, payload: dict[str, Any], body: dict[str, Any],
-             read_timeout_s: float | None) -> dict:
+             read_timeout_s: float | None, job_id: str | None = None,
+             on_words: Callable[[int], None] | None = None) -> dict:
         data = encode_body(payload, body)
         timeout = self.timeouts(read_timeout_s)
         if timeout[1] <= 0:
             raise GenerationUnavailable("no time left for the call")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if job_id:
+            headers[JOB_ID_HEADER] = job_id
+        streamed = on_words is not None and self.stream in streaming.ACCEPT
+        if streamed:
+            headers["Accept"] = streaming.ACCEPT[self.stream]
         try:
             response = self.session.post(
                 self.base_url + path, data=data, timeout=timeout, allow_redirects=False,
-                headers={"Content-Type": "application/json", "Accept": "application/json"})
+                headers=headers, stream=streamed)
+            kind = streaming.stream_kind(response.headers.get("Content-Type", ""))
+            if streamed and kind and 200 <= response.status_code < 300:
+                return self.read_stream(response, kind, on_words)
         except requests.ConnectTimeout:
             raise self.unavailable(f"connect timed out after {timeout[0]:g}s") from None
         except requests.ReadTimeout:
@@ -307,6 +330,18 @@ class GenerationClient:
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise self.unavailable(connection_reason(exc)) from None
         return self.outcome(response)
+
+    def read_stream(self, response: requests.Response, kind: str,
+                    on_words: Callable[[int], None] | None) -> dict:
+        """A streamed answer's result (``pipeline/streaming.py``); a broken stream is
+        transient. Read timeouts and resets while reading reach ``post``'s handlers."""
+        with response:
+            try:
+                return streaming.read_stream(
+                    response.iter_lines(decode_unicode=True), kind, on_words)
+            except streaming.StreamBroken as exc:
+                raise GenerationUnavailable(self.scrub(str(exc)), response.status_code) \
+                    from None
 
     def unavailable(self, reason: str) -> GenerationUnavailable:
         return GenerationUnavailable(f"{self.scrub(reason)} ({self.safe_base_url})")

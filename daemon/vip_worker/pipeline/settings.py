@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vip_worker.config import Setting, boolean, number, str_list, string, url
+from vip_worker.config import Setting, boolean, choice, number, str_list, string, url
+from vip_worker.pipeline.usage import budget_table, price_table
 from vip_worker.sqs.limits import MAX_VISIBILITY_S
 
 
@@ -62,5 +63,32 @@ SETTINGS: tuple[Setting, ...] = (
         "fair_message_groups", False, boolean,
         "The producer sends the userId as MessageGroupId on standard queues (SQS fair "
         "queues).",
+    ),
+    Setting(
+        "generation_stream", "auto", choice("auto", "ndjson", "sse", "off"),
+        "Ask the generation service to stream its answer: auto (NDJSON or SSE, whichever "
+        "it sends), ndjson, sse, or off (one JSON answer); progress then follows the words.",
+    ),
+    Setting(
+        "progress_interval_s", 3.0, number(0.5, 300),
+        "Shortest time between two progress writes of one job (streamed or estimated).",
+    ),
+    Setting(
+        "prices", {}, price_table,
+        "Price per model: [prices.<model>] in_per_1k, out_per_1k (per 1,000 tokens in and "
+        "out), per_image; turns a job's usage into its cost.",
+    ),
+    Setting(
+        "user_daily_budget", 0.0, number(0, 1e12),
+        "Money one user may spend per UTC day on generations (0: no budget).",
+    ),
+    Setting(
+        "user_budgets", {}, budget_table,
+        "Per-user daily budgets overriding user_daily_budget (a table user = amount).",
+    ),
+    Setting(
+        "budget_outcome", "defer", choice("defer", "fail"),
+        "A job of a user over budget: defer (until the next UTC day, no attempt spent) or "
+        "fail (with the reason \"budget exceeded\").",
     ),
 )

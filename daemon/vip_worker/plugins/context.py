@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from vip_worker.errors import JobCancelled
@@ -168,6 +169,8 @@ class HandlerContext:
     :ivar cancel_event: set when the job's cancellation was asked for (the daemon sets it
         within one heartbeat interval); read it as ``cancelled`` or ``raise_if_cancelled()``.
     :ivar user_id: the envelope's userId ('' when unknown): ``quota`` counts it.
+    :ivar checkpoints: a read-only mapping of the job's checkpoints (``checkpoint``),
+        those saved by earlier attempts loaded with the claim, and this attempt's own.
     """
 
     message_id: str
@@ -184,10 +187,35 @@ class HandlerContext:
     delivery: str | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     user_id: str = ""
+    _checkpoints: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.attempt:
             self.attempt = self.receive_count
+
+    @property
+    def checkpoints(self) -> Mapping[str, Any]:
+        """The job's checkpoints by name, read-only (see ``checkpoint``)."""
+        return MappingProxyType(self._checkpoints)
+
+    def load_checkpoints(self, job: Mapping[str, Any] | None) -> None:
+        """Take the checkpoints of a job document a claim returned (``run_job``'s own)."""
+        self._checkpoints = dict((job or {}).get("checkpoints") or {})
+
+    def checkpoint(self, name: str, value: Any) -> bool:
+        """Save a small JSON ``value`` on the job as ``checkpoints.<name>``, so a later
+        attempt finds it in ``checkpoints`` and need not redo the step that made it.
+        True when stored; False when this delivery no longer holds the job (nothing is
+        written: the holder's checkpoints are not ours to change).
+
+        :raises CheckpointError: a name that is not ``[A-Za-z0-9_-]{1,64}``, a value that
+            is not JSON or is larger than the store's limit (256 KiB); the message names it.
+        """
+        stored = self.store.checkpoint(self.job_id, name, value, datetime.now(UTC),
+                                       delivery=self.delivery)
+        if stored:
+            self._checkpoints[name] = value
+        return stored
 
     @property
     def is_last_attempt(self) -> bool:
@@ -228,7 +256,8 @@ class HandlerContext:
                     log_fields: dict[str, Any], started: float | None = None,
                     plugin_settings: dict[str, Any] | None = None,
                     logger: logging.Logger | None = None, attempt: int | None = None,
-                    delivery: str | None = None, user_id: str = "") -> HandlerContext:
+                    delivery: str | None = None, user_id: str = "",
+                    checkpoints: Mapping[str, Any] | None = None) -> HandlerContext:
         """The context of one handler call (the consumer, ``run_handler`` and the
         producer's inline run all build it here).
 
@@ -242,6 +271,7 @@ class HandlerContext:
         :param attempt: the ledger's attempt (default: ``receive_count``).
         :param delivery: the delivery token of the daemon's claim, if it claimed the job.
         :param user_id: the envelope's userId (the quota's per-user cap and fairness).
+        :param checkpoints: the job's checkpoints as that claim returned them.
         """
         if started is None:
             started = time.monotonic()
@@ -253,7 +283,8 @@ class HandlerContext:
                    receive_count=receive_count, max_attempts=max_attempts,
                    deadline=started + max_job_time_s, log=MessageLogger(logger, log_fields),
                    resources=poller.resources, plugin_settings=plugin_settings, poller=poller,
-                   attempt=attempt or receive_count, delivery=delivery, user_id=user_id or "")
+                   attempt=attempt or receive_count, delivery=delivery, user_id=user_id or "",
+                   _checkpoints=dict(checkpoints or {}))
 
     def quota(self, provider: str = "generation", *, tokens: int = 0):
         """A permit to call ``provider`` now, shared with every poller of the fleet (the

@@ -20,12 +20,21 @@ failed: retried or dead-lettered), ``retried``, ``dead_lettered``, ``deferred``,
 ``duration_s_sum``, ``duration_n``; poller 0 adds the maxes ``visible``, ``inflight``,
 ``delayed``, ``dlq`` from the queue attributes it reads for QueueDepth. The store is
 reached duck-typed (this package does not import ``vip_worker.store`` at import time).
+
+Usage (``UsageMetrics``, made and filled by the content pipeline in the poller's resource
+``USAGE``; ``usage_flush`` drains it with the queue counts): one line per job type and
+model with usage in the interval, event ``metrics.usage``, dimensions ``[Type, Model]``:
+TokensIn, TokensOut, Images, Jobs (Count) and Cost (None: the money of the ``prices``
+table). It also keeps the same sums per (type, user, model, minute) for the store's
+per-minute "usage" buckets, taken by ``take_minutes`` and written as the ``usage`` series
+(``usage_rows``) in the same ``MinuteWriter`` call as the queue buckets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,6 +103,64 @@ def emf_fields(namespace: str, queue: str, counts: QueueMetrics | None,
     return fields
 
 
+USAGE = "vip_worker.services.metrics.usage"  # the poller resource UsageMetrics is under
+USAGE_METRICS = (("tokensIn", "TokensIn", "Count"), ("tokensOut", "TokensOut", "Count"),
+                 ("images", "Images", "Count"), ("calls", "Jobs", "Count"),
+                 ("cost", "Cost", "None"))
+
+
+class UsageMetrics:
+    """Usage of completed generations since the last drain; filled from handler threads.
+
+    ``by_model``: (type, model) -> sums, for the EMF line; ``by_minute``: (type, user,
+    model, minute) -> sums, for the per-minute buckets. Sums: tokensIn, tokensOut,
+    images, calls, cost.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_model: dict[tuple[str, str], dict[str, float]] = {}
+        self.by_minute: dict[tuple[str, str, str, datetime], dict[str, float]] = {}
+
+    def record(self, type: str, user: str, usage: dict, now: datetime) -> None:
+        model = str(usage.get("model") or "-")
+        values = {"tokensIn": usage.get("tokensIn") or 0,
+                  "tokensOut": usage.get("tokensOut") or 0,
+                  "images": usage.get("images") or 0, "calls": 1,
+                  "cost": usage.get("cost") or 0.0}
+        minute = now.replace(second=0, microsecond=0)
+        with self.lock:
+            for table, key in ((self.by_model, (type, model)),
+                               (self.by_minute, (type, user, model, minute))):
+                sums = table.setdefault(key, dict.fromkeys(values, 0))
+                for name, value in values.items():
+                    sums[name] += value
+
+    def drain_emf(self, namespace: str, now_ms: int | None = None) -> list[dict]:
+        """The EMF lines' fields for the usage since the last drain (and start anew)."""
+        with self.lock:
+            taken, self.by_model = self.by_model, {}
+        lines = []
+        for (type, model), sums in sorted(taken.items()):
+            fields: dict = {"Type": type, "Model": model}
+            for key, name, _unit in USAGE_METRICS:
+                fields[name] = round(sums[key], 6) if key == "cost" else int(sums[key])
+            fields["aws_emf"] = {
+                "Timestamp": now_ms if now_ms is not None else int(time.time() * 1000),
+                "CloudWatchMetrics": [{
+                    "Namespace": namespace, "Dimensions": [["Type", "Model"]],
+                    "Metrics": [{"Name": name, "Unit": unit}
+                                for _key, name, unit in USAGE_METRICS]}]}
+            lines.append(fields)
+        return lines
+
+    def take_minutes(self) -> dict[tuple[str, str, str, datetime], dict[str, float]]:
+        """The per-minute sums since the last take (and start anew)."""
+        with self.lock:
+            taken, self.by_minute = self.by_minute, {}
+        return taken
+
+
 def drain(per_queue: dict[str, QueueMetrics], names: Iterable[str]) -> dict[str, QueueMetrics]:
     """Take the counts collected so far and start new ones."""
     taken = {}
@@ -135,6 +202,32 @@ def minute_rows(taken: Mapping[str, QueueMetrics], depths: Mapping[str, Mapping[
         if incs or maxes:
             rows.append(MinuteRow("queue", {"queue": name}, minute, incs, maxes))
     return rows
+
+
+USAGE_INCS = {"tokensIn": "tokens_in", "tokensOut": "tokens_out", "images": "images",
+              "calls": "calls", "cost": "cost"}
+
+
+def usage_rows(minutes: Mapping[tuple[str, str, str, datetime], Mapping[str, float]]
+               ) -> list[Any]:
+    """The ``usage`` series' rows (``UsageMetrics.take_minutes``): labels ``{type, user,
+    model}``, incs ``tokens_in``, ``tokens_out``, ``images``, ``calls``, ``cost``."""
+    from vip_worker.store.buckets import MinuteRow
+
+    return [MinuteRow("usage", {"type": type, "user": user, "model": model}, minute,
+                      {USAGE_INCS[key]: value for key, value in sums.items()})
+            for (type, user, model, minute), sums in sorted(minutes.items())]
+
+
+def usage_flush(context: Any, namespace: str) -> list[Any]:
+    """Log the poller's usage since the last flush as EMF lines (``metrics.usage``) and
+    return it as bucket rows (none before the pipeline recorded any)."""
+    usage = context.resources.get(USAGE) if context is not None else None
+    if usage is None:
+        return []
+    for fields in usage.drain_emf(namespace):
+        log.info("metrics.usage", extra=fields)
+    return usage_rows(usage.take_minutes())
 
 
 class MinuteWriter:

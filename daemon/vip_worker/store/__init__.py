@@ -24,6 +24,9 @@ jobs (``jobs_collection``), keyed by the message's ``jobId``::
      "lostClaims": int, "rescues": int, "rescuedAt", "queuedAt",
      "cancelRequestedAt", "cancelledAt",
      "callback": the completion callback's outbox entry (``store/outbox.py``),
+     "checkpoints": {name: JSON value} (``store/checkpoints.py``),
+     "usage": {"tokensIn", "tokensOut", "images", "model", "cost"} (``store/usage.py``),
+     "progressEstimated": bool (progress estimated from durations, not measured),
      "history": [the job's timeline, the last 200 transitions (``store/history.py``)]}
 
 - ``delivery``: an opaque token per receive of a message (the caller's, e.g. a hash of
@@ -107,7 +110,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from vip_worker.errors import DependencyUnavailable
@@ -227,7 +230,8 @@ class JobStore(Protocol):
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
                     now: datetime, *, delivery: str | None = None) -> None:
         """Upsert ``content`` (plus jobId, userId, createdAt) keyed by jobId into
-        ``collection``, then mark the job ``completed``, progress 100, lease cleared.
+        ``collection``, then mark the job ``completed``, progress 100, lease cleared
+        (and its ``usage`` = the content's ``usage``, when that is a dict).
         ``delivery`` does not guard it: a stale delivery's result is saved (into the one
         content document) and completes the job, idempotently. A ``cancelled`` job is left
         alone, nothing saved (an abandoned handler's late result)."""
@@ -377,6 +381,27 @@ class JobStore(Protocol):
 
     def quota_record(self, provider: str) -> dict[str, Any] | None:
         """The provider's governor record, or None."""
+
+    # -- checkpoints (store/checkpoints.py) and spending (store/usage.py) -------------
+
+    def checkpoint(self, job_id: str, name: str, value: Any, now: datetime, *,
+                   delivery: str | None = None) -> bool:
+        """Set the job's ``checkpoints.<name>`` to ``value`` (JSON, at most
+        ``MAX_CHECKPOINT_BYTES``) while it is ``processing`` (and, with ``delivery``, held
+        by it); True when written. :raises CheckpointError: a bad name or value."""
+
+    def progress_many(self, updates: Sequence[tuple[str, str | None, int, str, bool]],
+                      now: datetime) -> int:
+        """Write many jobs' latest progress in one write (``store/progress.py``): each
+        (job_id, delivery, percent, message, estimated) sets ``progress``, ``message``,
+        ``progressEstimated`` of a ``processing`` job its delivery holds; how many."""
+
+    def add_spend(self, user_id: str, day: date, amount: float, now: datetime) -> float:
+        """Add ``amount`` to what ``user_id`` spent on the UTC ``day`` (one atomic
+        increment); the new total."""
+
+    def spent(self, user_id: str, day: date) -> float:
+        """What ``user_id`` spent on ``day``; 0.0 when nothing was recorded."""
 
     def get_content(self, collection: str, job_id: str) -> list[dict[str, Any]]:
         """Every content document of the job in ``collection`` (tests check it is one)."""

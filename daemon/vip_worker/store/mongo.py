@@ -59,13 +59,16 @@ from vip_worker.store import (
 )
 from vip_worker.store.buckets import DEFAULT_RETENTION_H, MongoBuckets
 from vip_worker.store.cancel import CANCEL_PINNED, cancelled_changes, decide_cancel
+from vip_worker.store.checkpoints import MongoCheckpoints
 from vip_worker.store.fleet import MongoFleet
 from vip_worker.store.history import push
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.mongo_codec import OBJECT_ID_RE, aware, shown, to_key
 from vip_worker.store.outbox import MongoOutbox
+from vip_worker.store.progress import MongoProgress
 from vip_worker.store.quota_mongo import MongoQuota
 from vip_worker.store.search import MongoSearch
+from vip_worker.store.usage import MongoUsage, usage_changes
 
 DEFAULT_DATABASE = "vipcontent"
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -97,7 +100,8 @@ def is_transient(exc: PyMongoError) -> bool:
         exc.has_error_label(label) for label in TRANSIENT_LABELS)
 
 
-class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch, MongoQuota):
+class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch, MongoQuota,
+                 MongoCheckpoints, MongoUsage, MongoProgress):
     """``JobStore`` on MongoDB; see the module docstring for keys and concurrency.
 
     :param uri: the connection string; unused when ``client`` is given, except for
@@ -309,7 +313,7 @@ class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch, MongoQuota)
                 # document and updates it (MongoDB's advice for upserts on a unique key).
                 target.update_one({"jobId": key}, upsert, upsert=True)
             # processing -> completed, a history step; a redelivered result: no new step
-            done = ledger.completed_changes(now)
+            done = {**ledger.completed_changes(now), **usage_changes(content)}
             if not self._jobs.update_one(
                     {"_id": key, "status": {"$nin": ["cancelled", "completed"]}},
                     {"$set": done, **push(history.entry("completed", now))}).matched_count:

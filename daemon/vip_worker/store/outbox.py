@@ -10,7 +10,8 @@ finds every entry whose next attempt is due. The entry is the job's ``callback``
      "lastError": str|None, "deliveredAt": datetime|None}
 
 ``id`` is the idempotency id sent with every attempt (``X-VIP-Delivery``): one per job
-and terminal status (and run, for a job retried from the dashboard: ``<jobId>:<status>:<n>``), so a receiver that sees it twice knows it is the same event.
+and terminal status (and run, for a job retried from the dashboard:
+``<jobId>:<status>:<n>``), so a receiver that sees it twice knows it is the same event.
 
 A sender takes an entry for one attempt with ``hold_callback``, a compare-and-set on the
 ``nextAt`` it saw that pushes ``nextAt`` past the attempt, so of several sweepers exactly
@@ -52,7 +53,8 @@ def new_entry(job: Mapping[str, Any], url: str, now: datetime,
     current = job.get("callback") or {}
     if current.get("status") == status:
         return None
-    return {"id": delivery_id(str(job["_id"]), status, job.get("retries") or 0), "url": url, "status": status,
+    run = job.get("retries") or 0
+    return {"id": delivery_id(str(job["_id"]), status, run), "url": url, "status": status,
             "state": PENDING, "attempts": 0, "nextAt": first_at, "createdAt": now,
             "lastError": None, "deliveredAt": None}
 

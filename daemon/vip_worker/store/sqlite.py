@@ -57,10 +57,12 @@ from vip_worker.store import (
 )
 from vip_worker.store.buckets import DEFAULT_RETENTION_H, SqliteBuckets
 from vip_worker.store.cancel import cancelled_changes, decide_cancel
+from vip_worker.store.checkpoints import SqliteCheckpoints
 from vip_worker.store.fleet import SqliteFleet
 from vip_worker.store.history import appended
 from vip_worker.store.ledger import new_job, utc
 from vip_worker.store.outbox import SqliteOutbox
+from vip_worker.store.progress import SqliteProgress
 from vip_worker.store.quota import SqliteQuota
 from vip_worker.store.search import SqliteSearch
 from vip_worker.store.sqlite_schema import (
@@ -72,6 +74,7 @@ from vip_worker.store.sqlite_schema import (
     immediate,
     iso,
 )
+from vip_worker.store.usage import SqliteUsage, usage_changes
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_BUSY_TIMEOUT_S = 10.0
@@ -91,7 +94,8 @@ def check_name(name: str) -> str:
 MEMORY = ":memory:"
 
 
-class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch, SqliteQuota):
+class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch, SqliteQuota,
+                  SqliteCheckpoints, SqliteUsage, SqliteProgress):
     """``JobStore`` on one SQLite file; see the module docstring for concurrency."""
 
     def __init__(self, path: str | os.PathLike[str], jobs_collection: str = "jobs",
@@ -313,7 +317,8 @@ class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch, Sqlite
             if job is not None:
                 if job.get("status") != "completed":  # a redelivered result: no new step
                     job["history"] = appended(job, history.entry("completed", now))
-                job.update(ledger.completed_changes(now))  # processing -> completed
+                # processing -> completed
+                job.update(ledger.completed_changes(now), **usage_changes(content))
                 self._save_job(conn, job)
 
     def complete(self, job_id: str, now: datetime, *, delivery: str) -> bool:

@@ -82,7 +82,10 @@ def job_view(job: dict[str, Any], settings) -> dict[str, Any]:
     fields = ("type", "status", "message", "error", "createdAt", "updatedAt",
               "startedAt", "completedAt", "cancelRequestedAt", "cancelledAt")
     view = {name: job.get(name) for name in fields}
+    usage = job.get("usage")
     view.update(jobId=job_id, progress=int(job.get("progress") or 0),
+                progressEstimated=bool(job.get("progressEstimated")),
+                usage=usage if isinstance(usage, dict) else None,
                 attempts=int(job.get("attempts") or 0), result=result,
                 links={"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"})
     return view

@@ -74,11 +74,23 @@ class JobLinks(BaseModel):
     cancel: str | None = None
 
 
+class Usage(BaseModel):
+    """What the job's generation used, as the service reported it, and its cost."""
+
+    tokensIn: int = 0  # noqa: N815
+    tokensOut: int = 0  # noqa: N815
+    images: int = 0
+    model: str | None = None
+    cost: float | None = None  # by the prices table; null: the model has no price
+
+
 class Job(BaseModel):
     jobId: str  # noqa: N815
     type: str | None = None
     status: str
     progress: int = 0
+    progressEstimated: bool = False  # noqa: N815 - estimated from durations, not measured
+    usage: Usage | None = None
     message: str | None = None
     error: str | None = None
     attempts: int = 0
