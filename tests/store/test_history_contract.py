@@ -135,9 +135,27 @@ def test_callbacks_delivered_or_given_up(store):
 def test_history_keeps_the_last_200_entries(store):
     store.create_job("job-1", "u1", "articles", {}, T0)
     claim(store)
+    def name(i):  # distinct steps: numbers in a message are masked (history.step_of)
+        return "step " + "".join("abcdefghij"[int(d)] for d in str(i))
+
     for i in range(HISTORY_MAX + 10):
-        store.progress("job-1", i % 100, f"step {i}", at(i), delivery="d1")
+        store.progress("job-1", i % 100, name(i), at(i), delivery="d1")
     history = store.get_job("job-1")["history"]
     assert len(history) == HISTORY_MAX
-    assert history[-1]["message"] == f"step {HISTORY_MAX + 9}"
-    assert history[0]["message"] == "step 10"  # created, claimed and steps 0..9 dropped
+    assert history[-1]["message"] == name(HISTORY_MAX + 9)
+    assert history[0]["message"] == name(10)  # created, claimed and steps 0..9 dropped
+
+
+def test_progress_within_one_step_is_one_timeline_entry(store):
+    store.create_job("job-1", "u1", "articles", {}, T0)
+    claim(store)
+    for words in (40, 80, 120):
+        store.progress("job-1", 10 + words // 10, f"Writing... {words} of 800 words", at(words),
+                       delivery="d1")
+    store.progress_many([("job-1", "d1", 30, "Writing... 160 of 800 words", False),
+                         ("job-1", "d1", 31, "Writing... 200 of 800 words", False)], at(200))
+    store.progress("job-1", 80, "Saving content...", at(300), delivery="d1")
+    job = store.get_job("job-1")
+    assert [(s["event"], s.get("message")) for s in job["history"]][-2:] == [
+        ("progress", "Writing... 40 of 800 words"), ("progress", "Saving content...")]
+    assert job["message"] == "Saving content..." and job["progress"] == 80

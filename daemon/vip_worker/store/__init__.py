@@ -103,6 +103,9 @@ Beside the jobs, for the dashboard (each in its own module, mixed into both back
 - job search and retry (``store/search.py``): ``search_jobs``, ``retry_job``.
 
 Times are timezone-aware UTC datetimes in and out.
+
+Over 400 lines because the whole contract (every method both backends implement, with its
+rules) is written in this one place.
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ last ``HISTORY_MAX`` entries.
 Which transition writes which entry is decided here (``claim_entry``, ``cancel_entry``)
 or named where the backend writes the transition: ``created`` (create_job, or a claim
 that creates the job), ``claimed`` (each attempt, with its ``by``; not the idempotent
-re-claim of one delivery), ``progress`` (only when the message text changes),
+re-claim of one delivery), ``progress`` (only when the message's step changes:
+``step_of``, the text with its numbers masked, so "Writing... 120 of 800 words" and
+"Writing... 160 of 800 words" are one step, and a streamed job's timeline keeps its
+claims instead of 200 progress lines),
 ``requeued`` and ``failed`` (with the error as ``reason``), ``released`` (or
 ``deferred``, ``release``'s ``event``), ``rescued``, ``cancel_requested``,
 ``cancelled``, ``completed``, ``callback`` (delivered or given up), ``retried``
@@ -23,6 +26,7 @@ re-claim of one delivery), ``progress`` (only when the message text changes),
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -33,6 +37,21 @@ HISTORY_MAX = 200
 REASON_MAX = 500
 EVENTS = ("created", "claimed", "progress", "requeued", "released", "deferred", "rescued",
           "cancel_requested", "cancelled", "completed", "failed", "retried", "callback")
+
+
+NUMBERS = re.compile(r"\d+")
+
+
+def step_of(message: str | None) -> str:
+    """The step a progress message names: its text with every number masked (the
+    job's ``progressStep``; a new step is a ``progress`` history entry)."""
+    return NUMBERS.sub("#", message or "")[:REASON_MAX]
+
+
+def is_new_step(job: Mapping[str, Any], message: str) -> bool:
+    """Whether ``message`` begins a new step of ``job``'s progress: neither its current
+    message nor its current step (``progressStep``, cleared by each claim)."""
+    return message != job.get("message") and step_of(message) != job.get("progressStep")
 
 
 def entry(event: str, now: datetime, *, attempt: int | None = None, by: str | None = None,

@@ -114,6 +114,7 @@ def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | Non
     # queued | failed | processing (lease expired, absent, or this message's) -> processing
     changes = {
         "status": "processing", "progress": 0, "message": PROCESSING_MESSAGE, "error": None,
+        "progressStep": None,  # each attempt's steps are on its timeline (history.step_of)
         "attempts": attempts + 1, "lostClaims": lost,
         "messageId": message_id, "delivery": delivery, "leaseUntil": lease_until,
         "updatedAt": now,

@@ -100,6 +100,21 @@ def is_transient(exc: PyMongoError) -> bool:
         exc.has_error_label(label) for label in TRANSIENT_LABELS)
 
 
+def progress_writes(query: dict[str, Any], changes: dict[str, Any],
+                    step_entry: dict[str, Any]) -> list[tuple[dict, dict]]:
+    """One job's progress as two conditional updates, applied in order in one round trip:
+    the same message or step (most calls) sets the fields; a new step
+    (``history.is_new_step``) sets them and appends its history entry. Exactly one of them
+    matches."""
+    message = changes["message"]
+    step = history.step_of(message)
+    changes = {**changes, "progressStep": step}
+    return [({**query, "$or": [{"message": message}, {"progressStep": step}]},
+             {"$set": changes}),
+            ({**query, "message": {"$ne": message}, "progressStep": {"$ne": step}},
+             {"$set": changes, **push(step_entry)})]
+
+
 class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch, MongoQuota,
                  MongoCheckpoints, MongoUsage, MongoProgress):
     """``JobStore`` on MongoDB; see the module docstring for keys and concurrency.
@@ -281,16 +296,11 @@ class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch, MongoQuota,
     def progress(self, job_id: str, percent: int, message: str, now: datetime, *,
                  delivery: str | None = None) -> None:
         percent = max(0, min(100, int(percent)))
-        update = {"progress": percent, "message": message, "updatedAt": utc(now)}
         query = {"_id": to_key(job_id), "status": "processing", **guard(None, delivery)}
         with self._errors():
-            # The same message (most calls): one write. A new one: a history step too.
-            if not self._jobs.update_one({**query, "message": message},
-                                         {"$set": update}).matched_count:
-                self._jobs.update_one(
-                    {**query, "message": {"$ne": message}},
-                    {"$set": update, **push(history.progress_entry(percent, message,
-                                                                   utc(now)))})
+            self._progress_writes([progress_writes(query, {
+                "progress": percent, "message": message, "updatedAt": utc(now)},
+                history.progress_entry(percent, message, utc(now)))])
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
                     now: datetime, *, delivery: str | None = None) -> None:

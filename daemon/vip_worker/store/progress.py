@@ -11,6 +11,8 @@ and sets the job's ``progress`` (0..100), ``message``, ``progressEstimated`` (Tr
 percentage is estimated from the type's recent durations, not measured) and
 ``updatedAt``, only while the job is ``processing`` and, with a delivery, held by it
 (``ledger.may_settle``): a late batch never touches a job that ended or changed hands.
+A new step (``history.step_of``: the message with its numbers masked) is a ``progress``
+entry on the job's timeline, in the same write.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from vip_worker.store import ledger
+from vip_worker.store import history, ledger
 from vip_worker.store.ledger import utc
 from vip_worker.store.mongo_codec import to_key
 
@@ -46,7 +48,12 @@ class SqliteProgress:
                 if job is None or job.get("status") != "processing" \
                         or not ledger.may_settle(job, None, delivery):
                     continue
-                job.update(progress_changes(percent, message, estimated, now))
+                step = history.step_of(message)
+                if history.is_new_step(job, message):
+                    job["history"] = history.appended(
+                        job, history.progress_entry(percent, message, utc(now)))
+                job.update(progress_changes(percent, message, estimated, now),
+                           progressStep=step)
                 self._save_job(conn, job)
                 written += 1
         return written
@@ -56,20 +63,29 @@ class MongoProgress:
     """``progress_many`` on the MongoDB store (mixed into ``MongoStore``)."""
 
     def progress_many(self, updates: Sequence[Update], now: datetime) -> int:
-        from pymongo import UpdateOne
-
-        from vip_worker.store.mongo import guard  # mongo.py imports this module
+        from vip_worker.store.mongo import guard, progress_writes  # mongo.py imports us
 
         if not updates:
             return 0
-        writes = [
-            ({"_id": to_key(job_id), "status": "processing", **guard(None, delivery)},
-             {"$set": progress_changes(percent, message, estimated, now)})
+        jobs = [progress_writes(
+            {"_id": to_key(job_id), "status": "processing", **guard(None, delivery)},
+            progress_changes(percent, message, estimated, now),
+            history.progress_entry(percent, message, utc(now)))
             for job_id, delivery, percent, message, estimated in updates]
         with self._errors():
-            if type(self._client).__module__.startswith("mongomock"):
-                # mongomock's bulk_write cannot take pymongo 4's UpdateOne (its ``sort``):
-                # the tests' stand-in gets the same filters and updates one by one.
-                return sum(self._jobs.update_one(*write).matched_count for write in writes)
-            return self._jobs.bulk_write([UpdateOne(*write) for write in writes],
-                                         ordered=False).matched_count
+            return self._progress_writes(jobs)
+
+    def _progress_writes(self, jobs: Sequence[Sequence[tuple[dict, dict]]]) -> int:
+        """Each job's conditional updates (``mongo.progress_writes``) in order, all jobs in
+        one ordered ``bulk_write``; how many jobs were written."""
+        from pymongo import UpdateOne
+
+        if type(self._client).__module__.startswith("mongomock"):
+            # mongomock's bulk_write cannot take pymongo 4's UpdateOne (its ``sort``):
+            # the tests' stand-in gets the same filters and updates one by one, in order.
+            return sum(any(self._jobs.update_one(*write).matched_count for write in writes)
+                       for writes in jobs)
+        # Ordered: a job's "same step" update runs before its "new step" one, so exactly
+        # one of the two matches (the first sets nothing the second's filter reads).
+        return self._jobs.bulk_write([UpdateOne(*w) for writes in jobs for w in writes],
+                                     ordered=True).matched_count

@@ -285,10 +285,12 @@ class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch, Sqlite
             if not ledger.may_settle(job, None, delivery):
                 return
             percent = max(0, min(100, int(percent)))
-            if message != job.get("message"):  # a step, not every percent
+            step = history.step_of(message)
+            if history.is_new_step(job, message):  # a step, not every percent
                 job["history"] = appended(job, history.progress_entry(percent, message,
                                                                        utc(now)))
-            job.update(progress=percent, message=message, updatedAt=utc(now))
+            job.update(progress=percent, message=message, progressStep=step,
+                       updatedAt=utc(now))
             self._save_job(conn, job)
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
