@@ -8,6 +8,7 @@ X-Forwarded-For/-Proto are trusted only from ``web_forwarded_allow_ips``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -56,6 +57,15 @@ def make_server(settings, app, sock: socket.socket):
         host=sock.getsockname()[0], port=sock.getsockname()[1]))
 
 
+def settle_heap() -> None:
+    """Move every object made so far (FastAPI, pydantic, the app: some 60,000) out of the
+    garbage collector's reach. A full collection over them stops the event loop for
+    10-15 ms, which alone would break a GET's 10 ms p99 target whenever one runs; they
+    live as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
+
+
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -82,6 +92,7 @@ def cmd_web(args, settings) -> int:
               file=sys.stderr)
         return exitcodes.UNAVAILABLE
     server = make_server(settings, create_app(settings), sock)
+    settle_heap()
     log.info("web.listening", extra={"url": url_of(sock)})
     server.run(sockets=[sock])
     return exitcodes.OK
