@@ -181,9 +181,11 @@ def wrk_phase(name: str, web_pid: int, url: str, rate: float, count: int, header
               connections: int, body_file: str | None, pin: bool) -> dict:
     """``phase`` for wrk: its latency figures and the web's and wrk's CPU over the run."""
     web0, kids0, t0 = (procs.cpu_s(web_pid) or 0.0, children_cpu_s(), time.perf_counter())
+    wait0 = runq_wait_s(web_pid)
     figures = wrk_rate(url, rate, count, headers, connections, body_file,
-                          cpu=1 if pin else None)
+                       cpu=1 if pin else None)
     wall = time.perf_counter() - t0
+    waited = runq_wait_s(web_pid) - wait0
     web = (procs.cpu_s(web_pid) or 0.0) - web0
     client = children_cpu_s() - kids0
     n = figures["requests"]
@@ -192,10 +194,21 @@ def wrk_phase(name: str, web_pid: int, url: str, rate: float, count: int, header
             f"{name}_p999_ms": round(figures["p999_ms"], 2),
             f"{name}_max_ms": round(figures["max_ms"], 2), f"{name}_n": n,
             f"{name}_late_n": figures["late_n"], f"{name}_late_max_ms": figures["late_max_ms"],
+            f"{name}_web_runq_wait_ms": round(waited * 1000, 1),
             f"{name}_web_cpu_ms_per_req": round(web / max(n, 1) * 1000, 3),
             f"{name}_web_busy": round(web / wall, 2),
             f"{name}_client_busy": round(client / wall, 2),
             f"{name}_achieved_per_s": round(n / figures["duration_s"], 1)}
+
+
+def runq_wait_s(pid: int) -> float:
+    """Seconds the process's main thread (the web's event loop) has waited for a CPU while
+    runnable (/proc/<pid>/schedstat, field 2): how much the machine's other work held it."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def children_cpu_s() -> float:
@@ -287,7 +300,8 @@ def report(result: dict) -> None:
         print(f"client: wrk, {result['client_connections']} connections, "
               f"{'web on CPU 0, wrk on CPU 1' if result.get('pinned') else 'not pinned'}; "
               f"late starts GET {result['get_late_n']} (max {result['get_late_max_ms']} ms), "
-              f"POST {result['post_late_n']}")
+              f"POST {result['post_late_n']}; the web's loop waited for a CPU "
+              f"{result['get_web_runq_wait_ms']} ms over the GETs")
     else:
         print(f"client: python (httpx), {result['client_threads']} threads")
     print(f"GET job   at {result['get_rate_per_s']:g}/s: p50 {result['get_p50_ms']} ms, "
