@@ -138,3 +138,16 @@ def test_a_busy_reader_falls_back_to_the_stores_read(web_api, web_store):
     assert response.status_code == 200 and response.json() == expected(api, job_id)
     assert api.get(f"/api/content/jobs/{job_id}", api.as_user("u2")).status_code == 404
     assert Refusing.calls == 2
+
+
+def test_the_reader_holds_no_snapshot_between_reads(store, reader, tmp_path):
+    """A read transaction left open would keep WAL checkpoints from finishing."""
+    store.create_job("j1", "u1", "articles", ARTICLE, NOW)
+    assert reader.get_job("j1") is not None
+    store.progress("j1", 10, "more frames in the WAL", NOW)
+    checkpointer = sqlite3.connect(store.path, timeout=0.1)
+    try:
+        busy, _, _ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        checkpointer.close()
+    assert busy == 0

@@ -57,13 +57,16 @@ class SqliteReader:
             raise Busy("another thread is reading")
         try:
             conn = self._connection()
-            row = conn.execute(self.query, (job_id,)).fetchone()
+            # fetchall steps the statement to its end, so its read transaction ends here
+            # and no snapshot is held between GETs (it would stall WAL checkpoints).
+            rows = conn.execute(self.query, (job_id,)).fetchall()
         except (sqlite3.Error, OSError) as exc:
-            self._drop()  # a replaced file or a dropped table: reopen next time
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                self._drop()  # a replaced file or a dropped table: reopen next time
             raise Busy(str(exc)) from exc
         finally:
             self._lock.release()
-        return decode(row[0]) if row else None
+        return decode(rows[0][0]) if rows else None
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None and self._pid == os.getpid():
