@@ -85,3 +85,17 @@ def test_the_server_uses_uvloop_and_the_httptools_parser(tmp_path, monkeypatch):
         assert server.config.loop == "uvloop" and server.config.access_log is False
     finally:
         sock.close()
+
+
+def test_the_startup_heap_is_frozen_out_of_the_collector():
+    import gc
+
+    from vip_worker.web.server import settle_heap
+
+    before = gc.get_freeze_count()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > before + 1000  # every object made so far
+    finally:
+        if before == 0:
+            gc.unfreeze()  # this test process goes on collecting as before
