@@ -66,3 +66,36 @@ def test_forwarded_headers_are_trusted_only_from_the_configured_proxies(tmp_path
         proxied = make_server(settings.with_values(web_forwarded_allow_ips=["10.0.0.7"]),
                               None, sock).config
         assert proxied.proxy_headers is True and proxied.forwarded_allow_ips == ["10.0.0.7"]
+
+
+def test_the_server_uses_uvloop_and_the_httptools_parser(tmp_path, monkeypatch):
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from vip_worker import config
+    from vip_worker.web.server import bind, make_server
+
+    monkeypatch.setenv("VIP_WORKER_STATE_DIR", str(tmp_path / "state"))
+    settings = config.load(environ={"VIP_WORKER_STATE_DIR": str(tmp_path / "state")},
+                           require_queues=False)
+    sock = bind("127.0.0.1", 0)
+    try:
+        server = make_server(settings, object(), sock)
+        server.config.load()
+        assert server.config.http_protocol_class is HttpToolsProtocol
+        assert server.config.loop == "uvloop" and server.config.access_log is False
+    finally:
+        sock.close()
+
+
+def test_the_startup_heap_is_frozen_out_of_the_collector():
+    import gc
+
+    from vip_worker.web.server import settle_heap
+
+    before = gc.get_freeze_count()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > before + 1000  # every object made so far
+    finally:
+        if before == 0:
+            gc.unfreeze()  # this test process goes on collecting as before

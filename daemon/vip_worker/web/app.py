@@ -7,7 +7,9 @@ user's job answers 404, exactly as a missing one, so ids cannot be probed.
 Jobs are created through the producer (the CLI's ``enqueue``): the job in the store,
 then the message in the app's envelope to the type's queue. Without a queue for the type
 the producer's inline mode runs the job in this process, on one background thread, and
-the answer is still 202. Store and SQS calls block, so they run in the thread pool.
+the answer is still 202. Store and SQS calls block, so they run in the thread pool, but
+for a job read by id from an SQLite file store, done on the event loop by its own
+connection (store/sqlite_reader.py says why that is safe and cheaper).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route signatures' types,
@@ -24,11 +26,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from vip_worker.errors import DependencyUnavailable
 from vip_worker.store import STATUSES, CancelOutcome
+from vip_worker.store.sqlite_reader import Busy, SqliteReader
 from vip_worker.web import events, models
 from vip_worker.web.auth import Authenticator, Caller
 from vip_worker.web.keys import KeyRing, keys_path
@@ -41,6 +45,7 @@ ERRORS = {401: {"model": models.Error}, 404: {"model": models.Error},
           422: {"model": models.Error}}
 CREATE_ERRORS = {**ERRORS, 409: {"model": models.Error}, 413: {"model": models.Error},
                  429: {"model": models.Error}, 503: {"model": models.Error}}
+UNSET = object()
 AUTH = ("Auth: an API key (a backend key names the user in X-User-Id) or the app's "
         "session token; open on loopback when neither is configured.")
 
@@ -120,6 +125,7 @@ class Jobs:
         self.producer = producer
         self.limiter = RateLimiter(settings.web_rate_per_minute, settings.web_rate_burst)
         self.inline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web-inline")
+        self._reader: Any = UNSET  # SqliteReader | None, made on the first read
 
     @property
     def store(self):
@@ -193,8 +199,20 @@ class Jobs:
         except DependencyUnavailable as exc:
             raise HTTPException(503, f"unavailable: {exc}", headers={"Retry-After": "5"}) from None
 
+    async def read_job(self, job_id: str) -> dict[str, Any] | None:
+        """``store.get_job``: on the event loop for an SQLite file (no thread hop), else,
+        or when that reader is busy, in the thread pool."""
+        if self._reader is UNSET:
+            self._reader = SqliteReader.for_store(self.store)
+        if self._reader is not None:
+            try:
+                return self._reader.get_job(job_id)
+            except Busy:
+                pass
+        return await self.call(self.store.get_job, job_id)
+
     async def owned(self, job_id: str, caller: Caller) -> dict[str, Any]:
-        job = await self.call(self.store.get_job, job_id)
+        job = await self.read_job(job_id)
         if job is None or not caller.sees(job):
             raise HTTPException(404, "no such job")
         return job
@@ -216,7 +234,16 @@ class Jobs:
 
     def close(self) -> None:
         self.inline.shutdown(wait=True)
+        if self._reader not in (UNSET, None):
+            self._reader.close()
         self.producer.close()
+
+
+def job_response(view: dict[str, Any], adapter: TypeAdapter) -> Response:
+    """``view`` as FastAPI's ``response_model=models.Job`` would send it (validated, then
+    dumped by pydantic), without FastAPI's per-request serialization machinery."""
+    return Response(adapter.dump_json(adapter.validate_python(view)),
+                    media_type="application/json")
 
 
 def queued(job_id: str) -> JSONResponse:
@@ -233,6 +260,7 @@ def create_app(settings, producer=None) -> FastAPI:
     auth = Authenticator(settings, KeyRing(keys_path(settings)))
     Who = Annotated[Caller, Depends(auth)]
     Article = models.article_request(list(settings.article_modes))
+    job_json = TypeAdapter(models.Job)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -282,7 +310,8 @@ def create_app(settings, producer=None) -> FastAPI:
     @app.get("/api/content/jobs/{jobId}", response_model=models.Job, responses=ERRORS,
              description="One job: status, progress, error, times, result. " + AUTH)
     async def get_job(caller: Who, jobId: str = JOB_ID):  # noqa: N803 (the app's name)
-        return job_view(await jobs.owned(jobId, caller), settings)
+        # A Response is sent as it is: response_model above only documents the shape.
+        return job_response(job_view(await jobs.owned(jobId, caller), settings), job_json)
 
     @app.post("/api/content/jobs/{jobId}/cancel", status_code=202, response_model=models.Job,
               responses={**ERRORS, 200: {"model": models.Job}, 409: {"model": models.Error},

@@ -1,6 +1,6 @@
 """A job's Server-Sent Events: its status and progress as they change, until it ends.
 
-Both stores are polled (one ``get_job`` every ``web_events_poll_s`` in the thread pool):
+Both stores are polled (one ``get_job`` every ``web_events_poll_s``, ``Jobs.read_job``):
 the store keeps only a job's latest step, so steps shorter than the interval may be
 skipped; the end is never missed. MongoDB change streams (a replica set only) would push
 instead of poll: a later option (docs/api.md).
@@ -34,7 +34,7 @@ async def job_events(jobs, job_id: str, poll_s: float,
     sent = 0
     quiet_since = time.monotonic()
     while True:
-        job = await jobs.call(jobs.store.get_job, job_id)
+        job = await jobs.read_job(job_id)
         if job is None:  # deleted under us: nothing more will come
             return
         state = (job.get("status"), job.get("progress"), job.get("message"))

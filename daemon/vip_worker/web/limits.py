@@ -67,9 +67,14 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers", ())).get(b"content-length")
+        headers = dict(scope.get("headers", ()))
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self.refuse(send)
+        if b"transfer-encoding" not in headers and (declared is None or declared.isdigit()):
+            # Not chunked: no body (a GET), or exactly the declared length, which the
+            # server reads no further than (HTTP/1.1 framing). Nothing to count.
+            return await self.app(scope, receive, send)
         seen = 0
         started = refused = False
 

@@ -8,6 +8,7 @@ X-Forwarded-For/-Proto are trusted only from ``web_forwarded_allow_ips``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -46,10 +47,23 @@ def make_server(settings, app, sock: socket.socket):
     import uvicorn
 
     trusted = list(settings.web_forwarded_allow_ips)
+    # uvloop (a dependency) and httptools (the web extra), named rather than "auto" so a
+    # missing one fails at start instead of silently costing more CPU per request; no
+    # access log (a JSON line per request would be the largest cost of a GET).
     return uvicorn.Server(uvicorn.Config(
-        app, proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
+        app, loop="uvloop", http="httptools",
+        proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
         log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5,
         host=sock.getsockname()[0], port=sock.getsockname()[1]))
+
+
+def settle_heap() -> None:
+    """Move every object made so far (FastAPI, pydantic, the app: some 60,000) out of the
+    garbage collector's reach. A full collection over them stops the event loop for
+    10-15 ms, which alone would break a GET's 10 ms p99 target whenever one runs; they
+    live as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 def url_of(sock: socket.socket) -> str:
@@ -78,6 +92,7 @@ def cmd_web(args, settings) -> int:
               file=sys.stderr)
         return exitcodes.UNAVAILABLE
     server = make_server(settings, create_app(settings), sock)
+    settle_heap()
     log.info("web.listening", extra={"url": url_of(sock)})
     server.run(sockets=[sock])
     return exitcodes.OK
