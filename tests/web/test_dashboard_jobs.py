@@ -152,7 +152,7 @@ def test_the_event_stream_carries_the_newest_jobs_as_their_status_changes(web_ap
                               datetime.now(UTC))
         assert api.store.get_job(new)["status"] == "completed"
         # the next updates (one a second) show it, without any request of this client's
-        for count, (event, data) in enumerate(frames):
+        for count, (_event, data) in enumerate(frames):
             if status_in(data["fragments"]["jobs-live"], new) == "completed":
                 break
             assert count < 30, "the completed job never reached the stream"

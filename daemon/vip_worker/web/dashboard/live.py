@@ -3,8 +3,8 @@
 ``Hub`` runs the producer while at least one browser listens (none: no SQS or store
 reads at all). Every ``dashboard_refresh_s`` it calls ``produce()`` once (the overview's
 counts through the shared queue-attributes cache, one ``read_minutes``, one ``daemons()``,
-one ``search_jobs`` for the newest jobs, the fragments rendered once), frames the result as one Server-Sent Event, and wakes every
-subscriber, which writes that same frame. A subscriber that is slow to read skips to the
+one ``search_jobs`` for the newest jobs, the fragments rendered once), frames the result as
+one Server-Sent Event, and wakes every subscriber, which writes that same frame. A subscriber that is slow to read skips to the
 newest frame: nothing queues up per browser, and no browser causes a read of its own.
 
 Events on ``/dashboard/events``::
@@ -14,7 +14,8 @@ Events on ``/dashboard/events``::
 
 The page's script (static/live.js) replaces the inner HTML of each element whose id is a
 key of ``fragments``; elements a page does not have are skipped, so one stream serves the
-overview, the fleet page and the jobs page's newest jobs. Without JavaScript the pages are the same HTML on a reload.
+overview, the fleet page and the jobs page's newest jobs. Without JavaScript the pages are
+the same HTML on a reload.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route's types, which name
