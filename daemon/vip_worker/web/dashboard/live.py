@@ -4,8 +4,9 @@
 reads at all). Every ``dashboard_refresh_s`` it calls ``produce()`` once (the overview's
 counts through the shared queue-attributes cache, one ``read_minutes``, one ``daemons()``,
 one ``search_jobs`` for the newest jobs, the fragments rendered once), frames the result as
-one Server-Sent Event, and wakes every subscriber, which writes that same frame. A subscriber that is slow to read skips to the
-newest frame: nothing queues up per browser, and no browser causes a read of its own.
+one Server-Sent Event, and wakes every subscriber, which writes that same frame. A
+subscriber that is slow to read skips to the newest frame: nothing queues up per browser,
+and no browser causes a read of its own.
 
 Events on ``/dashboard/events``::
 
