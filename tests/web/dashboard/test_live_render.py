@@ -73,6 +73,7 @@ def test_one_update_renders_every_pages_fragments_from_one_read_each():
     assert overview.count("<svg") == 4 and 'data-series="images"' in overview
     assert 'data-queue="images"' in overview
     assert "articles-dlq" in overview
+    assert 'href="/dashboard/dlq"' in overview  # the fragments' links: the pages' base
     assert 'data-daemon="h1-10"' in fleet and 'data-daemon="h2-20"' in fleet
     assert "status-lost" in fleet  # h2 last reported 45 s ago, over 3 x 10 s
     # 150 + 4 in flight (articles) + 0 (images), over the one running daemon
