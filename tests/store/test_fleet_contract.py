@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.support.store_writes import counted_writes
-from vip_worker.store.fleet import is_lost
+from vip_worker.store.fleet import is_lost, live
 
 # Recent: the registry's TTL index (MongoDB, mongomock) expires old records.
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
@@ -57,6 +57,22 @@ def test_lost_after_three_intervals_without_a_report():
     assert not is_lost({**seen, "intervalS": 60}, NOW + timedelta(seconds=179))
     assert not is_lost({**seen, "state": "stopped"}, NOW + timedelta(days=1))  # said goodbye
     assert is_lost({"state": "running"}, NOW)  # never seen
+
+
+def test_live_daemons_are_neither_lost_nor_stopped():
+    # The one count behind BacklogPerInstance (services/fleet.py) and the fleet page.
+    def daemon(name, **fields):
+        return record(**{"daemonId": name, "lastSeen": NOW, **fields})
+
+    records = [daemon("running"), daemon("draining", state="draining"),
+               daemon("spot", state="spot_notice"), daemon("stopped", state="stopped"),
+               daemon("silent", lastSeen=NOW - timedelta(seconds=31)),
+               daemon("silent-draining", state="draining",
+                      lastSeen=NOW - timedelta(seconds=31)),
+               daemon("slow", intervalS=60, lastSeen=NOW - timedelta(seconds=100))]
+    assert [r["daemonId"] for r in live(records, NOW)] == [
+        "running", "draining", "spot", "slow"]
+    assert live([], NOW) == []
 
 
 def test_mongodb_expires_records_by_a_ttl_index(mongo_backend):

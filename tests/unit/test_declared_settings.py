@@ -163,3 +163,12 @@ def test_an_installed_distribution_declares_settings_through_the_entry_point_gro
     assert token == "tok3n"
     assert row == {"key": "shop_token", "value": "****", "source": "env VIP_WORKER_SHOP_TOKEN"}
     assert fastapi_url == "http://127.0.0.1:8000"
+
+
+def test_every_dashboard_setting_is_declared_in_the_dashboards_module():
+    # One place for the dashboard's settings: web/dashboard/settings.py, none in the API's.
+    declared = {s.name for s in config.declared_settings() if s.name.startswith("dashboard_")}
+    assert declared == {s.name for s in dashboard_settings.SETTINGS}
+    assert {"dashboard_refresh_s", "dashboard_history_h", "dashboard_rate_window_min",
+            "dashboard_session_secret", "dashboard_session_max_age_s"} <= declared
+    assert not [s.name for s in web_settings.SETTINGS if s.name.startswith("dashboard_")]

@@ -1,5 +1,6 @@
 """The dashboard's jobs pages through real HTTP, on both stores: search, cursor pages, a
-job's timeline, 404 and 422 pages (never a 500), cancel, and retry re-sending the message."""
+job's timeline, 404 and 422 pages (never a 500), cancel, and retry re-sending the message;
+the newest jobs live through /dashboard/events, a search or an older page not."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.support.dashboard import csrf_of, make_jobs, signed_in
 from tests.support.sqs import queue_counts
+from tests.support.web import sse_events
 
 JOB_LINK = re.compile(r'href="/dashboard/jobs/(job-[^"/]+)"')
 
@@ -108,3 +110,50 @@ def test_the_search_form_keeps_what_was_asked(web_api):
     with signed_in(api, api.keys["admin"]) as client:
         page = client.get("/dashboard/jobs", params={"user_id": "alice", "status": "failed"})
         assert 'value="alice"' in page.text and "<option selected>failed</option>" in page.text
+
+
+def status_in(fragment: str, job_id: str) -> str | None:
+    """The status the list fragment shows for ``job_id`` (None: not listed)."""
+    found = re.search(rf'href="/dashboard/jobs/{job_id}">.*?class="status status-(\w+)"',
+                      fragment, re.S)
+    return found.group(1) if found else None
+
+
+def test_only_the_newest_jobs_unfiltered_are_live(web_api):
+    api = web_api()
+    make_jobs(api.store, 55, user="alice")
+    with signed_in(api, api.keys["admin"]) as client:
+        newest = client.get("/dashboard/jobs")
+        assert 'id="jobs-live" data-events="/dashboard/events"' in newest.text
+        assert "/dashboard/static/live.js" in newest.text
+        assert len(listed(newest.text)) == 50 and 'class="next"' in newest.text
+        more = re.search(r'class="next" href="([^"]+)"', newest.text).group(1)
+        for page in (client.get("/dashboard/jobs", params={"user_id": "alice"}),
+                     client.get(more.replace("&amp;", "&"))):
+            assert page.status_code == 200
+            assert listed(page.text), "the page lists jobs"
+            assert 'id="jobs-live"' not in page.text and "live.js" not in page.text
+            assert "reload the page to refresh it" in page.text
+
+
+def test_the_event_stream_carries_the_newest_jobs_as_their_status_changes(web_api):
+    api = web_api(dashboard_refresh_s=1.0)
+    old, new = make_jobs(api.store, 2, start=datetime.now(UTC))
+    with signed_in(api, api.keys["admin"]) as client, \
+            client.stream("GET", "/dashboard/events") as response:
+        assert response.status_code == 200
+        frames = sse_events(response)
+        event, data = next(frames)
+        assert event == "update"
+        first = data["fragments"]["jobs-live"]
+        assert listed(first) == [new, old]  # newest first, as the page
+        assert status_in(first, new) == "queued"
+        api.store.save_result(new, api.settings.content_collection, {"title": "t"},
+                              datetime.now(UTC))
+        assert api.store.get_job(new)["status"] == "completed"
+        # the next updates (one a second) show it, without any request of this client's
+        for count, (_event, data) in enumerate(frames):
+            if status_in(data["fragments"]["jobs-live"], new) == "completed":
+                break
+            assert count < 30, "the completed job never reached the stream"
+        assert status_in(data["fragments"]["jobs-live"], old) == "queued"

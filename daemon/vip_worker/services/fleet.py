@@ -156,13 +156,13 @@ class FleetReporter:
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
     async def live_daemons(self) -> int | None:
-        """How many daemons of the registry are live (not lost, not stopped); None when
-        the store cannot say."""
+        """How many daemons of the registry are live (``store.fleet.live``: not lost, not
+        stopped); None when the store cannot say."""
         if self.off or self.executor is None:
             return None
 
         def work() -> int | None:
-            from vip_worker.store.fleet import is_lost
+            from vip_worker.store.fleet import live
 
             try:
                 records = self.store_of().daemons()
@@ -170,9 +170,7 @@ class FleetReporter:
                 log.warning("fleet.read_failed", extra={
                     "error": f"{type(exc).__name__}: {exc}"[:500]})
                 return None
-            now = self.wall()
-            return sum(1 for r in records
-                       if r.get("state") != "stopped" and not is_lost(r, now))
+            return len(live(records, self.wall()))
 
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 

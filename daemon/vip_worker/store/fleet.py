@@ -8,7 +8,9 @@ A record (``report_daemon``'s ``record``, camelCase like the jobs)::
 
 ``lastSeen`` is the report's ``now``. A daemon that stops reporting is *lost*: its
 ``lastSeen`` is older than ``LOST_AFTER_INTERVALS`` x ``intervalS`` (``is_lost``, the one
-place the rule is written). A clean shutdown writes ``stopped``, which is never lost.
+place the rule is written). A clean shutdown writes ``stopped``, which is never lost. A
+daemon is *live* when it is neither lost nor stopped (``live``: the one count of live
+daemons, for the ``BacklogPerInstance`` metric and the dashboard's fleet page alike).
 
 Records go away with the buckets' retention (``metrics_retention_h``): a TTL index on
 ``lastSeen`` in MongoDB, ``SqliteBuckets``' prune in SQLite.
@@ -16,7 +18,7 @@ Records go away with the buckets' retention (``metrics_retention_h``): a TTL ind
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +41,12 @@ def is_lost(record: Mapping[str, Any], now: datetime) -> bool:
         return True
     interval_s = float(record.get("intervalS") or DEFAULT_INTERVAL_S)
     return utc(now) - utc(last_seen) > timedelta(seconds=LOST_AFTER_INTERVALS * interval_s)
+
+
+def live(records: Iterable[Mapping[str, Any]], now: datetime) -> list[Mapping[str, Any]]:
+    """The live daemons among ``records``, in their order: neither lost (``is_lost``) nor
+    ``stopped``. Draining and spot-noticed daemons still count: they hold work in flight."""
+    return [r for r in records if r.get("state") != "stopped" and not is_lost(r, now)]
 
 
 def checked(daemon_id: str, record: Mapping[str, Any], now: datetime) -> dict[str, Any]:

@@ -36,12 +36,4 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest request body accepted (413 above)."),
     Setting("web_events_poll_s", 0.5, number(0.05, 10),
             "How often a job's event stream reads the job from the store."),
-    Setting("dashboard_refresh_s", 5.0, number(1, 300),
-            "How often the dashboard's live updates refresh, and how long its shared cache "
-            "keeps a queue's attributes: at most one GetQueueAttributes per queue per "
-            "interval, however many browsers are open."),
-    Setting("dashboard_history_h", 3.0, number(0.25, 168),
-            "Hours of per-minute history the overview's charts show."),
-    Setting("dashboard_rate_window_min", 5, integer(1, 60),
-            "Minutes the overview's processing rate (and so its ETA) is averaged over."),
 )

@@ -18,13 +18,8 @@ def record(host: str, pid: int, *, seen_s: float = 1, state: str = "running",
             "intervalS": interval_s}
 
 
-def three_intervals(rec: dict, now: datetime) -> bool:
-    """The registry's rule as the interfaces state it (the real one is store.fleet's)."""
-    return (now - rec["lastSeen"]).total_seconds() > 3 * rec["intervalS"]
-
-
 def test_rows_show_every_field():
-    doc = fleet.build([record("web-1", 42)], NOW, backlog=30, is_lost=three_intervals)
+    doc = fleet.build([record("web-1", 42)], NOW, backlog=30)
     (row,) = doc["daemons"]
     assert row == {"daemon_id": "web-1-42", "hostname": "web-1", "pid": 42,
                    "version": "0.1.0", "pollers": 2, "inflight": [2, 1], "inflight_total": 3,
@@ -34,7 +29,7 @@ def test_rows_show_every_field():
 
 def test_a_silent_daemon_is_lost_whatever_it_last_said_and_listed_last():
     doc = fleet.build([record("a", 1, seen_s=31, state="draining"), record("b", 2)], NOW,
-                      backlog=10, is_lost=three_intervals)
+                      backlog=10)
     assert [(r["hostname"], r["state"], r["lost"]) for r in doc["daemons"]] == [
         ("b", "running", False), ("a", "lost", True)]
     assert (doc["live"], doc["lost"]) == (1, 1)
@@ -44,7 +39,7 @@ def test_backlog_per_instance_counts_live_daemons_as_the_emf_metric_does():
     records = [record("a", 1), record("b", 2), record("c", 3, state="draining"),
                record("d", 4, state="spot_notice"), record("e", 5, seen_s=100),
                record("f", 6, state="stopped")]
-    doc = fleet.build(records, NOW, backlog=150, is_lost=three_intervals)
+    doc = fleet.build(records, NOW, backlog=150)
     assert doc["live"] == 4  # not the lost one, not the stopped one
     assert doc["backlog_per_instance"] == 37.5
     assert doc["backlog_per_instance_text"] == "37.5"
@@ -53,7 +48,7 @@ def test_backlog_per_instance_counts_live_daemons_as_the_emf_metric_does():
 def test_no_live_daemon_or_no_backlog_means_no_figure():
     assert fleet.backlog_per_instance(150, 0) is None
     assert fleet.backlog_per_instance(None, 3) is None
-    doc = fleet.build([], NOW, backlog=150, is_lost=three_intervals)
+    doc = fleet.build([], NOW, backlog=150)
     assert doc["backlog_per_instance_text"] == "-" and doc["daemons"] == []
 
 

@@ -77,7 +77,7 @@ def test_the_event_stream_sends_both_pages_fragments(web_api, make_queue, sqs):
         assert response.headers["content-type"].startswith("text/event-stream")
         event, data = next(sse_events(response))
     assert event == "update"
-    assert set(data["fragments"]) == {"overview-live", "fleet-live"}
+    assert set(data["fragments"]) == {"overview-live", "fleet-live", "jobs-live"}
     assert 'data-queue="articles"' in data["fragments"]["overview-live"]
     assert 'data-daemon="alpha-1"' in data["fragments"]["fleet-live"]
 

@@ -1,5 +1,6 @@
 """One live update end to end without a server: the shared cache's counts, the store's
-buckets and registry, rendered once into the overview's and the fleet page's fragments."""
+buckets, registry and newest jobs, rendered once into the overview's, the fleet page's and
+the job list's fragments."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ class FakeStore:
                 {**base, "daemonId": "h2-20", "hostname": "h2", "pid": 20, "state": "running",
                  "lastSeen": NOW - timedelta(seconds=45)}]
 
+    def search_jobs(self, **filters):
+        self.reads.append(("search_jobs", filters))
+        return [{"_id": f"job-{n}", "status": status, "type": "articles", "userId": "u1",
+                 "attempts": 1, "progress": 40, "createdAt": NOW - timedelta(seconds=n)}
+                for n, status in enumerate(("processing", "completed"))]
+
 
 def make_live(store: FakeStore, sqs) -> Live:
     env = Environment(loader=FileSystemLoader(f"{HERE}/templates"),
@@ -56,7 +63,7 @@ def make_live(store: FakeStore, sqs) -> Live:
     return Live(dash, clock=lambda: NOW, stats=stats)
 
 
-def test_one_update_renders_both_pages_fragments_from_one_read_each():
+def test_one_update_renders_every_pages_fragments_from_one_read_each():
     store, sqs = FakeStore(), sqs_with_dlq()
     update = asyncio.run(make_live(store, sqs).update())
     json.dumps(update)  # what the stream sends
@@ -66,11 +73,17 @@ def test_one_update_renders_both_pages_fragments_from_one_read_each():
     assert overview.count("<svg") == 4 and 'data-series="images"' in overview
     assert 'data-queue="images"' in overview
     assert "articles-dlq" in overview
+    assert 'href="/dashboard/dlq"' in overview  # the fragments' links: the pages' base
     assert 'data-daemon="h1-10"' in fleet and 'data-daemon="h2-20"' in fleet
     assert "status-lost" in fleet  # h2 last reported 45 s ago, over 3 x 10 s
     # 150 + 4 in flight (articles) + 0 (images), over the one running daemon
     assert '<b class="backlog-per-instance">154.0</b>' in fleet
-    assert [r[0] for r in store.reads] == ["read_minutes", "daemons"]
+    jobs = update["fragments"]["jobs-live"]
+    assert '<a href="/dashboard/jobs/job-0">job-0</a>' in jobs
+    assert 'status-processing">processing</span> 40%' in jobs
+    assert 'status-completed">completed' in jobs and 'class="next"' not in jobs
+    assert [r[0] for r in store.reads] == ["read_minutes", "daemons", "search_jobs"]
+    assert store.reads[-1][1] == {"limit": 51}  # the newest jobs, unfiltered: one search
     assert sum(sqs.calls.values()) == 3  # articles, images, the DLQ: once each
 
 

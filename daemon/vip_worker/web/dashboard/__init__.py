@@ -7,9 +7,11 @@ open access). Each page is a module with ``add_routes(app, dash)``, listed in ``
 - ``session``: sign-in, sign-out (session.py also holds the roles and CSRF checks);
 - ``overview`` and ``fleet`` (their templates ``overview.html``, ``fleet.html``, and the
   live parts ``_overview_live.html``, ``_fleet_live.html``); ``live``: ``/dashboard/events``,
-  the Server-Sent Events that update them (one producer per process, ``static/live.js``),
-  with ``queuestats`` (the shared queue-attributes cache) and ``charts`` (inline SVG);
-- ``jobs``: search, a job's timeline, cancel and retry;
+  the Server-Sent Events that update them and the newest jobs (one producer per process,
+  ``static/live.js``), with ``queuestats`` (the shared queue-attributes cache) and
+  ``charts`` (inline SVG);
+- ``jobs``: search, a job's timeline, cancel and retry (the list is ``_jobs_live.html``;
+  the newest jobs, unfiltered, are also a fragment of the live updates);
 - ``dlq``: the dead-letter queues, their messages, redrive and delete.
 
 Pages extend ``templates/base.html`` (navigation, banner, sign-out); files in ``static/``

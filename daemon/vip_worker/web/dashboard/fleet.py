@@ -4,19 +4,20 @@
 A daemon is "lost" by the registry's one rule, ``vip_worker.store.fleet.is_lost`` (its
 last report older than three of its own intervals); a lost daemon shows as lost whatever
 state it last reported. The backlog per instance is the queues' visible + in-flight
-messages over the live daemons: neither lost nor stopped (draining and spot-noticed ones
-still count), the same figure as the daemons' ``BacklogPerInstance`` EMF metric
+messages over the live daemons, counted by ``vip_worker.store.fleet.live`` (neither lost
+nor stopped), the same count as the daemons' ``BacklogPerInstance`` EMF metric
 (services/fleet.py ``live_daemons``). With no live daemon there is no figure ("-").
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route's types, which name
 # the dependency made inside add_routes.
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from vip_worker.store import fleet as registry
 from vip_worker.web.dashboard.session import Session
 
 
@@ -56,11 +57,6 @@ def daemon_row(record: dict[str, Any], now: datetime, lost: bool) -> dict[str, A
             "state": status_of(record, lost), "lost": lost}
 
 
-def live(rows: Iterable[dict[str, Any]]) -> int:
-    """How many daemons are live: neither lost nor stopped."""
-    return sum(1 for row in rows if row["state"] not in ("lost", "stopped"))
-
-
 def backlog_per_instance(backlog: int | None, live_daemons: int) -> float | None:
     """Visible + in flight over the live daemons; None with none (or no backlog known)."""
     if backlog is None or live_daemons <= 0:
@@ -68,16 +64,14 @@ def backlog_per_instance(backlog: int | None, live_daemons: int) -> float | None
     return backlog / live_daemons
 
 
-def build(records: Sequence[dict[str, Any]], now: datetime, backlog: int | None,
-          is_lost: Callable[[dict[str, Any], datetime], bool] | None = None) -> dict[str, Any]:
-    """The fleet: ``daemons`` (hostname then pid; lost ones last), ``live``, the backlog
-    and the backlog per instance."""
-    if is_lost is None:
-        from vip_worker.store.fleet import is_lost
-    rows = [daemon_row(r, now, bool(is_lost(r, now))) for r in records]
+def build(records: Sequence[dict[str, Any]], now: datetime,
+          backlog: int | None) -> dict[str, Any]:
+    """The fleet: ``daemons`` (hostname then pid; lost and stopped ones last), ``live``,
+    the backlog and the backlog per instance."""
+    rows = [daemon_row(r, now, registry.is_lost(r, now)) for r in records]
     rows.sort(key=lambda row: (row["lost"] or row["state"] == "stopped",
                                row["hostname"], row["pid"] or 0))
-    count = live(rows)
+    count = len(registry.live(records, now))
     per = backlog_per_instance(backlog, count)
     return {"daemons": rows, "live": count, "lost": sum(1 for r in rows if r["lost"]),
             "backlog": backlog,

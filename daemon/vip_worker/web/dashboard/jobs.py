@@ -1,7 +1,13 @@
 """The jobs pages: search (``store.search_jobs``, cursor pages), a job's timeline, and the
 two actions, cancel (``store.request_cancel``, as the API's cancel route) and retry
 (``store.retry_job``, then its message sent again through the producer, as the API's
-create)."""
+create).
+
+The job list is the fragment ``_jobs_live.html``. Its most watched view, the newest jobs
+unfiltered (``newest``), is live: the shared producer (live.py) reads it with ONE
+``search_jobs`` per interval and sends it to every browser as the ``jobs-live`` fragment. A
+search or an older page is not live (it says so: reload to refresh), so no browser causes
+a read of its own."""
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' types, which name
 # the dependency made inside add_routes.
@@ -79,12 +85,29 @@ def timeline(job: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
+def listing(found: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
+    """The list fragment's context from one ``search_jobs(limit=PAGE_SIZE + 1)``: the page,
+    and the next page's query (None on the last page)."""
+    from vip_worker.web.app import encode_cursor
+
+    page, next_query = found[:PAGE_SIZE], None
+    if len(found) > PAGE_SIZE:
+        next_query = {**{k: v for k, v in query.items() if v},
+                      "cursor": encode_cursor(page[-1])}
+    return {"jobs": page, "next_query": next_query}
+
+
+async def newest(dash) -> dict[str, Any]:
+    """The newest jobs, unfiltered (the live list's context): one indexed search."""
+    return listing(await dash.call(dash.store.search_jobs, limit=PAGE_SIZE + 1), {})
+
+
 def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
 def add_routes(app, dash) -> None:
-    from vip_worker.web.app import decode_cursor, encode_cursor
+    from vip_worker.web.app import decode_cursor
 
     Viewer = Annotated[Session, Depends(dash.viewer)]
 
@@ -97,6 +120,7 @@ def add_routes(app, dash) -> None:
         if any(len(v) > 200 for v in (*query.values(), cursor)):
             raise bad("query", "a field is too long")
         wanted = filters(job_id, user_id, status, type, since, until)
+        live = not any(query.values()) and not cursor  # the newest jobs, as the stream's
         after = decode_cursor(cursor) if cursor else None
         found = await dash.call(dash.store.search_jobs, **wanted, after=after,
                                 limit=PAGE_SIZE + 1)
@@ -105,17 +129,13 @@ def add_routes(app, dash) -> None:
             job = await dash.call(dash.store.get_job, job_id)
             if job is not None:
                 found = [job]
-        page, more = found[:PAGE_SIZE], len(found) > PAGE_SIZE
-        if job_id and len(page) == 1 and not cursor:
-            return RedirectResponse(f"{request.scope['root_path']}/jobs/{page[0]['_id']}",
+        if job_id and len(found[:PAGE_SIZE]) == 1 and not cursor:
+            return RedirectResponse(f"{request.scope['root_path']}/jobs/{found[0]['_id']}",
                                     status_code=303)
-        next_query = None
-        if more:
-            next_query = {**{k: v for k, v in query.items() if v},
-                          "cursor": encode_cursor(page[-1])}
-        return dash.render(request, "jobs.html", session, active="jobs", jobs=page,
-                           query=query, statuses=STATUSES, next_query=next_query,
-                           types=[q.name for q in dash.settings.queues])
+        return dash.render(request, "jobs.html", session, active="jobs", query=query,
+                           statuses=STATUSES, types=[q.name for q in dash.settings.queues],
+                           live=live, refresh_s=dash.settings.dashboard_refresh_s,
+                           **listing(found, query))
 
     async def get(job_id: str) -> dict[str, Any]:
         if not JOB_ID_RE.match(job_id):

@@ -3,9 +3,10 @@
 ``Hub`` runs the producer while at least one browser listens (none: no SQS or store
 reads at all). Every ``dashboard_refresh_s`` it calls ``produce()`` once (the overview's
 counts through the shared queue-attributes cache, one ``read_minutes``, one ``daemons()``,
-the fragments rendered once), frames the result as one Server-Sent Event, and wakes every
-subscriber, which writes that same frame. A subscriber that is slow to read skips to the
-newest frame: nothing queues up per browser, and no browser causes a read of its own.
+one ``search_jobs`` for the newest jobs, the fragments rendered once), frames the result as
+one Server-Sent Event, and wakes every subscriber, which writes that same frame. A
+subscriber that is slow to read skips to the newest frame: nothing queues up per browser,
+and no browser causes a read of its own.
 
 Events on ``/dashboard/events``::
 
@@ -14,7 +15,8 @@ Events on ``/dashboard/events``::
 
 The page's script (static/live.js) replaces the inner HTML of each element whose id is a
 key of ``fragments``; elements a page does not have are skipped, so one stream serves the
-overview and the fleet page. Without JavaScript the pages are the same HTML on a reload.
+overview, the fleet page and the jobs page's newest jobs. Without JavaScript the pages are
+the same HTML on a reload.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route's types, which name
@@ -30,7 +32,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import StreamingResponse
 
-from vip_worker.web.dashboard import fleet, overview
+from vip_worker.web.dashboard import fleet, jobs, overview
+from vip_worker.web.dashboard import session as sessions
 from vip_worker.web.dashboard.queuestats import QueueStats, sqs_reader_factory
 from vip_worker.web.dashboard.session import Session
 
@@ -146,6 +149,9 @@ class Live:
         self.stats = stats or QueueStats(settings.queues, sqs_reader_factory(settings),
                                          settings.dashboard_refresh_s)
         self.hub = Hub(self.update, settings.dashboard_refresh_s)
+        # Where the dashboard is mounted, for the fragments' links: the pages' ``base``, as
+        # the last browser to subscribe saw it (one web process serves one mount).
+        self.base = "/dashboard"
 
     async def overview(self, now: datetime | None = None,
                        stale_ok: bool = False) -> dict[str, Any]:
@@ -171,12 +177,17 @@ class Live:
         return self.dash.templates.env.get_template(name).render(**context)
 
     async def update(self) -> dict[str, Any]:
-        """One live update: both pages' live fragments, rendered once for every browser."""
+        """One live update: the pages' live fragments, rendered once for every browser."""
         doc, fleet_doc = await self.both()
+        newest = await jobs.newest(self.dash)
+        base = self.base
         return {"at": doc["at"].isoformat(),
                 "fragments": {"overview-live": self.fragment("_overview_live.html",
-                                                             overview=doc),
-                              "fleet-live": self.fragment("_fleet_live.html", fleet=fleet_doc)}}
+                                                             overview=doc, base=base),
+                              "fleet-live": self.fragment("_fleet_live.html", fleet=fleet_doc,
+                                                          base=base),
+                              "jobs-live": self.fragment("_jobs_live.html", base=base,
+                                                         **newest)}}
 
 
 def shared(dash) -> Live:
@@ -193,7 +204,9 @@ def add_routes(app, dash) -> None:
     @app.get("/events", name="events")
     async def events(request: Request, session: Viewer):
         """Auth: a dashboard session (any role). Server-Sent Events: the live fragments of
-        the overview and the fleet page, every ``dashboard_refresh_s``."""
-        return StreamingResponse(shared(dash).hub.subscribe(), media_type="text/event-stream",
+        the overview, the fleet page and the newest jobs, every ``dashboard_refresh_s``."""
+        live = shared(dash)
+        live.base = sessions.base_path(request)
+        return StreamingResponse(live.hub.subscribe(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})

@@ -1,4 +1,4 @@
-/* Live updates for the overview and the fleet page (docs/dashboard.md#live).
+/* Live updates for the overview, the fleet page and the newest jobs (docs/dashboard.md#live).
    One EventSource on /dashboard/events; each "update" carries server-rendered HTML
    fragments keyed by element id, swapped in as they are. Without JavaScript (or
    EventSource) the pages stay as rendered: a reload shows the same figures. */
