@@ -17,7 +17,7 @@ from vip_worker.web.dashboard.session import Session, field, log_action
 
 PEEK_MAX = 100  # messages shown per DLQ (each peek is a receive: it counts on the message)
 FILTER_MAX = 200
-MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MESSAGE_ID_RE = re.compile(r"\A[A-Za-z0-9_.:-]{1,128}\Z")
 ACTIONS = ("redrive", "delete")
 SCOPES = ("selected", "matching")
 
