@@ -78,12 +78,13 @@ def test_redrive_selected_then_matching_then_delete_the_rest(dlq_api, sqs):
         assert queue_counts(sqs, urls["url"]) == (1, 0)
         assert queue_counts(sqs, urls["dlq"]) == (2, 0)
         matching = post(client, {"action": "redrive", "scope": "matching",
-                                 "reason": "timeout", "confirm": "yes"})
+                                 "reason": "timeout", "count": "2", "confirm": "yes"})
         assert "Moved <b>1</b>" in matching.text
         assert queue_counts(sqs, urls["url"]) == (2, 0)
         left = ROW.findall(client.get("/dashboard/dlq").text)
         assert left == [m for m, (_, r) in jobs.items() if r.startswith("bad request")]
-        gone = post(client, {"action": "delete", "scope": "matching", "confirm": "yes"})
+        gone = post(client, {"action": "delete", "scope": "matching", "count": "1",
+                             "confirm": "yes"})
         assert "Deleted <b>1</b>" in gone.text
         assert queue_counts(sqs, urls["dlq"]) == (0, 0)
         assert queue_counts(sqs, urls["url"]) == (2, 0)
@@ -114,5 +115,5 @@ def test_sqs_unreachable_is_a_page_and_a_503_never_a_500(web_api):
         page = client.get("/dashboard/dlq")
         assert page.status_code == 200 and "Cannot read this queue" in page.text
         assert client.get("/dashboard/dlq/articles/messages/m-1").status_code == 503
-        assert post(client, {"action": "delete", "scope": "matching",
+        assert post(client, {"action": "delete", "scope": "matching", "count": "3",
                              "confirm": "yes"}).status_code == 503
