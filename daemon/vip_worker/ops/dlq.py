@@ -110,7 +110,10 @@ def discard(client: SqsClient, url: str, select: Callable[[dict[str, Any]], bool
             if not fresh:
                 break
             seen.update(fresh)
-            chosen = [m for m in fresh.values() if select(m)][:limit - deleted]
+            chosen: list[dict[str, Any]] = []
+            for message in fresh.values():  # select sees only what may be deleted
+                if len(chosen) < limit - deleted and select(message):
+                    chosen.append(message)
             for message in chosen:
                 held.pop(message["MessageId"], None)
             if not chosen:
