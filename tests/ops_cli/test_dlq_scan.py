@@ -15,6 +15,7 @@ from tests.fakes import FakeSqs
 from vip_worker.ops import dlq, redrive
 from vip_worker.ops.journal import Journal
 from vip_worker.ops.redrive_command import manual_move
+from vip_worker.outcomes import ERROR_TEXT
 
 DEEP = "[" * 100_000 + "]" * 100_000
 RECEIVES_MAX = 200  # far more than any bounded scan of these queues needs
@@ -117,3 +118,21 @@ def test_the_cli_continues_a_dashboard_redrive_with_its_selection(tmp_path, caps
     assert len(fake.messages(work)) == 2
     with Journal(path) as journal:
         assert journal.run is None  # finished
+
+
+def test_the_cli_continues_a_dashboard_redrive_of_a_filter(tmp_path, capsys):
+    fake = FakeSqs()
+    dlq_url, work = fake.create_queue("work-dlq"), fake.create_queue("work")
+    for n in range(6):
+        why = "timeout after 900 s" if n % 2 else "bad request"
+        fake.put(dlq_url, json.dumps({"jobId": f"job{n}"}),
+                 {ERROR_TEXT: {"DataType": "String", "StringValue": why}})
+    path = str(tmp_path / "work-dlq.journal")
+    with Journal(path) as journal:
+        journal.begin(6, {"reason": "timeout"})
+    with Journal(path) as journal:
+        code = manual_move(SimpleNamespace(max=None), fake, journal, dlq_url,
+                           lambda m: work)
+    assert code == 0 and "matching reason 'timeout'" in capsys.readouterr().out
+    assert len(fake.messages(work)) == 3 and len(fake.messages(dlq_url)) == 3
+    assert all("bad request" in json.dumps(m.attributes) for m in fake.messages(dlq_url))

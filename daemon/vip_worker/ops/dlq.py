@@ -187,7 +187,7 @@ def describe_selection(selection: dict[str, Any]) -> str:
     if "ids" in selection:
         return f"the {len(selection['ids'])} selected message(s)"
     parts = [f"{k} {selection[k]!r}" for k in ("reason", "type") if selection.get(k)]
-    return f"the messages matching {' and '.join(parts) or 'any filter'}"
+    return f"the messages matching {' and '.join(parts)}" if parts else "every message"
 
 
 def describe_error(exc: BaseException) -> str:

@@ -76,9 +76,10 @@ class DeadLetters:
 
     def act(self, queue, action: str, selection: dict[str, Any], limit: int
             ) -> dict[str, Any]:
-        """Redrive or delete what ``selection`` picks (``ops.dlq.selector``), at most
-        ``limit`` (the count the page showed) and never more than the DLQ holds now; the
-        scan stops after as many messages as it holds now. Returns the counts for the
+        """Redrive or delete what ``selection`` picks (``ops.dlq.selector``; ``{}``: every
+        message), at most ``limit`` (the ids selected, or the count the page showed, then
+        never more than the DLQ holds now); the scan stops after as many messages as it
+        holds now. Returns the counts for the
         result page, with the selected ids that were not found."""
         from vip_worker.ops import dlq, redrive
         from vip_worker.ops.journal import Journal
@@ -88,7 +89,8 @@ class DeadLetters:
         if not url:
             raise HTTPException(404, f"queue {queue.name} has no dead-letter queue")
         depth = counts(client, url)["depth"]
-        limit = min(limit, depth)
+        if "ids" not in selection:  # "all": what the page showed, if the DLQ still holds it
+            limit = min(limit, depth)
         picks, picked = selector(selection), []
 
         def select(message: dict) -> bool:
@@ -201,7 +203,8 @@ def add_routes(app, dash) -> None:
             limit = len(ids)
         else:
             ids = set()
-            selection = {"reason": reason.strip(), "type": type_.strip()}
+            selection = {k: v.strip() for k, v in (("reason", reason), ("type", type_))
+                         if v.strip()}  # {}: every message
             # The count the page showed: messages dead-lettered after it are not touched.
             count = field(form, "count")
             if not count.isascii() or not count.isdigit() or int(count) > 10**9:
