@@ -9,9 +9,10 @@ Append-only JSON lines, fsynced. One line per state change of a DLQ message,
 and one header line ``{"run": {"budget": N, "started_at": T}}``: the number of
 messages the DLQ held when the redrive began. A dashboard redrive of some messages adds
 ``"selection"``: ``{"ids": [...]}`` or ``{"reason": ..., "type": ...}`` (the filter), so
-the run that continues it (``vip-worker dlq redrive``) moves those only. A redrive that stops before it is
-done (Ctrl-C, an error, a failed entry, ``kill -9``) keeps the header and every
-entry, ``deleted`` ones included, so the next run continues the same redrive:
+the run that continues it (``vip-worker dlq redrive``) moves those only. A redrive
+that stops before it is done (Ctrl-C, an error, a failed entry, ``kill -9``) keeps the
+header and every entry, ``deleted`` ones included, so the next run continues the same
+redrive:
 the same budget, and it still knows which messages it moved (so it never moves
 again a copy that failed again). A finished redrive leaves no file.
 """
