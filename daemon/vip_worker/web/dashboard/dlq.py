@@ -79,8 +79,8 @@ class DeadLetters:
         """Redrive or delete what ``selection`` picks (``ops.dlq.selector``; ``{}``: every
         message), at most ``limit`` (the ids selected, or the count the page showed, then
         never more than the DLQ holds now); the scan stops after as many messages as it
-        holds now. Returns the counts for the
-        result page, with the selected ids that were not found."""
+        holds now. Returns the counts for the result page, with the selected ids that
+        were not found."""
         from vip_worker.ops import dlq, redrive
         from vip_worker.ops.journal import Journal
         from vip_worker.sqs.queues import counts, queue_name
