@@ -67,7 +67,7 @@ def test_a_missing_job_is_404_and_bad_input_is_422_never_500(web_api):
                        {"user_id": "x" * 300}, {"type": "<script>"}):
             answer = client.get("/dashboard/jobs", params=params)
             assert answer.status_code == 422, (params, answer.status_code)
-            assert "<script>" not in answer.text  # escaped in the error page
+        # Input that comes back escaped: test_dashboard_dlq.py (these 422s never echo it).
 
 
 def test_cancel_a_queued_job_from_its_page(web_api):

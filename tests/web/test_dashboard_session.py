@@ -16,3 +16,12 @@ def test_the_session_secret_is_made_once_and_kept(tmp_path):
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
     given = settings.with_values(dashboard_session_secret="from-the-config")
     assert load_secret(given) == b"from-the-config"
+
+
+def test_ids_with_a_trailing_newline_are_refused():
+    from vip_worker.web.auth import USER_ID_RE
+    from vip_worker.web.dashboard.dlq import MESSAGE_ID_RE
+    from vip_worker.web.dashboard.jobs import JOB_ID_RE, TYPE_RE
+
+    for pattern in (USER_ID_RE, MESSAGE_ID_RE, JOB_ID_RE, TYPE_RE):
+        assert pattern.match("abc") and not pattern.match("abc\n"), pattern.pattern

@@ -84,21 +84,38 @@ def peek_messages(client: SqsClient, url: str, count: int,
 
 
 def discard(client: SqsClient, url: str, select: Callable[[dict[str, Any]], bool],
-            limit: int, visibility_s: int = PEEK_VISIBILITY_S) -> tuple[int, list[str]]:
+            limit: int, visibility_s: int = PEEK_VISIBILITY_S,
+            scan_max: int | None = None) -> tuple[int, list[str]]:
     """Delete up to ``limit`` messages of ``url`` that ``select`` picks; the others
     received on the way are held (so each receive reaches new ones) and released at the
-    end, also on an error. Returns how many were deleted and "id: code" of the refused."""
+    end, also on an error (``select`` raising included). Returns how many were deleted
+    and "id: code" of the refused.
+
+    The scan is bounded: it stops once ``limit`` are deleted, once ``scan_max`` distinct
+    messages were received (the DLQ's depth when the action began), at an empty receive,
+    and at a receive that brings nothing new (what it held has become visible again: it
+    went round the queue once; without this a DLQ larger than a visibility timeout's
+    worth of receives would be scanned forever).
+    """
     deleted, problems = 0, []
     held: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
     try:
-        while deleted < limit:
+        while deleted < limit and (scan_max is None or len(seen) < scan_max):
             batch = receive(client, url, BATCH_MAX, visibility_s)
-            if not batch:
+            fresh = {m["MessageId"]: m for m in batch if m["MessageId"] not in seen}
+            # Held (with their latest receipt handles) before select runs: an exception
+            # in it, or the end of the scan, releases them.
+            held.update({m["MessageId"]: m for m in batch})
+            if not fresh:
                 break
-            chosen = [m for m in batch if m["MessageId"] not in held and select(m)]
-            chosen = chosen[:limit - deleted]
-            picked = {m["MessageId"] for m in chosen}
-            held.update({m["MessageId"]: m for m in batch if m["MessageId"] not in picked})
+            seen.update(fresh)
+            chosen: list[dict[str, Any]] = []
+            for message in fresh.values():  # select sees only what may be deleted
+                if len(chosen) < limit - deleted and select(message):
+                    chosen.append(message)
+            for message in chosen:
+                held.pop(message["MessageId"], None)
             if not chosen:
                 continue
             failed = client.delete_batch(url, [(str(n), m["ReceiptHandle"])
@@ -118,7 +135,7 @@ def summary(message: dict[str, Any]) -> dict[str, Any]:
     job_id = type_ = None
     try:
         body = json.loads(message.get("Body", ""))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a body nested too deep
         body = None
     if isinstance(body, dict):
         job_id, type_ = body.get("jobId"), body.get("type")
@@ -137,6 +154,40 @@ def summary(message: dict[str, Any]) -> dict[str, Any]:
         "body_chars": len(message.get("Body", "")),
         "body_is_json": body is not None,
     }
+
+
+def matcher(reason: str, type_: str) -> Callable[[dict[str, Any]], bool]:
+    """A filter on ``summary``: ``reason`` a case-insensitive part of the error class or
+    text, ``type_`` the message's type (empty: any)."""
+    reason = reason.strip().lower()
+    type_ = type_.strip()
+
+    def matches(found: dict[str, Any]) -> bool:
+        why = found.get("reason", {})
+        text = f"{why.get(retry.ERROR_CLASS, '')} {why.get(retry.ERROR_TEXT, '')}".lower()
+        return (not reason or reason in text) and (not type_ or found.get("type") == type_)
+
+    return matches
+
+
+def selector(selection: dict[str, Any] | None) -> Callable[[dict[str, Any]], bool]:
+    """The messages a redrive's journalled selection picks (ops/journal.py): ``{"ids":
+    [...]}`` those messages, ``{"reason": ..., "type": ...}`` those the filter matches,
+    None every message."""
+    if not selection:
+        return lambda message: True
+    if "ids" in selection:
+        ids = set(selection["ids"])
+        return lambda message: message["MessageId"] in ids
+    matches = matcher(str(selection.get("reason", "")), str(selection.get("type", "")))
+    return lambda message: matches(summary(message))
+
+
+def describe_selection(selection: dict[str, Any]) -> str:
+    if "ids" in selection:
+        return f"the {len(selection['ids'])} selected message(s)"
+    parts = [f"{k} {selection[k]!r}" for k in ("reason", "type") if selection.get(k)]
+    return f"the messages matching {' and '.join(parts)}" if parts else "every message"
 
 
 def describe_error(exc: BaseException) -> str:

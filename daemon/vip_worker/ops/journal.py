@@ -7,9 +7,12 @@ Append-only JSON lines, fsynced. One line per state change of a DLQ message,
                 sending -> unsent          (SQS refused the entry; absent again)
 
 and one header line ``{"run": {"budget": N, "started_at": T}}``: the number of
-messages the DLQ held when the redrive began. A redrive that stops before it is
-done (Ctrl-C, an error, a failed entry, ``kill -9``) keeps the header and every
-entry, ``deleted`` ones included, so the next run continues the same redrive:
+messages the DLQ held when the redrive began. A dashboard redrive of some messages adds
+``"selection"``: ``{"ids": [...]}`` or ``{"reason": ..., "type": ...}`` (the filter), so
+the run that continues it (``vip-worker dlq redrive``) moves those only. A redrive
+that stops before it is done (Ctrl-C, an error, a failed entry, ``kill -9``) keeps the
+header and every entry, ``deleted`` ones included, so the next run continues the same
+redrive:
 the same budget, and it still knows which messages it moved (so it never moves
 again a copy that failed again). A finished redrive leaves no file.
 """
@@ -72,9 +75,12 @@ class Journal:
     def count(self, *states: str) -> int:
         return sum(1 for r in self.entries.values() if r["state"] in states)
 
-    def begin(self, budget: int) -> None:
-        """Start a redrive of the ``budget`` messages the DLQ holds now (durable at once)."""
+    def begin(self, budget: int, selection: dict[str, Any] | None = None) -> None:
+        """Start a redrive of the ``budget`` messages the DLQ holds now (durable at once);
+        ``selection``: only those messages (``ops.dlq.selector``)."""
         self.run = {"budget": budget, "started_at": round(time.time(), 3)}
+        if selection:
+            self.run["selection"] = selection
         self.append([{RUN: self.run}])
 
     def record(self, rows: list[dict[str, Any]]) -> None:

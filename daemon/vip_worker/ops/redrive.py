@@ -50,6 +50,7 @@ REDRIVEN_FROM = "vip_redriven_from"
 DONE_BUDGET = "budget"  # moved as many as the DLQ held when the redrive began (or --max)
 DONE_EMPTY = "empty"  # nothing left it may move
 STOPPED = "stopped"  # stop() said so: the redrive is not finished
+DONE_SCANNED = "scanned"  # a selective redrive looked at every message it may (scan_max)
 
 
 @dataclass
@@ -91,11 +92,16 @@ def move_messages(client: SqsClient, dlq_url: str, target_of: Callable[[dict], s
                   journal: Journal, result: RedriveResult, limit: int | None = None,
                   visibility_s: int = MOVE_VISIBILITY_S, wait_s: int | None = None,
                   stop: Callable[[], bool] = lambda: False, batch_max: int = BATCH_MAX,
-                  select: Callable[[dict], bool] = lambda message: True) -> str:
+                  select: Callable[[dict], bool] = lambda message: True,
+                  scan_max: int | None = None) -> str:
     """Move messages from ``dlq_url`` to ``target_of(message)``, at most ``limit`` (the
     ``plan``), until a receive comes back empty; return why it stopped: ``DONE_BUDGET``,
-    ``DONE_EMPTY`` or ``STOPPED``. Only the messages ``select`` picks move (the
-    dashboard's selection); the others are held as copies that came back are.
+    ``DONE_EMPTY``, ``DONE_SCANNED`` or ``STOPPED``. Only the messages ``select`` picks
+    move (the dashboard's selection); the others are held as copies that came back are.
+    With ``scan_max`` (a selection: the DLQ's depth when it began) it also stops once that
+    many distinct messages were received, or at a receive that brings none it has not
+    seen (what it held is visible again: it went round the DLQ), so a selection never
+    scans a large DLQ forever.
 
     Updates ``result`` as it goes, so the counts survive an exception. A batch
     interrupted by an exception or by ``stop()`` is released (visibility 0). Messages
@@ -104,21 +110,37 @@ def move_messages(client: SqsClient, dlq_url: str, target_of: Callable[[dict], s
     """
     given_up: set[str] = set()
     held: dict[str, dict] = {}
+    seen: set[str] = set()
     try:
         while True:
             if limit is not None and result.handled >= limit:
                 return DONE_BUDGET
+            if scan_max is not None and len(seen) >= scan_max:
+                return DONE_SCANNED
             if stop():
                 return STOPPED
             room = batch_max if limit is None else min(batch_max, limit - result.handled)
             messages = receive(client, dlq_url, room, visibility_s, wait_s)
             if not messages:
                 return DONE_EMPTY
-            back = {m["MessageId"]: m for m in messages if came_back(m, journal)}
+            fresh = {m["MessageId"] for m in messages} - seen
+            seen |= fresh
+            if scan_max is not None and not fresh:
+                held.update({m["MessageId"]: m for m in messages})  # latest handles: released
+                return DONE_SCANNED
+            try:
+                back = {m["MessageId"]: m for m in messages if came_back(m, journal)}
+                passed = {m["MessageId"]: m for m in messages
+                          if m["MessageId"] not in back and not select(m)}
+            except BaseException:
+                # Before the batch is held or moved: make it visible again (its latest
+                # receipt handles), then raise.
+                release_quietly(client, dlq_url, messages)
+                for message in messages:
+                    held.pop(message["MessageId"], None)
+                raise
             result.came_back += len(back.keys() - held.keys())
             held.update(back)  # the latest receipt handle of each, for the release
-            passed = {m["MessageId"]: m for m in messages
-                      if m["MessageId"] not in back and not select(m)}
             held.update(passed)
             back.update(passed)
             batch = [m for m in messages
@@ -134,10 +156,15 @@ def move_messages(client: SqsClient, dlq_url: str, target_of: Callable[[dict], s
             given_up.update(move_guarded(client, dlq_url, batch, target_of, journal, result))
     finally:
         if held:
-            try:
-                release(client, dlq_url, list(held.values()))
-            except Exception:  # noqa: BLE001 - best effort; they reappear after visibility_s
-                pass
+            release_quietly(client, dlq_url, list(held.values()))
+
+
+def release_quietly(client: SqsClient, dlq_url: str, messages: list[dict]) -> None:
+    """``release``, best effort: on an error they reappear after their visibility."""
+    try:
+        release(client, dlq_url, messages)
+    except Exception:  # noqa: BLE001 - best effort; they reappear after visibility_s
+        pass
 
 
 def move_guarded(client: SqsClient, dlq_url: str, batch: list[dict],

@@ -116,14 +116,21 @@ def cmd_redrive(args, settings, client, queue, dlq_url: str) -> int:
 def manual_move(args, client, journal, dlq_url: str, target_of) -> int:
     """Plan, move, report; the journal is finished only when nothing is left to do."""
     from vip_worker.ops import redrive
-    from vip_worker.ops.dlq import describe_error
+    from vip_worker.ops.dlq import describe_error, describe_selection, selector
     from vip_worker.sqs.api import TRANSPORT_ERRORS
-    from vip_worker.sqs.queues import queue_name
+    from vip_worker.sqs.queues import counts, queue_name
 
     continuing = journal.run is not None or bool(journal.pending())
     limit = redrive.plan(client, dlq_url, journal)
+    # A dashboard redrive of some messages journals which: continuing it moves those only.
+    selection = journal.run.get("selection")
+    select, scan_max = selector(selection), None
     if continuing:
         print(f"continuing the redrive in {journal.path}: {progress(journal)}")
+        if selection:
+            print(f"it is a dashboard redrive of {describe_selection(selection)}: "
+                  f"only those move")
+            scan_max = counts(client, dlq_url)["depth"]
     else:
         print(f"redriving the {limit} message(s) {queue_name(dlq_url)} holds now, each once")
     if args.max is not None:
@@ -133,14 +140,14 @@ def manual_move(args, client, journal, dlq_url: str, target_of) -> int:
     with StopOnSignal() as stop:
         try:
             why = redrive.move_messages(client, dlq_url, target_of, journal, result, limit,
-                                        stop=stop)
+                                        stop=stop, select=select, scan_max=scan_max)
         except KeyboardInterrupt:
             pass
         except TRANSPORT_ERRORS as exc:
             fail(f"DLQ {queue_name(dlq_url)}: {describe_error(exc)}")
             code = exitcodes.UNAVAILABLE
-    done = why == redrive.DONE_EMPTY or (why == redrive.DONE_BUDGET and journal.count(
-        redrive.DELETED) >= journal.run["budget"])
+    done = why in (redrive.DONE_EMPTY, redrive.DONE_SCANNED) or (
+        why == redrive.DONE_BUDGET and journal.count(redrive.DELETED) >= journal.run["budget"])
     if done and not result.failed and not journal.pending():
         journal.finish()
     report(result, journal, why)

@@ -6,8 +6,12 @@
 - The app's session token (``Authorization: Bearer <JWT>``), verified with PyJWT against
   ``web_jwt_key`` or the keys at ``web_jwt_jwks_url``; the user is the
   ``web_jwt_user_claim`` claim. ``X-User-Id`` is refused (403): a browser acts for itself.
-- Neither configured and bound to loopback: open access, every caller a backend
-  (``X-User-Id`` or ``local``). ``server.py`` refuses to bind elsewhere in that case.
+- Neither configured, bound to loopback, no proxy trusted (``web_forwarded_allow_ips``
+  empty): open access, every caller a backend (``X-User-Id`` or ``local``), but only for a
+  request from a loopback address, with a loopback ``Host`` (127.0.0.1, localhost, [::1]:
+  a DNS-rebound name is refused) and no ``Forwarded``/``X-Forwarded-*`` header (a proxy on
+  the same host would otherwise open the API to everyone). ``server.py`` refuses to bind
+  elsewhere in that case. Revoking the last key at runtime opens nothing behind a proxy.
 
 Failures answer 401 (no or bad credentials), 403 (``X-User-Id`` from a session token),
 422 (a backend key without ``X-User-Id``); never 500.
@@ -16,6 +20,7 @@ Failures answer 401 (no or bad credentials), 403 (``X-User-Id`` from a session t
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +31,9 @@ from starlette.concurrency import run_in_threadpool
 
 from vip_worker.web.keys import PREFIX, KeyRing
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@|-]{1,128}$")
+log = logging.getLogger("vip_worker.web")
+USER_ID_RE = re.compile(r"\A[A-Za-z0-9_.:@|-]{1,128}\Z")  # \Z: no trailing newline
+OPEN_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 OPEN_USER = "local"
 BEARER = {"WWW-Authenticate": "Bearer"}
 
@@ -47,6 +54,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def loopback_host(header: str) -> bool:
+    """A ``Host`` header naming 127.0.0.1, localhost or [::1], any port."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        host = host[:host.find("]") + 1]
+    else:
+        host = host.partition(":")[0]
+    return host in OPEN_HOSTS
+
+
+def forwarded(request: Request) -> bool:
+    """Whether a proxy (or someone pretending to be one) forwarded the request."""
+    return any(name == "forwarded" or name.startswith("x-forwarded-")
+               for name in request.headers.keys())
 
 
 def unauthorized(detail: str) -> HTTPException:
@@ -88,6 +111,8 @@ class Authenticator:
         self.issuer = settings.web_jwt_issuer or None
         self.user_claim = settings.web_jwt_user_claim
         self.loopback = is_loopback(settings.web_host)
+        self.proxied = bool(settings.web_forwarded_allow_ips)
+        self.refusal_logged = False
 
     @property
     def jwt_configured(self) -> bool:
@@ -97,7 +122,27 @@ class Authenticator:
         return self.jwt_configured or bool(self.keyring)
 
     def open_access(self) -> bool:
-        return self.loopback and not self.configured()
+        """No credentials configured and nothing but loopback can reach the server.
+
+        Behind a proxy (``web_forwarded_allow_ips``) every request arrives from loopback,
+        so a proxy is never open, even when the last key is revoked at runtime.
+        """
+        if self.configured() or not self.loopback:
+            return False
+        if self.proxied:
+            if not self.refusal_logged:
+                self.refusal_logged = True
+                log.warning("web.open_access_refused", extra={
+                    "reason": "no credentials configured and web_forwarded_allow_ips set: "
+                              "every request needs a key or a session token"})
+            return False
+        return True
+
+    def open_to(self, request: Request) -> bool:
+        """Open access for this request: from loopback, to a loopback Host, not forwarded."""
+        client = request.client.host if request.client else ""
+        return (self.open_access() and is_loopback(client)
+                and loopback_host(request.headers.get("host", "")) and not forwarded(request))
 
     async def __call__(self, request: Request) -> Caller:
         """The route dependency: the caller, or an HTTPException."""
@@ -106,11 +151,11 @@ class Authenticator:
         if token is None and scheme.lower() == "bearer":
             token = bearer.strip()
         named = request.headers.get("x-user-id")
-        if named is not None and not USER_ID_RE.match(named):
+        if named is not None and not USER_ID_RE.fullmatch(named):
             raise HTTPException(422, [{"loc": ["header", "X-User-Id"], "type": "value_error",
                                        "msg": "1-128 characters of [A-Za-z0-9_.:@|-]"}])
         if not token:
-            if self.open_access():
+            if self.open_to(request):
                 return Caller(named or OPEN_USER, "open")
             raise unauthorized("credentials required: an API key or a session token")
         if token.startswith(PREFIX):
@@ -146,6 +191,6 @@ class Authenticator:
         except (jwt.PyJWTError, ValueError) as exc:
             raise unauthorized(f"invalid session token: {exc}") from None
         user = claims.get(self.user_claim)
-        if not isinstance(user, str | int) or not USER_ID_RE.match(str(user)):
+        if not isinstance(user, str | int) or not USER_ID_RE.fullmatch(str(user)):
             raise unauthorized(f"session token has no usable {self.user_claim!r} claim")
         return str(user)

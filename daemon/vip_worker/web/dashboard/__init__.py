@@ -82,6 +82,7 @@ class Dashboard:
 
     async def act(self, request: Request) -> tuple[Session, dict[str, list[str]]]:
         """A state-changing POST: its form, once session, role, CSRF and confirmation pass."""
+        sessions.check_origin(request)
         form = await sessions.read_form(request)
         return sessions.check_action(self.sessions.read(request), form), form
 
@@ -91,7 +92,7 @@ class Dashboard:
         base = sessions.base_path(request)
         return self.templates.TemplateResponse(request, name, {
             "base": base, "session": session, "nav": NAV,
-            "open_access": self.auth.open_access(), **context}, status_code=status,
+            "open_access": self.auth.open_to(request), **context}, status_code=status,
             headers=headers)
 
 

@@ -12,28 +12,16 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
+from vip_worker.ops.dlq import matcher, selector
 from vip_worker.outcomes import ERROR_CLASS, ERROR_TEXT, SOURCE_QUEUE
 from vip_worker.web.dashboard.session import Session, field, log_action
 
 PEEK_MAX = 100  # messages shown per DLQ (each peek is a receive: it counts on the message)
 FILTER_MAX = 200
-MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MESSAGE_ID_RE = re.compile(r"\A[A-Za-z0-9_.:-]{1,128}\Z")
+LOG_IDS = 50  # message ids per audit log line
 ACTIONS = ("redrive", "delete")
 SCOPES = ("selected", "matching")
-
-
-def matcher(reason: str, type_: str):
-    """The filter: ``reason`` a case-insensitive part of the error class or text,
-    ``type_`` the message's type (empty: any)."""
-    reason = reason.strip().lower()
-    type_ = type_.strip()
-
-    def matches(summary: dict[str, Any]) -> bool:
-        why = summary.get("reason", {})
-        text = f"{why.get(ERROR_CLASS, '')} {why.get(ERROR_TEXT, '')}".lower()
-        return (not reason or reason in text) and (not type_ or summary.get("type") == type_)
-
-    return matches
 
 
 class DeadLetters:
@@ -86,9 +74,13 @@ class DeadLetters:
                                        for k, v in message.get("MessageAttributes", {}).items()}}
         return None
 
-    def act(self, queue, action: str, select, limit: int | None) -> dict[str, Any]:
-        """Redrive or delete what ``select`` picks (at most ``limit``; None: as many as the
-        DLQ holds now). Returns the counts for the result page."""
+    def act(self, queue, action: str, selection: dict[str, Any], limit: int
+            ) -> dict[str, Any]:
+        """Redrive or delete what ``selection`` picks (``ops.dlq.selector``; ``{}``: every
+        message), at most ``limit`` (the ids selected, or the count the page showed, then
+        never more than the DLQ holds now); the scan stops after as many messages as it
+        holds now. Returns the counts for the result page, with the selected ids that
+        were not found."""
         from vip_worker.ops import dlq, redrive
         from vip_worker.ops.journal import Journal
         from vip_worker.sqs.queues import counts, queue_name
@@ -96,11 +88,25 @@ class DeadLetters:
         client, url = self.client(), self.dlq_url(queue)
         if not url:
             raise HTTPException(404, f"queue {queue.name} has no dead-letter queue")
-        if limit is None:
-            limit = counts(client, url)["depth"]
+        depth = counts(client, url)["depth"]
+        if "ids" not in selection:  # "all": what the page showed, if the DLQ still holds it
+            limit = min(limit, depth)
+        picks, picked = selector(selection), []
+
+        def select(message: dict) -> bool:
+            chosen = picks(message)
+            if chosen:
+                picked.append(message["MessageId"])
+            return chosen
+
+        def missing() -> list[str]:
+            return sorted(set(selection.get("ids", ())) - set(picked))
+
         if action == "delete":
-            deleted, problems = dlq.discard(client, url, select, limit)
-            return {"deleted": deleted, "errors": problems}
+            deleted, problems = dlq.discard(client, url, select, limit, scan_max=depth)
+            refused = {p.partition(":")[0] for p in problems}
+            return {"deleted": deleted, "errors": problems, "not_found": missing(),
+                    "deleted_ids": [i for i in picked if i not in refused]}
         from vip_worker.store.factory import state_dir
 
         path = os.path.join(os.path.abspath(state_dir(self.settings)), "redrive",
@@ -109,8 +115,8 @@ class DeadLetters:
             if journal.run is not None or journal.pending():
                 raise HTTPException(409, f"an unfinished redrive of {queue_name(url)} is in "
                                          f"{path}: finish it first (vip-worker dlq redrive "
-                                         f"{queue.name})")
-            journal.begin(limit)
+                                         f"{queue.name} continues it, with its selection)")
+            journal.begin(limit, selection)
             routes = {q.name: q.url for q in self.settings.queues}
 
             def target_of(message: dict) -> str:
@@ -119,18 +125,16 @@ class DeadLetters:
 
             result = redrive.RedriveResult()
             why = redrive.move_messages(client, url, target_of, journal, result, limit,
-                                        select=select)
-            if why in (redrive.DONE_EMPTY, redrive.DONE_BUDGET) and not result.failed \
-                    and not journal.pending():
+                                        select=select, scan_max=depth)
+            if why != redrive.STOPPED and not result.failed and not journal.pending():
                 journal.finish()
             return {"moved": result.moved, "failed": result.failed,
                     "came_back": result.came_back, "errors": result.errors,
-                    "unfinished": not journal.finished, "journal": path}
+                    "unfinished": not journal.finished, "journal": path,
+                    "not_found": missing()}
 
 
 def add_routes(app, dash) -> None:
-    from vip_worker.ops.dlq import summary
-
     Viewer = Annotated[Session, Depends(dash.viewer)]
     dead = DeadLetters(dash.settings, dash.jobs.producer)
 
@@ -177,7 +181,7 @@ def add_routes(app, dash) -> None:
                                      f"{PEEK_MAX} of the dead-letter queue of {queue}")
         try:
             body = json.dumps(json.loads(found["body"]), indent=2, sort_keys=True)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to show
             body = found["body"]
         return dash.render(request, "dlq_message.html", session, active="dlq", queue=queue,
                            message=found, body=body)
@@ -195,28 +199,31 @@ def add_routes(app, dash) -> None:
             ids = set(form.get("message_id", []))
             if not ids or not all(MESSAGE_ID_RE.match(i) for i in ids):
                 raise HTTPException(422, "message_id: select at least one message")
-
-            def select(message: dict) -> bool:
-                return message["MessageId"] in ids
-
-            limit: int | None = len(ids)
+            selection: dict[str, Any] = {"ids": sorted(ids)}
+            limit = len(ids)
         else:
-            matches, ids = matcher(reason, type_), set()
-
-            def select(message: dict) -> bool:
-                return matches(summary(message))
-
-            limit = None
+            ids = set()
+            selection = {k: v.strip() for k, v in (("reason", reason), ("type", type_))
+                         if v.strip()}  # {}: every message
+            # The count the page showed: messages dead-lettered after it are not touched.
+            count = field(form, "count")
+            if not count.isascii() or not count.isdigit() or int(count) > 10**9:
+                raise HTTPException(422, "count: the number of messages the page showed")
+            limit = int(count)
         from vip_worker.ops.journal import JournalBusy
 
         try:
-            outcome = await sqs_call(dead.act, target, action, select, limit)
+            outcome = await sqs_call(dead.act, target, action, selection, limit)
         except JournalBusy as exc:
             raise HTTPException(409, f"another redrive of this DLQ is running: {exc}") from None
+        done_ids = outcome.pop("deleted_ids", [])
         log_action(session, f"dlq.{action}", queue=queue, scope=scope,
-                   message_ids=sorted(ids)[:50], reason_filter=reason or None,
+                   message_ids=sorted(ids)[:LOG_IDS], reason_filter=reason or None,
                    type_filter=type_ or None,
                    outcome={k: v for k, v in outcome.items() if k != "errors"},
                    errors=len(outcome.get("errors", [])))
+        for start in range(0, len(done_ids), LOG_IDS):  # the audit trail: every id deleted
+            log_action(session, "dlq.deleted", queue=queue,
+                       message_ids=done_ids[start:start + LOG_IDS])
         return dash.render(request, "dlq_result.html", session, active="dlq", queue=queue,
                            action=action, scope=scope, outcome=outcome, count=len(ids))

@@ -24,8 +24,8 @@ from vip_worker.store import STATUSES, CancelOutcome
 from vip_worker.web.auth import USER_ID_RE
 from vip_worker.web.dashboard.session import Session, log_action
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+JOB_ID_RE = re.compile(r"\A[A-Za-z0-9_.:-]{1,128}\Z")
+TYPE_RE = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 PAGE_SIZE = 50
 CANCELLABLE = ("queued", "processing")
 DONE = {"cancel": "Cancellation requested.", "cancelled": "The job is cancelled.",

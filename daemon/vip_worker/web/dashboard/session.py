@@ -10,9 +10,12 @@ the next request. A ``viewer`` sees every page and cannot act.
 
 Every state-changing request is a POST carrying the session's CSRF token and the
 confirmation field ``confirm=yes`` (the confirm page sets it); anything else is refused
-with 403 (SameSite=Strict already keeps the cookie off other sites' requests). No key
-configured and bound to loopback (the dev stack): open access as an admin, with a banner
-saying so; its CSRF token is derived from the secret, so another site still cannot post.
+with 403 (SameSite=Strict already keeps the cookie off other sites' requests), and so is
+a POST whose ``Origin`` (or ``Sec-Fetch-Site``) says it came from another site. No key
+configured, bound to loopback and no proxy trusted (the dev stack): open access as an admin
+for requests from loopback to a loopback ``Host`` (auth.py ``open_to``: a DNS-rebound
+name gets the sign-in page), with a banner saying so; its CSRF token is random per
+process. Tokens and signatures are compared as bytes (any text, never a 500).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
@@ -117,6 +120,7 @@ class Sessions:
         self.secret = secret
         self.max_age_s = max_age_s
         self.auth = auth
+        self.open_csrf = secrets.token_urlsafe(24)  # per process: no page of ours, no token
 
     def sign(self, payload: str) -> str:
         return b64(hmac.new(self.secret, payload.encode(), hashlib.sha256).digest())
@@ -129,16 +133,15 @@ class Sessions:
         return session, f"{payload}.{self.sign(payload)}"
 
     def open_session(self) -> Session:
-        csrf = self.sign("open-access-csrf")
-        return Session("", OPEN_NAME, "admin", csrf, 0)
+        return Session("", OPEN_NAME, "admin", self.open_csrf, 0)
 
     def read(self, request: Request) -> Session | None:
         """The request's valid session, the open one, or None."""
-        if self.auth.open_access():
+        if self.auth.open_to(request):
             return self.open_session()
         value = request.cookies.get(COOKIE, "")
         payload, _, signature = value.partition(".")
-        if not payload or not hmac.compare_digest(signature, self.sign(payload)):
+        if not payload or not same(signature, self.sign(payload)):
             return None
         try:
             key_id, name, role, csrf, expires = json.loads(unb64(payload))
@@ -159,6 +162,47 @@ class Sessions:
     def clear_cookie(self, response: Response, request: Request) -> None:
         response.delete_cookie(COOKIE, path=base_path(request), httponly=True,
                                samesite="strict", secure=request.url.scheme == "https")
+
+
+def same(given: str, expected: str) -> bool:
+    """Constant-time equality of two texts; any characters (compare_digest refuses
+    non-ASCII ``str`` with a TypeError, which would be a 500)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                               expected.encode("utf-8", "surrogateescape"))
+
+
+def default_port(netloc: str, scheme: str) -> str:
+    """``netloc`` without the scheme's default port (``host:443`` is ``host`` for https)."""
+    netloc = netloc.strip().lower()
+    for port, for_scheme in ((":443", "https"), (":80", "http")):
+        if scheme == for_scheme and netloc.endswith(port):
+            return netloc[:-len(port)]
+    return netloc
+
+
+def check_origin(request: Request) -> None:
+    """403 for a POST another site's page made (a browser says so in ``Origin`` and
+    ``Sec-Fetch-Site``); clients that send neither (curl, scripts) still need the token.
+
+    The request's own host is its ``Host``, or the ``X-Forwarded-Host`` a trusted proxy
+    (``web_forwarded_allow_ips``) sends when it rewrites ``Host``.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise HTTPException(403, f"cross-site request refused (Sec-Fetch-Site: {site})")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    parts = urlsplit(origin) if origin != "null" else None
+    if parts is None or not parts.netloc:
+        raise HTTPException(403, "cross-site request refused (Origin: null)")
+    scheme = parts.scheme.lower()
+    ours = {default_port(request.headers.get("host", ""), scheme)}
+    if request.app.state.dashboard.auth.proxied:
+        ours |= {default_port(h, scheme)
+                 for h in request.headers.get("x-forwarded-host", "").split(",") if h.strip()}
+    if default_port(parts.netloc, scheme) not in ours:
+        raise HTTPException(403, "cross-site request refused (Origin is another site)")
 
 
 def base_path(request: Request) -> str:
@@ -188,7 +232,7 @@ def check_action(session: Session | None, form: dict[str, list[str]]) -> Session
         raise HTTPException(401, "sign in first")
     if not session.can_act:
         raise HTTPException(403, "this session is read-only (a viewer key)")
-    if not hmac.compare_digest(field(form, "csrf"), session.csrf):
+    if not same(field(form, "csrf"), session.csrf):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
     if field(form, "confirm") != "yes":
         raise HTTPException(403, "the action was not confirmed")
@@ -214,12 +258,13 @@ def add_routes(app, dash) -> None:
 
     @app.get("/login", name="login")
     async def login_page(request: Request, next: str = ""):  # noqa: A002 (the query's name)
-        if dash.sessions.auth.open_access():
+        if dash.sessions.auth.open_to(request):
             return RedirectResponse(safe_next(request, next), status_code=303)
         return dash.render(request, "login.html", None, next=next, error=None)
 
     @app.post("/login")
     async def login(request: Request):
+        check_origin(request)
         form = await read_form(request)
         target = safe_next(request, field(form, "next"))
         key = dash.sessions.auth.keyring.verify(field(form, "key").strip())
@@ -240,9 +285,10 @@ def add_routes(app, dash) -> None:
 
     @app.post("/logout", name="logout")
     async def logout(request: Request):
+        check_origin(request)
         form = await read_form(request)
         session = dash.sessions.read(request)
-        if session is None or not hmac.compare_digest(field(form, "csrf"), session.csrf):
+        if session is None or not same(field(form, "csrf"), session.csrf):
             raise HTTPException(403, "missing or wrong CSRF token")
         log.info("dashboard.logout", extra={"who": session.who})
         response = RedirectResponse(base_path(request) + "/login", status_code=303)
