@@ -69,7 +69,9 @@ def test_wrk_posts_the_body_file(http_url, tmp_path):
     body = tmp_path / "body.json"
     body.write_text(json.dumps(api.ARTICLE))
     figures = api.wrk_rate(f"{url}/post", 20, 20, {}, connections=2, body_file=str(body))
-    assert figures["requests"] == len(server.posted) > 0
+    # wrk stops at its duration with at most one request in flight per connection: the
+    # server may have read it (and had its answer reset) without wrk counting it.
+    assert 0 < figures["requests"] <= len(server.posted) <= figures["requests"] + 2
     assert server.posted[0] == api.ARTICLE
 
 
