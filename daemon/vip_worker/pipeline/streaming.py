@@ -17,12 +17,18 @@ NDJSON sends one object a line (``application/x-ndjson``); SSE sends them as the
 the object says what it is). A stream that ends before ``done`` is transient (the
 connection broke); a line that is not a JSON object is the service's fault (permanent,
 as a non-JSON answer is).
+
+Every line counts: keep-alives (SSE ``:`` comments, blank NDJSON lines) count toward
+``MAX_STREAM_BYTES``, and each line is checked against the call's deadline (monotonic):
+a stream still running then is cut (``StreamBroken``, "deadline ..."), however steadily
+it sends bytes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from vip_worker.errors import PermanentError
@@ -67,20 +73,36 @@ def sse_events(lines: Iterator[str]) -> Iterator[str]:
         yield "\n".join(data)
 
 
-def read_stream(lines: Iterator[str], kind: str, on_words: Callable[[int], None] | None
+def bounded(lines: Iterable[str], deadline: float | None,
+            clock: Callable[[], float]) -> Iterator[str]:
+    """``lines``, each one (keep-alives and blank lines too) counted toward
+    ``MAX_STREAM_BYTES`` and checked against ``deadline``."""
+    size = 0
+    for line in lines:
+        if deadline is not None and clock() >= deadline:
+            raise StreamBroken(f"deadline: the stream was still running when the call's "
+                               f"time ran out (after {size} bytes)")
+        size += len(line) + 1  # its newline
+        if size > MAX_STREAM_BYTES:
+            raise PermanentError(f"generation stream longer than {MAX_STREAM_BYTES} bytes")
+        yield line
+
+
+def read_stream(lines: Iterable[str], kind: str, on_words: Callable[[int], None] | None,
+                deadline: float | None = None, clock: Callable[[], float] = time.monotonic
                 ) -> dict[str, Any]:
     """The ``result`` of a streamed answer, calling ``on_words`` as its words arrive.
 
     :param lines: the decoded lines of the body (``response.iter_lines``).
-    :raises StreamBroken: it ended before ``done``, or carried an ``error``.
+    :param deadline: when (``clock``, monotonic seconds) the stream must have ended.
+    :raises StreamBroken: it ended before ``done``, carried an ``error``, or was still
+        running at ``deadline``.
     :raises PermanentError: an event that is not a JSON object, or a stream too long.
     """
-    words, size = 0, 0
+    words = 0
+    lines = bounded(lines, deadline, clock)
     events = ndjson_events(lines) if kind == "ndjson" else sse_events(lines)
     for text in events:
-        size += len(text)
-        if size > MAX_STREAM_BYTES:
-            raise PermanentError(f"generation stream longer than {MAX_STREAM_BYTES} bytes")
         try:
             event = json.loads(text)
         except ValueError:
