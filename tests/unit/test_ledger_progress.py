@@ -1,0 +1,89 @@
+"""The ledger's progress writes are best effort: an error that is not an outage does not
+end ``Ledger.run`` (the poller would fail), and a slow write never holds back the lease
+renewal of the held jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import pytest
+
+from tests.fakes import wait_until
+from tests.support.jobstore import events, tracked_harness
+from tests.support.sqs import envelope
+
+pytestmark = pytest.mark.timeout(30)
+JOB = "507f1f77bcf86cd799439011"
+
+
+@pytest.fixture(autouse=True)
+def consumer_logs(caplog):
+    caplog.set_level(logging.DEBUG, logger="vip_worker")
+    return caplog
+
+
+def held_job(progress_many):
+    """A harness whose handler waits on ``gate``, its store's ``progress_many`` replaced."""
+    gate = asyncio.Event()
+
+    async def handler(message, ctx):
+        await gate.wait()
+
+    h, store = tracked_harness(handler)
+    store.progress_many = progress_many
+    h.send(envelope(job_id=JOB))
+    return h, store, gate
+
+
+def run_ledger(h, gate, until, what):
+    async def scenario(consumer):
+        ledger = consumer.ledger
+        await wait_until(lambda: len(ledger.claimed) == 1, what="the claim")
+        ledger.interval_s, ledger.progress_interval_s = 0.01, 0.01
+        ledger.note_progress(JOB, None, 40, "Generating content...", False)
+        task = asyncio.create_task(ledger.run())
+        try:
+            await wait_until(lambda: until(ledger) or task.done(), what=what)
+            return task.done(), ledger.renewals
+        finally:
+            task.cancel()
+            gate.set()
+            await wait_until(lambda: h.idle(), what="the handler")
+
+    return h.run(scenario)
+
+
+def test_a_progress_write_error_is_logged_and_the_renewals_go_on(consumer_logs):
+    failed = threading.Event()
+
+    def progress_many(updates, now):
+        failed.set()
+        raise ValueError("a bug in the store")
+
+    h, store, gate = held_job(progress_many)
+    ended, renewals = run_ledger(
+        h, gate, lambda ledger: failed.is_set() and ledger.renewals >= 3,
+        "a failed progress write, then renewals")
+    assert not ended and renewals >= 3
+    (record,) = events(consumer_logs, "ledger.progress_failed")
+    assert record.count == 1 and "ValueError" in record.error
+
+
+def test_a_slow_progress_write_does_not_hold_back_the_renewals():
+    release, entered = threading.Event(), threading.Event()
+
+    def progress_many(updates, now):
+        entered.set()
+        release.wait(20)  # the store hangs; the test releases it
+        return len(updates)
+
+    h, store, gate = held_job(progress_many)
+    try:
+        ended, renewals = run_ledger(
+            h, gate, lambda ledger: entered.is_set() and ledger.renewals >= 3,
+            "renewals while a progress write hangs")
+    finally:
+        release.set()
+    assert not ended and renewals >= 3
