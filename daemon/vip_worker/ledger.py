@@ -41,7 +41,7 @@ from typing import Any
 from vip_worker.errors import DependencyUnavailable
 from vip_worker.inflight import InFlight
 from vip_worker.outcomes import ERROR_CLASS, Action, Decision, reason_of
-from vip_worker.plugins.context import STORE, PollerContext
+from vip_worker.plugins.context import PROGRESS_DROP, STORE, PollerContext
 
 log = logging.getLogger("vip_worker.ledger")
 
@@ -112,6 +112,7 @@ class Ledger:
         self.progress_lock = threading.Lock()
         self.progress_writes = 0  # progress_many calls made
         context.resources[PROGRESS_SINK] = self.note_progress
+        context.resources[PROGRESS_DROP] = self.drop_progress
 
     @classmethod
     def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
@@ -266,6 +267,12 @@ class Ledger:
         thread; the next ``flush_progress`` writes it with every other job's."""
         with self.progress_lock:
             self.pending_progress[job_id] = (job_id, delivery, percent, message, estimated)
+
+    def drop_progress(self, job_id: str) -> None:
+        """Forget ``job_id``'s pending progress: its handler writes a later step itself
+        (``ctx.progress``), which an older streamed value must not follow."""
+        with self.progress_lock:
+            self.pending_progress.pop(job_id, None)
 
     async def flush_progress(self) -> None:
         """One ``progress_many`` store call for every job with progress pending."""

@@ -87,3 +87,32 @@ def test_a_slow_progress_write_does_not_hold_back_the_renewals():
     finally:
         release.set()
     assert not ended and renewals >= 3
+
+
+def test_the_handlers_own_step_drops_the_pending_streamed_progress():
+    from vip_worker.ledger import PROGRESS_SINK
+
+    wrote, gate = threading.Event(), threading.Event()
+
+    def handler(message, ctx):  # a stream's 60 % is pending when the handler saves
+        ctx.resources[PROGRESS_SINK](ctx.job_id, ctx.delivery, 60,
+                                     "Writing... 600 of 1000 words", False)
+        ctx.progress(80, "Saving content...")
+        wrote.set()
+        gate.wait(20)
+
+    h, store = tracked_harness(handler)
+    h.send(envelope(job_id=JOB))
+
+    async def scenario(consumer):
+        try:
+            await wait_until(wrote.is_set, what="the handler's own step")
+            pending = JOB in consumer.ledger.pending_progress
+            await consumer.ledger.flush_progress()
+            job = store.get_job(JOB)
+            return pending, job["progress"], job["message"]
+        finally:
+            gate.set()
+            await wait_until(lambda: h.idle(), what="the handler")
+
+    assert h.run(scenario) == (False, 80, "Saving content...")

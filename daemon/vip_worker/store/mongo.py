@@ -101,11 +101,14 @@ def is_transient(exc: PyMongoError) -> bool:
 
 
 def progress_writes(query: dict[str, Any], changes: dict[str, Any],
-                    step_entry: dict[str, Any]) -> list[tuple[dict, dict]]:
+                    step_entry: dict[str, Any], rising: bool = False
+                    ) -> list[tuple[dict, dict]]:
     """One job's progress as two conditional updates, applied in order in one round trip:
     the same message or step (most calls) sets the fields; a new step
     (``history.is_new_step``) sets them and appends its history entry. Exactly one of them
-    matches."""
+    matches. ``rising``: neither matches a job whose progress is above this one."""
+    if rising:
+        query = {**query, "progress": {"$not": {"$gt": changes["progress"]}}}
     message = changes["message"]
     step = history.step_of(message)
     changes = {**changes, "progressStep": step}
