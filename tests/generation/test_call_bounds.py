@@ -103,3 +103,31 @@ def test_keepalives_count_toward_the_stream_limit(monkeypatch):
     lines = itertools.repeat(": " + "x" * 98)
     with pytest.raises(PermanentError, match="longer than 1000 bytes"):
         streaming.read_stream(lines, "sse", None)
+
+
+def test_a_crlf_split_across_chunks_does_not_cut_an_sse_event():
+    chunks = [b'data: {"delta":\r', b'\ndata: "one two"}\r\n\r\ndata: {"done": true, ',
+              b'"result": {"content": "caf\xc3', b'\xa9"}}\r\n\r\n']
+    counts: list[int] = []
+    result = streaming.read_stream(streaming.lines_of(chunks), "sse", counts.append)
+    assert (result, counts) == ({"content": "café"}, [2])
+
+
+@pytest.mark.parametrize("body,lines", [
+    (b"a\nb\r\nc\rd", ["a", "b", "c", "d"]),
+    (b"a\r\n\r\nb\n", ["a", "", "b"]),
+    (b"a\r", ["a"]),
+    (b"", []),
+])
+def test_lines_are_split_at_every_kind_of_break_however_the_body_is_chunked(body, lines):
+    for size in (1, 2, 3, len(body) or 1):
+        chunks = [body[i:i + size] for i in range(0, len(body), size)]
+        assert list(streaming.lines_of(chunks)) == lines
+
+
+def test_a_streamed_article_in_utf8_keeps_its_characters(stub):
+    stub.stream = True
+    with client(stub.url, "sse") as c:
+        result = c.article({"topic": "café crème", "wordCount": 40},
+                           on_words=lambda n: None)
+    assert "café crème" in result["content"] or "café crème" in result["title"]

@@ -44,6 +44,7 @@ MAX_BODY_BYTES = 256 * 1024
 SNIPPET_CHARS = 200
 DETAIL_MAX_CHARS = 500
 RETRY_AFTER_MAX_S = 900.0
+STREAM_CHUNK_BYTES = 512  # a streamed body's reads: as its events arrive
 JOB_ID_HEADER = "X-Job-Id"
 # Refusals that say "not now" rather than "never".
 TRANSIENT_4XX = frozenset({408, 425, 429})
@@ -349,8 +350,8 @@ class GenerationClient:
         while reading reach ``post``'s handlers."""
         with response:
             try:
-                return streaming.read_stream(
-                    response.iter_lines(decode_unicode=True), kind, on_words, deadline)
+                return streaming.read_stream(streaming.lines_of(
+                    response.iter_content(STREAM_CHUNK_BYTES)), kind, on_words, deadline)
             except streaming.StreamBroken as exc:
                 raise GenerationUnavailable(self.scrub(str(exc)), response.status_code) \
                     from None

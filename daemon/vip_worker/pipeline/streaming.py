@@ -26,7 +26,9 @@ it sends bytes.
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -40,6 +42,7 @@ ACCEPT = {
     "sse": f"{SSE}, application/json;q=0.5",
 }
 MAX_STREAM_BYTES = 4 * 1024 * 1024  # an article of 20,000 words is ~150 KB
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class StreamBroken(Exception):
@@ -50,6 +53,27 @@ def stream_kind(content_type: str) -> str | None:
     """``"ndjson"``, ``"sse"``, or None (not a stream: one JSON answer)."""
     media = content_type.split(";", 1)[0].strip().lower()
     return {NDJSON: "ndjson", SSE: "sse"}.get(media)
+
+
+def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The body's lines, decoded as UTF-8, split at ``\r\n``, ``\r`` or ``\n`` as the
+    SSE format says, a ``\r\n`` split across two chunks being one break (``requests``'
+    ``iter_lines`` makes it two, and the blank line between would cut an SSE event).
+
+    :raises PermanentError: a line longer than ``MAX_STREAM_BYTES``.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = ""
+    for chunk in chunks:
+        text = pending + decoder.decode(chunk)
+        held = "\r" if text.endswith("\r") else ""  # its "\n" may open the next chunk
+        parts = LINE_BREAK.split(text[:-1] if held else text)
+        pending = parts.pop() + held
+        if len(pending) > MAX_STREAM_BYTES:
+            raise PermanentError(f"generation stream longer than {MAX_STREAM_BYTES} bytes")
+        yield from parts
+    parts = LINE_BREAK.split(pending + decoder.decode(b"", final=True))
+    yield from (parts[:-1] if parts[-1] == "" else parts)
 
 
 def ndjson_events(lines: Iterator[str]) -> Iterator[str]:
