@@ -131,3 +131,15 @@ def test_a_streamed_article_in_utf8_keeps_its_characters(stub):
         result = c.article({"topic": "café crème", "wordCount": 40},
                            on_words=lambda n: None)
     assert "café crème" in result["content"] or "café crème" in result["title"]
+
+
+@pytest.mark.parametrize("stream", ["ndjson", "sse"])
+def test_an_error_mid_stream_counts_for_the_breaker(stub, stream):
+    stub.mode = "midstream"
+    store = MemoryStore()
+    governor = Governor(lambda: store, {"generation": QuotaLimits(breaker_failures=1)})
+    with client(stub.url, stream) as c:
+        with pytest.raises(GenerationUnavailable, match="model crashed"):
+            with governor.permit("generation", user="u1"):
+                c.article({"topic": "tea"}, on_words=lambda n: None)
+    assert store.quota_record("generation")["breaker"]["state"] == "open"

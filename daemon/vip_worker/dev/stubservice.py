@@ -20,6 +20,7 @@ Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
 - ``stall``: 200 JSON whose body stops after its first bytes (for ``hang_s`` seconds).
 - ``keepalive``: a stream (NDJSON or SSE, as ``Accept`` asks) of keep-alives only (SSE
   ``:`` comments, NDJSON blank lines), one every ``stream_step_s``, for ``hang_s`` seconds.
+- ``midstream``: a stream that sends a few words, then ``{"error": ...}``.
 
 A 429 mode for the quota governor (``throttle``): every Nth generation call, or every
 call for a window, answers 429 with ``Retry-After``. Every generation call is logged with
@@ -59,7 +60,7 @@ from vip_worker import exitcodes
 
 log = logging.getLogger("vip_worker.dev.stubservice")
 FAULT_MODES = ("ok", "error500", "error429", "hang", "reset", "garbage", "error503", "stall",
-               "keepalive")
+               "keepalive", "midstream")
 ARTICLE_MODES = ("topic", "keywords", "trends", "spin")
 PREFIX = "/api/generation/"
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -373,6 +374,8 @@ class StubHandler(BaseHTTPRequestHandler):
             self.send_stalled_body()
         elif mode == "keepalive":
             self.send_keepalives()
+        elif mode == "midstream":
+            self.send_midstream_error()
         elif service.roll_failure():
             self.send_json(503, {"detail": "model overloaded"})
         else:
@@ -389,6 +392,18 @@ class StubHandler(BaseHTTPRequestHandler):
         self.wfile.write(b'{"content": "')
         self.wfile.flush()
         self.service.stopping.wait(self.service.hang_s)
+
+    def send_midstream_error(self) -> None:
+        """A stream (the kind ``Accept`` asks) of one delta, then the service's error."""
+        kind = "sse" if STREAM_MEDIA["ndjson"] not in (self.headers.get("Accept") or "") \
+            else "ndjson"
+        self.send_response(200)
+        self.send_header("Content-Type", STREAM_MEDIA[kind])
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.send_chunk(stream_event(kind, "delta", {"delta": "Most readers"}))
+        self.send_chunk(stream_event(kind, "error", {"error": "model crashed (injected)"}))
+        self.wfile.write(b"0\r\n\r\n")
 
     def send_keepalives(self) -> None:
         """A stream that sends keep-alives only, never an event, for ``hang_s``."""
