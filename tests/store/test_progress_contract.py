@@ -47,3 +47,19 @@ def test_the_handlers_own_progress_write_may_go_down(store):
     store.progress_many([("job-1", "d1", 70, "Writing... 700 of 1000 words", False)], at(1))
     store.progress("job-1", 10, "Generating content...", at(2), delivery="d1")
     assert store.get_job("job-1")["progress"] == 10
+
+
+def test_the_handlers_own_step_and_a_new_claim_end_an_estimate(store):
+    held(store)
+    store.progress_many([("job-1", "d1", 40, "Generating content (estimated)...", True)],
+                        at(1))
+    assert store.get_job("job-1")["progressEstimated"] is True
+    store.progress("job-1", 80, "Saving content...", at(2), delivery="d1")
+    assert store.get_job("job-1")["progressEstimated"] is False
+    store.progress_many([("job-1", "d1", 85, "Generating content (estimated)...", True)],
+                        at(3))
+    store.release("job-1", "d1", at(4), "handed back")  # the next attempt's claim
+    store.claim("job-1", user_id="u1", type="articles", params={}, message_id="m2",
+                lease_s=60, now=at(5), delivery="d2")
+    job = store.get_job("job-1")
+    assert (job["progress"], job["progressEstimated"]) == (0, False)

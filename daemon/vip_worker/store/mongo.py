@@ -302,7 +302,8 @@ class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch, MongoQuota,
         query = {"_id": to_key(job_id), "status": "processing", **guard(None, delivery)}
         with self._errors():
             self._progress_writes([progress_writes(query, {
-                "progress": percent, "message": message, "updatedAt": utc(now)},
+                "progress": percent, "message": message, "progressEstimated": False,
+                "updatedAt": utc(now)},
                 history.progress_entry(percent, message, utc(now)))])
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
