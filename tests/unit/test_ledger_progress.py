@@ -116,3 +116,55 @@ def test_the_handlers_own_step_drops_the_pending_streamed_progress():
             await wait_until(lambda: h.idle(), what="the handler")
 
     assert h.run(scenario) == (False, 80, "Saving content...")
+
+
+def run_job_harness(generate):
+    from vip_worker.pipeline.runner import run_job
+
+    return tracked_harness(lambda message, ctx: run_job(message, ctx, generate, "content"))
+
+
+def test_a_quota_deferral_writes_no_progress_and_no_timeline_step():
+    from vip_worker.errors import Deferred
+
+    def generate():  # refused at once, as ctx.quota does
+        raise Deferred("quota:generation:rpm", 30.0)
+
+    h, store = run_job_harness(generate)
+    h.send(envelope(job_id=JOB))
+
+    async def scenario(consumer):
+        await wait_until(lambda: store.calls_to("release") == 1 and h.idle(),
+                         what="the deferral")
+        await consumer.ledger.flush_progress()
+
+    h.run(scenario)
+    job = store.get_job(JOB)
+    assert (job["status"], job["attempts"]) == ("queued", 0)
+    # The docs' "store calls per deferral": the claim and the release (no progress write).
+    assert [c for c in store.calls if c != "get_job"] == ["claim", "release"]
+    assert [e for e in job["history"] if e["event"] == "progress"] == []
+
+
+def test_a_running_generation_shows_its_first_step_with_the_next_batch():
+    started, gate = threading.Event(), threading.Event()
+
+    def generate():
+        started.set()
+        gate.wait(20)
+        return {"title": "T", "content": "words"}
+
+    h, store = run_job_harness(generate)
+    h.send(envelope(job_id=JOB))
+
+    async def scenario(consumer):
+        try:
+            await wait_until(started.is_set, what="the generation call")
+            await consumer.ledger.flush_progress()
+            job = store.get_job(JOB)
+            return job["progress"], job["message"]
+        finally:
+            gate.set()
+            await wait_until(lambda: h.idle(), what="the handler")
+
+    assert h.run(scenario) == (10, "Generating content...")

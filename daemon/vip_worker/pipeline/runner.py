@@ -181,8 +181,8 @@ def generate_once(message, ctx, generate: Callable[..., dict[str, Any]]) -> dict
     """Call ``generate()``, checkpoint its result before anything else can fail."""
     store = ctx.store
     guard = {"message_id": ctx.message_id, "delivery": ctx.delivery}
-    ctx.progress(10, "Generating content...")
     reporter = progress.ProgressReporter(ctx)
+    reporter.begin("Generating content...")  # batched: a quota deferral never writes it
     estimator = progress.Estimator(reporter, progress.median_duration_s(ctx, message.type))
     wanted = progress.wanted_words(message.payload)
     started = time.monotonic()
