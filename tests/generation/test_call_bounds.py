@@ -5,6 +5,7 @@ ends at the call's deadline; a plain JSON answer whose body stalls is transient.
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import requests
@@ -60,11 +61,13 @@ def test_a_503_with_retry_after_pauses_the_provider(stub):
 
 @pytest.mark.parametrize("stream", ["ndjson", "sse"])
 def test_a_stream_of_keepalives_ends_at_the_calls_deadline(stub, stream):
-    stub.mode = "keepalive"  # keep-alives for 30 s; the call has 1 s
+    stub.mode = "keepalive"  # keep-alives for 30 s, not chunked; the call has 1 s
     with client(stub.url, stream) as c:
         with pytest.raises(GenerationUnavailable, match="deadline") as caught:
             c.article({"topic": "tea"}, read_timeout_s=1.0, on_words=lambda n: None)
     assert caught.value.status == 200
+    # Read as they came (not in 512-byte blocks that arrive after the deadline).
+    assert int(re.search(r"after (\d+) bytes", str(caught.value)).group(1)) > 0
 
 
 def test_a_trickle_of_words_ends_at_the_calls_deadline(stub):

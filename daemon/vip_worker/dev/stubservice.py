@@ -19,7 +19,8 @@ Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
 - ``error503``: 503 "model overloaded" with ``Retry-After: fault_retry_after_s``.
 - ``stall``: 200 JSON whose body stops after its first bytes (for ``hang_s`` seconds).
 - ``keepalive``: a stream (NDJSON or SSE, as ``Accept`` asks) of keep-alives only (SSE
-  ``:`` comments, NDJSON blank lines), one every ``stream_step_s``, for ``hang_s`` seconds.
+  ``:`` comments, NDJSON blank lines), one every ``stream_step_s``, for ``hang_s`` seconds,
+  without chunked encoding (the body ends with the connection).
 - ``midstream``: a stream that sends a few words, then ``{"error": ...}``.
 
 A 429 mode for the quota governor (``throttle``): every Nth generation call, or every
@@ -410,19 +411,19 @@ class StubHandler(BaseHTTPRequestHandler):
         accept = self.headers.get("Accept") or ""
         kind = "sse" if STREAM_MEDIA["sse"] in accept and STREAM_MEDIA["ndjson"] not in \
             accept else "ndjson"
-        self.close_connection = True
+        self.close_connection = True  # no chunked encoding: the body ends with the connection
         self.send_response(200)
         self.send_header("Content-Type", STREAM_MEDIA[kind])
-        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
         self.end_headers()
         service = self.service
         until = time.monotonic() + service.hang_s
         try:
             while time.monotonic() < until:
-                self.send_chunk(b": keep-alive\n\n" if kind == "sse" else b"\n")
+                self.wfile.write(b": keep-alive\n\n" if kind == "sse" else b"\n")
+                self.wfile.flush()
                 if service.stopping.wait(service.stream_step_s):
                     break
-            self.wfile.write(b"0\r\n\r\n")
         except OSError:
             pass  # the client gave up: what the keep-alives are for
 

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from vip_worker import __version__
@@ -216,6 +217,17 @@ def connection_reason(error: BaseException) -> str:
     return f"{type(innermost).__name__}: {innermost}"
 
 
+def arrived(response: requests.Response) -> Iterator[bytes]:
+    """A streamed body's bytes as they arrive (at most one socket read each, so every
+    line is seen, and the deadline checked, when it comes: ``iter_content`` would wait
+    for a whole chunk of a body sent without chunked encoding)."""
+    while True:
+        data = response.raw.read1(STREAM_CHUNK_BYTES, decode_content=True)
+        if not data:
+            return
+        yield data
+
+
 class GenerationClient:
     """Client of the generation service; thread-safe, one per poller process.
 
@@ -341,6 +353,10 @@ class GenerationClient:
             raise self.unavailable(f"read timed out after {timeout[1]:g}s") from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise self.unavailable(connection_reason(exc)) from None
+        except urllib3.exceptions.ReadTimeoutError:  # a stream's own reads (``arrived``)
+            raise self.unavailable(f"read timed out after {timeout[1]:g}s") from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise self.unavailable(connection_reason(exc)) from None
         return self.outcome(response)
 
     def read_stream(self, response: requests.Response, kind: str,
@@ -350,8 +366,8 @@ class GenerationClient:
         while reading reach ``post``'s handlers."""
         with response:
             try:
-                return streaming.read_stream(streaming.lines_of(
-                    response.iter_content(STREAM_CHUNK_BYTES)), kind, on_words, deadline)
+                return streaming.read_stream(streaming.lines_of(arrived(response)), kind,
+                                             on_words, deadline)
             except streaming.StreamBroken as exc:
                 raise GenerationUnavailable(self.scrub(str(exc)), response.status_code) \
                     from None
