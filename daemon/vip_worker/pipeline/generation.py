@@ -45,7 +45,6 @@ MAX_BODY_BYTES = 256 * 1024
 SNIPPET_CHARS = 200
 DETAIL_MAX_CHARS = 500
 RETRY_AFTER_MAX_S = 900.0
-STREAM_CHUNK_BYTES = 512  # a streamed body's reads: as its events arrive
 JOB_ID_HEADER = "X-Job-Id"
 # Refusals that say "not now" rather than "never".
 TRANSIENT_4XX = frozenset({408, 425, 429})
@@ -217,17 +216,6 @@ def connection_reason(error: BaseException) -> str:
     return f"{type(innermost).__name__}: {innermost}"
 
 
-def arrived(response: requests.Response) -> Iterator[bytes]:
-    """A streamed body's bytes as they arrive (at most one socket read each, so every
-    line is seen, and the deadline checked, when it comes: ``iter_content`` would wait
-    for a whole chunk of a body sent without chunked encoding)."""
-    while True:
-        data = response.raw.read1(STREAM_CHUNK_BYTES, decode_content=True)
-        if not data:
-            return
-        yield data
-
-
 class GenerationClient:
     """Client of the generation service; thread-safe, one per poller process.
 
@@ -366,7 +354,7 @@ class GenerationClient:
         while reading reach ``post``'s handlers."""
         with response:
             try:
-                return streaming.read_stream(streaming.lines_of(arrived(response)), kind,
+                return streaming.read_stream(streaming.lines_of(streaming.arrived(response)), kind,
                                              on_words, deadline)
             except streaming.StreamBroken as exc:
                 raise GenerationUnavailable(self.scrub(str(exc)), response.status_code) \

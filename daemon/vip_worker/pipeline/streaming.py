@@ -43,6 +43,7 @@ ACCEPT = {
 }
 MAX_STREAM_BYTES = 4 * 1024 * 1024  # an article of 20,000 words is ~150 KB
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
+READ_BYTES = 512  # at most, per read of a streamed body
 
 
 class StreamBroken(Exception):
@@ -53,6 +54,17 @@ def stream_kind(content_type: str) -> str | None:
     """``"ndjson"``, ``"sse"``, or None (not a stream: one JSON answer)."""
     media = content_type.split(";", 1)[0].strip().lower()
     return {NDJSON: "ndjson", SSE: "sse"}.get(media)
+
+
+def arrived(response: Any) -> Iterator[bytes]:
+    """A streamed ``requests`` response's bytes as they arrive (one socket read each, so
+    each line is seen, and the deadline checked, when it comes: ``iter_content`` would
+    wait for a whole block of a body sent without chunked encoding)."""
+    while True:
+        data = response.raw.read1(READ_BYTES, decode_content=True)
+        if not data:
+            return
+        yield data
 
 
 def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
