@@ -11,7 +11,9 @@ The job's ``attempts`` in the store, not SQS's receive count, are the attempts t
 Progress that moves while a handler generates (``pipeline/progress.py``) is handed to the
 ledger (``note_progress``, the poller resource ``PROGRESS_SINK``), which keeps the latest
 per job and writes all of them in one ``progress_many`` store call every
-``progress_interval_s`` (``flush_progress``), on the renewal's thread.
+``progress_interval_s`` (``flush_progress``), on a thread of its own and in a loop of its
+own: progress is best effort, and a slow or failing write never delays nor stops the
+lease renewal.
 
 The renewal also names the held jobs with a cancel request (``on_cancel``, which
 ``cancellation.py`` answers); a handler stopped for it settles the job ``cancelled``.
@@ -39,7 +41,7 @@ from typing import Any
 from vip_worker.errors import DependencyUnavailable
 from vip_worker.inflight import InFlight
 from vip_worker.outcomes import ERROR_CLASS, Action, Decision, reason_of
-from vip_worker.plugins.context import STORE, PollerContext
+from vip_worker.plugins.context import PROGRESS_DROP, STORE, PollerContext
 
 log = logging.getLogger("vip_worker.ledger")
 
@@ -88,6 +90,9 @@ class Ledger:
         # Renewals get a thread of their own: behind claims and settles stuck in a slow
         # store, a late renewal lets the lease run out under a running handler.
         self.renew_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-renew")
+        # Progress too, so that a slow progress write never delays a renewal.
+        self.progress_pool = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix="ledger-progress")
         self.claimed: dict[int, InFlight] = {}  # held claims, renewed by ``renew``
         self.renewals = 0  # renew_leases calls answered
         # message id -> the delivery whose settle or hand-back a store outage lost: its
@@ -107,6 +112,7 @@ class Ledger:
         self.progress_lock = threading.Lock()
         self.progress_writes = 0  # progress_many calls made
         context.resources[PROGRESS_SINK] = self.note_progress
+        context.resources[PROGRESS_DROP] = self.drop_progress
 
     @classmethod
     def open(cls, context: PollerContext, settings, **kwargs: Any) -> Ledger | None:
@@ -239,15 +245,19 @@ class Ledger:
 
     async def run(self) -> None:
         """Until cancelled: renew the held leases every ``interval_s``, and write the
-        handlers' pending progress every ``progress_interval_s`` (one call each)."""
-        clock = asyncio.get_running_loop().time
-        renew_at = clock() + self.interval_s
+        handlers' pending progress every ``progress_interval_s`` (one call each), in two
+        loops: a slow progress write never delays a renewal."""
+        await asyncio.gather(self.renew_loop(), self.progress_loop())
+
+    async def renew_loop(self) -> None:
         while True:
-            await asyncio.sleep(max(0.0, min(renew_at - clock(), self.progress_interval_s)))
+            await asyncio.sleep(self.interval_s)
+            await self.renew()
+
+    async def progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.progress_interval_s)
             await self.flush_progress()
-            if clock() >= renew_at:
-                await self.renew()
-                renew_at = clock() + self.interval_s
 
     # -- progress --------------------------------------------------------------------
 
@@ -258,6 +268,12 @@ class Ledger:
         with self.progress_lock:
             self.pending_progress[job_id] = (job_id, delivery, percent, message, estimated)
 
+    def drop_progress(self, job_id: str) -> None:
+        """Forget ``job_id``'s pending progress: its handler writes a later step itself
+        (``ctx.progress``), which an older streamed value must not follow."""
+        with self.progress_lock:
+            self.pending_progress.pop(job_id, None)
+
     async def flush_progress(self) -> None:
         """One ``progress_many`` store call for every job with progress pending."""
         with self.progress_lock:
@@ -265,10 +281,14 @@ class Ledger:
         if not updates:
             return
         try:
-            await self.call_in(self.renew_pool, "progress_many", updates, self.wall())
+            await self.call_in(self.progress_pool, "progress_many", updates, self.wall())
         except DependencyUnavailable as exc:  # the next update of each job tries again
             log.warning("job.progress_failed", extra={"count": len(updates),
                                                       "error": str(exc)[:500]})
+            return
+        except Exception as exc:  # best effort: never the end of the ledger's loop
+            log.error("ledger.progress_failed", extra={
+                "count": len(updates), "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
             return
         self.progress_writes += 1
 
@@ -301,6 +321,7 @@ class Ledger:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.renew_pool.shutdown(wait=False, cancel_futures=True)
+        self.progress_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def redriven(item: InFlight) -> bool:

@@ -159,7 +159,8 @@ def test_without_a_stream_progress_is_estimated_from_the_recent_median():
     run_job(message, ctx("e1"), generate, "generated_content")
     assert release.is_set()
     job = store.get_job("e1")
-    assert job["status"] == "completed" and job["progressEstimated"] is True
+    # Estimated while generating (above); the runner's own measured steps end it.
+    assert job["status"] == "completed" and job["progressEstimated"] is False
     assert len(progress.durations(ctx("x"))["articles"]) == 2  # this one's duration kept
 
 

@@ -196,3 +196,15 @@ def test_processes_sharing_one_sqlite_file_never_grant_more_than_the_limit(tmp_p
                 proc.kill()
     assert sum(granted) == 50  # 120 asks at one instant: exactly the limit
     assert len(SqliteStore(path).quota_record(GEN)["log"]) == 50
+
+
+def test_with_calls_longer_than_the_window_what_a_user_holds_still_counts(store):
+    """5-minute calls: the bulk user's starts leave the 60 s window long before its calls
+    end; its held permits keep it behind a user who holds none."""
+    caller = Caller(store, QuotaLimits(concurrency=2))
+    first, second = caller.acquire(0, "bulk"), caller.acquire(1, "bulk")
+    assert first.ok and second.ok
+    assert caller.acquire(295, "single").reason == "concurrency"  # asks every few seconds
+    caller.report(first, 300)
+    assert caller.acquire(301, "bulk").reason == "fair_share"  # it still holds one call
+    assert caller.acquire(302, "single").ok

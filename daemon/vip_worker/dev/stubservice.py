@@ -16,6 +16,12 @@ Knobs, settable while it runs: ``latency_s`` (a sleep per generation call),
 - ``hang``: no answer for ``hang_s`` seconds (longer than any test's read timeout).
 - ``reset``: the connection is reset (RST) without a response.
 - ``garbage``: 200 with a non-JSON body.
+- ``error503``: 503 "model overloaded" with ``Retry-After: fault_retry_after_s``.
+- ``stall``: 200 JSON whose body stops after its first bytes (for ``hang_s`` seconds).
+- ``keepalive``: a stream (NDJSON or SSE, as ``Accept`` asks) of keep-alives only (SSE
+  ``:`` comments, NDJSON blank lines), one every ``stream_step_s``, for ``hang_s`` seconds,
+  without chunked encoding (the body ends with the connection).
+- ``midstream``: a stream that sends a few words, then ``{"error": ...}``.
 
 A 429 mode for the quota governor (``throttle``): every Nth generation call, or every
 call for a window, answers 429 with ``Retry-After``. Every generation call is logged with
@@ -54,7 +60,8 @@ from urllib.parse import urlsplit
 from vip_worker import exitcodes
 
 log = logging.getLogger("vip_worker.dev.stubservice")
-FAULT_MODES = ("ok", "error500", "error429", "hang", "reset", "garbage")
+FAULT_MODES = ("ok", "error500", "error429", "hang", "reset", "garbage", "error503", "stall",
+               "keepalive", "midstream")
 ARTICLE_MODES = ("topic", "keywords", "trends", "spin")
 PREFIX = "/api/generation/"
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -361,11 +368,64 @@ class StubHandler(BaseHTTPRequestHandler):
             self.send_json(500, {"detail": "internal server error (injected)"})
         elif mode == "error429":
             self.send_json(429, {"detail": "rate limited (injected)"}, {"Retry-After": "2"})
+        elif mode == "error503":
+            self.send_json(503, {"detail": "model overloaded (injected)"},
+                           {"Retry-After": f"{service.fault_retry_after_s:g}"})
+        elif mode == "stall":
+            self.send_stalled_body()
+        elif mode == "keepalive":
+            self.send_keepalives()
+        elif mode == "midstream":
+            self.send_midstream_error()
         elif service.roll_failure():
             self.send_json(503, {"detail": "model overloaded"})
         else:
             return False
         return True
+
+    def send_stalled_body(self) -> None:
+        """200 JSON announcing 100 bytes, sending a few, then nothing for ``hang_s``."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100")
+        self.end_headers()
+        self.wfile.write(b'{"content": "')
+        self.wfile.flush()
+        self.service.stopping.wait(self.service.hang_s)
+
+    def send_midstream_error(self) -> None:
+        """A stream (the kind ``Accept`` asks) of one delta, then the service's error."""
+        kind = "sse" if STREAM_MEDIA["ndjson"] not in (self.headers.get("Accept") or "") \
+            else "ndjson"
+        self.send_response(200)
+        self.send_header("Content-Type", STREAM_MEDIA[kind])
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.send_chunk(stream_event(kind, "delta", {"delta": "Most readers"}))
+        self.send_chunk(stream_event(kind, "error", {"error": "model crashed (injected)"}))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def send_keepalives(self) -> None:
+        """A stream that sends keep-alives only, never an event, for ``hang_s``."""
+        accept = self.headers.get("Accept") or ""
+        kind = "sse" if STREAM_MEDIA["sse"] in accept and STREAM_MEDIA["ndjson"] not in \
+            accept else "ndjson"
+        self.close_connection = True  # no chunked encoding: the body ends with the connection
+        self.send_response(200)
+        self.send_header("Content-Type", STREAM_MEDIA[kind])
+        self.send_header("Connection", "close")
+        self.end_headers()
+        service = self.service
+        until = time.monotonic() + service.hang_s
+        try:
+            while time.monotonic() < until:
+                self.wfile.write(b": keep-alive\n\n" if kind == "sse" else b"\n")
+                self.wfile.flush()
+                if service.stopping.wait(service.stream_step_s):
+                    break
+        except OSError:
+            pass  # the client gave up: what the keep-alives are for
 
     def reset(self) -> bool:
         """Close at once with SO_LINGER 0: the peer gets an RST, not a response."""
@@ -385,6 +445,7 @@ class StubGenerationService:
     :ivar failure_rate: share (0..1) of generation calls that answer 503.
     :ivar mode: the injected fault, one of ``FAULT_MODES``.
     :ivar hang_s: how long a ``hang`` call waits (``stop()`` ends the wait).
+    :ivar fault_retry_after_s: the ``Retry-After`` of the ``error503`` mode.
     :ivar stream: stream articles (NDJSON or SSE) to a client whose ``Accept`` asks.
     :ivar stream_chunk_words: words per streamed event; ``stream_step_s``: the pause
         after each (a 1,000-word article at the defaults streams over 4 s).
@@ -399,6 +460,7 @@ class StubGenerationService:
         self.latency_s = latency_s
         self.failure_rate = failure_rate
         self.hang_s = hang_s
+        self.fault_retry_after_s = 7.0
         self.stream = stream
         self.stream_chunk_words = stream_chunk_words
         self.stream_step_s = stream_step_s

@@ -12,7 +12,11 @@ Outcomes:
   carrying the service's own message (FastAPI's ``{"detail": ...}``).
 - 408, 425, 429, every 5xx, an unexpected 1xx/3xx, a connect or read timeout, a
   refused or reset connection: :class:`GenerationUnavailable`, a transient
-  :class:`~vip_worker.errors.RetryLater` (429's ``Retry-After`` becomes its delay).
+  :class:`~vip_worker.errors.RetryLater` (a ``Retry-After``, on a 429, 408, 425 or any
+  5xx, becomes its delay: a 503 with one pauses the provider, ``pipeline/quota.py``).
+- A streamed answer that runs past the call's read timeout as a whole (the job's time
+  left: a stream of keep-alives or a trickle of words), and a body that stalls while it
+  is read: :class:`GenerationUnavailable` too.
 
 Error texts never carry the credentials of a ``user:password@`` base URL, nor a
 payload: they end up in logs and in dead-letter attributes.
@@ -23,11 +27,13 @@ from __future__ import annotations
 import errno
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from vip_worker import __version__
@@ -316,29 +322,40 @@ class GenerationClient:
         streamed = on_words is not None and self.stream in streaming.ACCEPT
         if streamed:
             headers["Accept"] = streaming.ACCEPT[self.stream]
+        # The whole call, a stream included, ends within its read timeout (the job's
+        # time left): a stream that keeps sending keep-alives must not outlive the job.
+        deadline = time.monotonic() + timeout[1]
         try:
             response = self.session.post(
                 self.base_url + path, data=data, timeout=timeout, allow_redirects=False,
                 headers=headers, stream=streamed)
             kind = streaming.stream_kind(response.headers.get("Content-Type", ""))
             if streamed and kind and 200 <= response.status_code < 300:
-                return self.read_stream(response, kind, on_words)
+                return self.read_stream(response, kind, on_words, deadline)
+            if streamed:
+                with response:  # a plain answer to a streamed ask: its body read here,
+                    response.content  # under the same handlers (a stall is transient)
         except requests.ConnectTimeout:
             raise self.unavailable(f"connect timed out after {timeout[0]:g}s") from None
         except requests.ReadTimeout:
             raise self.unavailable(f"read timed out after {timeout[1]:g}s") from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise self.unavailable(connection_reason(exc)) from None
+        except urllib3.exceptions.ReadTimeoutError:  # a stream's own reads (``arrived``)
+            raise self.unavailable(f"read timed out after {timeout[1]:g}s") from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise self.unavailable(connection_reason(exc)) from None
         return self.outcome(response)
 
     def read_stream(self, response: requests.Response, kind: str,
-                    on_words: Callable[[int], None] | None) -> dict:
-        """A streamed answer's result (``pipeline/streaming.py``); a broken stream is
-        transient. Read timeouts and resets while reading reach ``post``'s handlers."""
+                    on_words: Callable[[int], None] | None, deadline: float) -> dict:
+        """A streamed answer's result (``pipeline/streaming.py``); a broken stream, or one
+        still running at ``deadline`` (monotonic), is transient. Read timeouts and resets
+        while reading reach ``post``'s handlers."""
         with response:
             try:
-                return streaming.read_stream(
-                    response.iter_lines(decode_unicode=True), kind, on_words)
+                return streaming.read_stream(streaming.lines_of(streaming.arrived(response)), kind,
+                                             on_words, deadline)
             except streaming.StreamBroken as exc:
                 raise GenerationUnavailable(self.scrub(str(exc)), response.status_code) \
                     from None
@@ -371,8 +388,8 @@ class GenerationClient:
         if 400 <= status < 500:
             raise PermanentError(f"generation service refused the request (HTTP {status}): "
                                  f"{message}")
-        if status >= 500:
-            raise GenerationUnavailable(message, status)
+        if status >= 500:  # with a Retry-After (a 503's), the provider pauses that long
+            raise GenerationUnavailable(message, status, retry_after_s(response))
         # 1xx/3xx: a redirect is a misconfigured fastapi_url, not this message's fault.
         raise GenerationUnavailable(
             f"unexpected answer (redirects are not followed; check fastapi_url "

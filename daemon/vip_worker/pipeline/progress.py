@@ -21,6 +21,7 @@ update per ``progress_interval_s`` itself.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 from vip_worker.ledger import PROGRESS_SINK
 
+log = logging.getLogger("vip_worker.pipeline.progress")
 START, END = 10, 80  # the runner's "Generating content..." and "Saving content..."
 DURATIONS_KEY = "vip_worker.pipeline.durations"  # in the poller's resources
 DURATIONS_KEPT = 20
@@ -52,6 +54,19 @@ class ProgressReporter:
         self.last_write = float("-inf")  # monotonic, without a sink
         self.lock = threading.Lock()
         self.measured = False  # a stream reported words: estimates stop
+
+    def begin(self, message: str) -> None:
+        """The generation's first step (``START``, "Generating content..."). With the
+        daemon's ledger it joins the next batched write: a call deferred at once (the
+        quota) costs no store call and leaves no timeline entry, its settle dropping it.
+        Without one, the handler's own write (``ctx.progress``)."""
+        ctx = self.ctx
+        if self.sink is None:
+            ctx.progress(START, message)
+            return
+        self.sink(ctx.job_id, ctx.delivery, START, message, False)
+        fields = dict(getattr(ctx.log, "extra", None) or {})  # the message's fields
+        log.info("job.progress", extra={**fields, "progress": START, "step": message})
 
     def report(self, percent: int, message: str, *, estimated: bool) -> None:
         with self.lock:

@@ -55,8 +55,9 @@ def outcome_of(error: BaseException | None) -> tuple[str, float | None]:
 
     Duck-typed on the error's ``status`` and ``delay_s`` (``GenerationUnavailable`` has
     both; a user plugin's error may too): a 429, or a 503 with Retry-After, is
-    ``throttled``; a 5xx or no answer at all (``status`` None on an unavailable error)
-    is an ``error``; anything else (a 4xx, a bad payload) says nothing of the provider.
+    ``throttled``; a 5xx, no answer at all (``status`` None on an unavailable error) or a
+    2xx stream that broke midway (an ``{"error"}`` event, cut at the deadline) is an
+    ``error``; anything else (a 4xx, a bad payload) says nothing of the provider.
     """
     if error is None:
         return OK, None
@@ -64,9 +65,9 @@ def outcome_of(error: BaseException | None) -> tuple[str, float | None]:
     delay_s = getattr(error, "delay_s", None)
     if status == 429 or (status == 503 and delay_s is not None):
         return THROTTLED, delay_s if delay_s is not None else THROTTLE_DEFAULT_S
-    if (status is not None and status >= 500) or (
+    if (status is not None and (status >= 500 or 200 <= status < 300)) or (
             status is None and hasattr(error, "status")):
-        return ERROR, None
+        return ERROR, None  # a 2xx that failed: the stream broke midway (an {"error"})
     return OTHER, None
 
 

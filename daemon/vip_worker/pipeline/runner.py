@@ -102,8 +102,13 @@ def run_job(message, ctx, generate: Callable[..., dict[str, Any]], collection: s
         # write, its poller, its instance): save that content, never call again.
         ctx.log.info("job.checkpoint_used", extra={"checkpoint": GENERATED, "source": source})
     else:
-        check_budget(message, ctx)
-        result = generate_once(message, ctx, generate)
+        try:
+            check_budget(message, ctx)
+            result = generate_once(message, ctx, generate)
+        except Deferred as exc:
+            if ctx.delivery is None:  # run_job's own claim: no consumer to hand it back
+                release_deferred(message, ctx, exc)
+            raise
     ctx.raise_if_cancelled()  # asked during the generation call: save nothing
     ctx.progress(80, "Saving content...")
     store.save_result(message.job_id, collection, result, now())
@@ -135,10 +140,15 @@ def check_budget(message, ctx) -> None:
     delay_s = usage.until_next_day_s(started)
     ctx.log.info("job.budget_exceeded", extra={**fields, "outcome": "defer",
                                                 "delay_s": round(delay_s)})
-    if ctx.delivery is None:  # run_job's own claim: no consumer to hand the job back
-        ctx.store.requeue(message.job_id, reason, started, message_id=ctx.message_id,
-                          delay_s=delay_s)
     raise Deferred(reason, delay_s)
+
+
+def release_deferred(message, ctx, deferred: Deferred) -> None:
+    """A job ``run_job`` claimed itself (an untracked queue) and that is deferred: it goes
+    back to ``queued`` with its attempt refunded, as the consumer does for a claim of
+    its own (a deferral is not a failure)."""
+    ctx.store.release(message.job_id, None, now(), getattr(deferred, "reason", None)
+                      or str(deferred), event="deferred", delay_s=deferred.delay_s or 0.0)
 
 
 def with_usage(ctx, result: dict[str, Any]) -> dict[str, Any]:
@@ -171,8 +181,8 @@ def generate_once(message, ctx, generate: Callable[..., dict[str, Any]]) -> dict
     """Call ``generate()``, checkpoint its result before anything else can fail."""
     store = ctx.store
     guard = {"message_id": ctx.message_id, "delivery": ctx.delivery}
-    ctx.progress(10, "Generating content...")
     reporter = progress.ProgressReporter(ctx)
+    reporter.begin("Generating content...")  # batched: a quota deferral never writes it
     estimator = progress.Estimator(reporter, progress.median_duration_s(ctx, message.type))
     wanted = progress.wanted_words(message.payload)
     started = time.monotonic()

@@ -17,12 +17,20 @@ NDJSON sends one object a line (``application/x-ndjson``); SSE sends them as the
 the object says what it is). A stream that ends before ``done`` is transient (the
 connection broke); a line that is not a JSON object is the service's fault (permanent,
 as a non-JSON answer is).
+
+Every line counts: keep-alives (SSE ``:`` comments, blank NDJSON lines) count toward
+``MAX_STREAM_BYTES``, and each line is checked against the call's deadline (monotonic):
+a stream still running then is cut (``StreamBroken``, "deadline ..."), however steadily
+it sends bytes.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
-from collections.abc import Callable, Iterator
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from vip_worker.errors import PermanentError
@@ -34,6 +42,8 @@ ACCEPT = {
     "sse": f"{SSE}, application/json;q=0.5",
 }
 MAX_STREAM_BYTES = 4 * 1024 * 1024  # an article of 20,000 words is ~150 KB
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+READ_BYTES = 512  # at most, per read of a streamed body
 
 
 class StreamBroken(Exception):
@@ -44,6 +54,38 @@ def stream_kind(content_type: str) -> str | None:
     """``"ndjson"``, ``"sse"``, or None (not a stream: one JSON answer)."""
     media = content_type.split(";", 1)[0].strip().lower()
     return {NDJSON: "ndjson", SSE: "sse"}.get(media)
+
+
+def arrived(response: Any) -> Iterator[bytes]:
+    """A streamed ``requests`` response's bytes as they arrive (one socket read each, so
+    each line is seen, and the deadline checked, when it comes: ``iter_content`` would
+    wait for a whole block of a body sent without chunked encoding)."""
+    while True:
+        data = response.raw.read1(READ_BYTES, decode_content=True)
+        if not data:
+            return
+        yield data
+
+
+def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The body's lines, decoded as UTF-8, split at ``\r\n``, ``\r`` or ``\n`` as the
+    SSE format says, a ``\r\n`` split across two chunks being one break (``requests``'
+    ``iter_lines`` makes it two, and the blank line between would cut an SSE event).
+
+    :raises PermanentError: a line longer than ``MAX_STREAM_BYTES``.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = ""
+    for chunk in chunks:
+        text = pending + decoder.decode(chunk)
+        held = "\r" if text.endswith("\r") else ""  # its "\n" may open the next chunk
+        parts = LINE_BREAK.split(text[:-1] if held else text)
+        pending = parts.pop() + held
+        if len(pending) > MAX_STREAM_BYTES:
+            raise PermanentError(f"generation stream longer than {MAX_STREAM_BYTES} bytes")
+        yield from parts
+    parts = LINE_BREAK.split(pending + decoder.decode(b"", final=True))
+    yield from (parts[:-1] if parts[-1] == "" else parts)
 
 
 def ndjson_events(lines: Iterator[str]) -> Iterator[str]:
@@ -67,20 +109,36 @@ def sse_events(lines: Iterator[str]) -> Iterator[str]:
         yield "\n".join(data)
 
 
-def read_stream(lines: Iterator[str], kind: str, on_words: Callable[[int], None] | None
+def bounded(lines: Iterable[str], deadline: float | None,
+            clock: Callable[[], float]) -> Iterator[str]:
+    """``lines``, each one (keep-alives and blank lines too) counted toward
+    ``MAX_STREAM_BYTES`` and checked against ``deadline``."""
+    size = 0
+    for line in lines:
+        if deadline is not None and clock() >= deadline:
+            raise StreamBroken(f"deadline: the stream was still running when the call's "
+                               f"time ran out (after {size} bytes)")
+        size += len(line) + 1  # its newline
+        if size > MAX_STREAM_BYTES:
+            raise PermanentError(f"generation stream longer than {MAX_STREAM_BYTES} bytes")
+        yield line
+
+
+def read_stream(lines: Iterable[str], kind: str, on_words: Callable[[int], None] | None,
+                deadline: float | None = None, clock: Callable[[], float] = time.monotonic
                 ) -> dict[str, Any]:
     """The ``result`` of a streamed answer, calling ``on_words`` as its words arrive.
 
     :param lines: the decoded lines of the body (``response.iter_lines``).
-    :raises StreamBroken: it ended before ``done``, or carried an ``error``.
+    :param deadline: when (``clock``, monotonic seconds) the stream must have ended.
+    :raises StreamBroken: it ended before ``done``, carried an ``error``, or was still
+        running at ``deadline``.
     :raises PermanentError: an event that is not a JSON object, or a stream too long.
     """
-    words, size = 0, 0
+    words = 0
+    lines = bounded(lines, deadline, clock)
     events = ndjson_events(lines) if kind == "ndjson" else sse_events(lines)
     for text in events:
-        size += len(text)
-        if size > MAX_STREAM_BYTES:
-            raise PermanentError(f"generation stream longer than {MAX_STREAM_BYTES} bytes")
         try:
             event = json.loads(text)
         except ValueError:

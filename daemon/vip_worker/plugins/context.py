@@ -26,6 +26,9 @@ log = logging.getLogger("vip_worker.plugins.context")
 STORE = "store"
 # The name the quota governor is provided under (vip_worker.pipeline.quota.provide_quota).
 QUOTA = "quota"
+# ``drop(job_id)``, provided by the ledger: forget the job's pending streamed progress
+# (``ctx.progress`` writes a later step itself, which that older value must not follow).
+PROGRESS_DROP = "vip_worker.ledger.progress_drop"
 # A permit's lease past the job's time left (the call may end a little after it).
 PERMIT_MARGIN_S = 30.0
 
@@ -310,7 +313,12 @@ class HandlerContext:
 
         Also logged (``job.progress``): the store keeps only the latest step, and a step
         followed at once by the next one (80 "Saving content...") is otherwise never seen.
+        The ledger's pending streamed progress of the job is dropped first: written
+        after this, it would move the progress back.
         """
+        drop = self.resources.get(PROGRESS_DROP)
+        if drop is not None:
+            drop(self.job_id)
         if self.delivery is None:
             self.store.progress(self.job_id, percent, message, datetime.now(UTC))
         else:  # only while this delivery holds the claim

@@ -115,6 +115,7 @@ def decide_claim(job: Mapping[str, Any], *, message_id: str, delivery: str | Non
     changes = {
         "status": "processing", "progress": 0, "message": PROCESSING_MESSAGE, "error": None,
         "progressStep": None,  # each attempt's steps are on its timeline (history.step_of)
+        "progressEstimated": False,  # the last attempt's estimate is not this one's
         "attempts": attempts + 1, "lostClaims": lost,
         "messageId": message_id, "delivery": delivery, "leaseUntil": lease_until,
         "updatedAt": now,

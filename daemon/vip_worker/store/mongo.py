@@ -101,11 +101,14 @@ def is_transient(exc: PyMongoError) -> bool:
 
 
 def progress_writes(query: dict[str, Any], changes: dict[str, Any],
-                    step_entry: dict[str, Any]) -> list[tuple[dict, dict]]:
+                    step_entry: dict[str, Any], rising: bool = False
+                    ) -> list[tuple[dict, dict]]:
     """One job's progress as two conditional updates, applied in order in one round trip:
     the same message or step (most calls) sets the fields; a new step
     (``history.is_new_step``) sets them and appends its history entry. Exactly one of them
-    matches."""
+    matches. ``rising``: neither matches a job whose progress is above this one."""
+    if rising:
+        query = {**query, "progress": {"$not": {"$gt": changes["progress"]}}}
     message = changes["message"]
     step = history.step_of(message)
     changes = {**changes, "progressStep": step}
@@ -299,7 +302,8 @@ class MongoStore(MongoOutbox, MongoBuckets, MongoFleet, MongoSearch, MongoQuota,
         query = {"_id": to_key(job_id), "status": "processing", **guard(None, delivery)}
         with self._errors():
             self._progress_writes([progress_writes(query, {
-                "progress": percent, "message": message, "updatedAt": utc(now)},
+                "progress": percent, "message": message, "progressEstimated": False,
+                "updatedAt": utc(now)},
                 history.progress_entry(percent, message, utc(now)))])
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],

@@ -11,6 +11,10 @@ and sets the job's ``progress`` (0..100), ``message``, ``progressEstimated`` (Tr
 percentage is estimated from the type's recent durations, not measured) and
 ``updatedAt``, only while the job is ``processing`` and, with a delivery, held by it
 (``ledger.may_settle``): a late batch never touches a job that ended or changed hands.
+Nor does it move progress back: an update below the job's progress (a streamed 60 %
+written after the handler's own 80 "Saving content...") is skipped (SQLite compares,
+MongoDB's filter says ``progress`` not above it). ``progress()``, the handler's own
+write, sets what it is told (a new attempt starts again at 10).
 A new step (``history.step_of``: the message with its numbers masked) is a ``progress``
 entry on the job's timeline, in the same write.
 """
@@ -48,12 +52,15 @@ class SqliteProgress:
                 if job is None or job.get("status") != "processing" \
                         or not ledger.may_settle(job, None, delivery):
                     continue
+                changes = progress_changes(percent, message, estimated, now)
+                if (job.get("progress") or 0) > changes["progress"]:
+                    continue  # progress only rises
+
                 step = history.step_of(message)
                 if history.is_new_step(job, message):
                     job["history"] = history.appended(
                         job, history.progress_entry(percent, message, utc(now)))
-                job.update(progress_changes(percent, message, estimated, now),
-                           progressStep=step)
+                job.update(changes, progressStep=step)
                 self._save_job(conn, job)
                 written += 1
         return written
@@ -70,7 +77,7 @@ class MongoProgress:
         jobs = [progress_writes(
             {"_id": to_key(job_id), "status": "processing", **guard(None, delivery)},
             progress_changes(percent, message, estimated, now),
-            history.progress_entry(percent, message, utc(now)))
+            history.progress_entry(percent, message, utc(now)), rising=True)
             for job_id, delivery, percent, message, estimated in updates]
         with self._errors():
             return self._progress_writes(jobs)

@@ -28,9 +28,11 @@ answers. In order, an acquire is refused when:
 4. the tokens of the last 60 s plus this call's estimate exceed ``tpm`` (a call alone in
    the window always passes): idem;
 5. ``concurrency`` permits are held, or ``user_max_inflight`` by this user: shortly;
-6. fairness: other users refused within ``fair_wait_s`` who made fewer calls in the
-   window than this user are at least as many as the free places: shortly. When the
-   budget is short, the user with fewer recent calls goes first (a deficit rule).
+6. fairness: other users refused within ``fair_wait_s`` who use less than this user are
+   at least as many as the free places: shortly. A user's use is its calls in flight
+   (its held permits) plus its calls started in the window: with calls longer than the
+   window (5-10 minute generations), what a user holds still counts. When the budget is
+   short, the user who uses less goes first (a deficit rule).
 
 A refused user is noted in ``waiting`` (not when refused for its own cap); a granted one
 leaves it. Permits are leases:
@@ -112,6 +114,12 @@ def breaker_state(record: dict[str, Any], now: float) -> dict[str, Any]:
     return breaker
 
 
+def use(log: list, held: list, user: str) -> int:
+    """A user's use, for fairness: its calls in flight plus its calls started in the
+    window (a call both held and recent counts twice, the same for every user)."""
+    return sum(e["u"] == user for e in log) + sum(h["u"] == user for h in held)
+
+
 def refusal(record: dict[str, Any], log: list, held: list, waiting: list,
             breaker: dict, now: float, user: str, tokens: int,
             limits: QuotaLimits) -> tuple[str | None, float | None]:
@@ -135,8 +143,8 @@ def refusal(record: dict[str, Any], log: list, held: list, waiting: list,
         return "user_inflight", now + SHORT_RETRY_S
     free = [n for n in (limits.rpm and limits.rpm - len(log),
                         limits.concurrency and limits.concurrency - len(held)) if n]
-    mine = sum(e["u"] == user for e in log)
-    ahead = sum(sum(e["u"] == w["u"] for e in log) < mine for w in waiting)
+    mine = use(log, held, user)
+    ahead = sum(use(log, held, w["u"]) < mine for w in waiting)
     if free and ahead >= min(free):
         return "fair_share", now + SHORT_RETRY_S
     return None, None

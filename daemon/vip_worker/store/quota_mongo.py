@@ -66,10 +66,11 @@ def acquire_pipeline(now: float, permit: str, user: str, tokens: int,
     free = [{"$subtract": [limits.rpm, {"$size": "$log"}]}] if limits.rpm else []
     if limits.concurrency:
         free.append({"$subtract": [limits.concurrency, {"$size": "$held"}]})
-    mine = _size_where("$log", "u", user)
-    ahead = {"$size": {"$filter": {"input": "$waiting", "as": "w", "cond": {"$lt": [
-        {"$size": {"$filter": {"input": "$log", "as": "e",
-                               "cond": {"$eq": ["$$e.u", "$$w.u"]}}}}, mine]}}}}
+    # ``use``: a user's calls in flight plus its calls started in the window.
+    mine = {"$add": [_size_where("$log", "u", user), _size_where("$held", "u", user)]}
+    theirs = {"$add": [_size_where("$log", "u", "$$w.u"), _size_where("$held", "u", "$$w.u")]}
+    ahead = {"$size": {"$filter": {"input": "$waiting", "as": "w",
+                                   "cond": {"$lt": [theirs, mine]}}}}
     checks: list[tuple[str, Any, Any]] = [
         ("paused", {"$gt": [{"$ifNull": ["$pausedUntil", 0]}, now]}, "$pausedUntil"),
         ("breaker_open", {"$eq": ["$breaker.state", "open"]}, "$breaker.openUntil"),

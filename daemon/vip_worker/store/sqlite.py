@@ -290,7 +290,7 @@ class SqliteStore(SqliteOutbox, SqliteBuckets, SqliteFleet, SqliteSearch, Sqlite
                 job["history"] = appended(job, history.progress_entry(percent, message,
                                                                        utc(now)))
             job.update(progress=percent, message=message, progressStep=step,
-                       updatedAt=utc(now))
+                       progressEstimated=False, updatedAt=utc(now))  # a measured step
             self._save_job(conn, job)
 
     def save_result(self, job_id: str, collection: str, content: dict[str, Any],
