@@ -286,7 +286,7 @@ class Ledger:
             log.warning("job.progress_failed", extra={"count": len(updates),
                                                       "error": str(exc)[:500]})
             return
-        except Exception as exc:  # best effort: never the end of the ledger's loop
+        except Exception as exc:  # noqa: BLE001 - best effort: never the end of the ledger's loop
             log.error("ledger.progress_failed", extra={
                 "count": len(updates), "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
             return

@@ -8,8 +8,6 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from vip_worker import config
 from vip_worker.errors import Deferred
 from vip_worker.message import Envelope

@@ -334,7 +334,7 @@ class GenerationClient:
                 return self.read_stream(response, kind, on_words, deadline)
             if streamed:
                 with response:  # a plain answer to a streamed ask: its body read here,
-                    response.content  # under the same handlers (a stall is transient)
+                    _ = response.content  # under the same handlers (a stall is transient)
         except requests.ConnectTimeout:
             raise self.unavailable(f"connect timed out after {timeout[0]:g}s") from None
         except requests.ReadTimeout:
