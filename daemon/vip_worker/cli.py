@@ -116,9 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds the stub generation service takes per call")
     dev.add_argument("--failure-rate", type=float, default=0.0,
                      help="share of generation calls the stub answers with 503")
-    dev.add_argument("--throttle-every", type=int, default=0, metavar="N",
-                     help="the stub answers every Nth generation call 429 (the fleet pauses)")
-    dev.add_argument("--retry-after", type=float, default=10.0, metavar="SECONDS",
+    # The demo shows a 429 and the fleet-wide pause by default (one call in 5, 3 s).
+    dev.add_argument("--throttle-every", type=int, default=5, metavar="N",
+                     help="the stub answers every Nth generation call 429 (the fleet "
+                          "pauses; 0: never)")
+    dev.add_argument("--retry-after", type=float, default=3.0, metavar="SECONDS",
                      help="the Retry-After of those 429 answers")
     dev.add_argument("--quota-rpm", type=int, default=0, metavar="N",
                      help="a fleet-wide limit of generation calls per minute (quotas)")
