@@ -220,7 +220,8 @@ EVENTS_COUNTED = ("poller.died", "poller.spawned", "poller.recycling", "poller.c
                   "message.resent", "message.resend_failed", "job.rescued", "job.lease_lost",
                   "job.settle_failed", "job.lease_renew_failed", "lifeline.send_failed",
                   "lifeline.store_unavailable", "job.checkpoint_used", "job.checkpoint_retry",
-                  "job.checkpoint_failed", "job.checkpoint_refused")
+                  "job.checkpoint_failed", "job.checkpoint_refused", "job.checkpoint_spilled",
+                  "job.progress_failed", "ledger.progress_failed")
 
 
 def generations(specs: list[JobSpec], states: dict[str, JobState],

@@ -42,10 +42,12 @@ def test_every_job_is_accounted_for_under_chaos(tmp_path, sqs_endpoint):
     assert run.exit_code == 0, "the final TERM did not stop the daemon cleanly"
     # The chaos really happened (a run where nothing was injected proves nothing).
     assert run.chaos["pollers_killed"] >= 2 and run.chaos["daemon_restarts"] == 1
-    # The store outage reached the daemon: a handler retried on it, or (the ledger's own
-    # writes) a settle or a lease renewal failed on it.
+    # The store outage reached the daemon: a handler retried on it (or, holding a paid-for
+    # generation, retried its checkpoint write), or (the ledger's own writes) a settle, a
+    # lease renewal or a progress batch failed on it.
     assert report.faults["store_outages_s"] and any(report.events.get(name) for name in (
-        "retried:StoreUnavailable", "job.settle_failed", "job.lease_renew_failed"))
+        "retried:StoreUnavailable", "job.checkpoint_retry", "job.checkpoint_failed",
+        "job.settle_failed", "job.lease_renew_failed", "job.progress_failed")), report.events
     assert sum(report.faults["sqs"].values()) > 0
     assert report.events.get("receive.failed"), "the SQS brownout never reached the daemon"
     assert sum(report.faults["generation"].values()) > 0
