@@ -116,7 +116,10 @@ def test_store_outage_on_the_last_attempt_is_retried_not_dead_lettered(one_polle
     job = "0123456789abcdef01234567"
     store.create_job(job, "u1", "articles", {"topic": "t"}, datetime.now(UTC))
     locker = StoreLocker(store_path)
-    locker.hold(14)  # longer than SQLite's 10 s busy timeout: StoreUnavailable
+    # Longer than two of SQLite's 10 s busy timeouts: a poller's store calls share one
+    # connection, so the claim can first wait behind another write that meets the lock
+    # (poller 0's fleet report at start) before its own wait runs out: StoreUnavailable.
+    locker.hold(24)
     assert locker.holding.is_set(), "the store lock was not taken"  # hold() returns once held
     body = json.dumps({"jobId": job, "userId": "u1", "type": "articles",
                        "timestamp": "2025-01-15T10:30:00Z",
@@ -125,7 +128,7 @@ def test_store_outage_on_the_last_attempt_is_retried_not_dead_lettered(one_polle
     try:
         outcome = daemon.wait_until(
             lambda: daemon.events("message.dead_lettered", job_id=job)
-            or daemon.events("message.retried", job_id=job), timeout=30, what="an outcome")
+            or daemon.events("message.retried", job_id=job), timeout=45, what="an outcome")
     finally:
         locker.close()
     assert outcome[0]["event"] == "message.retried", (
