@@ -18,16 +18,9 @@ from vip_worker.pipeline.quota import Governor
 from vip_worker.store.quota import QuotaLimits
 from vip_worker.testing import MemoryStore
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("loopback_only")]
 MODES = ["topic"]
 
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                 "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from vip_worker.pipeline.generation import (
     camel_to_snake,
 )
 
+pytestmark = pytest.mark.usefixtures("loopback_only")
+
 MODES = ("topic", "keywords", "trends", "spin")
 SEED_PAYLOAD = {
     "mode": "topic", "topic": "Fantasy Football Strategies", "wordCount": 300,
@@ -30,14 +32,6 @@ SEED_PAYLOAD = {
     "language": "en", "customInstructions": {"maxHeadings": 3},
 }
 
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """A proxy from the environment must never see these requests."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                 "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
 
 
 @pytest.fixture
