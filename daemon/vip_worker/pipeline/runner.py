@@ -158,7 +158,9 @@ def with_usage(ctx, result: dict[str, Any]) -> dict[str, Any]:
     found = usage.job_usage(result, prices)
     if found is None:
         return result
-    if found["cost"] is None:
+    if found["cost"] is None and getattr(ctx.settings, "prices", None):
+        # Only with a price table: without one every job is unpriced, and a line per job
+        # on the default path would say nothing.
         ctx.log.info("usage.unpriced", extra={"model": found["model"]})
     return {**result, "usage": found}
 
