@@ -258,7 +258,9 @@ def gated_call(ctx: Any, payload: Mapping[str, Any], call: Callable[[], dict], *
     """The bundled plugins' generation call under the governor: ``call()`` inside
     ``ctx.quota(...)`` with the token estimate (``tokens``, default from the payload's
     ``wordCount``), corrected from the answer's usage."""
-    limits = limits_from_settings(ctx.settings)
+    # The governor's limits, parsed once per poller (no governor: ctx.quota is free).
+    poller = ctx.poller
+    limits = poller.resource(QUOTA).limits if poller.provides(QUOTA) else {}
     provider = provider_for(payload, limits)
     if tokens is None:
         tokens = estimate_tokens(payload, getattr(ctx.settings, "quota_tokens_per_word", 1.5))
